@@ -1,0 +1,167 @@
+"""Dataset registry, train/validation/test splits, data faults and in-memory batch loaders.
+
+Images stay in memory as float NCHW tensors at their stored resolution; a loader resizes a whole
+batch at once (one ``F.interpolate`` call) to the size a version needs, instead of a per-sample
+Python transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import FaultInjector
+import mydataset
+from utils import DEFAULT_DATA_ROOT, UsageError, stratified_split
+
+DATASETS: dict[str, type[mydataset.MyDataset]] = {
+    cls.name: cls for cls in (mydataset.Digits, mydataset.Cifar10, mydataset.ATS, mydataset.CTSD,
+                              mydataset.GTSRB, mydataset.TSCD, mydataset.TTS, mydataset.COVIDX9A)
+}
+PAPER_DATASETS = ("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A")
+VALIDATION_FRACTION = 0.2
+SPLIT_SEED = 42
+
+
+def get_dataset(dataset_name: str) -> mydataset.MyDataset:
+    """The dataset object for a name (case-insensitive); an unknown name is a UsageError."""
+    cls = DATASETS.get(str(dataset_name).upper())
+    if cls is None:
+        raise UsageError(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASETS)}")
+    return cls()
+
+
+class TensorLoader:
+    """Batches of an in-memory image tensor, resized per batch; a drop-in for a DataLoader.
+
+    Shuffling draws from its own seeded generator, so epochs differ but runs repeat exactly.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, image_size: int | None,
+                 shuffle: bool = False, seed: int = 0):
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.shuffle = shuffle
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self._generator) if self.shuffle else None
+        for start in range(0, len(self.x), self.batch_size):
+            if order is None:
+                xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            else:
+                index = order[start:start + self.batch_size]
+                xb, yb = self.x[index], self.y[index]
+            yield resize_batch(xb, self.image_size), yb
+
+
+def resize_batch(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Resize a batch to ``image_size``² (bilinear; antialiased when shrinking)."""
+    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
+        return x
+    shrinking = image_size < max(x.shape[-2:])
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                         antialias=shrinking).clamp_(0.0, 1.0)
+
+
+@dataclass
+class MyData:
+    """The three splits of a dataset (with any data fault applied) and loaders at one image size."""
+
+    dataset_name: str
+    bug_id: int
+    num_classes: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    batch_size: int = 256
+    image_size: int | None = None
+    seed: int = SPLIT_SEED
+    source: mydataset.MyDataset | None = None
+    data_root: Path = Path(DEFAULT_DATA_ROOT)
+
+    @property
+    def train_loader(self) -> TensorLoader:
+        return TensorLoader(self.x_train, self.y_train, self.batch_size, self.image_size, shuffle=True, seed=self.seed)
+
+    @property
+    def val_loader(self) -> TensorLoader:
+        return TensorLoader(self.x_val, self.y_val, self.batch_size, self.image_size)
+
+    @property
+    def test_loader(self) -> TensorLoader:
+        return TensorLoader(self.x_test, self.y_test, self.batch_size, self.image_size)
+
+    @property
+    def native_size(self) -> int:
+        return int(max(self.x_train.shape[-2:]))
+
+    def at(self, image_size: int | None = None, batch_size: int | None = None, seed: int | None = None) -> "MyData":
+        """The same tensors seen at another image size, batch size or shuffling seed (no copy)."""
+        return replace(self, image_size=image_size or self.image_size, batch_size=batch_size or self.batch_size,
+                       seed=self.seed if seed is None else seed)
+
+
+def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
+                   data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SPLIT_SEED) -> MyData:
+    """Load a dataset, split off 20 % of train for validation, apply a data fault (7-12) if asked.
+
+    ``image_size=None`` uses the dataset's own size (its stored resolution if it declares none).
+    Model faults (1-6) leave the data as it is. An unknown dataset or fault, a fault that does not
+    apply, or missing files are UsageErrors.
+    """
+    source = get_dataset(dataset_name)
+    bug_id = FaultInjector.validate_bug_id(bug_id, source)
+    raw = source.load(Path(data_root))
+    num_classes = int(raw.y_train.max()) + 1
+    if raw.y_test.numel() and int(raw.y_test.max()) >= num_classes:
+        raise UsageError(f"{source.name}: test label {int(raw.y_test.max())} never occurs in the training labels")
+    keep, held = stratified_split(raw.y_train, VALIDATION_FRACTION, SPLIT_SEED)
+    data = MyData(dataset_name=source.name, bug_id=bug_id, num_classes=num_classes,
+                  x_train=raw.x_train[keep], y_train=raw.y_train[keep],
+                  x_val=raw.x_train[held], y_val=raw.y_train[held],
+                  x_test=raw.x_test, y_test=raw.y_test, batch_size=batch_size,
+                  image_size=image_size or source.image_size, seed=seed, source=source, data_root=Path(data_root))
+    _check_classes_present(data)
+    FaultInjector.inject_dataset_fault(data, bug_id)
+    return data
+
+
+def _check_classes_present(data: MyData) -> None:
+    """Every class must appear in train and validation, or the failure model has nothing to learn from."""
+    for split in ("train", "val"):
+        labels = getattr(data, f"y_{split}")
+        missing = sorted(set(range(data.num_classes)) - set(labels.unique().tolist()))
+        if missing:
+            raise UsageError(f"{data.dataset_name}: class(es) {missing[:10]} missing from the {split} split; "
+                             "every class needs at least 2 training images")
+
+
+class DatasetCache:
+    """Loads each (dataset, data fault) once per run: versions with model or hyper-parameter faults
+    share the healthy splits, so a grid of versions does not reload the same files."""
+
+    def __init__(self, data_root=DEFAULT_DATA_ROOT):
+        self.data_root = data_root
+        self._loaded: dict[tuple[str, int], MyData] = {}
+
+    def get(self, dataset_name: str, bug_id: int | None = 0) -> MyData:
+        bug_id = bug_id or 0
+        key = (str(dataset_name).upper(), bug_id if bug_id in FaultInjector.DATA_FAULTS else 0)
+        if key not in self._loaded:
+            self._loaded[key] = create_dataset(key[0], bug_id=key[1], data_root=self.data_root)
+        return self._loaded[key]

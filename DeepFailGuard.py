@@ -1,0 +1,205 @@
+"""The failure predictor and the selector.
+
+- ``DeepFailGuardTrainer`` fits, per version, a KDE of the DeepFool distances of correctly and of
+  wrongly classified validation inputs.
+- ``DeepFailGuardModule`` turns a distance into P(correct | d) with the version's validation
+  accuracy ``a`` as prior: ``a·f_c(d) / (a·f_c(d) + (1 − a)·f_w(d))``, computed in log space.
+- ``DeepFailGuard`` answers each input with the label of the version whose P(correct) is highest
+  (the first such version on ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from Attacker import Attacker, AttackResult
+from kde import GaussianKDE
+from utils import UsageError
+
+
+@dataclass
+class FailureModelFit:
+    """What fitting saw: validation distances, whether each input was classified correctly."""
+
+    distances: np.ndarray
+    correct: np.ndarray
+    result: AttackResult
+    correct_kde: GaussianKDE
+    wrong_kde: GaussianKDE
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else float("nan")
+
+
+class DeepFailGuardTrainer:
+    """Fits a version's two KDEs from its validation distances (DeepFool, foolbox semantics)."""
+
+    def __init__(self, steps: int = 50, candidates: int = 10, overshoot: float = 0.02, progress: bool = False):
+        self.attack_options = dict(steps=steps, candidates=candidates, overshoot=overshoot)
+        self.progress = progress
+
+    def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None) -> FailureModelFit:
+        attacker = Attacker(pytorch_model, device=device, **self.attack_options)
+        result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
+        truth = np.concatenate([np.asarray(y) for _, y in val_dataloader]) if len(result.labels) else np.zeros(0)
+        fit = self.fit(result, truth)
+        fit.correct_kde.save(correct_kde_path)
+        fit.wrong_kde.save(wrong_kde_path)
+        return fit
+
+    @staticmethod
+    def fit(result: AttackResult, truth: np.ndarray) -> FailureModelFit:
+        """Split distances by correctness and fit one KDE to each group.
+
+        A group with fewer than two distinct distances borrows its width from the spread of all
+        validation distances; an empty group (no wrong inputs, say) gives the empty density.
+        """
+        if len(truth) != len(result.distances):
+            raise UsageError(f"{len(result.distances)} distances but {len(truth)} ground-truth labels")
+        correct = result.labels == truth
+        spread = float(np.std(result.distances, ddof=1)) if len(result.distances) > 1 else None
+        return FailureModelFit(result.distances, correct, result,
+                               GaussianKDE.fit(result.distances[correct], fallback_scale=spread),
+                               GaussianKDE.fit(result.distances[~correct], fallback_scale=spread))
+
+
+class DeepFailGuardModule:
+    """One version's failure predictor; ``model`` may be None when only cached distances are used."""
+
+    def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
+                 image_size: int | None = None, attack_options: dict | None = None):
+        self.correct_kde = self.load_kde(correct_kde_path)
+        self.wrong_kde = self.load_kde(wrong_kde_path)
+        self.val_acc = check_accuracy(val_acc, name or str(correct_kde_path))
+        self.name = name
+        self.image_size = image_size or getattr(model, "metadata", {}).get("image_size")
+        network = getattr(model, "model_structure", model)
+        self.attacker = None if network is None else Attacker(network, device=device, image_size=self.image_size,
+                                                              **(attack_options or {}))
+
+    @staticmethod
+    def load_kde(path) -> GaussianKDE:
+        """Our ``.npz`` or the paper's pickled ``gaussian_kde`` (restricted unpickler)."""
+        return GaussianKDE.load(path)
+
+    def log_densities(self, distances) -> tuple[np.ndarray, np.ndarray]:
+        distances = check_distances(distances, self.name)
+        return self.correct_kde.logpdf(distances), self.wrong_kde.logpdf(distances)
+
+    def confidence(self, distances) -> np.ndarray:
+        """P(correct | d) per distance, from log densities (never 0/0)."""
+        return posterior(*self.log_densities(distances), self.val_acc)
+
+    def density_margin(self, distances) -> np.ndarray:
+        """f_c(d) − f_w(d): the paper's "distance only" ablation score (no prior)."""
+        log_correct, log_wrong = self.log_densities(distances)
+        return np.exp(log_correct) - np.exp(log_wrong)
+
+    def attack(self, images: torch.Tensor) -> AttackResult:
+        """DeepFool on a batch (resized to the size this version sees)."""
+        if self.attacker is None:
+            raise UsageError(f"version {self.name or '?'} was built without a network; it can only use cached distances")
+        return self.attacker.attack(images)
+
+    def attack_loader(self, loader, progress: bool = False) -> AttackResult:
+        if self.attacker is None:
+            raise UsageError(f"version {self.name or '?'} was built without a network; it can only use cached distances")
+        return self.attacker.attack_loader(loader, progress=progress, description=f"DeepFool {self.name}")
+
+
+def posterior(log_correct: np.ndarray, log_wrong: np.ndarray, val_acc: float) -> np.ndarray:
+    """``a·f_c / (a·f_c + (1 − a)·f_w)`` from ``log f_c``, ``log f_w``.
+
+    Where both weighted densities are zero (only possible with an empty KDE and a prior of 0 or 1,
+    or two empty KDEs) the prior itself is returned.
+    """
+    with np.errstate(divide="ignore"):
+        log_a, log_not_a = np.log(val_acc), np.log1p(-val_acc)
+    weighted_correct = log_a + log_correct
+    weighted_wrong = log_not_a + log_wrong
+    normaliser = np.logaddexp(weighted_correct, weighted_wrong)
+    with np.errstate(invalid="ignore"):
+        probability = np.exp(weighted_correct - normaliser)
+    return np.where(np.isneginf(normaliser), val_acc, probability)
+
+
+def check_accuracy(val_acc, name: str) -> float:
+    try:
+        value = float(val_acc)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name}: validation accuracy {val_acc!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{name}: validation accuracy {value} is not a fraction in [0, 1]")
+    return value
+
+
+def check_distances(distances, name: str = "") -> np.ndarray:
+    distances = np.asarray(distances, dtype=np.float64)
+    if not np.isfinite(distances).all():
+        bad = int((~np.isfinite(distances)).sum())
+        raise UsageError(f"{name or 'distances'}: {bad} NaN or infinite distance(s); recompute the cache with --force")
+    return distances
+
+
+@dataclass
+class Decision:
+    """DeepFailGuard's answer for a set of inputs, with what it was based on (versions × inputs)."""
+
+    labels: np.ndarray
+    chosen: np.ndarray
+    version_labels: np.ndarray
+    confidences: np.ndarray
+    distances: np.ndarray
+    extras: dict = field(default_factory=dict)
+
+
+class DeepFailGuard:
+    """Selects, per input, the answer of the version most likely to be correct."""
+
+    def __init__(self, modules: list[DeepFailGuardModule]):
+        if len(modules) < 2:
+            raise UsageError(f"DeepFailGuard needs at least two versions, got {len(modules)}")
+        self.modules = list(modules)
+
+    @staticmethod
+    def select(confidences: np.ndarray, version_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per input, the label of the version with the highest score (first on ties) and its index."""
+        chosen = np.argmax(confidences, axis=0)
+        return np.take_along_axis(version_labels, chosen[None, :], axis=0)[0], chosen
+
+    def batch_infer_cached(self, distances, labels) -> Decision:
+        """Decide from cached distances and labels, both shaped (versions, inputs)."""
+        distances = np.asarray(distances, dtype=np.float64)
+        labels = np.asarray(labels)
+        if distances.shape != labels.shape or distances.shape[0] != len(self.modules):
+            raise UsageError(f"expected distances and labels of shape ({len(self.modules)}, N); "
+                             f"got {distances.shape} and {labels.shape}")
+        confidences = np.stack([module.confidence(d) for module, d in zip(self.modules, distances)])
+        chosen_labels, chosen = self.select(confidences, labels)
+        return Decision(chosen_labels, chosen, labels, confidences, distances)
+
+    def batch_infer(self, loaders, progress: bool = False) -> Decision:
+        """Run every version's attacker over the test inputs, then decide.
+
+        ``loaders``: one loader per version (the same inputs in the same order), or a single loader
+        shared by all; each batch is resized to the size its version sees.
+        """
+        if not isinstance(loaders, (list, tuple)):
+            loaders = [loaders] * len(self.modules)
+        if len(loaders) != len(self.modules):
+            raise UsageError(f"{len(self.modules)} versions but {len(loaders)} loaders")
+        results = [module.attack_loader(loader, progress=progress) for module, loader in zip(self.modules, loaders)]
+        decision = self.batch_infer_cached([r.distances for r in results], [r.labels for r in results])
+        decision.extras["probabilities"] = np.stack([r.probabilities for r in results])
+        return decision
+
+    def infer(self, image: torch.Tensor) -> int:
+        """The label DeepFailGuard gives one image (C×H×W, or a batch of one)."""
+        batch = image.unsqueeze(0) if image.ndim == 3 else image
+        results = [module.attack(batch) for module in self.modules]
+        decision = self.batch_infer_cached([r.distances for r in results], [r.labels for r in results])
+        return int(decision.labels[0])

@@ -1,0 +1,35 @@
+# The two set-up-and-run commands of the README:
+#   make demo   the whole pipeline on the bundled DIGITS data (CPU, about 10 minutes)
+#   make test   the test suite
+# Both create .venv and install what they need on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := --preset demo
+
+.PHONY: demo test bench
+
+$(VENV)/.runtime: envs_requirements/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r envs_requirements/requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime envs_requirements/requirements-dev.txt
+	$(PY) -m pip install --quiet -r envs_requirements/requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(PY) main_train_model.py $(DEMO)
+	$(PY) main_train_DeepFailGuard.py $(DEMO)
+	$(PY) main_cache_test_distances.py $(DEMO)
+	$(PY) main_test_DeepFailGuard.py $(DEMO) --quiet
+	$(PY) main_test_DeepFailGuard_from_cached.py $(DEMO)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_attacker.py
+	$(PY) benchmarks/bench_evaluation.py

@@ -1,0 +1,271 @@
+"""Architecture registry and the life of a version: create, train, save, load, evaluate.
+
+A version is (architecture, dataset, fault). Its checkpoint ``{key}.pth`` is a plain ``state_dict``
+(loadable with ``weights_only=True``); its metadata ``{key}.json`` holds what was measured on it.
+
+To add an architecture, add one line to ``MODELS``: a ``mymodel`` class, or for any torchvision
+builder ``mymodel.torchvision_architecture("name", torchvision.models.builder)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+import DatasetManager
+import FaultInjector
+import mymodel
+from ModelTrainer import ModelTrainer
+from plotting import save_loss_curve
+from utils import (DEFAULT_DATA_ROOT, DEFAULT_MODEL_ROOT, TEST_ONLY_FAULTS, UsageError, atomic_torch_save,
+                   atomic_write_json, checkpoint_bug_id, checkpoint_path, choose_device, metadata_path, read_json,
+                   safe_torch_load, seed_everything, version_key)
+
+MODELS: dict[str, type[mymodel.MyModel]] = {
+    "resnet": mymodel.ResNetModel,
+    "alexnet": mymodel.AlexNetModel,
+    "densenet": mymodel.DenseNetModel,
+    "vgg16": mymodel.VGG16Model,
+    "squeezenet": mymodel.SqueezeNetModel,
+}
+PAPER_MODELS = ("resnet", "alexnet", "densenet", "vgg16", "squeezenet")
+PAPER_ACCURACIES = Path(__file__).resolve().parent / "mymodel" / "paper_version_accuracies.csv"
+#: faults the paper repository implemented as no-ops: its released weights have the healthy structure
+PAPER_NO_OP_STRUCTURE_FAULTS = (2, 3)
+MODES = ("load", "train", "evaluate")
+
+
+def get_model_class(model_name: str) -> type[mymodel.MyModel]:
+    cls = MODELS.get(str(model_name).lower())
+    if cls is None:
+        raise UsageError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
+    return cls
+
+
+def build_version(model_name: str, num_classes: int, structure_fault: int = 0) -> mymodel.MyModel:
+    """The untrained network of a version: the architecture with model fault 1, 2 or 3 built in."""
+    model = get_model_class(model_name)(num_classes)
+    return FaultInjector.inject_model_fault(model, structure_fault)
+
+
+def is_trained(model_root, model_name: str, dataset_name: str, bug_id: int) -> bool:
+    """A version is finished when its metadata and the checkpoint it uses both exist."""
+    return (metadata_path(model_root, model_name, dataset_name, bug_id).is_file()
+            and checkpoint_path(model_root, model_name, dataset_name, bug_id).is_file())
+
+
+def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
+                 model_root=DEFAULT_MODEL_ROOT, data_root=DEFAULT_DATA_ROOT, epochs: int | None = None,
+                 lr: float | None = None, batch_size: int | None = None, seed: int = 42,
+                 image_size: int | None = None, progress: bool = True) -> mymodel.MyModel:
+    """Create a version of ``model_name`` on ``dataset`` (a name or a ``MyData``).
+
+    ``mode="train"`` trains it and writes checkpoint + metadata (test-data faults 10-12 reuse the
+    healthy checkpoint, training it first if it is missing); ``"load"`` reads them; ``"evaluate"``
+    loads and re-measures validation and test accuracy into the metadata. Returns the ``MyModel``
+    with ``model_structure`` on ``device`` in evaluation mode, ``val_acc``, ``test_acc``, ``image_size``.
+    """
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    get_model_class(model_name)
+    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
+    bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(dataset_name))
+    device = choose_device(device)
+    if mode == "train" and bug_id in TEST_ONLY_FAULTS:
+        return _derive_test_fault_version(model_name, dataset, bug_id, device, model_root=model_root,
+                                          data_root=data_root, epochs=epochs, lr=lr, batch_size=batch_size,
+                                          seed=seed, image_size=image_size, progress=progress)
+    if mode == "train":
+        return _train_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root,
+                              epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
+                              progress=progress)
+    model = load_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root)
+    if mode == "evaluate":
+        data = _data_for(model, dataset, bug_id, data_root, batch_size)
+        _measure_into_metadata(model, data, device, progress)
+        _save_metadata(model, model_root)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_size: int | None,
+              image_size: int | None = None) -> DatasetManager.MyData:
+    """The version's data (with its data fault) at the size the version sees."""
+    if isinstance(dataset, DatasetManager.MyData):
+        data = dataset
+    else:
+        data = DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=data_root)
+    size = image_size or model.metadata.get("image_size") or model.input_size(data.image_size or data.native_size)
+    if size < model.min_input_size:
+        raise UsageError(f"image size {size} is below {model.model_name}'s minimum of {model.min_input_size}")
+    return data.at(image_size=size, batch_size=batch_size or data.source.training_defaults(model.model_name).batch_size)
+
+
+def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size, seed,
+                   image_size, progress) -> mymodel.MyModel:
+    seed_everything(seed)
+    structure_fault = bug_id if bug_id in FaultInjector.MODEL_FAULTS else 0
+    data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(
+        dataset, bug_id=bug_id, data_root=data_root)
+    model = build_version(model_name, data.num_classes, structure_fault)
+    data = _data_for(model, data, bug_id, data_root, batch_size, image_size).at(seed=seed)
+    defaults = data.source.training_defaults(model_name)
+    trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs,
+                           lr=lr or defaults.lr, weight_decay=defaults.weight_decay, step_size=defaults.step_size,
+                           gamma=defaults.gamma, progress=progress,
+                           description=version_key(model_name, data.dataset_name, bug_id))
+    FaultInjector.inject_hyperparameters_fault(trainer, bug_id)
+    history = trainer.train_model(data.train_loader, data.val_loader)
+    model.model_structure = trainer.model.to(memory_format=torch.contiguous_format).eval()
+    _describe(model, data.dataset_name, bug_id, structure_fault, origin="trained")
+    model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
+                          weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=seed,
+                          loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
+                          device=str(device), amp=trainer.amp, history=history)
+    _measure_into_metadata(model, data, device, progress)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
+    path = checkpoint_path(model_root, model_name, data.dataset_name, bug_id)
+    atomic_torch_save(path, state)
+    save_loss_curve(history, path.with_name(f"{path.stem}_loss.png"), title=model.metadata["key"])
+    _save_metadata(model, model_root)  # last: its presence marks the version finished
+    return model
+
+
+def _derive_test_fault_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size,
+                               seed, image_size, progress) -> mymodel.MyModel:
+    """Faults 10-12 change only the test set: measure the healthy network on it (train it if needed)."""
+    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
+    if not is_trained(model_root, model_name, dataset_name, 0):
+        _train_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root,
+                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
+                       progress=progress)
+    model = load_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root)
+    healthy = dict(model.metadata)
+    model.bug_id = bug_id
+    model.metadata.update(bug=bug_id, key=version_key(model_name, dataset_name, bug_id), origin="healthy weights",
+                          fault=FaultInjector.FAULTS[bug_id], created=_now())
+    data = _data_for(model, dataset, bug_id, data_root, batch_size or healthy.get("batch_size"))
+    _measure_into_metadata(model, data, device, progress)
+    _save_metadata(model, model_root)
+    return model
+
+
+def _measure_into_metadata(model: mymodel.MyModel, data: DatasetManager.MyData, device, progress: bool) -> None:
+    evaluator = ModelTrainer(model.model_structure, device=device, progress=progress)
+    val_acc, val_loss = evaluator.evaluate_model(data.val_loader)
+    test_acc, test_loss = evaluator.evaluate_model(data.test_loader)
+    model.model_structure = evaluator.model.eval()
+    model.metadata.update(val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss,
+                          num_val=len(data.y_val), num_test=len(data.y_test), image_size=data.image_size)
+
+
+def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_fault: int, origin: str) -> None:
+    model.bug_id = bug_id
+    model.dataset_name = dataset_name
+    model.metadata.update(
+        model=model.model_name, dataset=dataset_name, bug=bug_id, key=version_key(model.model_name, dataset_name, bug_id),
+        checkpoint=f"{version_key(model.model_name, dataset_name, checkpoint_bug_id(bug_id))}.pth",
+        fault=FaultInjector.FAULTS.get(bug_id, "healthy"), structure_fault=structure_fault,
+        num_classes=model.num_classes, origin=origin, created=_now(),
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "torchvision": torchvision.__version__, "numpy": np.__version__})
+
+
+def _save_metadata(model: mymodel.MyModel, model_root) -> None:
+    path = metadata_path(model_root, model.model_name, model.metadata["dataset"], model.bug_id)
+    atomic_write_json(path, model.metadata)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_root=DEFAULT_MODEL_ROOT,
+                 data_root=DEFAULT_DATA_ROOT) -> mymodel.MyModel:
+    """Load a version's checkpoint into its structure; metadata if present, else the paper's figures.
+
+    A checkpoint without our metadata file is taken as one of the paper's released weights: the
+    paper's faults 2 and 3 were no-ops, so those versions are built with the healthy structure.
+    """
+    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
+    ckpt = checkpoint_path(model_root, model_name, dataset_name, bug_id)
+    meta_file = metadata_path(model_root, model_name, dataset_name, bug_id)
+    if not ckpt.is_file():
+        raise UsageError(f"missing checkpoint {ckpt}: train it first with "
+                         f"python main_train_model.py --datasets {dataset_name} --models {model_name} --bugs {bug_id}")
+    state = safe_torch_load(ckpt)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{ckpt} is not a state_dict (a dict of tensors)")
+    if meta_file.is_file():
+        metadata = read_json(meta_file)
+        structure_fault = int(metadata.get("structure_fault", 0))
+        num_classes = int(metadata.get("num_classes") or _num_classes_of(dataset, data_root))
+    else:
+        structure_fault = bug_id if bug_id in FaultInjector.MODEL_FAULTS and bug_id not in PAPER_NO_OP_STRUCTURE_FAULTS else 0
+        num_classes = _num_classes_of(dataset, data_root)
+        metadata = {}
+    model = build_version(model_name, num_classes, structure_fault)
+    _check_state_fits(state, model.model_structure, ckpt, model_name, num_classes, structure_fault)
+    model.model_structure.load_state_dict(state, strict=True)
+    model.model_structure.to(choose_device(device)).eval()
+    model.bug_id = bug_id
+    model.dataset_name = dataset_name
+    if metadata:
+        model.metadata = metadata
+    else:
+        _describe(model, dataset_name, bug_id, structure_fault, origin="paper")
+        source = DatasetManager.get_dataset(dataset_name)
+        model.metadata.update(image_size=model.input_size(source.image_size), **paper_accuracy(dataset_name, model_name, bug_id))
+    return model
+
+
+def _num_classes_of(dataset, data_root) -> int:
+    if isinstance(dataset, DatasetManager.MyData):
+        return dataset.num_classes
+    return DatasetManager.create_dataset(dataset, data_root=data_root).num_classes
+
+
+def _check_state_fits(state: dict, network: torch.nn.Module, path: Path, model_name: str, num_classes: int,
+                      structure_fault: int) -> None:
+    """A one-line explanation instead of torch's page-long error when a checkpoint does not fit."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        example = (mismatched or missing or unexpected)[0]
+        raise UsageError(
+            f"{path} does not fit {model_name} with {num_classes} classes (structure fault {structure_fault}): "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} wrongly shaped tensors "
+            f"(e.g. {example}); is it a checkpoint of another architecture or dataset?")
+
+
+@lru_cache(maxsize=1)
+def _paper_accuracy_table() -> dict[tuple[str, str, int], tuple[float | None, float | None]]:
+    table = {}
+    with open(PAPER_ACCURACIES, newline="") as handle:
+        for row in csv.DictReader(handle):
+            as_fraction = [float(row[c]) / 100 if row[c] else None for c in ("val_acc_percent", "test_acc_percent")]
+            table[(row["dataset"], row["model"], int(row["bug_id"]))] = tuple(as_fraction)
+    return table
+
+
+def paper_accuracy(dataset_name: str, model_name: str, bug_id: int) -> dict:
+    """Validation/test accuracy (fractions) the paper reports for one of its released versions."""
+    val_acc, test_acc = _paper_accuracy_table().get((dataset_name.upper(), model_name.lower(), bug_id or 0),
+                                                    (None, None))
+    return {"val_acc": val_acc, "test_acc": test_acc}

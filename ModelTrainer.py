@@ -1,0 +1,114 @@
+"""The training and evaluation loop for one network.
+
+The paper's recipe: Adam (lr 1e-4, weight decay 1e-4), cross-entropy, StepLR (30 epochs, ×0.1),
+30 epochs. On CUDA, mixed precision (bfloat16 autocast, or float16 with a gradient scaler where
+bfloat16 is missing) and channels-last memory are on by default.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from utils import choose_device
+
+
+class ModelTrainer:
+    """Trains ``pytorch_model`` in place; fault injection may change ``optimizer``, ``criteria``, ``epochs``."""
+
+    def __init__(self, pytorch_model: nn.Module, device=None, epochs: int = 30, lr: float = 1e-4,
+                 weight_decay: float = 1e-4, step_size: int = 30, gamma: float = 0.1,
+                 amp: bool | None = None, channels_last: bool | None = None, val_every: int | None = None,
+                 progress: bool = True, description: str = "train"):
+        self.device = choose_device(device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = on_cuda if amp is None else amp
+        self.channels_last = on_cuda if channels_last is None else channels_last
+        self.amp_dtype = torch.bfloat16 if (on_cuda and torch.cuda.is_bf16_supported()) or not on_cuda else torch.float16
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = pytorch_model.to(self.device, memory_format=memory_format)
+        self.epochs = epochs
+        self.lr = lr
+        fused = self.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step_size, gamma=gamma)
+        self.criteria: nn.Module = nn.CrossEntropyLoss()
+        self.val_every = val_every
+        self.progress = progress
+        self.description = description
+        self._scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
+        return x, y.to(self.device, non_blocking=True)
+
+    def train_model(self, train_loader, val_loader=None) -> dict:
+        """Train for ``self.epochs``; validate every ``val_every`` epochs and after the last one.
+
+        Returns the history: per-epoch training loss and accuracy, and the validation points.
+        """
+        val_every = self.val_every or max(1, self.epochs // 5)
+        history = {"epoch": [], "train_loss": [], "train_acc": [], "val_epoch": [], "val_loss": [], "val_acc": []}
+        started = time.perf_counter()
+        bar = tqdm(range(1, self.epochs + 1), desc=self.description, unit="epoch", disable=not self.progress,
+                   leave=False)
+        for epoch in bar:
+            loss, accuracy = self._train_epoch(train_loader)
+            if not torch.isfinite(torch.tensor(loss)):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss})")
+            history["epoch"].append(epoch)
+            history["train_loss"].append(loss)
+            history["train_acc"].append(accuracy)
+            postfix = {"loss": f"{loss:.3f}", "acc": f"{accuracy:.3f}"}
+            if val_loader is not None and (epoch % val_every == 0 or epoch == self.epochs):
+                val_acc, val_loss = self.evaluate_model(val_loader)
+                history["val_epoch"].append(epoch)
+                history["val_loss"].append(val_loss)
+                history["val_acc"].append(val_acc)
+                postfix["val_acc"] = f"{val_acc:.3f}"
+            bar.set_postfix(postfix)
+        history["seconds"] = time.perf_counter() - started
+        return history
+
+    def _train_epoch(self, loader) -> tuple[float, float]:
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = self.model(x)
+            loss = self.criteria(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += len(y)
+        self.scheduler.step()
+        return (total_loss / max(seen, 1)).item(), (correct.float() / max(seen, 1)).item()
+
+    @torch.no_grad()
+    def evaluate_model(self, loader) -> tuple[float, float]:
+        """``(accuracy, mean loss)`` of the network on ``loader``, in evaluation mode."""
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = self.model(x)
+            total_loss += self.criteria(logits.float(), y) * len(y)
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += len(y)
+        return (correct.float() / max(seen, 1)).item(), (total_loss / max(seen, 1)).item()

@@ -1,0 +1,131 @@
+"""Benchmark: our batched DeepFool against foolbox 3.3.4's L2DeepFoolAttack, in one process.
+
+On trained DIGITS versions (default: the demo's three architectures), batch sizes 8 and 64, the
+same test inputs: median throughput of each (inputs per second) and their ratio, the median and
+maximum relative distance difference, and how often both agree on the success flag. foolbox is
+timed as it is normally used (weights left trainable, so its ``backward`` also computes weight
+gradients) and with frozen weights, the stricter reference; the ratio is reported against both.
+Finally a profile of our attack shows where its remaining time goes.
+
+    python benchmarks/bench_attacker.py [--models squeezenet densenet resnet] [--inputs 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+import ModelManager  # noqa: E402
+from Attacker import Attacker  # noqa: E402
+from DatasetManager import create_dataset  # noqa: E402
+from utils import UsageError, choose_device  # noqa: E402
+
+
+def foolbox_attack(network, images: torch.Tensor, device) -> tuple[np.ndarray, np.ndarray]:
+    import foolbox
+
+    model = foolbox.PyTorchModel(network, bounds=(0.0, 1.0), device=device)
+    labels = network(images).argmax(dim=1)
+    attack = foolbox.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02, loss="logits")
+    raw, _, success = attack(model, images, labels, epsilons=None)
+    return (raw - images).flatten(1).norm(dim=1).detach().cpu().numpy(), success.cpu().numpy()
+
+
+def timed(function, batches) -> tuple[float, list]:
+    started = time.perf_counter()
+    outputs = [function(batch) for batch in batches]
+    return time.perf_counter() - started, outputs
+
+
+def compare(network, images: torch.Tensor, batch_size: int, repeats: int, device) -> dict:
+    batches = list(images.split(batch_size))
+    ours = Attacker(network, device=device)
+    times = {"ours": [], "foolbox": [], "foolbox_frozen": []}
+    for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
+        seconds, our_results = timed(ours.attack, batches)
+        times["ours"].append(seconds)
+        network.requires_grad_(True)
+        seconds, foolbox_results = timed(lambda b: foolbox_attack(network, b, device), batches)
+        times["foolbox"].append(seconds)
+        network.requires_grad_(False)
+        seconds, _ = timed(lambda b: foolbox_attack(network, b, device), batches)
+        times["foolbox_frozen"].append(seconds)
+    network.requires_grad_(True)
+    our_distances = np.concatenate([r.distances for r in our_results])
+    our_success = np.concatenate([r.success for r in our_results])
+    reference = np.concatenate([d for d, _ in foolbox_results])
+    reference_success = np.concatenate([s for _, s in foolbox_results])
+    relative = np.abs(our_distances - reference) / np.maximum(np.abs(reference), 1e-12)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "inputs_per_s": {name: len(images) / seconds for name, seconds in medians.items()},
+        "ratio": medians["foolbox"] / medians["ours"],
+        "ratio_frozen": medians["foolbox_frozen"] / medians["ours"],
+        "median_rel_diff": float(np.median(relative)),
+        "max_rel_diff": float(relative.max()),
+        "success_agreement": float(np.mean(our_success == reference_success)),
+    }
+
+
+def profile(network, images: torch.Tensor, batch_size: int, device) -> str:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    attacker = Attacker(network, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for batch in images.split(batch_size):
+            attacker.attack(batch)
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_key, row_limit=8)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["squeezenet", "densenet", "resnet"])
+    parser.add_argument("--dataset", default="DIGITS")
+    parser.add_argument("--batch-sizes", nargs="+", type=cli.positive_int, default=[8, 64])
+    parser.add_argument("--inputs", type=cli.positive_int, default=128, help="test inputs per configuration")
+    parser.add_argument("--repeats", type=cli.positive_int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-root", default="mymodel/model")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args(argv)
+    device = choose_device(args.device)
+    data = create_dataset(args.dataset)
+    print(f"DeepFool benchmark on {device} ({torch.get_num_threads()} threads), {args.inputs} {args.dataset} test "
+          f"inputs per row, median of {args.repeats} interleaved runs; reference: foolbox 3.3.4 L2DeepFoolAttack")
+    print(f"{'model':<11} {'batch':>5} {'ours/s':>8} {'fb/s':>8} {'fb_frozen/s':>11} {'ratio':>6} {'ratio_frozen':>12} "
+          f"{'med_rel_diff':>12} {'max_rel_diff':>12} {'same_success':>12}")
+    ratios = []
+    for model_name in args.models:
+        model = ModelManager.load_version(model_name, args.dataset, 0, device, model_root=args.model_root)
+        images = next(iter(data.at(image_size=model.metadata["image_size"], batch_size=args.inputs).test_loader))[0]
+        network = model.model_structure
+        for batch_size in args.batch_sizes:
+            row = compare(network, images.to(device), batch_size, args.repeats, device)
+            ratios.append(row["ratio_frozen"])
+            speed = row["inputs_per_s"]
+            print(f"{model_name:<11} {batch_size:>5} {speed['ours']:>8.1f} {speed['foolbox']:>8.1f} "
+                  f"{speed['foolbox_frozen']:>11.1f} {row['ratio']:>5.1f}x {row['ratio_frozen']:>11.1f}x "
+                  f"{row['median_rel_diff']:>12.2e} {row['max_rel_diff']:>12.2e} {row['success_agreement']:>12.3f}",
+                  flush=True)
+    print(f"median speed-up over foolbox with frozen weights: {statistics.median(ratios):.1f}x")
+    if not args.no_profile:
+        model = ModelManager.load_version(args.models[-1], args.dataset, 0, device, model_root=args.model_root)
+        images = next(iter(data.at(image_size=model.metadata["image_size"], batch_size=args.inputs).test_loader))[0]
+        print(f"\nwhere our time goes ({args.models[-1]}, batch {args.batch_sizes[-1]}):")
+        print(profile(model.model_structure, images.to(device), args.batch_sizes[-1], device))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

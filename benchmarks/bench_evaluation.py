@@ -1,0 +1,127 @@
+"""Benchmark: the cached evaluation over a paper-sized synthetic grid, against the paper's way.
+
+Synthetic cache: 10,000 test inputs, 5 architectures, 13 fault settings (0-12), each version's
+KDEs fitted on 10,000 validation distances. Ours computes P(correct) once per version (exact
+log-density, chunked log-sum-exp) and evaluates every set of versions with array operations. The
+paper's way recomputes P(correct) for every (version, set) pair, calling each ``gaussian_kde`` once
+per input; it is timed on a sample of pairs and extrapolated to the grid (running it in full takes
+hours). Decisions of both are compared on whole sets, wherever the paper's densities do not
+underflow to 0/0.
+
+    python benchmarks/bench_evaluation.py [--inputs 10000] [--kde-points 10000] [--paper-pairs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+import Evaluator  # noqa: E402
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
+from kde import GaussianKDE  # noqa: E402
+
+MODELS = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
+NUM_CLASSES = 10
+
+
+def synthetic_version(rng, model: str, bug: int, n_inputs: int, n_points: int, truth: np.ndarray, folder: Path):
+    """A version whose wrong answers sit closer to its decision boundary, as real ones do."""
+    accuracy = rng.uniform(0.6, 0.95)
+    val_correct = rng.random(n_points) < accuracy
+    val_distances = np.where(val_correct, rng.gamma(4.0, 0.25, n_points), rng.gamma(1.5, 0.2, n_points))
+    correct_path, wrong_path = folder / f"{model}_{bug}_correct.npz", folder / f"{model}_{bug}_wrong.npz"
+    GaussianKDE.fit(val_distances[val_correct]).save(correct_path)
+    GaussianKDE.fit(val_distances[~val_correct]).save(wrong_path)
+    test_correct = rng.random(n_inputs) < accuracy
+    labels = np.where(test_correct, truth, (truth + rng.integers(1, NUM_CLASSES, n_inputs)) % NUM_CLASSES)
+    distances = np.where(test_correct, rng.gamma(4.0, 0.25, n_inputs), rng.gamma(1.5, 0.2, n_inputs))
+    module = DeepFailGuardModule(None, correct_path, wrong_path, float(val_correct.mean()), name=f"{model}_bug{bug}")
+    return Evaluator.VersionRecord("SYNTHETIC", model, bug, labels, distances, module, Evaluator.test_set_of(bug))
+
+
+def paper_confidence(record: Evaluator.VersionRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's way: SciPy KDE objects called once per input; returns P(correct) and an underflow mask."""
+    from scipy.stats import gaussian_kde
+
+    correct_kde, wrong_kde = record.module.correct_kde, record.module.wrong_kde
+    scipy_correct, scipy_wrong = gaussian_kde(correct_kde.points), gaussian_kde(wrong_kde.points)
+    a = record.val_acc
+    probabilities, underflow = np.empty(len(record.distances)), np.zeros(len(record.distances), dtype=bool)
+    for i, distance in enumerate(record.distances):
+        f_correct, f_wrong = scipy_correct(distance)[0], scipy_wrong(distance)[0]
+        denominator = a * f_correct + (1 - a) * f_wrong
+        underflow[i] = denominator == 0
+        probabilities[i] = a * f_correct / denominator if denominator > 0 else a
+    return probabilities, underflow
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=cli.positive_int, default=10_000)
+    parser.add_argument("--kde-points", type=cli.positive_int, default=10_000)
+    parser.add_argument("--paper-pairs", type=cli.positive_int, default=3, help="(version, set) pairs timed the paper's way")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    bugs = list(range(13))
+    truths = {"": rng.integers(0, NUM_CLASSES, args.inputs)}
+    truths.update({f"bug{b}": rng.integers(0, NUM_CLASSES, args.inputs) for b in (11, 12)})
+    with tempfile.TemporaryDirectory() as folder:
+        records = {(m, b): synthetic_version(rng, m, b, args.inputs, args.kde_points,
+                                             truths[Evaluator.test_set_of(b)], Path(folder))
+                   for m in MODELS for b in bugs}
+    sets = Evaluator.version_sets(MODELS, bugs)
+    pairs = sum(len(members) for _, members in sets)
+    print(f"synthetic grid: {len(records)} versions, {args.inputs} test inputs, KDEs on {args.kde_points} points, "
+          f"{len(sets)} version sets, {pairs} (version, set) pairs")
+
+    started = time.perf_counter()
+    for record in records.values():
+        record.confidence, record.margin  # noqa: B018 - computed once, cached on the record
+    confidence_seconds = time.perf_counter() - started
+    rows, _ = Evaluator.evaluate_grid("SYNTHETIC", records, truths, MODELS, bugs)
+    ours = time.perf_counter() - started
+    print(f"ours: {ours:.1f} s for the whole grid ({confidence_seconds:.1f} s computing P(correct) and the ablation "
+          f"score of {len(records)} versions once, {ours - confidence_seconds:.1f} s for {len(rows)} result rows)")
+
+    sample = [members for _, members in sets if len(members) == 2][:max(1, args.paper_pairs // 2 + 1)]
+    pair_seconds, agreements, compared = [], [], 0
+    for members in sample:
+        chosen = [records[m] for m in members]
+        paper_probabilities = []
+        for record in chosen:
+            if len(pair_seconds) >= args.paper_pairs:
+                break
+            started = time.perf_counter()
+            paper_probabilities.append(paper_confidence(record))
+            pair_seconds.append(time.perf_counter() - started)
+        if len(paper_probabilities) < len(chosen):
+            break
+        labels = np.stack([r.labels for r in chosen])
+        paper_choice = DeepFailGuard.select(np.stack([p for p, _ in paper_probabilities]), labels)[0]
+        our_choice = DeepFailGuard.select(np.stack([r.confidence for r in chosen]), labels)[0]
+        valid = ~np.any(np.stack([u for _, u in paper_probabilities]), axis=0)
+        agreements.append(np.mean(paper_choice[valid] == our_choice[valid]))
+        compared += int(valid.sum())
+    per_pair = statistics.median(pair_seconds)
+    paper_total = per_pair * pairs
+    print(f"paper's way: {per_pair:.2f} s per (version, set) pair (median of {len(pair_seconds)}), "
+          f"extrapolated to {pairs} pairs: {paper_total / 60:.0f} min")
+    print(f"speed-up: {paper_total / ours:.0f}x")
+    if agreements:
+        print(f"decisions identical to the paper's way on {100 * min(agreements):.2f} % of {compared} inputs "
+              f"compared (inputs where its densities underflow excluded)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,195 @@
+"""Command-line plumbing shared by the five ``main_*`` scripts.
+
+The common flags, parsing of lists (``--models resnet,alexnet`` or ``--models resnet alexnet``)
+and the exit-status contract: 0 on success, 2 on bad input (one line on stderr, no traceback),
+1 on a real bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import utils
+from utils import UsageError, version_key
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def split_list(values: Sequence[str] | None) -> list[str] | None:
+    """Accept both ``a,b`` and ``a b`` (and a mix) for list-valued flags."""
+    if values is None:
+        return None
+    return [item for value in values for item in value.split(",") if item]
+
+
+def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
+    """Fault ids: whole numbers 0-12, or ranges such as ``1-10``."""
+    items = split_list(values)
+    if items is None:
+        return None
+    bugs: list[int] = []
+    for item in items:
+        try:
+            if "-" in item[1:]:
+                low, high = item.split("-", 1)
+                bugs.extend(range(int(low), int(high) + 1))
+            else:
+                bugs.append(int(item))
+        except ValueError:
+            raise UsageError(f"--bugs: {item!r} is not a fault id (0 = healthy, 1-12, or a range like 1-10)") from None
+    for bug in bugs:
+        if bug not in (0, *utils.ALL_FAULTS):
+            raise UsageError(f"--bugs: unknown fault {bug}; faults are 0 (healthy) and 1-12")
+    return list(dict.fromkeys(bugs))
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the flags every script shares."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="datasets (default: DIGITS; --preset paper: the paper's seven)")
+    parser.add_argument("--models", nargs="+", default=None, help="architectures (default depends on --preset)")
+    parser.add_argument("--bugs", nargs="+", default=None,
+                        help="fault ids, 0 = healthy, ranges allowed (e.g. 0 1-10)")
+    parser.add_argument("--preset", choices=("digits", "demo", "paper"), default="digits",
+                        help="grid of datasets/models/faults used when those flags are not given")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="batch size (default: the dataset's)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="training epochs (default: the dataset's)")
+    parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed")
+    parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
+    parser.add_argument("--data-root", default=utils.DEFAULT_DATA_ROOT, help="folder of the datasets")
+    parser.add_argument("--model-root", default=utils.DEFAULT_MODEL_ROOT, help="folder of checkpoints")
+    parser.add_argument("--info-root", default=utils.DEFAULT_INFO_ROOT, help="folder of KDEs and caches")
+    parser.add_argument("--output", default=utils.DEFAULT_OUTPUT, help="folder of result CSVs and figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main`` under the exit-status contract."""
+    try:
+        status = main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# grids of versions
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given."""
+
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    bugs: tuple[int, ...]
+    epochs: int | None = None  # None: each dataset's default
+
+
+PRESETS = {
+    # every architecture, healthy and with each fault that applies to DIGITS
+    "digits": Preset(("DIGITS",), ("resnet", "alexnet", "densenet", "vgg16", "squeezenet"), tuple(range(0, 11))),
+    # the README's one-command demo: small enough for 10 minutes on two CPU cores
+    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 10)),
+    # the paper's grid: seven datasets, five architectures, faults 1-10 (11, 12 on CIFAR10)
+    "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"),
+                    ("resnet", "alexnet", "densenet", "vgg16", "squeezenet"), tuple(range(0, 13))),
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    datasets: list[str]
+    models: list[str]
+    bugs: list[int]
+    epochs: int | None
+
+    def versions(self, dataset: str) -> list[tuple[str, int]]:
+        """``(model, bug)`` pairs that apply to ``dataset``, healthy ones first."""
+        from DatasetManager import get_dataset
+
+        unsupported = get_dataset(dataset).unsupported_faults
+        return [(model, bug) for bug in sorted(self.bugs) for model in self.models if bug not in unsupported]
+
+
+def resolve_grid(args: argparse.Namespace) -> Grid:
+    """The versions a command line asks for, every name checked before any work starts."""
+    from DatasetManager import get_dataset
+    from FaultInjector import validate_bug_id
+    from ModelManager import get_model_class
+
+    preset = PRESETS[args.preset]
+    datasets = [get_dataset(name).name for name in (split_list(args.datasets) or preset.datasets)]
+    models = [get_model_class(name).name for name in (split_list(args.models) or preset.models)]
+    explicit_bugs = parse_bug_ids(args.bugs)
+    if explicit_bugs is not None:
+        for dataset in datasets:
+            for bug in explicit_bugs:
+                validate_bug_id(bug, get_dataset(dataset))
+    bugs = explicit_bugs if explicit_bugs is not None else list(preset.bugs)
+    return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs,
+                getattr(args, "epochs", None) or preset.epochs)
+
+
+def check_datasets_available(datasets: Sequence[str], data_root) -> None:
+    """Fail before any work when a dataset's files are missing (one line naming them)."""
+    from pathlib import Path
+
+    from DatasetManager import get_dataset
+
+    for name in datasets:
+        get_dataset(name).check_available(Path(data_root))
+
+
+def trained_versions(grid: Grid, model_root, include_test_faults: bool = True) -> list[tuple[str, str, int]]:
+    """The grid's ``(dataset, model, bug)`` versions whose checkpoint exists.
+
+    Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
+    requested versions exists, that is a UsageError.
+    """
+    from utils import TEST_ONLY_FAULTS, checkpoint_path
+
+    wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)
+              if include_test_faults or bug not in TEST_ONLY_FAULTS]
+    found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]
+    missing = [v for v in wanted if v not in found]
+    if not found:
+        example = checkpoint_path(model_root, wanted[0][1], wanted[0][0], wanted[0][2]) if wanted else model_root
+        raise UsageError(f"no checkpoint found for the requested versions (e.g. {example}); "
+                         "run main_train_model.py with the same --datasets/--models/--bugs first")
+    if missing:
+        names = ", ".join(version_key(m, d, b) for d, m, b in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        print(f"note: skipping {len(missing)} version(s) without a checkpoint: {names}{more}", file=sys.stderr)
+    return found

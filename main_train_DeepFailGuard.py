@@ -1,0 +1,59 @@
+"""Step 2: fit each version's failure model (KDEs of validation DeepFool distances, correct vs wrong).
+
+Writes ``{info-root}/kde_results/{key}_{correct,wrong}.npz`` and a figure per version in
+``{output}/figures/``. Versions with test-data faults (10-12) share the healthy version's KDEs.
+
+Examples:
+    python main_train_DeepFailGuard.py                       # every trained DIGITS version
+    python main_train_DeepFailGuard.py --models resnet --bugs 0 8 --device cuda
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import cli
+from Attacker import DEFAULT_ATTACK_BATCH
+import ModelManager
+import plotting
+from DatasetManager import DatasetCache
+from DeepFailGuard import DeepFailGuardTrainer
+from utils import checkpoint_bug_id, choose_device, kde_paths, version_key
+
+
+def main(argv=None) -> int:
+    parser = cli.base_parser(__doc__.splitlines()[0])
+    args = parser.parse_args(argv)
+    grid = cli.resolve_grid(args)
+    device = choose_device(args.device)
+    cli.check_datasets_available(grid.datasets, args.data_root)
+    # one failure model per checkpoint: faults 10-12 reuse the healthy one
+    versions = list(dict.fromkeys((d, m, checkpoint_bug_id(b)) for d, m, b in cli.trained_versions(grid, args.model_root)))
+    datasets = DatasetCache(args.data_root)
+    trainer = DeepFailGuardTrainer(progress=not args.quiet)
+    rows = []
+    for dataset, model_name, bug in tqdm(versions, desc="failure models", unit="version", disable=args.quiet):
+        key = version_key(model_name, dataset, bug)
+        correct_path, wrong_path = kde_paths(args.info_root, model_name, dataset, bug)
+        if correct_path.is_file() and wrong_path.is_file() and not args.force:
+            rows.append((key, "", "", "", "", "skipped (exists)"))
+            continue
+        model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
+                                          data_root=args.data_root)
+        data = datasets.get(dataset, bug).at(image_size=model.metadata["image_size"],
+                                             batch_size=args.batch_size or DEFAULT_ATTACK_BATCH)
+        fit = trainer.train(model.model_structure, data.val_loader, correct_path, wrong_path, device=device)
+        plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde,
+                                 Path(args.output) / "figures" / f"kde_{key}.png", title=f"{key}: validation distances")
+        rows.append((key, len(fit.correct), int(fit.correct.sum()), int((~fit.correct).sum()),
+                     f"{fit.result.success.mean():.3f}", "fitted"))
+    print(f"{'version':<28} {'n_val':>6} {'correct':>8} {'wrong':>6} {'flipped':>8}  status")
+    for key, n_val, n_correct, n_wrong, flipped, status in rows:
+        print(f"{key:<28} {n_val!s:>6} {n_correct!s:>8} {n_wrong!s:>6} {flipped!s:>8}  {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,108 @@
+"""What every dataset class declares, and the conversions every loader shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import UsageError
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """Per-dataset training budget (the paper's: Adam, lr 1e-4, wd 1e-4, 30 epochs, StepLR 30/0.1)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    step_size: int = 30
+    gamma: float = 0.1
+
+
+@dataclass
+class RawSplits:
+    """Train and test images as float NCHW tensors in [0, 1] at native resolution, int64 labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+class MyDataset:
+    """One dataset: where its files are, how to read them, its image size and training defaults.
+
+    Subclasses set the class attributes and implement :meth:`load`.
+    """
+
+    name: str = ""
+    #: side length the versions see, before an architecture's minimum input size is applied
+    #: (``None``: the stored resolution)
+    image_size: int | None = None
+    defaults = TrainingDefaults()
+    #: per-architecture changes to ``defaults`` (e.g. a learning rate a network needs on this data)
+    model_defaults: dict[str, dict] = {}
+    #: what fault 10 does to the test inputs: ``"gaussian"`` noise or ``"blur"``
+    test_noise: str = "gaussian"
+    #: faults this dataset cannot carry (a clear error instead of a silent no-op)
+    unsupported_faults: tuple[int, ...] = (11, 12)
+
+    def load(self, data_root: Path) -> RawSplits:
+        raise NotImplementedError
+
+    def training_defaults(self, model_name: str) -> TrainingDefaults:
+        return replace(self.defaults, **self.model_defaults.get(model_name, {}))
+
+    def check_available(self, data_root: Path) -> None:
+        """Raise a UsageError naming the expected files if they are missing (cheap; no loading)."""
+
+    def load_shifted_test(self, data_root: Path, bug_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distribution-shifted test set of faults 11 and 12."""
+        raise UsageError(f"fault {bug_id} (distribution shift) does not apply to {self.name}: "
+                         "it exists only for CIFAR10")
+
+
+def to_images(array, what: str) -> torch.Tensor:
+    """Normalise an image array to float32 NCHW in [0, 1] with three channels.
+
+    Accepts NumPy arrays or tensors, NCHW or NHWC (or NHW), uint8 or float (0-1 or 0-255).
+    """
+    x = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise UsageError(f"{what}: expected images of shape N×C×H×W or N×H×W×C, got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise UsageError(f"{what}: expected 1 or 3 colour channels, got shape {tuple(x.shape)}")
+    is_integer = not torch.is_floating_point(x)
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise UsageError(f"{what}: contains NaN or infinite pixel values")
+    if is_integer or (x.numel() and x.max() > 1.0):
+        x = x / 255.0
+    if x.numel() and (x.min() < 0 or x.max() > 1.0):
+        raise UsageError(f"{what}: pixel values outside [0, 255]")
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    return x.contiguous()
+
+
+def to_labels(array, what: str) -> torch.Tensor:
+    """Normalise labels to a 1-D int64 tensor (one-hot rows become class indices)."""
+    y = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(dim=1)
+    y = y.reshape(-1)
+    if torch.is_floating_point(y):
+        if not torch.equal(y, y.round()):
+            raise UsageError(f"{what}: labels must be whole numbers")
+    y = y.long()
+    if y.numel() and y.min() < 0:
+        raise UsageError(f"{what}: negative labels")
+    return y

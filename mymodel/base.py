@@ -1,0 +1,60 @@
+"""What every architecture class declares: how to build the healthy network and its fault-1 variant."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from utils import UsageError
+
+
+class MyModel:
+    """One architecture. ``model_structure`` is the ``nn.Module``; ModelManager fills in the rest.
+
+    Subclasses set ``name`` and ``min_input_size`` and implement :meth:`build` (torchvision's
+    network, randomly initialised) and, for fault 1, :meth:`build_reduced`.
+    """
+
+    name: str = ""
+    #: smallest square input the network accepts (its pooling stack must not reach 0×0)
+    min_input_size: int = 32
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.model_structure: nn.Module = self.build(num_classes)
+        self.model_name = self.name
+        self.bug_id = 0
+        self.dataset_name = ""
+        self.metadata: dict = {}
+
+    def build(self, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def build_reduced(self, num_classes: int) -> nn.Module:
+        """Fault 1's "suboptimal structure": fewer blocks or layers than the healthy network."""
+        raise UsageError(f"fault 1 (suboptimal structure) is not defined for architecture {self.name!r}")
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.metadata.get("val_acc")
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.metadata.get("test_acc")
+
+    def input_size(self, dataset_size: int | None) -> int | None:
+        """The side length this architecture sees for a dataset of the given size."""
+        return None if dataset_size is None else max(dataset_size, self.min_input_size)
+
+
+def torchvision_architecture(name: str, builder: Callable[..., nn.Module], min_input_size: int = 32) -> type[MyModel]:
+    """A ``MyModel`` class for any torchvision builder taking ``num_classes``: one line adds an architecture.
+
+    Such an architecture has no reduced variant, so fault 1 is refused for it with a clear error.
+    """
+    return type(f"{name.capitalize()}Model", (MyModel,), {
+        "name": name, "min_input_size": min_input_size,
+        "build": lambda self, num_classes: builder(weights=None, num_classes=num_classes),
+        "__doc__": f"torchvision's {getattr(builder, '__name__', name)}, randomly initialised.",
+    })

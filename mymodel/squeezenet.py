@@ -1,0 +1,22 @@
+"""SqueezeNet 1.0 and its fault-1 variant (two Fire modules fewer)."""
+
+import torch.nn as nn
+from torchvision.models import squeezenet1_0
+
+from mymodel.base import MyModel
+
+#: ``features`` indices of the second Fire module (128→128) and of the Fire module 384→384
+DROPPED_FIRES = (4, 9)
+
+
+class SqueezeNetModel(MyModel):
+    name = "squeezenet"
+    min_input_size = 32
+
+    def build(self, num_classes: int) -> nn.Module:
+        return squeezenet1_0(weights=None, num_classes=num_classes)
+
+    def build_reduced(self, num_classes: int) -> nn.Module:
+        net = squeezenet1_0(weights=None, num_classes=num_classes)
+        net.features = nn.Sequential(*(layer for i, layer in enumerate(net.features) if i not in DROPPED_FIRES))
+        return net

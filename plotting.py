@@ -1,0 +1,72 @@
+"""Every figure the pipeline draws; each is written atomically as a PNG."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from utils import atomic_save_figure  # noqa: E402
+
+
+def save_loss_curve(history: dict, path, title: str = "") -> None:
+    """Training loss per epoch and validation accuracy where it was measured."""
+    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
+    loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    if history.get("val_loss"):
+        loss_axis.plot(history["val_epoch"], history["val_loss"], marker="s", label="validation loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    if history.get("val_acc"):
+        acc_axis = loss_axis.twinx()
+        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^", label="validation accuracy")
+        acc_axis.set_ylabel("accuracy")
+        acc_axis.set_ylim(0, 1.02)
+        acc_axis.legend(loc="center right")
+    loss_axis.legend(loc="upper right")
+    loss_axis.set_title(title)
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+
+
+def save_kde_figure(distances, correct, correct_kde, wrong_kde, path, title: str = "") -> None:
+    """Histograms of a version's validation distances (correct / wrong) under their two fitted densities."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    high = float(np.quantile(distances, 0.995)) * 1.1 if len(distances) else 1.0
+    bins = np.linspace(0.0, max(high, 1e-6), 40)
+    grid = np.linspace(0.0, max(high, 1e-6), 400)
+    for mask, kde, colour, label in ((correct, correct_kde, "tab:blue", "correct"),
+                                     (~correct, wrong_kde, "tab:red", "wrong")):
+        if mask.any():
+            axis.hist(distances[mask], bins=bins, density=True, alpha=0.35, color=colour,
+                      label=f"{label} (n={int(mask.sum())})")
+        if kde.n:
+            axis.plot(grid, kde.pdf(grid), color=colour, label=f"KDE {label}")
+    axis.set_xlabel("DeepFool L2 distance")
+    axis.set_ylabel("density")
+    axis.set_title(title)
+    axis.legend()
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+
+
+def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> None:
+    """Mean accuracy of every method (and the upper limit) against the number of versions."""
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    methods = list(dict.fromkeys(row["method"] for row in summary_rows))
+    for method in methods:
+        rows = sorted((r for r in summary_rows if r["method"] == method), key=lambda r: r["n_versions"])
+        style = {"dfg": dict(linewidth=2.5, marker="o"), "voting": dict(linewidth=2, marker="s")}.get(method, dict(marker="."))
+        axis.plot([r["n_versions"] for r in rows], [r["accuracy"] for r in rows], label=method, **style)
+    upper = sorted({(r["n_versions"], r["upper_limit"]) for r in summary_rows if r["method"] == methods[0]})
+    axis.plot([n for n, _ in upper], [u for _, u in upper], "k--", label="upper limit")
+    axis.set_xlabel("number of versions N")
+    axis.set_ylabel("mean accuracy over version sets")
+    axis.set_xticks(sorted({r["n_versions"] for r in summary_rows}))
+    axis.set_title(title)
+    axis.legend(fontsize=8, ncol=2)
+    atomic_save_figure(path, figure)
+    plt.close(figure)
