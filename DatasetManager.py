@@ -115,6 +115,23 @@ class MyData:
         return replace(self, image_size=image_size or self.image_size, batch_size=batch_size or self.batch_size,
                        seed=self.seed if seed is None else seed)
 
+    def limited(self, max_inputs: int | None) -> "MyData":
+        """At most ``max_inputs`` validation and test inputs: a stratified sample (seed 42), in order.
+
+        For quick runs (the demo); every version of a dataset gets the same sample, and the
+        training split is untouched.
+        """
+        if not max_inputs:
+            return self
+        splits = {}
+        for split in ("val", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if len(y) > max_inputs:
+                _, kept = stratified_split(y, max_inputs / len(y), SPLIT_SEED)
+                x, y = x[kept], y[kept]
+            splits.update({f"x_{split}": x, f"y_{split}": y})
+        return replace(self, **splits)
+
 
 def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
                    data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SPLIT_SEED) -> MyData:
@@ -159,9 +176,9 @@ class DatasetCache:
         self.data_root = data_root
         self._loaded: dict[tuple[str, int], MyData] = {}
 
-    def get(self, dataset_name: str, bug_id: int | None = 0) -> MyData:
+    def get(self, dataset_name: str, bug_id: int | None = 0, max_inputs: int | None = None) -> MyData:
         bug_id = bug_id or 0
         key = (str(dataset_name).upper(), bug_id if bug_id in FaultInjector.DATA_FAULTS else 0)
         if key not in self._loaded:
             self._loaded[key] = create_dataset(key[0], bug_id=key[1], data_root=self.data_root)
-        return self._loaded[key]
+        return self._loaded[key].limited(max_inputs)

@@ -45,8 +45,9 @@ class DeepFailGuardTrainer:
     def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None) -> FailureModelFit:
         attacker = Attacker(pytorch_model, device=device, **self.attack_options)
         result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
-        truth = np.concatenate([np.asarray(y) for _, y in val_dataloader]) if len(result.labels) else np.zeros(0)
-        fit = self.fit(result, truth)
+        if result.targets is None:
+            raise UsageError("the validation loader must yield (images, labels) batches")
+        fit = self.fit(result, result.targets)
         fit.correct_kde.save(correct_kde_path)
         fit.wrong_kde.save(wrong_kde_path)
         return fit
@@ -96,8 +97,7 @@ class DeepFailGuardModule:
 
     def density_margin(self, distances) -> np.ndarray:
         """f_c(d) − f_w(d): the paper's "distance only" ablation score (no prior)."""
-        log_correct, log_wrong = self.log_densities(distances)
-        return np.exp(log_correct) - np.exp(log_wrong)
+        return density_margin(*self.log_densities(distances))
 
     def attack(self, images: torch.Tensor) -> AttackResult:
         """DeepFool on a batch (resized to the size this version sees)."""
@@ -125,6 +125,10 @@ def posterior(log_correct: np.ndarray, log_wrong: np.ndarray, val_acc: float) ->
     with np.errstate(invalid="ignore"):
         probability = np.exp(weighted_correct - normaliser)
     return np.where(np.isneginf(normaliser), val_acc, probability)
+
+
+def density_margin(log_correct: np.ndarray, log_wrong: np.ndarray) -> np.ndarray:
+    return np.exp(log_correct) - np.exp(log_wrong)
 
 
 def check_accuracy(val_acc, name: str) -> float:

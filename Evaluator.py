@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, check_distances
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, check_distances, density_margin, posterior
 from utils import (UsageError, accuracy, atomic_write_csv, auroc, cache_path, error_breakdown, find_kde_files,
                    ground_truth_path, improvements, lower_limit, majority_vote, metadata_path, read_json, upper_limit,
                    version_key)
@@ -45,12 +45,17 @@ class VersionRecord:
     probabilities: np.ndarray | None = None
 
     @cached_property
+    def log_densities(self) -> tuple[np.ndarray, np.ndarray]:
+        """log f_c(d), log f_w(d) of every test input: the one expensive step, done once per version."""
+        return self.module.log_densities(self.distances)
+
+    @cached_property
     def confidence(self) -> np.ndarray:
-        return self.module.confidence(self.distances)
+        return posterior(*self.log_densities, self.val_acc)
 
     @cached_property
     def margin(self) -> np.ndarray:
-        return self.module.density_margin(self.distances)
+        return density_margin(*self.log_densities)
 
     @property
     def val_acc(self) -> float:
@@ -195,14 +200,23 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
         return None
     probability_file = cache_path(info_root, dataset, model, bug, "probabilities")
     distances = check_distances(load_array(distance_file), str(distance_file))
-    labels = load_array(label_file)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise UsageError(f"{label_file}: expected a 1-D array of integer labels, got {labels.dtype} {labels.shape}")
+    labels = check_labels(load_array(label_file), label_file)
     probabilities = load_array(probability_file) if probability_file.is_file() else None
+    if probabilities is not None and (probabilities.ndim != 2 or not np.isfinite(probabilities).all()):
+        raise UsageError(f"{probability_file}: expected a finite (inputs × classes) array of softmax probabilities; "
+                         "rerun main_cache_test_distances.py --force")
     correct_kde, wrong_kde = find_kde_files(info_root, model, dataset, bug)
     module = DeepFailGuardModule(None, correct_kde, wrong_kde, validation_accuracy(model_root, dataset, model, bug),
                                  name=version_key(model, dataset, bug))
     return VersionRecord(dataset, model, bug, labels, distances, module, test_set_of(bug), probabilities)
+
+
+def check_labels(labels: np.ndarray, path) -> np.ndarray:
+    """Class indices: 1-D, integer, non-negative (a negative one would corrupt the vote counts)."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise UsageError(f"{path}: expected a 1-D array of non-negative integer labels, got {labels.dtype} "
+                         f"{labels.shape}; rerun main_cache_test_distances.py --force")
+    return labels
 
 
 def load_array(path) -> np.ndarray:
@@ -216,7 +230,7 @@ def load_truth(info_root, dataset: str, test_set: str) -> np.ndarray:
     path = ground_truth_path(info_root, dataset, int(test_set[3:]) if test_set else 0)
     if not path.is_file():
         raise UsageError(f"missing ground truth {path}; run main_cache_test_distances.py first")
-    return load_array(path)
+    return check_labels(load_array(path), path)
 
 
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,

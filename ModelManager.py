@@ -25,7 +25,7 @@ import mymodel
 from ModelTrainer import ModelTrainer
 from plotting import save_loss_curve
 from utils import (DEFAULT_DATA_ROOT, DEFAULT_MODEL_ROOT, TEST_ONLY_FAULTS, UsageError, atomic_torch_save,
-                   atomic_write_json, checkpoint_bug_id, checkpoint_path, choose_device, metadata_path, read_json,
+                   atomic_write_json, checkpoint_bug_id, checkpoint_path, choose_device, is_fresh, metadata_path, read_json,
                    safe_torch_load, seed_everything, version_key)
 
 MODELS: dict[str, type[mymodel.MyModel]] = {
@@ -59,6 +59,35 @@ def is_trained(model_root, model_name: str, dataset_name: str, bug_id: int) -> b
     """A version is finished when its metadata and the checkpoint it uses both exist."""
     return (metadata_path(model_root, model_name, dataset_name, bug_id).is_file()
             and checkpoint_path(model_root, model_name, dataset_name, bug_id).is_file())
+
+
+def requested_settings(model_name: str, dataset_name: str, *, epochs: int | None = None, lr: float | None = None,
+                       batch_size: int | None = None, seed: int = 42, image_size: int | None = None) -> dict:
+    """The training settings a run would use, before any fault changes them (recorded in the metadata)."""
+    defaults = DatasetManager.get_dataset(dataset_name).training_defaults(model_name)
+    return {"epochs": epochs or defaults.epochs, "lr": lr or defaults.lr,
+            "batch_size": batch_size or defaults.batch_size, "seed": seed, "image_size": image_size}
+
+
+def training_status(model_root, model_name: str, dataset_name: str, bug_id: int, settings: dict) -> str | None:
+    """None when the version exists as requested; otherwise why it must be (re)trained.
+
+    A checkpoint without our metadata is one of the paper's: it is never retrained without --force.
+    """
+    base_bug = checkpoint_bug_id(bug_id)
+    if not checkpoint_path(model_root, model_name, dataset_name, base_bug).is_file():
+        return "missing"
+    base_meta = metadata_path(model_root, model_name, dataset_name, base_bug)
+    if not base_meta.is_file():
+        return None if base_bug == bug_id else "missing"
+    recorded = read_json(base_meta).get("settings", {})
+    changed = [f"{name} {recorded[name]} -> {value}" for name, value in settings.items()
+               if value is not None and name in recorded and recorded[name] != value]
+    if changed:
+        return "settings changed: " + ", ".join(changed)
+    if not is_fresh([metadata_path(model_root, model_name, dataset_name, bug_id)], [base_meta]):
+        return "missing"  # a test-data fault not yet measured on the current healthy weights
+    return None
 
 
 def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
@@ -128,6 +157,8 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     history = trainer.train_model(data.train_loader, data.val_loader)
     model.model_structure = trainer.model.to(memory_format=torch.contiguous_format).eval()
     _describe(model, data.dataset_name, bug_id, structure_fault, origin="trained")
+    model.metadata["settings"] = requested_settings(model_name, data.dataset_name, epochs=epochs, lr=lr,
+                                                    batch_size=data.batch_size, seed=seed, image_size=data.image_size)
     model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
                           weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=seed,
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
@@ -224,13 +255,20 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
     model.model_structure.to(choose_device(device)).eval()
     model.bug_id = bug_id
     model.dataset_name = dataset_name
+    source = DatasetManager.get_dataset(dataset_name)
     if metadata:
         model.metadata = metadata
     else:
         _describe(model, dataset_name, bug_id, structure_fault, origin="paper")
-        source = DatasetManager.get_dataset(dataset_name)
-        model.metadata.update(image_size=model.input_size(source.image_size), **paper_accuracy(dataset_name, model_name, bug_id))
+        model.metadata.update(paper_accuracy(dataset_name, model_name, bug_id))
+    if not model.metadata.get("image_size"):
+        model.metadata["image_size"] = model.input_size(source.image_size or _native_size(dataset, data_root))
     return model
+
+
+def _native_size(dataset, data_root) -> int:
+    data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(dataset, data_root=data_root)
+    return data.native_size
 
 
 def _num_classes_of(dataset, data_root) -> int:

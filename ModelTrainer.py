@@ -95,7 +95,7 @@ class ModelTrainer:
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
         self.scheduler.step()
-        return (total_loss / max(seen, 1)).item(), (correct.float() / max(seen, 1)).item()
+        return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
 
     @torch.no_grad()
     def evaluate_model(self, loader) -> tuple[float, float]:
@@ -111,4 +111,4 @@ class ModelTrainer:
             total_loss += self.criteria(logits.float(), y) * len(y)
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
-        return (correct.float() / max(seen, 1)).item(), (total_loss / max(seen, 1)).item()
+        return correct.item() / max(seen, 1), total_loss.item() / max(seen, 1)

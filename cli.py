@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import utils
@@ -80,6 +80,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help="batch size (default: the dataset's)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs (default: the dataset's)")
+    parser.add_argument("--max-inputs", type=positive_int, default=None,
+                        help="attack at most this many validation and test inputs per version (a stratified "
+                             "sample; default: all, or the preset's)")
     parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed")
     parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
     parser.add_argument("--data-root", default=utils.DEFAULT_DATA_ROOT, help="folder of the datasets")
@@ -114,17 +117,22 @@ class Preset:
     datasets: tuple[str, ...]
     models: tuple[str, ...]
     bugs: tuple[int, ...]
-    epochs: int | None = None  # None: each dataset's default
+    #: training epochs of some architectures (the others: their dataset's default)
+    epochs: dict[str, int] = field(default_factory=dict)
+    #: validation and test inputs attacked per version (None: all)
+    max_inputs: int | None = None
 
 
+ALL_MODELS = ("resnet", "alexnet", "densenet", "vgg16", "squeezenet")
 PRESETS = {
     # every architecture, healthy and with each fault that applies to DIGITS
-    "digits": Preset(("DIGITS",), ("resnet", "alexnet", "densenet", "vgg16", "squeezenet"), tuple(range(0, 11))),
-    # the README's one-command demo: small enough for 10 minutes on two CPU cores
-    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 10)),
+    "digits": Preset(("DIGITS",), ALL_MODELS, tuple(range(0, 11))),
+    # the README's one-command demo, sized for 10 minutes on two CPU cores: three architectures
+    # trained briefly (so they make mistakes worth predicting), a fault, 100 attacked inputs per split
+    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 10),
+                   epochs={"densenet": 3, "resnet": 3}, max_inputs=100),
     # the paper's grid: seven datasets, five architectures, faults 1-10 (11, 12 on CIFAR10)
-    "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"),
-                    ("resnet", "alexnet", "densenet", "vgg16", "squeezenet"), tuple(range(0, 13))),
+    "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"), ALL_MODELS, tuple(range(0, 13))),
 }
 
 
@@ -133,7 +141,9 @@ class Grid:
     datasets: list[str]
     models: list[str]
     bugs: list[int]
-    epochs: int | None
+    epochs: int | None = None  # --epochs: every architecture
+    preset_epochs: dict[str, int] = field(default_factory=dict)
+    max_inputs: int | None = None
 
     def versions(self, dataset: str) -> list[tuple[str, int]]:
         """``(model, bug)`` pairs that apply to ``dataset``, healthy ones first."""
@@ -141,6 +151,9 @@ class Grid:
 
         unsupported = get_dataset(dataset).unsupported_faults
         return [(model, bug) for bug in sorted(self.bugs) for model in self.models if bug not in unsupported]
+
+    def epochs_for(self, model: str) -> int | None:
+        return self.epochs or self.preset_epochs.get(model)
 
 
 def resolve_grid(args: argparse.Namespace) -> Grid:
@@ -158,8 +171,8 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
             for bug in explicit_bugs:
                 validate_bug_id(bug, get_dataset(dataset))
     bugs = explicit_bugs if explicit_bugs is not None else list(preset.bugs)
-    return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs,
-                getattr(args, "epochs", None) or preset.epochs)
+    return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs, getattr(args, "epochs", None),
+                dict(preset.epochs), args.max_inputs or preset.max_inputs)
 
 
 def check_datasets_available(datasets: Sequence[str], data_root) -> None:

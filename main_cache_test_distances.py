@@ -19,7 +19,18 @@ import cli
 import ModelManager
 from Attacker import DEFAULT_ATTACK_BATCH, Attacker
 from DatasetManager import DatasetCache
-from utils import UsageError, atomic_save_npy, cache_path, choose_device, ground_truth_path, version_key
+from utils import (
+    atomic_save_npy,
+    cache_path,
+    check_writable,
+    checkpoint_path,
+    choose_device,
+    ground_truth_path,
+    is_fresh,
+    metadata_path,
+    version_key,
+)
+
 #: what each version's cache holds; distances last, so its presence means the version is complete
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "distances")
 
@@ -30,19 +41,23 @@ def main(argv=None) -> int:
     grid = cli.resolve_grid(args)
     device = choose_device(args.device)
     cli.check_datasets_available(grid.datasets, args.data_root)
+    check_writable(args.info_root)
     versions = cli.trained_versions(grid, args.model_root)
     datasets = DatasetCache(args.data_root)
     rows, checked_truths = [], set()
     for dataset, model_name, bug in tqdm(versions, desc="test caches", unit="version", disable=args.quiet):
         key = version_key(model_name, dataset, bug)
         paths = {what: cache_path(args.info_root, dataset, model_name, bug, what) for what in CACHE_FILES}
-        data = datasets.get(dataset, bug)
+        data = datasets.get(dataset, bug, grid.max_inputs)
         truth_path = ground_truth_path(args.info_root, dataset, bug)
         if truth_path not in checked_truths:
-            write_ground_truth(truth_path, data.y_test.numpy(), args.force)
+            write_ground_truth(truth_path, data.y_test.numpy())
             checked_truths.add(truth_path)
-        if all(p.is_file() for p in paths.values()) and not args.force:
-            rows.append((key, "", "", "", "skipped (exists)"))
+        # up to date: newer than the checkpoint, its metadata and the ground truth it answers
+        sources = [checkpoint_path(args.model_root, model_name, dataset, bug),
+                   metadata_path(args.model_root, model_name, dataset, bug), truth_path]
+        if not args.force and is_fresh(paths.values(), sources):
+            rows.append((key, "", "", "", "skipped (up to date)"))
             continue
         model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
                                           data_root=args.data_root)
@@ -59,16 +74,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_ground_truth(path, labels: np.ndarray, force: bool) -> None:
-    """Write a test set's labels once; an existing file that disagrees means a stale cache."""
-    if path.is_file() and not force:
+def write_ground_truth(path, labels: np.ndarray) -> None:
+    """Write a test set's labels unless the file already holds exactly them.
+
+    A changed test set (another --max-inputs, say) rewrites it, which makes every cache that
+    answered the old one out of date.
+    """
+    if path.is_file():
         try:
-            existing = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise UsageError(f"corrupt ground truth {path} ({exc}); rerun with --force") from exc
-        if existing.shape != labels.shape or not np.array_equal(existing, labels):
-            raise UsageError(f"{path} does not match the current test set; the cache is stale: rerun with --force")
-        return
+            if np.array_equal(np.load(path, allow_pickle=False), labels):
+                return
+        except (ValueError, OSError, EOFError):
+            pass  # unreadable: rewritten below
     atomic_save_npy(path, labels.astype(np.int64))
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 import cli
-from Attacker import DEFAULT_ATTACK_BATCH
 import Evaluator
 import ModelManager
+from Attacker import DEFAULT_ATTACK_BATCH
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
-from utils import choose_device, find_kde_files, version_key
+from utils import check_writable, choose_device, find_kde_files, version_key
 
 
 def main(argv=None) -> int:
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     grid = cli.resolve_grid(args)
     device = choose_device(args.device)
     cli.check_datasets_available(grid.datasets, args.data_root)
+    check_writable(args.output)
     versions = cli.trained_versions(grid, args.model_root)
     datasets = DatasetCache(args.data_root)
     records_by_dataset = {d: {} for d in grid.datasets}
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         correct_kde, wrong_kde = find_kde_files(args.info_root, model_name, dataset, bug)
         module = DeepFailGuardModule(model, correct_kde, wrong_kde, Evaluator.validation_accuracy(
             args.model_root, dataset, model_name, bug), device=device, name=version_key(model_name, dataset, bug))
-        data = datasets.get(dataset, bug)
+        data = datasets.get(dataset, bug, grid.max_inputs)
         loader = data.at(image_size=model.metadata["image_size"],
                          batch_size=args.batch_size or DEFAULT_ATTACK_BATCH).test_loader
         result = module.attack_loader(loader, progress=not args.quiet)

@@ -15,12 +15,23 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import cli
-from Attacker import DEFAULT_ATTACK_BATCH
 import ModelManager
 import plotting
+from Attacker import DEFAULT_ATTACK_BATCH
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardTrainer
-from utils import checkpoint_bug_id, choose_device, kde_paths, version_key
+from kde import GaussianKDE
+from utils import (
+    UsageError,
+    check_writable,
+    checkpoint_bug_id,
+    checkpoint_path,
+    choose_device,
+    is_fresh,
+    kde_paths,
+    metadata_path,
+    version_key,
+)
 
 
 def main(argv=None) -> int:
@@ -29,6 +40,8 @@ def main(argv=None) -> int:
     grid = cli.resolve_grid(args)
     device = choose_device(args.device)
     cli.check_datasets_available(grid.datasets, args.data_root)
+    check_writable(args.info_root)
+    check_writable(args.output)
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
     versions = list(dict.fromkeys((d, m, checkpoint_bug_id(b)) for d, m, b in cli.trained_versions(grid, args.model_root)))
     datasets = DatasetCache(args.data_root)
@@ -37,13 +50,16 @@ def main(argv=None) -> int:
     for dataset, model_name, bug in tqdm(versions, desc="failure models", unit="version", disable=args.quiet):
         key = version_key(model_name, dataset, bug)
         correct_path, wrong_path = kde_paths(args.info_root, model_name, dataset, bug)
-        if correct_path.is_file() and wrong_path.is_file() and not args.force:
-            rows.append((key, "", "", "", "", "skipped (exists)"))
+        data = datasets.get(dataset, bug, grid.max_inputs)
+        sources = [checkpoint_path(args.model_root, model_name, dataset, bug),
+                   metadata_path(args.model_root, model_name, dataset, bug)]
+        if not args.force and is_fresh([correct_path, wrong_path], sources) and \
+                fitted_inputs(correct_path, wrong_path) == len(data.y_val):
+            rows.append((key, "", "", "", "", "skipped (up to date)"))
             continue
         model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
                                           data_root=args.data_root)
-        data = datasets.get(dataset, bug).at(image_size=model.metadata["image_size"],
-                                             batch_size=args.batch_size or DEFAULT_ATTACK_BATCH)
+        data = data.at(image_size=model.metadata["image_size"], batch_size=args.batch_size or DEFAULT_ATTACK_BATCH)
         fit = trainer.train(model.model_structure, data.val_loader, correct_path, wrong_path, device=device)
         plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde,
                                  Path(args.output) / "figures" / f"kde_{key}.png", title=f"{key}: validation distances")
@@ -53,6 +69,14 @@ def main(argv=None) -> int:
     for key, n_val, n_correct, n_wrong, flipped, status in rows:
         print(f"{key:<28} {n_val!s:>6} {n_correct!s:>8} {n_wrong!s:>6} {flipped!s:>8}  {status}")
     return 0
+
+
+def fitted_inputs(correct_path, wrong_path) -> int | None:
+    """How many validation inputs existing KDE files were fitted on (None if unreadable: refit)."""
+    try:
+        return GaussianKDE.load(correct_path).n + GaussianKDE.load(wrong_path).n
+    except UsageError:
+        return None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import cli
 import ModelManager
-from utils import TEST_ONLY_FAULTS, UsageError, version_key
+from utils import TEST_ONLY_FAULTS, UsageError, check_writable, version_key
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -36,20 +36,28 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     grid = cli.resolve_grid(args)
     cli.check_datasets_available(grid.datasets, args.data_root)
+    check_writable(args.model_root)
     jobs = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     rows = []
     for dataset, model_name, bug in tqdm(jobs, desc="versions", unit="version", disable=args.quiet):
         key = version_key(model_name, dataset, bug)
-        if args.mode == "train" and not args.force and ModelManager.is_trained(args.model_root, model_name, dataset, bug):
+        settings = ModelManager.requested_settings(model_name, dataset, epochs=grid.epochs_for(model_name), lr=args.lr,
+                                                   batch_size=args.batch_size, seed=args.seed,
+                                                   image_size=args.image_size)
+        reason = ModelManager.training_status(args.model_root, model_name, dataset, bug, settings)
+        if args.mode == "train" and not args.force and reason is None:
             model = ModelManager.create_model(model_name, dataset, "load", bug, device="cpu",
                                               model_root=args.model_root, data_root=args.data_root)
-            status = "skipped (exists)"
+            status = "skipped (up to date)"
         else:
             model = ModelManager.create_model(
                 model_name, dataset, args.mode, bug, device=args.device, model_root=args.model_root,
-                data_root=args.data_root, epochs=grid.epochs, lr=args.lr, batch_size=args.batch_size,
-                seed=args.seed, image_size=args.image_size, progress=not args.quiet)
+                data_root=args.data_root, epochs=settings["epochs"], lr=settings["lr"],
+                batch_size=settings["batch_size"], seed=args.seed, image_size=args.image_size,
+                progress=not args.quiet)
             status = "evaluated" if args.mode == "evaluate" or bug in TEST_ONLY_FAULTS else "trained"
+            if args.mode == "train" and reason not in (None, "missing"):
+                status += f" ({reason})"
         rows.append((key, model.metadata.get("epochs", ""), model.val_acc, model.test_acc,
                      model.metadata.get("train_seconds", ""), status))
     print_table(rows)

@@ -7,12 +7,13 @@ architecture, a fault, the attacker or the failure predictor lives in its own mo
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ CACHE_SUBDIR = "test_information_cached"
 #: Faults that only touch the test data: their versions reuse the healthy checkpoint.
 TEST_ONLY_FAULTS = (10, 11, 12)
 ALL_FAULTS = tuple(range(1, 13))
+TEMP_MARK = ".partial"  # marks files being written (".{name}.partial.XXXX{ext}"); never read by the pipeline
 
 
 class UsageError(Exception):
@@ -148,29 +150,44 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.nd
 # ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
-    An interrupted or failing writer leaves the old file (or none), never half a file.
-    ``suffix`` keeps libraries that look at the extension (NumPy, Matplotlib) happy.
+    An interrupted or failing writer leaves the old file (or none), never half a file. Temporary
+    files left by a killed earlier writer of the same target are removed first. The temporary name
+    keeps the target's extension for libraries that look at it.
     """
     path = Path(path)
+    prefix = f".{path.name}{TEMP_MARK}."
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix + ".tmp",
-                                   dir=path.parent)
+        for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+        os.close(fd)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from exc
-    os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder) -> None:
+    """Fail before any work if results could not be written to ``folder``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}; choose a writable folder") from exc
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -183,13 +200,13 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_save_npy(path, array: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, np.asarray(array), allow_pickle=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to a name
+        np.save(handle, np.asarray(array), allow_pickle=False)
 
 
 def atomic_save_npz(path, **arrays) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def atomic_torch_save(path, obj) -> None:
@@ -198,8 +215,8 @@ def atomic_torch_save(path, obj) -> None:
 
 
 def atomic_save_figure(path, figure) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
 def format_cell(value) -> str:
@@ -224,10 +241,16 @@ def atomic_write_csv(path, rows: list[dict], columns: list[str] | None = None) -
                 writer.writerow([format_cell(row.get(column)) for column in columns])
 
 
-def atomic_write_with(path, writer: Callable[[Path], None], suffix: str | None = None) -> None:
-    """Run ``writer(tmp_path)`` and publish the result atomically (for writers not listed above)."""
-    with atomic_path(path, suffix=suffix) as tmp:
-        writer(tmp)
+def is_fresh(outputs, inputs) -> bool:
+    """Make's rule: every output exists and is no older than every existing input.
+
+    A retrained checkpoint thereby invalidates the failure model and caches derived from it.
+    """
+    outputs, inputs = [Path(p) for p in outputs], [Path(p) for p in inputs]
+    if not all(p.is_file() for p in outputs):
+        return False
+    input_times = [p.stat().st_mtime for p in inputs if p.is_file()]
+    return not input_times or min(p.stat().st_mtime for p in outputs) >= max(input_times)
 
 
 def read_json(path) -> dict:

@@ -27,7 +27,7 @@ import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from utils import UsageError, choose_device  # noqa: E402
+from utils import choose_device  # noqa: E402
 
 
 def foolbox_attack(network, images: torch.Tensor, device) -> tuple[np.ndarray, np.ndarray]:

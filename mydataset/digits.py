@@ -28,6 +28,7 @@ class Digits(MyDataset):
     # batch-normalised ResNet and DenseNet train fastest at 1e-3, the others need smaller steps.
     defaults = TrainingDefaults(epochs=8, batch_size=64, lr=1e-3, weight_decay=1e-4, step_size=6, gamma=0.1)
     model_defaults = {
+        "resnet": dict(batch_size=32),
         "alexnet": dict(epochs=12, batch_size=32, lr=3e-4, step_size=10),
         "vgg16": dict(epochs=10, lr=1e-4, step_size=8),
         "squeezenet": dict(epochs=24, batch_size=32, lr=1e-4, step_size=20),
