@@ -41,3 +41,56 @@ def roots(tmp_path):
     folders = {name: tmp_path / name for name in ("model", "info", "output")}
     flags = ["--model-root", folders["model"], "--info-root", folders["info"], "--output", folders["output"], "--quiet"]
     return folders, flags
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The healthy DIGITS splits, loaded once; shared, so tests must not modify them."""
+    import DatasetManager
+
+    return DatasetManager.create_dataset("DIGITS")
+
+
+def digits_subset(data, n_train: int = 64, n_val: int = 32, n_test: int = 32):
+    """A small copy of a ``MyData`` (the first images of each split) for fast training runs."""
+    from dataclasses import replace
+
+    return replace(data, x_train=data.x_train[:n_train].clone(), y_train=data.y_train[:n_train].clone(),
+                   x_val=data.x_val[:n_val].clone(), y_val=data.y_val[:n_val].clone(),
+                   x_test=data.x_test[:n_test].clone(), y_test=data.y_test[:n_test].clone())
+
+
+@pytest.fixture
+def tiny_digits(digits):
+    """64 train / 32 validation / 32 test DIGITS images (copies: a test may change them)."""
+    return digits_subset(digits)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread while a test runs: tiny networks gain nothing from more, and on a
+    shared, busy machine several threads spin against each other and slow small ops 10-100x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def make_subset():
+    """The function behind ``tiny_digits``, for tests that shrink datasets they build themselves."""
+    return digits_subset
+
+
+@pytest.fixture
+def write_released():
+    """Write a fake released dataset ``{root}/{name}/{x,y}_{train,test}.pth`` (``torch.save`` of each array)."""
+
+    def write(root, name, x_train, y_train, x_test, y_test):
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, array in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test)):
+            torch.save(array, folder / f"{stem}.pth")
+        return folder
+
+    return write

@@ -1,0 +1,339 @@
+"""Batched L2 DeepFool (Attacker.py): closed form on linear classifiers, agreement with foolbox 3,
+degenerate networks, loaders and batching, resizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from Attacker import STEP_STABILISER, Attacker, AttackResult
+from DatasetManager import resize_batch
+from utils import UsageError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# small networks
+# ---------------------------------------------------------------------------------------------
+
+def linear_model(num_classes: int = 10, side: int = 8, seed: int = 0) -> nn.Sequential:
+    """Flatten + Linear with small random weights: DeepFool's first step lands exactly on the boundary."""
+    torch.manual_seed(seed)
+    layer = nn.Linear(3 * side * side, num_classes)
+    with torch.no_grad():
+        layer.weight.normal_(0.0, 0.05)
+        layer.bias.normal_(0.0, 0.05)
+    return nn.Sequential(nn.Flatten(), layer).eval()
+
+
+def small_cnn(num_classes: int = 10, seed: int = 0) -> nn.Sequential:
+    """conv/relu/maxpool twice, then a linear layer; for 3×16×16 inputs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, num_classes),
+    ).eval()
+
+
+def images(n: int = 16, side: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+class ConstantOutput(nn.Module):
+    """Logits are a learned bias that does not depend on the input at all (no graph to the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.1, 0.5, -0.2]))
+
+    def forward(self, x):
+        return torch.zeros(len(x), 3) + self.bias
+
+
+class ParameterFreeZeros(nn.Module):
+    """All-zero logits without any parameter: the output does not even require a gradient, and
+    every class ties (as a dead final ReLU gives, e.g. in an untrained SqueezeNet)."""
+
+    def forward(self, x):
+        return torch.zeros(len(x), 4)
+
+
+class ZeroGradient(nn.Module):
+    """Logits connected to the input, but with an identically zero input gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.1, 0.7, 0.2]))
+
+    def forward(self, x):
+        return x.flatten(1).sum(dim=1, keepdim=True) * 0.0 + self.bias
+
+
+class NonFiniteOutput(nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+        self.layer = nn.Linear(3 * 8 * 8, 3)
+
+    def forward(self, x):
+        logits = self.layer(x.flatten(1))
+        return torch.cat([logits[:, :1] * self.value, logits[:, 1:]], dim=1)
+
+
+def nearest_boundary_distance(model: nn.Sequential, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact L2 distance of each input to the nearest class boundary of a linear classifier (float64),
+    the clean labels, and the largest single-pixel change of the minimal perturbation."""
+    layer = model[1]
+    weight, bias = layer.weight.detach().double(), layer.bias.detach().double()
+    logits = x.flatten(1).double() @ weight.T + bias
+    labels = logits.argmax(dim=1)
+    distances, max_pixel = [], []
+    for i, label in enumerate(labels):
+        others = torch.arange(weight.shape[0]) != label
+        w_diff = (weight - weight[label])[others]
+        boundary = (logits[i, label] - logits[i])[others].abs() / w_diff.norm(dim=1)
+        nearest = boundary.argmin()
+        distances.append(boundary[nearest].item())
+        max_pixel.append((boundary[nearest] * w_diff[nearest].abs().max() / w_diff[nearest].norm()).item())
+    return np.array(distances), labels.numpy(), np.array(max_pixel)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) linear classifiers: DeepFool is exact
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overshoot", [0.02, 0.1, 0.0])
+def test_linear_classifier_distance_is_the_closed_form(overshoot):
+    model = linear_model()
+    x = 0.5 + 0.05 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    exact, labels, max_pixel = nearest_boundary_distance(model, x)
+    # the minimal perturbation stays well inside [0, 1], so clipping plays no part
+    assert (x.min() - (1 + overshoot) * max_pixel.max()) > 0.05
+    assert (x.max() + (1 + overshoot) * max_pixel.max()) < 0.95
+
+    result = Attacker(model, device="cpu", overshoot=overshoot).attack(x)
+
+    expected = (1.0 + overshoot) * (exact + STEP_STABILISER)
+    # atol: the attack works in float32, where a pixel near 0.5 is rounded to ~3e-8
+    np.testing.assert_allclose(result.distances, expected, rtol=1e-5, atol=1e-7)
+    assert np.median(np.abs(result.distances / expected - 1)) < 2e-6
+    assert result.success.all()
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_array_equal(result.labels, model(x).argmax(dim=1).numpy())
+
+
+def test_linear_classifier_overshoot_scales_the_distance():
+    model = linear_model(seed=5)
+    x = 0.5 + 0.05 * torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    small = Attacker(model, device="cpu", overshoot=0.02).attack(x).distances
+    large = Attacker(model, device="cpu", overshoot=0.3).attack(x).distances
+    np.testing.assert_allclose(large / small, 1.3 / 1.02, rtol=1e-5)
+
+
+def test_attack_result_fields_have_one_entry_per_input():
+    model = linear_model(num_classes=4)
+    x = 0.5 + 0.05 * torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    result = Attacker(model, device="cpu").attack(x)
+    assert isinstance(result, AttackResult)
+    assert result.distances.shape == result.labels.shape == result.success.shape == (6,)
+    assert result.success.dtype == bool and np.issubdtype(result.labels.dtype, np.integer)
+    assert result.probabilities.shape == (6, 4)
+    np.testing.assert_allclose(result.probabilities, model(x).softmax(dim=1).detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(steps=0), dict(candidates=1), dict(overshoot=-0.1)])
+def test_invalid_attack_options_are_usage_errors(options):
+    with pytest.raises(UsageError):
+        Attacker(linear_model(), device="cpu", **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) agreement with foolbox 3.3.4
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_classes, candidates", [(10, 10), (10, 3), (3, 10)])
+def test_distances_agree_with_foolbox(num_classes, candidates):
+    fb = pytest.importorskip("foolbox")
+    model = small_cnn(num_classes)
+    x = images(16)
+    with torch.no_grad():
+        clean = model(x).argmax(dim=1)
+
+    ours = Attacker(model, device="cpu", steps=50, candidates=candidates, overshoot=0.02).attack(x)
+
+    attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=candidates, overshoot=0.02)
+    raw, _, fb_success = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.Misclassification(clean),
+                                epsilons=None)
+    fb_distances = (raw - x).flatten(1).norm(dim=1).numpy()
+
+    np.testing.assert_array_equal(ours.labels, clean.numpy())
+    assert np.mean(ours.success == fb_success.numpy()) >= 0.99
+    assert ours.success.mean() > 0.9  # a random CNN is easily fooled: the comparison is not vacuous
+    relative = np.abs(ours.distances - fb_distances) / np.maximum(fb_distances, 1e-12)
+    assert np.median(relative) <= 1e-4, relative
+    assert (fb_distances > 0).all() and np.isfinite(ours.distances).all()
+
+
+def test_more_candidates_than_classes_uses_every_class():
+    model = small_cnn(num_classes=3, seed=2)
+    x = images(8, seed=7)
+    wide = Attacker(model, device="cpu", candidates=10).attack(x)
+    exact = Attacker(model, device="cpu", candidates=3).attack(x)
+    np.testing.assert_array_equal(wide.distances, exact.distances)
+    np.testing.assert_array_equal(wide.success, exact.success)
+    assert wide.success.all()
+
+
+def test_binary_classifier_with_two_candidates():
+    model = linear_model(num_classes=2, seed=9)
+    x = 0.5 + 0.05 * torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    exact, labels, _ = nearest_boundary_distance(model, x)
+    result = Attacker(model, device="cpu", candidates=2).attack(x)
+    np.testing.assert_allclose(result.distances, 1.02 * (exact + STEP_STABILISER), rtol=1e-5)
+    np.testing.assert_array_equal(result.labels, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) degenerate networks
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("network", [ConstantOutput, ParameterFreeZeros, ZeroGradient])
+def test_networks_without_input_gradient_give_finite_unsuccessful_attacks(network):
+    model = network()
+    x = images(6, side=8)
+    result = Attacker(model, device="cpu", steps=5).attack(x)
+    assert np.isfinite(result.distances).all()
+    np.testing.assert_array_equal(result.distances, 0.0)  # no gradient, no movement
+    assert not result.success.any()
+    with torch.no_grad():
+        np.testing.assert_array_equal(result.labels, model(x).argmax(dim=1).numpy())  # ties: argmax's label
+    assert np.isfinite(result.probabilities).all()
+
+
+def test_inputs_stuck_at_a_dead_relu_do_not_disturb_the_others():
+    """Half the batch has a zero gradient (the ReLU is off), half is linear: the linear half still
+    gets its exact distance, the dead half stays put."""
+    torch.manual_seed(0)
+    model = linear_model(num_classes=5, seed=11)
+    x_live = 0.5 + 0.05 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(12))
+    exact, _, _ = nearest_boundary_distance(model, x_live)
+
+    class Gate(nn.Module):
+        """Linear logits where the first pixel is above 0.25, constant logits (zero gradient) elsewhere."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            gate = (x[:, :1, :1, :1] > 0.25).flatten(1).float()
+            return gate * self.inner(x) + (1 - gate) * torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]])
+
+    x_dead = torch.full((3, 3, 8, 8), 0.5)
+    x_dead[:, 0, 0, 0] = 0.1
+    x = torch.cat([x_live, x_dead])
+    result = Attacker(Gate(), device="cpu").attack(x)
+    np.testing.assert_allclose(result.distances[:4], 1.02 * (exact + STEP_STABILISER), rtol=1e-5)
+    assert result.success[:4].all()
+    np.testing.assert_array_equal(result.distances[4:], 0.0)
+    assert not result.success[4:].any()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_network_with_non_finite_output_is_a_usage_error(value):
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        Attacker(NonFiniteOutput(value), device="cpu").attack(images(4, side=8))
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) loaders and batching
+# ---------------------------------------------------------------------------------------------
+
+def test_cal_all_distance_follows_loader_order_and_batching_does_not_matter():
+    model = small_cnn(seed=4)
+    x = images(12, seed=5)
+    y = torch.arange(12) % 10
+    attacker = Attacker(model, device="cpu")
+    whole = attacker.attack(x)
+    assert len(set(whole.distances.round(6))) == 12  # distinct distances, so order is checkable
+
+    loader = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 12, 5)]  # batches of 5, 5, 2
+    distances, labels = attacker.cal_all_distance(loader)
+    assert isinstance(distances, np.ndarray) and isinstance(labels, np.ndarray)
+    assert distances.shape == labels.shape == (12,)
+    np.testing.assert_allclose(distances, whole.distances, rtol=1e-5)
+    np.testing.assert_array_equal(labels, whole.labels)
+
+    # a reversed loader gives the reversed answers
+    reversed_loader = [(x.flip(0)[i:i + 5], y.flip(0)[i:i + 5]) for i in range(0, 12, 5)]
+    reversed_distances, reversed_labels = attacker.cal_all_distance(reversed_loader)
+    np.testing.assert_allclose(reversed_distances, whole.distances[::-1], rtol=1e-5)
+    np.testing.assert_array_equal(reversed_labels, whole.labels[::-1])
+
+
+def test_inputs_attacked_alone_match_the_batch():
+    """Inputs finish at different steps and leave the batch; the ones still running are unaffected."""
+    model = small_cnn(seed=6)
+    x = images(10, seed=8)
+    attacker = Attacker(model, device="cpu")
+    batch = attacker.attack(x)
+    alone = AttackResult.concatenate([attacker.attack(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(alone.distances, batch.distances, rtol=1e-5)
+    np.testing.assert_array_equal(alone.labels, batch.labels)
+    np.testing.assert_array_equal(alone.success, batch.success)
+
+
+def test_cal_distance_accepts_a_tensor_or_an_images_labels_pair():
+    model = small_cnn(seed=4)
+    x = images(6, seed=5)
+    attacker = Attacker(model, device="cpu")
+    d_tensor, l_tensor = attacker.cal_distance(x)
+    d_pair, l_pair = attacker.cal_distance((x, torch.zeros(6, dtype=torch.long)))
+    d_list, l_list = attacker.cal_distance([x, torch.zeros(6, dtype=torch.long)])
+    assert isinstance(d_tensor, np.ndarray) and d_tensor.shape == (6,)
+    np.testing.assert_array_equal(d_tensor, d_pair)
+    np.testing.assert_array_equal(d_tensor, d_list)
+    np.testing.assert_array_equal(l_tensor, l_pair)
+    np.testing.assert_array_equal(l_tensor, l_list)
+
+
+def test_empty_loader_gives_empty_arrays():
+    distances, labels = Attacker(small_cnn(), device="cpu").cal_all_distance([])
+    assert distances.shape == (0,) and labels.shape == (0,)
+
+
+def test_inputs_are_not_modified():
+    x = images(6, seed=5)
+    before = x.clone()
+    Attacker(small_cnn(seed=4), device="cpu").attack(x)
+    assert torch.equal(x, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) resizing
+# ---------------------------------------------------------------------------------------------
+
+def test_image_size_resizes_inputs_before_attacking():
+    model = linear_model(num_classes=5, side=16, seed=3)
+    small = 0.5 + 0.05 * torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    resized = Attacker(model, device="cpu", image_size=16).attack(small)
+    by_hand = Attacker(model, device="cpu").attack(resize_batch(small, 16))
+    np.testing.assert_array_equal(resized.distances, by_hand.distances)
+    np.testing.assert_array_equal(resized.labels, by_hand.labels)
+    # distances live at 16×16: the closed form there holds
+    exact, _, _ = nearest_boundary_distance(model, resize_batch(small, 16))
+    np.testing.assert_allclose(resized.distances, 1.02 * (exact + STEP_STABILISER), rtol=1e-5)
+    with pytest.raises(RuntimeError):  # without the size the 8×8 images do not fit the network
+        Attacker(model, device="cpu").attack(small)
+
+
+def test_image_size_equal_to_the_input_size_changes_nothing():
+    model = small_cnn(seed=4)
+    x = images(6, seed=5)
+    np.testing.assert_array_equal(Attacker(model, device="cpu", image_size=16).attack(x).distances,
+                                  Attacker(model, device="cpu").attack(x).distances)

@@ -1,0 +1,197 @@
+"""File names in the paper's layout (utils.py) and the DIGITS pipeline steps 2-3 end to end."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_usage_error, run_script
+from scipy.stats import gaussian_kde
+
+from kde import GaussianKDE
+from utils import UsageError, cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
+
+INFO = Path("input_information")
+CACHED = INFO / "test_information_cached"
+KDES = INFO / "kde_results"
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------------------------
+
+def test_cache_file_names_are_the_papers():
+    assert cache_path(INFO, "CIFAR10", "resnet", 0, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
+    assert cache_path(INFO, "CIFAR10", "resnet", 0, "dnn_labels") == CACHED / "CIFAR10_resnet_bug0_dnn_labels.npy"
+    assert cache_path(INFO, "CIFAR10", "resnet", None, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
+    assert cache_path(INFO, "cifar10", "ResNet", 7, "distances") == CACHED / "CIFAR10_resnet_bug7_distances.npy"
+    # test-data faults have caches of their own (their test sets differ)
+    assert cache_path(INFO, "GTSRB", "vgg16", 10, "dnn_labels") == CACHED / "GTSRB_vgg16_bug10_dnn_labels.npy"
+    assert cache_path("/data/info", "CIFAR10", "densenet", 12, "distances") == \
+        Path("/data/info/test_information_cached/CIFAR10_densenet_bug12_distances.npy")
+
+
+def test_ground_truth_names_are_the_papers():
+    assert ground_truth_path(INFO, "CIFAR10", 0) == CACHED / "CIFAR10_ground_truth.npy"
+    assert ground_truth_path(INFO, "CIFAR10", None) == CACHED / "CIFAR10_ground_truth.npy"
+    assert ground_truth_path(INFO, "CIFAR10", 11) == CACHED / "CIFAR10_bug11_ground_truth.npy"
+    assert ground_truth_path(INFO, "CIFAR10", 12) == CACHED / "CIFAR10_bug12_ground_truth.npy"
+    # every other fault answers the ordinary test set (fault 10 adds noise, its labels are the same)
+    for bug in (1, 3, 8, 10):
+        assert ground_truth_path(INFO, "cifar10", bug) == CACHED / "CIFAR10_ground_truth.npy"
+
+
+def test_version_keys_and_kde_names_are_the_papers():
+    assert version_key("resnet", "CIFAR10", 0) == "resnet_CIFAR10"
+    assert version_key("ResNet", "cifar10", None) == "resnet_CIFAR10"
+    assert version_key("resnet", "CIFAR10", 3) == "resnet_CIFAR10_bug3"
+    assert kde_paths(INFO, "resnet", "CIFAR10", 0) == (KDES / "resnet_CIFAR10_correct.npz",
+                                                        KDES / "resnet_CIFAR10_wrong.npz")
+    assert kde_paths(INFO, "resnet", "CIFAR10", 3) == (KDES / "resnet_CIFAR10_bug3_correct.npz",
+                                                        KDES / "resnet_CIFAR10_bug3_wrong.npz")
+
+
+@pytest.mark.parametrize("bug", [10, 11, 12])
+def test_test_only_faults_reuse_the_healthy_kde_names(bug):
+    assert kde_paths(INFO, "resnet", "CIFAR10", bug) == kde_paths(INFO, "resnet", "CIFAR10", 0)
+
+
+def write_pair(folder: Path, key: str, suffix: str = ".npz") -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = (folder / f"{key}_correct{suffix}", folder / f"{key}_wrong{suffix}")
+    for path, points in zip(pair, ([0.5, 0.7, 0.9], [0.1, 0.2, 0.25])):
+        if suffix == ".npz":
+            GaussianKDE.fit(points).save(path)
+        else:
+            path.write_bytes(pickle.dumps(gaussian_kde(points)))
+    return pair
+
+
+@pytest.mark.parametrize("bug", [10, 11, 12])
+def test_find_kde_files_falls_back_to_the_healthy_version(tmp_path, bug):
+    healthy = write_pair(tmp_path / "kde_results", "resnet_CIFAR10")
+    assert find_kde_files(tmp_path, "resnet", "CIFAR10", bug) == healthy
+    assert find_kde_files(tmp_path, "resnet", "CIFAR10", 0) == healthy
+
+
+def test_find_kde_files_prefers_the_versions_own_files_and_reads_pickles(tmp_path):
+    folder = tmp_path / "kde_results"
+    write_pair(folder, "resnet_CIFAR10")
+    own = write_pair(folder, "resnet_CIFAR10_bug10", suffix=".pkl")
+    assert find_kde_files(tmp_path, "resnet", "CIFAR10", 10) == own
+    assert GaussianKDE.load(own[0]).n == 3
+    paper = write_pair(folder, "vgg16_GTSRB_bug4", suffix=".pkl")
+    assert find_kde_files(tmp_path, "vgg16", "GTSRB", 4) == paper
+
+
+def test_find_kde_files_does_not_borrow_for_other_faults(tmp_path):
+    write_pair(tmp_path / "kde_results", "resnet_CIFAR10")
+    with pytest.raises(UsageError, match="resnet_CIFAR10_bug3_") as info:
+        find_kde_files(tmp_path, "resnet", "CIFAR10", 3)
+    assert "main_train_DeepFailGuard.py" in str(info.value)
+
+
+def test_find_kde_files_needs_both_files(tmp_path):
+    correct, wrong = write_pair(tmp_path / "kde_results", "resnet_CIFAR10")
+    wrong.unlink()
+    with pytest.raises(UsageError, match="missing KDE files"):
+        find_kde_files(tmp_path, "resnet", "CIFAR10", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on DIGITS: train one version, fit its failure model, cache its test distances
+# ---------------------------------------------------------------------------------------------
+
+VERSION = ["--datasets", "DIGITS", "--models", "squeezenet", "--bugs", "0"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One squeezenet trained for one epoch, its KDEs and its test cache, shared by the tests below
+    (the attack on 288 validation + 360 test images is the slow part)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    folders = {name: base / name for name in ("model", "info", "output")}
+    flags = ["--model-root", folders["model"], "--info-root", folders["info"], "--output", folders["output"],
+             "--quiet", "--device", "cpu"]
+    steps = {}
+    with pytest.MonkeyPatch.context() as patch:
+        # one thread: on a busy two-core machine, two threads spinning against each other make the
+        # attack several times slower (measured: 141 s against 36 s for step 2)
+        patch.setenv("OMP_NUM_THREADS", "1")
+        for script, extra in (("main_train_model.py", ["--epochs", "1"]), ("main_train_DeepFailGuard.py", []),
+                              ("main_cache_test_distances.py", [])):
+            steps[script] = run_script(script, *VERSION, *extra, *flags)
+            assert steps[script].returncode == 0, (script, steps[script].stderr[-3000:])
+    return folders, flags, steps
+
+
+def test_pipeline_writes_the_papers_files(pipeline, digits):
+    folders, _, steps = pipeline
+    info = folders["info"]
+    cached = info / "test_information_cached"
+    assert sorted(p.name for p in cached.iterdir()) == sorted([
+        "DIGITS_ground_truth.npy", "DIGITS_squeezenet_bug0_distances.npy", "DIGITS_squeezenet_bug0_dnn_labels.npy",
+        "DIGITS_squeezenet_bug0_success.npy", "DIGITS_squeezenet_bug0_probabilities.npy"])
+    assert sorted(p.name for p in (info / "kde_results").iterdir()) == ["squeezenet_DIGITS_correct.npz",
+                                                                       "squeezenet_DIGITS_wrong.npz"]
+    assert (folders["model"] / "squeezenet_DIGITS.pth").is_file()
+    assert (folders["output"] / "figures" / "kde_squeezenet_DIGITS.png").is_file()
+
+    truth = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "distances").with_name("DIGITS_ground_truth.npy"))
+    distances = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "distances"))
+    labels = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "dnn_labels"))
+    success = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "success"))
+    probabilities = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "probabilities"))
+    assert truth.shape == (360,) and np.issubdtype(truth.dtype, np.integer)
+    np.testing.assert_array_equal(truth, digits.y_test.numpy())
+    assert distances.shape == (360,) and np.isfinite(distances).all() and (distances >= 0).all()
+    assert labels.shape == (360,) and np.issubdtype(labels.dtype, np.integer)
+    assert labels.min() >= 0 and labels.max() < 10
+    assert success.shape == (360,) and success.dtype == bool
+    assert probabilities.shape == (360, 10)
+    np.testing.assert_array_equal(labels, probabilities.argmax(axis=1))
+    # the reported test accuracy is that of the cached labels
+    assert f"{np.mean(labels == truth):.4f}" in steps["main_cache_test_distances.py"].stdout
+
+    correct = GaussianKDE.load(kde_paths(info, "squeezenet", "DIGITS", 0)[0])
+    wrong = GaussianKDE.load(kde_paths(info, "squeezenet", "DIGITS", 0)[1])
+    assert correct.n + wrong.n == len(digits.y_val) == 288
+    assert np.isfinite(correct.points).all() and np.isfinite(wrong.points).all()
+    assert "fitted" in steps["main_train_DeepFailGuard.py"].stdout
+
+
+def test_rerun_skips_finished_work(pipeline):
+    folders, flags, _ = pipeline
+    files = sorted((folders["info"]).rglob("*.np*"))
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files}
+    for script in ("main_train_DeepFailGuard.py", "main_cache_test_distances.py"):
+        result = run_script(script, *VERSION, *flags)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "skipped" in result.stdout, result.stdout
+    assert sorted(folders["info"].rglob("*.np*")) == files
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files} == before
+
+
+@pytest.mark.parametrize("script", ["main_train_DeepFailGuard.py", "main_cache_test_distances.py"])
+def test_missing_checkpoint_is_a_clean_error(roots, script):
+    folders, flags = roots
+    result = run_script(script, *VERSION, *flags, "--device", "cpu")
+    assert_usage_error(result, "checkpoint", "main_train_model.py")
+    assert not (folders["info"] / "kde_results").exists() or not any((folders["info"] / "kde_results").iterdir())
+    assert not (folders["info"] / "test_information_cached" / "DIGITS_squeezenet_bug0_distances.npy").exists()
+
+
+def test_corrupt_kde_file_is_a_clean_error_when_evaluating(pipeline, tmp_path):
+    folders, _, _ = pipeline
+    info = tmp_path / "info"
+    shutil.copytree(folders["info"], info)
+    correct, _ = kde_paths(info, "squeezenet", "DIGITS", 0)
+    correct.write_bytes(correct.read_bytes()[:40])
+    result = run_script("main_test_DeepFailGuard_from_cached.py", *VERSION, "--model-root", folders["model"],
+                        "--info-root", info, "--output", tmp_path / "output", "--quiet")
+    assert_usage_error(result, "corrupt KDE file", str(correct))
+    assert not (tmp_path / "output" / "results.csv").exists()
+

@@ -1,0 +1,217 @@
+"""Step 1 end to end: main_train_model.py's exit-status contract, one real tiny training run,
+skipping and --force; the ModelTrainer it drives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import assert_usage_error, run_script
+
+import cli
+import DatasetManager
+import main_train_model
+import ModelManager
+from ModelTrainer import ModelTrainer
+from utils import seed_everything
+
+# tiny networks gain nothing from threads; on a busy machine threads slow them down
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SCRIPT = "main_train_model.py"
+TINY_RUN = ["--models", "squeezenet", "--bugs", "0", "--epochs", "1"]
+
+
+def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The script's entry point (``cli.run_main(main)``) in this process: same contract, no start-up cost."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main_train_model.main, [str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([SCRIPT, *args], exit_info.value.code, captured.out, captured.err)
+
+
+@pytest.fixture
+def one_thread_scripts(monkeypatch):
+    """Scripts started by ``run_script`` use one thread too (they inherit the environment)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def assert_argparse_error(result: subprocess.CompletedProcess, flag: str) -> None:
+    """argparse's own error: exit status 2, its usage line, one error line naming the flag, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"argument {flag}" in errors[0], result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: exit status 2, one line, no traceback
+# ---------------------------------------------------------------------------------------------
+
+def test_missing_released_dataset_names_the_files(roots, one_thread_scripts):
+    _, flags = roots
+    result = run_script(SCRIPT, "--datasets", "GTSRB", "--data-root", "/nonexistent", *flags, timeout=120)
+    assert_usage_error(result, "/nonexistent/GTSRB/x_train.pth", "y_train.pth", "x_test.pth", "y_test.pth")
+    assert not roots[0]["model"].exists() or not any(roots[0]["model"].iterdir())
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--datasets", "MNIST"], ["unknown dataset 'MNIST'", "DIGITS"]),
+    (["--models", "lenet"], ["unknown model 'lenet'", "squeezenet"]),
+    (["--bugs", "13"], ["unknown fault 13"]),
+    (["--bugs", "x"], ["'x' is not a fault id"]),
+    (["--bugs", "11"], ["fault 11", "DIGITS", "CIFAR10"]),
+    (["--models", "squeezenet", "--bugs", "12"], ["fault 12", "DIGITS"]),
+    (["--lr", "-1"], ["--lr must be positive"]),
+])
+def test_bad_arguments_are_usage_errors(capsys, roots, args, fragments):
+    _, flags = roots
+    result = run_in_process(capsys, *args, *flags)
+    assert_usage_error(result, *fragments)
+    assert result.stdout == ""
+    assert not roots[0]["model"].exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-1"), ("--epochs", "two"),
+                                         ("--image-size", "0")])
+def test_bad_numbers_are_rejected_by_the_parser(capsys, roots, flag, value):
+    result = run_in_process(capsys, flag, value, *roots[1])
+    assert_argparse_error(result, flag)
+    assert "positive whole number" in result.stderr
+
+
+def test_help_exits_0(capsys):
+    result = run_in_process(capsys, "--help")
+    assert result.returncode == 0
+    for flag in ("--datasets", "--models", "--bugs", "--epochs", "--force", "--data-root", "--model-root", "--mode"):
+        assert flag in result.stdout
+    assert result.stderr == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# a real tiny training run
+# ---------------------------------------------------------------------------------------------
+
+def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(capsys, roots, one_thread_scripts,
+                                                                            digits):
+    folders, flags = roots
+    result = run_script(SCRIPT, *TINY_RUN, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "squeezenet_DIGITS" in result.stdout and "trained" in result.stdout
+
+    model_root = folders["model"]
+    checkpoint = model_root / "squeezenet_DIGITS.pth"
+    metadata_file = model_root / "squeezenet_DIGITS.json"
+    assert checkpoint.is_file() and metadata_file.is_file()
+    assert (model_root / "squeezenet_DIGITS_loss.png").is_file()
+    assert sorted(p.name for p in model_root.iterdir()) == [
+        "squeezenet_DIGITS.json", "squeezenet_DIGITS.pth", "squeezenet_DIGITS_loss.png"]  # no temporary files left
+
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["model"] == "squeezenet" and metadata["dataset"] == "DIGITS" and metadata["bug"] == 0
+    assert metadata["epochs"] == 1 and metadata["image_size"] == 32 and metadata["batch_size"] == 32
+    assert metadata["num_val"] == 288 and metadata["num_test"] == 360
+    for key in ("val_acc", "test_acc"):
+        assert isinstance(metadata[key], float) and 0.0 <= metadata[key] <= 1.0
+    # measured, not copied: accuracies are whole counts over the split sizes
+    assert metadata["val_acc"] * 288 == pytest.approx(round(metadata["val_acc"] * 288), abs=1e-3)
+    assert metadata["test_acc"] * 360 == pytest.approx(round(metadata["test_acc"] * 360), abs=1e-3)
+    assert f"{metadata['test_acc']:.4f}" in result.stdout
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    network = ModelManager.build_version("squeezenet", 10).model_structure
+    network.load_state_dict(state, strict=True)
+    val_acc, _ = ModelTrainer(network, device="cpu", progress=False).evaluate_model(
+        digits.at(image_size=32, batch_size=32).val_loader)
+    assert val_acc == pytest.approx(metadata["val_acc"], abs=1.5 / 288)  # the weights it was measured with
+
+    mtime = checkpoint.stat().st_mtime_ns
+    rerun = run_in_process(capsys, *TINY_RUN, *flags)  # in process: saves a second interpreter start-up
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "skipped" in rerun.stdout
+    assert checkpoint.stat().st_mtime_ns == mtime
+    assert json.loads(metadata_file.read_text()) == metadata
+
+
+def test_force_retrains(capsys, roots, monkeypatch, make_subset):
+    """In process on a few DIGITS images: a rerun keeps a (planted) checkpoint, --force replaces it."""
+    create_dataset = DatasetManager.create_dataset
+    monkeypatch.setattr(DatasetManager, "create_dataset", lambda *a, **k: make_subset(create_dataset(*a, **k)))
+    folders, flags = roots
+    checkpoint = folders["model"] / "squeezenet_DIGITS.pth"
+    metadata_file = folders["model"] / "squeezenet_DIGITS.json"
+
+    first = run_in_process(capsys, *TINY_RUN, "--device", "cpu", *flags)
+    assert first.returncode == 0, first.stderr
+    trained = torch.load(checkpoint, weights_only=True)
+    metadata = json.loads(metadata_file.read_text())
+    assert metadata["num_val"] == 32 and metadata["epochs"] == 1
+
+    # plant a different checkpoint and metadata: a plain rerun must keep them
+    torch.save({k: torch.zeros_like(v) for k, v in trained.items()}, checkpoint)
+    metadata_file.write_text(json.dumps(dict(metadata, val_acc=0.123456)))
+    rerun = run_in_process(capsys, *TINY_RUN, "--device", "cpu", *flags)
+    assert rerun.returncode == 0 and "skipped" in rerun.stdout and "0.1235" in rerun.stdout
+    assert all(v.count_nonzero() == 0 for v in torch.load(checkpoint, weights_only=True).values())
+
+    forced = run_in_process(capsys, *TINY_RUN, "--device", "cpu", "--force", *flags)
+    assert forced.returncode == 0, forced.stderr
+    assert "trained" in forced.stdout and "skipped" not in forced.stdout
+    retrained = torch.load(checkpoint, weights_only=True)
+    assert all(torch.equal(retrained[k], trained[k]) for k in trained)  # same seed: same weights
+    assert json.loads(metadata_file.read_text())["val_acc"] == metadata["val_acc"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelTrainer
+# ---------------------------------------------------------------------------------------------
+
+def train_once(data, seed: int = 0):
+    seed_everything(seed)
+    network = ModelManager.build_version("squeezenet", data.num_classes).model_structure
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    trainer = ModelTrainer(network, device="cpu", epochs=1, lr=1e-3, progress=False)
+    history = trainer.train_model(data.train_loader, data.val_loader)
+    return trainer, initial, history
+
+
+def test_seeded_training_is_reproducible(tiny_digits):
+    data = tiny_digits.at(image_size=32, batch_size=32)
+    first, initial, history = train_once(data)
+    second, _, _ = train_once(data)
+    state_a, state_b = first.model.state_dict(), second.model.state_dict()
+    assert list(state_a) == list(state_b)
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(not torch.equal(state_a[k], initial[k]) for k in state_a)  # training really changed weights
+    assert history["epoch"] == [1] and history["val_epoch"] == [1]
+    assert torch.isfinite(torch.tensor(history["train_loss"])).all()
+    assert 0.0 <= history["val_acc"][0] <= 1.0
+
+
+class ConstantLogits(nn.Module):
+    """Ignores its input: the same logits for every image (and one parameter, for the optimizer)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_evaluate_model_returns_accuracy_and_mean_loss():
+    model = ConstantLogits([2.0, 0.0, -1.0])  # always predicts class 0
+    x = torch.rand(5, 3, 4, 4)
+    y = torch.tensor([0, 0, 1, 2, 0])
+    trainer = ModelTrainer(model, device="cpu", progress=False)
+    accuracy, loss = trainer.evaluate_model(DatasetManager.TensorLoader(x, y, batch_size=2, image_size=None))
+    assert isinstance(accuracy, float) and isinstance(loss, float)
+    assert accuracy == pytest.approx(3 / 5)
+    expected = F.cross_entropy(torch.tensor([[2.0, 0.0, -1.0]]).expand(5, -1), y).item()
+    assert loss == pytest.approx(expected, rel=1e-6)  # the mean over images, not over uneven batches
+    assert not model.training
