@@ -200,6 +200,9 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
         return None
     probability_file = cache_path(info_root, dataset, model, bug, "probabilities")
     distances = check_distances(load_array(distance_file), str(distance_file))
+    if distances.ndim != 1:
+        raise UsageError(f"{distance_file}: expected a 1-D array of distances, got shape {distances.shape}; "
+                         "rerun main_cache_test_distances.py --force")
     labels = check_labels(load_array(label_file), label_file)
     probabilities = load_array(probability_file) if probability_file.is_file() else None
     if probabilities is not None and (probabilities.ndim != 2 or not np.isfinite(probabilities).all()):
@@ -248,6 +251,10 @@ def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: li
                              "(train and cache more versions, or widen --models/--bugs)")
         for record in records.values():
             check_record_lengths(record, truths_by_dataset[dataset][record.test_set], dataset)
+        widths = {r.probabilities.shape[1] for r in records.values() if r.probabilities is not None}
+        if len(widths) > 1:
+            raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
+                             f"{sorted(widths)}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
         dataset_rows, _ = evaluate_grid(dataset, records, truths_by_dataset[dataset], models,
                                         bugs_by_dataset[dataset])
         if not dataset_rows:

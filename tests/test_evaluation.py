@@ -1,0 +1,737 @@
+"""Fault-tolerance evaluation (Evaluator.py and the two evaluation scripts): version sets, every
+method on hand-built versions, the paper's cache layout end to end, real time against cached, bad
+input, the summary."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import shutil
+import subprocess
+from collections import Counter
+from itertools import combinations
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_usage_error, digits_subset, run_script
+from scipy.stats import gaussian_kde, norm
+from sklearn.metrics import roc_auc_score
+
+import cli
+import Evaluator
+import main_cache_test_distances
+import main_test_DeepFailGuard
+import main_test_DeepFailGuard_from_cached
+import main_train_DeepFailGuard
+import ModelManager
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
+from Evaluator import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
+from kde import GaussianKDE
+
+FIVE = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
+
+
+def reference_vote(column) -> int:
+    """Majority vote, ties to the smallest class, written the obvious way."""
+    counts = Counter(int(label) for label in column)
+    best = max(counts.values())
+    return min(label for label, count in counts.items() if count == best)
+
+
+def first_best(scores) -> int:
+    """Index of the highest score, the first one on ties."""
+    scores = list(scores)
+    return scores.index(max(scores))
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_in_process(capsys, main, *args) -> subprocess.CompletedProcess:
+    """A script's entry point (``cli.run_main(main)``) in this process: the same exit-status
+    contract as on the command line, without the start-up cost of a new interpreter."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main, [str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([main.__module__, *args], exit_info.value.code, captured.out, captured.err)
+
+
+# ---------------------------------------------------------------------------------------------
+# a. version sets
+# ---------------------------------------------------------------------------------------------
+
+def test_version_set_counts_for_five_models():
+    sets = version_sets(FIVE, [0, 1, 11])
+    by_setting = Counter((members[0][1], setting) for setting, members in sets)
+    assert by_setting == {(0, "healthy"): 26, (1, "all"): 26, (1, "one"): 75, (11, "all"): 26}
+    assert len(sets) == 26 + 26 + 75 + 26
+    # every N from 2 to 5, as many sets as combinations of N architectures
+    healthy_sizes = Counter(len(members) for setting, members in sets if setting == "healthy")
+    assert healthy_sizes == {n: comb(5, n) for n in range(2, 6)}
+    one_sizes = Counter(len(members) for setting, members in sets if setting == "one")
+    assert one_sizes == {n: n * comb(5, n) for n in range(2, 6)}  # each member in turn carries the fault
+    # no set repeats, and no set holds one architecture twice
+    assert len({members for _, members in sets}) == len(sets)
+    assert all(len({model for model, _ in members}) == len(members) for _, members in sets)
+
+
+def test_version_sets_members_and_order():
+    sets = version_sets(["resnet", "alexnet", "densenet"], [1, 0])  # faults in any order: sorted
+    assert sets == [
+        ("healthy", (("resnet", 0), ("alexnet", 0))),
+        ("healthy", (("resnet", 0), ("densenet", 0))),
+        ("healthy", (("alexnet", 0), ("densenet", 0))),
+        ("healthy", (("resnet", 0), ("alexnet", 0), ("densenet", 0))),
+        ("all", (("resnet", 1), ("alexnet", 1))),
+        ("one", (("resnet", 1), ("alexnet", 0))),
+        ("one", (("alexnet", 1), ("resnet", 0))),
+        ("all", (("resnet", 1), ("densenet", 1))),
+        ("one", (("resnet", 1), ("densenet", 0))),
+        ("one", (("densenet", 1), ("resnet", 0))),
+        ("all", (("alexnet", 1), ("densenet", 1))),
+        ("one", (("alexnet", 1), ("densenet", 0))),
+        ("one", (("densenet", 1), ("alexnet", 0))),
+        ("all", (("resnet", 1), ("alexnet", 1), ("densenet", 1))),
+        ("one", (("resnet", 1), ("alexnet", 0), ("densenet", 0))),
+        ("one", (("alexnet", 1), ("resnet", 0), ("densenet", 0))),
+        ("one", (("densenet", 1), ("resnet", 0), ("alexnet", 0))),
+    ]
+
+
+def test_one_fault_sets_put_the_faulty_version_first_and_keep_the_others_in_order():
+    for setting, members in version_sets(FIVE, [7]):
+        assert setting in ("all", "one")
+        bugs = [bug for _, bug in members]
+        if setting == "all":
+            assert bugs == [7] * len(members)
+        else:
+            assert bugs == [7] + [0] * (len(members) - 1)
+        rest = [model for model, _ in (members[1:] if setting == "one" else members)]
+        assert rest == sorted(rest, key=FIVE.index)  # the healthy ones in the order of --models
+
+
+@pytest.mark.parametrize("bug", [11, 12])
+def test_shifted_test_sets_have_no_one_fault_sets(bug):
+    sets = version_sets(FIVE, [bug])
+    assert {setting for setting, _ in sets} == {"all"} and len(sets) == 26
+    assert all(all(b == bug for _, b in members) for _, members in sets)
+
+
+def test_version_sets_for_other_numbers_of_models():
+    assert version_sets(["resnet"], [0, 1]) == []
+    assert version_sets(["resnet", "vgg16"], [0]) == [("healthy", (("resnet", 0), ("vgg16", 0)))]
+    # six architectures: sets of at most five versions
+    sizes = Counter(len(m) for _, m in version_sets(FIVE + ["extra"], [0]))
+    assert sizes == {n: comb(6, n) for n in range(2, 6)}
+
+
+# ---------------------------------------------------------------------------------------------
+# b. every method on hand-built versions
+# ---------------------------------------------------------------------------------------------
+
+# 3 versions × 8 inputs, classes 0-3 (the example of test_metrics.py):
+#   input          0      1      2      3        4        5      6      7
+#   truth          0      1      2      3        0        1      2      3
+#   versions     0 0 1  1 2 1  2 2 2  0 3 1    1 2 3    1 0 0  3 3 0  3 1 3
+#   vote           0      1      2    0 (tie)  1 (tie)    0      3      3      -> 4/8
+#   wrong votes    1      1      0      2        3        2      3      1      -> e = 1/8 3/8 2/8 2/8
+# upper limit 6/8 (all wrong on inputs 4 and 6), lower limit 1/8 (input 2)
+TRUTH = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+LABELS = np.array([[0, 1, 2, 0, 1, 1, 3, 3],
+                   [0, 2, 2, 3, 2, 0, 3, 1],
+                   [1, 1, 2, 1, 3, 0, 0, 3]])
+# every version has the same failure model: correct answers lie far from the boundary (~1.0),
+# wrong ones close (~0.2), so P(correct) grows with the distance; the priors differ
+DISTANCES = np.array([[0.9, 0.9, 0.5, 0.2, 0.7, 1.0, 0.4, 1.2],
+                      [0.5, 0.3, 0.5, 1.0, 0.6, 1.0, 0.3, 0.2],
+                      [0.2, 0.9, 0.5, 0.4, 1.1, 0.2, 0.2, 0.2]])
+VAL_ACC = [0.6, 0.9, 0.75]
+CORRECT_POINTS, WRONG_POINTS, BANDWIDTH = [0.8, 1.0, 1.2], [0.1, 0.2, 0.3], 0.2
+TOP_SOFTMAX = np.array([[0.9, 0.5, 0.6, 0.4, 0.7, 0.55, 0.9, 0.8],
+                        [0.6, 0.8, 0.6, 0.95, 0.4, 0.9, 0.5, 0.3],
+                        [0.5, 0.6, 0.6, 0.4, 0.9, 0.7, 0.6, 0.9]])
+
+
+def softmax_rows(labels, top, num_classes=4) -> np.ndarray:
+    """Probabilities whose argmax is ``labels``, with ``top`` there and the rest shared evenly."""
+    probabilities = np.repeat(((1 - top) / (num_classes - 1))[:, None], num_classes, axis=1)
+    probabilities[np.arange(len(labels)), labels] = top
+    return probabilities
+
+
+@pytest.fixture
+def hand_built(tmp_path):
+    correct, wrong = tmp_path / "v_correct.npz", tmp_path / "v_wrong.npz"
+    GaussianKDE(CORRECT_POINTS, BANDWIDTH).save(correct)
+    GaussianKDE(WRONG_POINTS, BANDWIDTH).save(wrong)
+    records = []
+    for index, (model, bug) in enumerate((("resnet", 3), ("alexnet", 0), ("densenet", 0))):
+        module = DeepFailGuardModule(None, correct, wrong, VAL_ACC[index], name=model)
+        records.append(VersionRecord("DIGITS", model, bug, LABELS[index], DISTANCES[index], module, "",
+                                     softmax_rows(LABELS[index], TOP_SOFTMAX[index])))
+    return records
+
+
+def mixture_pdf(points, d) -> float:
+    return float(np.mean(norm.pdf(d, loc=np.asarray(points), scale=BANDWIDTH)))
+
+
+def reference_row(method, predictions, models, bugs, setting="one") -> dict:
+    """A results row computed with plain loops from ``LABELS``/``TRUTH``."""
+    n_inputs, n_versions = len(TRUTH), len(LABELS)
+    right = [[LABELS[v][i] == TRUTH[i] for v in range(n_versions)] for i in range(n_inputs)]
+    voting = sum(reference_vote(LABELS[:, i]) == TRUTH[i] for i in range(n_inputs)) / n_inputs
+    upper = sum(any(r) for r in right) / n_inputs
+    method_accuracy = sum(predictions[i] == TRUTH[i] for i in range(n_inputs)) / n_inputs
+    row = {"dataset": "DIGITS", "n_versions": n_versions, "models": "-".join(models),
+           "bug_ids": "-".join(map(str, bugs)), "setting": setting, "method": method,
+           "accuracy": method_accuracy, "voting_accuracy": voting, "upper_limit": upper,
+           "lower_limit": sum(all(r) for r in right) / n_inputs,
+           "abs_improvement": method_accuracy - voting,
+           "rel_improvement": None if upper == voting else (method_accuracy - voting) / (upper - voting),
+           "version_accuracies": "-".join(f"{sum(r[v] for r in right) / n_inputs:.4f}" for v in range(n_versions))}
+    for k in range(n_versions + 1):
+        inputs = [i for i in range(n_inputs) if right[i].count(False) == k]
+        row[f"e{k}"] = len(inputs) / n_inputs
+        row[f"acc_e{k}"] = (sum(predictions[i] == TRUTH[i] for i in inputs) / len(inputs)) if inputs else None
+    return row
+
+
+def test_evaluate_set_hand_built_rows(hand_built):
+    rows = evaluate_set("DIGITS", "one", hand_built, TRUTH)
+    assert [row["method"] for row in rows] == ["dfg", "distance_only", "val_acc_only", "voting", "soft_voting",
+                                               "max_softmax"]
+    for row in rows:
+        assert set(row) <= set(RESULT_COLUMNS)
+
+    # DeepFailGuard by hand: P = a·fc / (a·fc + (1 − a)·fw), the version with the highest P answers
+    fc = np.array([[mixture_pdf(CORRECT_POINTS, d) for d in version] for version in DISTANCES])
+    fw = np.array([[mixture_pdf(WRONG_POINTS, d) for d in version] for version in DISTANCES])
+    a = np.array(VAL_ACC)[:, None]
+    confidence = a * fc / (a * fc + (1 - a) * fw)
+    dfg = [LABELS[first_best(confidence[:, i]), i] for i in range(8)]
+    # input 1: versions 0 and 2 at the same distance, the better prior (0.75) wins; input 5: versions
+    # 0 and 1 at the same distance, version 1's prior (0.9) wins though it is wrong
+    assert dfg == [0, 1, 2, 3, 3, 0, 3, 3]
+    # distance only: largest fc − fw, no prior: the first version wins ties of equal distance
+    distance_only = [LABELS[first_best((fc - fw)[:, i]), i] for i in range(8)]
+    assert distance_only == [0, 1, 2, 3, 3, 1, 3, 3]
+    # validation accuracy only: always version 1 (0.9)
+    val_acc_only = list(LABELS[1])
+    voting = [reference_vote(LABELS[:, i]) for i in range(8)]
+    assert voting == [0, 1, 2, 0, 1, 0, 3, 3]
+    probabilities = np.stack([softmax_rows(LABELS[v], TOP_SOFTMAX[v]) for v in range(3)])
+    soft_voting = [int(np.argmax(probabilities[:, i].mean(axis=0))) for i in range(8)]
+    max_softmax = [LABELS[first_best(TOP_SOFTMAX[:, i]), i] for i in range(8)]
+    assert max_softmax == [0, 2, 2, 3, 3, 0, 3, 3]  # input 2: a three-way tie, the first version
+
+    models, bugs = ["resnet", "alexnet", "densenet"], [3, 0, 0]
+    expected = [reference_row(method, predictions, models, bugs) for method, predictions in (
+        ("dfg", dfg), ("distance_only", distance_only), ("val_acc_only", val_acc_only), ("voting", voting),
+        ("soft_voting", soft_voting), ("max_softmax", max_softmax))]
+    assert rows == expected
+
+    # the hand-checked figures themselves
+    by_method = {row["method"]: row for row in rows}
+    assert by_method["voting"]["accuracy"] == by_method["dfg"]["voting_accuracy"] == 0.5
+    assert by_method["dfg"]["upper_limit"] == 0.75 and by_method["dfg"]["lower_limit"] == 0.125
+    assert by_method["dfg"]["accuracy"] == 0.625
+    assert by_method["dfg"]["abs_improvement"] == 0.125 and by_method["dfg"]["rel_improvement"] == 0.5
+    assert by_method["distance_only"]["accuracy"] == 0.75 and by_method["distance_only"]["rel_improvement"] == 1.0
+    assert by_method["val_acc_only"]["accuracy"] == 0.375
+    assert by_method["max_softmax"]["accuracy"] == 0.5 and by_method["max_softmax"]["rel_improvement"] == 0.0
+    assert by_method["dfg"]["version_accuracies"] == "0.6250-0.3750-0.3750"
+    assert [by_method["dfg"][f"e{k}"] for k in range(4)] == [0.125, 0.375, 0.25, 0.25]
+    assert [by_method["dfg"][f"acc_e{k}"] for k in range(4)] == [1.0, 1.0, 0.5, 0.0]
+    assert [by_method["voting"][f"acc_e{k}"] for k in range(4)] == [1.0, 1.0, 0.0, 0.0]
+    assert "e4" not in by_method["dfg"] and "acc_e5" not in by_method["dfg"]  # k > N: empty cells
+
+
+def test_evaluate_set_without_probabilities_has_no_softmax_baselines(hand_built):
+    hand_built[1].probabilities = None
+    rows = evaluate_set("DIGITS", "one", hand_built, TRUTH)
+    assert [row["method"] for row in rows] == ["dfg", "distance_only", "val_acc_only", "voting"]
+
+
+def test_evaluate_set_without_headroom_has_no_relative_improvement(hand_built):
+    # two versions that always agree: voting reaches the upper limit
+    pair = [hand_built[0], hand_built[0]]
+    rows = evaluate_set("DIGITS", "healthy", pair, TRUTH)
+    assert all(row["upper_limit"] == row["voting_accuracy"] == 0.625 for row in rows)
+    assert all(row["rel_improvement"] is None and row["abs_improvement"] == 0.0 for row in rows)
+
+
+def test_evaluate_grid_skips_incomplete_sets_and_refuses_mixed_test_sets(hand_built):
+    records = {("resnet", 3): hand_built[0], ("alexnet", 0): hand_built[1], ("densenet", 0): hand_built[2]}
+    rows, skipped = Evaluator.evaluate_grid("DIGITS", records, {"": TRUTH}, ["resnet", "alexnet", "densenet"], [0, 3])
+    # complete: healthy (alexnet, densenet); one: resnet 3 with alexnet 0, with densenet 0, with both
+    assert sorted({(row["setting"], row["models"], row["bug_ids"]) for row in rows}) == [
+        ("healthy", "alexnet-densenet", "0-0"), ("one", "resnet-alexnet", "3-0"),
+        ("one", "resnet-alexnet-densenet", "3-0-0"), ("one", "resnet-densenet", "3-0")]
+    assert skipped == len(version_sets(["resnet", "alexnet", "densenet"], [0, 3])) - 4
+    assert len(rows) == 4 * 6
+    hand_built[2].test_set = "bug11"
+    with pytest.raises(Evaluator.UsageError, match="different test sets"):
+        Evaluator.evaluate_grid("CIFAR10", records, {"": TRUTH, "bug11": TRUTH}, ["resnet", "alexnet", "densenet"],
+                                [0, 3])
+
+
+def test_failure_prediction_rows_hand_built(hand_built):
+    records = {("resnet", 3): hand_built[0], ("alexnet", 0): hand_built[1], ("densenet", 0): hand_built[2]}
+    rows = Evaluator.failure_prediction_rows(records, {"": TRUTH})
+    assert [(row["model"], row["bug_id"]) for row in rows] == [("alexnet", 0), ("densenet", 0), ("resnet", 3)]
+    for row, index in zip(rows, (1, 2, 0)):
+        correct = LABELS[index] == TRUTH
+        fc = np.array([mixture_pdf(CORRECT_POINTS, d) for d in DISTANCES[index]])
+        fw = np.array([mixture_pdf(WRONG_POINTS, d) for d in DISTANCES[index]])
+        a = VAL_ACC[index]
+        assert row["test_accuracy"] == correct.mean() and row["val_acc"] == a and row["n_test"] == 8
+        assert row["auroc_dfg"] == pytest.approx(roc_auc_score(correct, a * fc / (a * fc + (1 - a) * fw)))
+        assert row["auroc_distance"] == pytest.approx(roc_auc_score(correct, DISTANCES[index]))
+        assert row["auroc_max_softmax"] == pytest.approx(roc_auc_score(correct, TOP_SOFTMAX[index]))
+
+
+# ---------------------------------------------------------------------------------------------
+# c. the paper's cache layout, evaluated by the real script
+# ---------------------------------------------------------------------------------------------
+
+PAPER_MODELS = ["resnet", "alexnet", "densenet"]
+# mymodel/paper_version_accuracies.csv: CIFAR10 resnet 0 80.58 %, alexnet 0 78.83 %, densenet 0 86.03 %
+PAPER_VAL_ACC = {"resnet": 0.8058, "alexnet": 0.7883, "densenet": 0.8603}
+N_TEST = 40
+
+
+def write_paper_cache(info: Path, seed: int = 7) -> dict:
+    """The paper's files for three healthy CIFAR10 versions: distances and labels (no softmax), the
+    ground truth, and pickled ``scipy.stats.gaussian_kde`` failure models. Returns what was written."""
+    rng = np.random.default_rng(seed)
+    cached, kdes = info / "test_information_cached", info / "kde_results"
+    cached.mkdir(parents=True)
+    kdes.mkdir(parents=True)
+    truth = rng.integers(0, 10, N_TEST)
+    np.save(cached / "CIFAR10_ground_truth.npy", truth)
+    written = {"truth": truth, "versions": {}}
+    for model, test_accuracy in zip(PAPER_MODELS, (0.75, 0.65, 0.6)):
+        right = rng.random(N_TEST) < test_accuracy
+        labels = np.where(right, truth, (truth + rng.integers(1, 10, N_TEST)) % 10)
+        distances = np.where(right, rng.gamma(6.0, 0.05, N_TEST), rng.gamma(3.0, 0.04, N_TEST))
+        distances = np.clip(distances, 0.03, 0.6).astype(np.float32)  # the paper's caches are float32
+        np.save(cached / f"CIFAR10_{model}_bug0_distances.npy", distances)
+        np.save(cached / f"CIFAR10_{model}_bug0_dnn_labels.npy", labels)
+        correct_kde = gaussian_kde(rng.gamma(6.0, 0.05, 60))
+        wrong_kde = gaussian_kde(rng.gamma(3.0, 0.04, 25))
+        (kdes / f"{model}_CIFAR10_correct.pkl").write_bytes(pickle.dumps(correct_kde))
+        (kdes / f"{model}_CIFAR10_wrong.pkl").write_bytes(pickle.dumps(wrong_kde))
+        written["versions"][model] = (labels, distances, correct_kde, wrong_kde)
+    return written
+
+
+PAPER_ARGS = ["--datasets", "CIFAR10", "--models", *PAPER_MODELS, "--bugs", "0"]
+
+
+def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
+    info, model_root, output = tmp_path / "info", tmp_path / "model", tmp_path / "output"
+    written = write_paper_cache(info)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_script("main_test_DeepFailGuard_from_cached.py", *PAPER_ARGS, "--info-root", info,
+                        "--model-root", model_root, "--output", output, "--quiet", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not model_root.exists()  # no metadata: the validation accuracies are the paper's
+
+    truth = written["truth"]
+    labels, confidence, margin, distances = {}, {}, {}, {}
+    for model, (model_labels, model_distances, correct_kde, wrong_kde) in written["versions"].items():
+        d = np.load(info / "test_information_cached" / f"CIFAR10_{model}_bug0_distances.npy").astype(np.float64)
+        np.testing.assert_array_equal(d, model_distances)
+        fc, fw = correct_kde(d), wrong_kde(d)  # SciPy's own densities
+        assert (fc > 1e-250).all() and (fw > 1e-250).all()  # the direct formula does not underflow here
+        a = PAPER_VAL_ACC[model]
+        labels[model], distances[model] = model_labels, d
+        confidence[model] = a * fc / (a * fc + (1 - a) * fw)
+        margin[model] = fc - fw
+
+    rows = read_csv(output / "results.csv")
+    assert list(rows[0]) == RESULT_COLUMNS
+    sets = [list(pair) for pair in combinations(PAPER_MODELS, 2)] + [PAPER_MODELS]
+    assert [row["models"] for row in rows if row["method"] == "dfg"] == ["-".join(s) for s in sets]
+    assert {row["method"] for row in rows} == {"dfg", "distance_only", "val_acc_only", "voting"}  # no softmax cached
+    assert len(rows) == 4 * len(sets)
+    dfg_beats_voting = 0
+    for members in sets:
+        got = {row["method"]: row for row in rows if row["models"] == "-".join(members)}
+        version_labels = np.stack([labels[m] for m in members])
+        dfg = [version_labels[first_best([confidence[m][i] for m in members]), i] for i in range(N_TEST)]
+        distance_only = [version_labels[first_best([margin[m][i] for m in members]), i] for i in range(N_TEST)]
+        best_prior = first_best([PAPER_VAL_ACC[m] for m in members])
+        voting = [reference_vote(version_labels[:, i]) for i in range(N_TEST)]
+        upper = np.mean([any(labels[m][i] == truth[i] for m in members) for i in range(N_TEST)])
+        lower = np.mean([all(labels[m][i] == truth[i] for m in members) for i in range(N_TEST)])
+        accuracies = {"dfg": np.mean(np.array(dfg) == truth), "voting": np.mean(np.array(voting) == truth),
+                      "distance_only": np.mean(np.array(distance_only) == truth),
+                      "val_acc_only": np.mean(version_labels[best_prior] == truth)}
+        dfg_beats_voting += accuracies["dfg"] > accuracies["voting"]
+        for method, method_accuracy in accuracies.items():
+            row = got[method]
+            assert row["dataset"] == "CIFAR10" and row["setting"] == "healthy"
+            assert row["n_versions"] == str(len(members)) and row["bug_ids"] == "-".join("0" * len(members))
+            assert float(row["accuracy"]) == pytest.approx(method_accuracy, abs=1e-6), (members, method)
+            assert float(row["voting_accuracy"]) == pytest.approx(accuracies["voting"], abs=1e-6)
+            assert float(row["upper_limit"]) == pytest.approx(upper, abs=1e-6)
+            assert float(row["lower_limit"]) == pytest.approx(lower, abs=1e-6)
+            assert float(row["abs_improvement"]) == pytest.approx(method_accuracy - accuracies["voting"], abs=1e-6)
+            assert float(row["rel_improvement"]) == pytest.approx(
+                (method_accuracy - accuracies["voting"]) / (upper - accuracies["voting"]), abs=1e-6)
+            assert row["version_accuracies"] == "-".join(f"{np.mean(labels[m] == truth):.4f}" for m in members)
+            assert all(row[f"e{k}"] == "" for k in range(len(members) + 1, 6))  # k > N: empty
+            assert all(row[f"e{k}"] != "" for k in range(len(members) + 1))
+    # the example is not degenerate: pairs disagree (voting ties) and the methods differ
+    assert dfg_beats_voting >= 1
+    assert any(reference_vote([labels["resnet"][i], labels["alexnet"][i]]) != labels["resnet"][i]
+               for i in range(N_TEST))
+
+    failure = read_csv(output / "failure_prediction.csv")
+    assert [(row["model"], row["bug_id"]) for row in failure] == [("alexnet", "0"), ("densenet", "0"),
+                                                                 ("resnet", "0")]
+    for row in failure:
+        correct = labels[row["model"]] == truth
+        assert float(row["val_acc"]) == pytest.approx(PAPER_VAL_ACC[row["model"]], abs=1e-6)
+        assert float(row["test_accuracy"]) == pytest.approx(correct.mean(), abs=1e-6)
+        assert float(row["auroc_dfg"]) == pytest.approx(roc_auc_score(correct, confidence[row["model"]]), abs=1e-6)
+        assert float(row["auroc_distance"]) == pytest.approx(roc_auc_score(correct, distances[row["model"]]),
+                                                             abs=1e-6)
+        assert row["auroc_max_softmax"] == ""
+
+    summary = read_csv(output / "summary.csv")
+    assert [(row["n_versions"], row["method"], row["configurations"]) for row in summary] == [
+        (n, method, configurations) for n, configurations in (("2", "3"), ("3", "1"))
+        for method in ("dfg", "distance_only", "val_acc_only", "voting")]
+    dfg_pairs = [float(row["accuracy"]) for row in rows if row["method"] == "dfg" and row["n_versions"] == "2"]
+    assert float(summary[0]["accuracy"]) == pytest.approx(np.mean(dfg_pairs), abs=2e-6)
+    assert (output / "figures" / "methods_CIFAR10.png").is_file()
+    assert "CIFAR10" in result.stdout and "results in" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# e. bad input to the cached evaluation: exit 2, one line, no CSV at all
+# ---------------------------------------------------------------------------------------------
+
+def truncate_distances(info):
+    path = info / "test_information_cached" / "CIFAR10_alexnet_bug0_distances.npy"
+    np.save(path, np.load(path)[:-1])
+    return ["alexnet", "39 distances", "40 inputs"]
+
+
+def two_dimensional_distances(info):
+    path = info / "test_information_cached" / "CIFAR10_alexnet_bug0_distances.npy"
+    np.save(path, np.load(path)[:, None])  # (inputs, 1): used to crash when the versions were stacked
+    return ["1-D array of distances", str(path)]
+
+
+def softmax_of_different_widths(info):
+    cached = info / "test_information_cached"
+    np.save(cached / "CIFAR10_resnet_bug0_probabilities.npy", np.full((N_TEST, 10), 0.1))
+    np.save(cached / "CIFAR10_alexnet_bug0_probabilities.npy", np.full((N_TEST, 5), 0.2))  # used to crash
+    np.save(cached / "CIFAR10_densenet_bug0_probabilities.npy", np.full((N_TEST, 10), 0.1))
+    return ["different numbers of classes [5, 10]"]
+
+
+def remove_ground_truth(info):
+    (info / "test_information_cached" / "CIFAR10_ground_truth.npy").unlink()
+    return ["missing ground truth", "CIFAR10_ground_truth.npy"]
+
+
+def nan_distances(info):
+    path = info / "test_information_cached" / "CIFAR10_densenet_bug0_distances.npy"
+    distances = np.load(path)
+    distances[[3, 17]] = np.nan
+    np.save(path, distances)
+    return ["2 NaN or infinite distance(s)", "CIFAR10_densenet_bug0_distances.npy"]
+
+
+def only_one_version(info):
+    for model in ("alexnet", "densenet"):
+        for what in ("distances", "dnn_labels"):
+            (info / "test_information_cached" / f"CIFAR10_{model}_bug0_{what}.npy").unlink()
+    return ["CIFAR10: 1 version(s) available", "at least two"]
+
+
+def corrupt_npy(info):
+    path = info / "test_information_cached" / "CIFAR10_resnet_bug0_dnn_labels.npy"
+    path.write_bytes(path.read_bytes()[:100])  # header, then half of the data
+    return ["cannot read", str(path)]
+
+
+def garbage_npy(info):
+    path = info / "test_information_cached" / "CIFAR10_ground_truth.npy"
+    path.write_bytes(b"not a NumPy file at all")
+    return ["cannot read", str(path)]
+
+
+def empty_npy(info):
+    path = info / "test_information_cached" / "CIFAR10_alexnet_bug0_distances.npy"
+    path.write_bytes(b"")
+    return ["cannot read", str(path)]
+
+
+def object_array_npy(info):
+    path = info / "test_information_cached" / "CIFAR10_alexnet_bug0_dnn_labels.npy"
+    np.save(path, np.array([{"label": 1}] * N_TEST, dtype=object), allow_pickle=True)
+    return ["cannot read", str(path)]
+
+
+def float_labels(info):
+    path = info / "test_information_cached" / "CIFAR10_alexnet_bug0_dnn_labels.npy"
+    np.save(path, np.load(path).astype(np.float64))
+    return ["integer labels", str(path)]
+
+
+def negative_labels(info):
+    """A -1 label used to be counted as a vote for the previous input's last class (or crash on input 0)."""
+    path = info / "test_information_cached" / "CIFAR10_resnet_bug0_dnn_labels.npy"
+    labels = np.load(path)
+    labels[5] = -1
+    np.save(path, labels)
+    return ["non-negative integer labels", str(path)]
+
+
+def negative_ground_truth(info):
+    path = info / "test_information_cached" / "CIFAR10_ground_truth.npy"
+    truth = np.load(path)
+    truth[0] = -3
+    np.save(path, truth)
+    return ["non-negative integer labels", str(path)]
+
+
+def two_dimensional_ground_truth(info):
+    path = info / "test_information_cached" / "CIFAR10_ground_truth.npy"
+    np.save(path, np.eye(10, dtype=np.int64)[np.load(path)])  # one-hot
+    return ["1-D array", str(path)]
+
+
+@pytest.mark.parametrize("spoil", [truncate_distances, two_dimensional_distances, softmax_of_different_widths,
+                                   remove_ground_truth, nan_distances, only_one_version,
+                                   corrupt_npy, garbage_npy, empty_npy, object_array_npy, float_labels,
+                                   negative_labels, negative_ground_truth, two_dimensional_ground_truth])
+def test_bad_cache_is_a_usage_error_and_writes_nothing(tmp_path, capsys, single_thread, spoil):
+    info, output = tmp_path / "info", tmp_path / "output"
+    write_paper_cache(info)
+    fragments = spoil(info)
+    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, *PAPER_ARGS, "--info-root", info,
+                            "--model-root", tmp_path / "model", "--output", output, "--quiet")
+    assert_usage_error(result, *fragments)
+    assert not any(output.rglob("*.csv")) and not (output / "figures").exists()
+
+
+def test_two_versions_of_one_architecture_make_no_set(tmp_path, capsys, single_thread):
+    """resnet healthy and resnet with fault 1: two versions, but no set of distinct architectures."""
+    info, output = tmp_path / "info", tmp_path / "output"
+    write_paper_cache(info)
+    cached, kdes = info / "test_information_cached", info / "kde_results"
+    for what in ("distances", "dnn_labels"):
+        shutil.copy(cached / f"CIFAR10_resnet_bug0_{what}.npy", cached / f"CIFAR10_resnet_bug1_{what}.npy")
+    for which in ("correct", "wrong"):
+        shutil.copy(kdes / f"resnet_CIFAR10_{which}.pkl", kdes / f"resnet_CIFAR10_bug1_{which}.pkl")
+    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, "--datasets", "CIFAR10", "--models",
+                            "resnet", "--bugs", "0", "1", "--info-root", info, "--model-root", tmp_path / "model",
+                            "--output", output, "--quiet")
+    assert_usage_error(result, "CIFAR10: no set of two or more versions")
+    assert not any(output.rglob("*.csv"))
+
+
+class RunsCode:
+    """Unpickling this object runs ``exec`` (it writes ``marker``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def hostile_pickle(marker):
+    return RunsCode(marker)
+
+
+def kde_carrying_hostile_state(marker):
+    kde = gaussian_kde([0.1, 0.2, 0.4])
+    kde.extra = RunsCode(marker)  # a real gaussian_kde whose state smuggles the payload
+    return kde
+
+
+@pytest.mark.parametrize("payload", [hostile_pickle, kde_carrying_hostile_state])
+def test_kde_pickle_that_would_run_code_is_refused(tmp_path, capsys, single_thread, payload):
+    info, output = tmp_path / "info", tmp_path / "output"
+    write_paper_cache(info)
+    marker = tmp_path / "marker"
+    hostile = info / "kde_results" / "alexnet_CIFAR10_wrong.pkl"
+    hostile.write_bytes(pickle.dumps(payload(marker)))
+    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, *PAPER_ARGS, "--info-root", info,
+                            "--model-root", tmp_path / "model", "--output", output, "--quiet")
+    assert_usage_error(result, "refused", str(hostile))
+    assert not marker.exists()
+    assert not any(output.rglob("*.csv"))
+    # the payload is real: an ordinary unpickler would have run it
+    pickle.loads(hostile.read_bytes())
+    assert marker.read_text() == "ran"
+
+
+def test_unknown_dataset_or_model_is_a_usage_error(tmp_path, capsys):
+    for flag, value, fragment in (("--datasets", "MNIST", "unknown dataset"), ("--models", "lenet", "unknown model")):
+        result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, flag, value, "--info-root",
+                                tmp_path / "info", "--output", tmp_path / "output", "--quiet")
+        assert_usage_error(result, fragment)
+    assert not any((tmp_path).rglob("*.csv"))
+
+
+# ---------------------------------------------------------------------------------------------
+# f. summary
+# ---------------------------------------------------------------------------------------------
+
+def summary_input() -> list[dict]:
+    def row(dataset, n, method, accuracy, voting, upper=0.9):
+        return {"dataset": dataset, "n_versions": n, "method": method, "accuracy": accuracy,
+                "voting_accuracy": voting, "upper_limit": upper, "abs_improvement": accuracy - voting}
+
+    return [
+        row("DIGITS", 2, "voting", 0.6, 0.6), row("DIGITS", 2, "dfg", 0.7, 0.6),
+        row("DIGITS", 2, "voting", 0.5, 0.5, 0.7), row("DIGITS", 2, "dfg", 0.4, 0.5, 0.7),
+        row("DIGITS", 2, "voting", 0.8, 0.8, 0.8), row("DIGITS", 2, "dfg", 0.8, 0.8, 0.8),
+        row("DIGITS", 3, "dfg", 0.9, 0.7, 0.95), row("DIGITS", 3, "voting", 0.7, 0.7, 0.95),
+        row("CIFAR10", 2, "max_softmax", 0.55, 0.5), row("CIFAR10", 2, "dfg", 0.6, 0.5),
+        row("CIFAR10", 2, "voting", 0.5, 0.5),
+    ]
+
+
+def test_summarize_means_wins_and_losses():
+    summary = summarize(summary_input())
+    assert [(r["dataset"], r["n_versions"], r["method"]) for r in summary] == [
+        ("CIFAR10", 2, "dfg"), ("CIFAR10", 2, "voting"), ("CIFAR10", 2, "max_softmax"),
+        ("DIGITS", 2, "dfg"), ("DIGITS", 2, "voting"), ("DIGITS", 3, "dfg"), ("DIGITS", 3, "voting")]
+    digits_dfg = summary[3]
+    assert digits_dfg["configurations"] == 3
+    assert digits_dfg["accuracy"] == pytest.approx((0.7 + 0.4 + 0.8) / 3)
+    assert digits_dfg["voting_accuracy"] == pytest.approx((0.6 + 0.5 + 0.8) / 3)
+    assert digits_dfg["upper_limit"] == pytest.approx((0.9 + 0.7 + 0.8) / 3)
+    assert digits_dfg["abs_improvement"] == pytest.approx((0.1 - 0.1 + 0.0) / 3)
+    assert (digits_dfg["wins_over_voting"], digits_dfg["losses_to_voting"]) == (1, 1)  # the tie counts as neither
+    assert (summary[4]["wins_over_voting"], summary[4]["losses_to_voting"]) == (0, 0)
+    assert (summary[5]["configurations"], summary[5]["wins_over_voting"]) == (1, 1)
+    assert summary[2]["accuracy"] == pytest.approx(0.55) and summary[2]["wins_over_voting"] == 1
+
+
+def test_format_summary_one_line_per_dataset_and_n():
+    text = format_summary(summarize(summary_input()))
+    lines = text.splitlines()
+    assert len(lines) == 1 + 3  # a header, then CIFAR10 N=2, DIGITS N=2, DIGITS N=3
+    header = lines[0].split()
+    assert header == ["dataset", "N", "sets", "dfg", "voting", "max_softmax", "upper", "dfg>vote"]
+    cifar, digits2, digits3 = (line.split() for line in lines[1:])
+    assert cifar == ["CIFAR10", "2", "1", "0.6000", "0.5000", "0.5500", "0.9000", "1/1"]
+    assert digits2[:5] == ["DIGITS", "2", "3", f"{(0.7 + 0.4 + 0.8) / 3:.4f}", f"{(0.6 + 0.5 + 0.8) / 3:.4f}"]
+    assert digits2[-2:] == [f"{(0.9 + 0.7 + 0.8) / 3:.4f}", "1/3"]  # DIGITS has no max_softmax: a blank cell
+    assert len(digits2) == 7
+    assert digits3 == ["DIGITS", "3", "1", "0.9000", "0.7000", "0.9500", "1/1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# d. real time against cached: the same decisions and metrics on the same data
+# ---------------------------------------------------------------------------------------------
+
+N_INPUTS = 10  # validation and test inputs attacked per version (a stratified sample: one per class)
+REALTIME_GRID = ["--datasets", "DIGITS", "--models", "squeezenet", "densenet", "--bugs", "0",
+                 "--max-inputs", str(N_INPUTS), "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_both_ways(tmp_path_factory, digits):
+    """Two DIGITS versions (squeezenet, densenet) trained briefly on a training subset (settings
+    picked so that both answer better than chance in a few seconds), their failure models and test
+    cache, then both evaluations. What each evaluation script hands to ``run_evaluation`` (its
+    version records: labels, distances, softmax, failure models) is kept for comparison.
+
+    The scripts run in this process through their entry points (``cli.run_main(main)``), one
+    thread: on a busy two-core machine every new interpreter costs seconds and threads contend."""
+    base = tmp_path_factory.mktemp("realtime")
+    roots = ["--model-root", base / "model", "--info-root", base / "info"]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    outputs, records = {}, {}
+    evaluate = Evaluator.run_evaluation
+
+    def keep_records(name):
+        def run_evaluation(records_by_dataset, truths_by_dataset, *rest):
+            records[name] = (records_by_dataset["DIGITS"], truths_by_dataset["DIGITS"])
+            return evaluate(records_by_dataset, truths_by_dataset, *rest)
+        return run_evaluation
+
+    try:
+        for model, n_train, epochs, lr, batch_size in (("squeezenet", 512, 3, 3e-4, 16),
+                                                       ("densenet", 256, 2, 1e-3, 32)):
+            ModelManager.create_model(model, digits_subset(digits, n_train=n_train, n_val=100, n_test=64), "train", 0,
+                                      device="cpu", model_root=base / "model", epochs=epochs, lr=lr,
+                                      batch_size=batch_size, progress=False)
+        for name, main in (("fit", main_train_DeepFailGuard.main), ("cache", main_cache_test_distances.main),
+                           ("cached", main_test_DeepFailGuard_from_cached.main),
+                           ("realtime", main_test_DeepFailGuard.main)):
+            outputs[name] = base / name
+            with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
+                patch.setattr(Evaluator, "run_evaluation", keep_records(name))
+                cli.run_main(main, [str(a) for a in (*REALTIME_GRID, *roots, "--output", outputs[name])])
+            assert exit_info.value.code == 0, name
+    finally:
+        torch.set_num_threads(previous)
+    return base, outputs, records
+
+
+def test_realtime_and_cached_results_are_identical(evaluated_both_ways):
+    _, outputs, _ = evaluated_both_ways
+    for name in ("results.csv", "failure_prediction.csv", "summary.csv"):
+        assert read_csv(outputs["cached"] / name) == read_csv(outputs["realtime"] / name), name
+        assert (outputs["cached"] / name).read_text() == (outputs["realtime"] / name).read_text(), name
+    rows = read_csv(outputs["cached"] / "results.csv")
+    # one set (squeezenet, densenet), every method (softmax probabilities are cached too)
+    assert [(row["models"], row["method"]) for row in rows] == [("squeezenet-densenet", m) for m in Evaluator.METHODS]
+    failure = read_csv(outputs["cached"] / "failure_prediction.csv")
+    assert [(row["model"], row["n_test"]) for row in failure] == [("densenet", str(N_INPUTS)),
+                                                                 ("squeezenet", str(N_INPUTS))]
+
+
+def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
+    """The live attack in the real-time script gives the cached labels, distances and softmax bit
+    for bit, hence the same P(correct) and the same DeepFailGuard decision on every input."""
+    from utils import cache_path
+
+    base, _, records = evaluated_both_ways
+    cached, cached_truth = records["cached"]
+    live, live_truth = records["realtime"]
+    assert sorted(cached) == sorted(live) == [("densenet", 0), ("squeezenet", 0)]
+    np.testing.assert_array_equal(cached_truth[""], live_truth[""])
+    np.testing.assert_array_equal(cached_truth[""], np.load(base / "info" / "test_information_cached" /
+                                                            "DIGITS_ground_truth.npy"))
+    for key in cached:
+        model = key[0]
+        np.testing.assert_array_equal(live[key].labels, np.load(cache_path(base / "info", "DIGITS", model, 0,
+                                                                           "dnn_labels")))
+        np.testing.assert_array_equal(live[key].distances, cached[key].distances)
+        np.testing.assert_array_equal(live[key].labels, cached[key].labels)
+        np.testing.assert_array_equal(live[key].probabilities, cached[key].probabilities)
+        assert live[key].val_acc == cached[key].val_acc
+        np.testing.assert_array_equal(live[key].confidence, cached[key].confidence)
+    order = [("squeezenet", 0), ("densenet", 0)]
+    decisions = {}
+    for name, versions in (("cached", cached), ("realtime", live)):
+        decisions[name] = DeepFailGuard.select(np.stack([versions[k].confidence for k in order]),
+                                               np.stack([versions[k].labels for k in order]))
+    np.testing.assert_array_equal(decisions["cached"][0], decisions["realtime"][0])
+    np.testing.assert_array_equal(decisions["cached"][1], decisions["realtime"][1])
+    # not a degenerate case: the versions answer differently and each of them is chosen somewhere
+    assert (live[order[0]].labels != live[order[1]].labels).any()
+    assert set(decisions["realtime"][1]) == {0, 1}
+    # and these decisions are the ones the results report
+    dfg = next(row for row in read_csv(base / "realtime" / "results.csv") if row["method"] == "dfg")
+    assert float(dfg["accuracy"]) == pytest.approx(np.mean(decisions["realtime"][0] == live_truth[""]), abs=1e-6)
