@@ -185,11 +185,21 @@ def validation_accuracy(model_root, dataset: str, model: str, bug: int) -> float
     from ModelManager import paper_accuracy
 
     path = metadata_path(model_root, model, dataset, bug)
-    value = read_json(path).get("val_acc") if path.is_file() else paper_accuracy(dataset, model, bug)["val_acc"]
-    if value is None:
-        raise UsageError(f"no validation accuracy for {version_key(model, dataset, bug)}: no {path} and not one of the "
-                         "paper's released versions")
-    return float(value)
+    if not path.is_file():
+        value = paper_accuracy(dataset, model, bug)["val_acc"]
+        if value is None:
+            raise UsageError(f"no validation accuracy for {version_key(model, dataset, bug)}: no {path} and not one of "
+                             "the paper's released versions; train it with main_train_model.py")
+        return float(value)
+    value = read_json(path).get("val_acc")
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0.0 <= fraction <= 1.0:
+        raise UsageError(f"{path}: val_acc {value!r} is not a fraction in [0, 1]; measure it again with "
+                         f"main_train_model.py --mode evaluate --datasets {dataset} --models {model} --bugs {bug}")
+    return fraction
 
 
 def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int) -> VersionRecord | None:
@@ -251,10 +261,11 @@ def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: li
                              "(train and cache more versions, or widen --models/--bugs)")
         for record in records.values():
             check_record_lengths(record, truths_by_dataset[dataset][record.test_set], dataset)
-        widths = {r.probabilities.shape[1] for r in records.values() if r.probabilities is not None}
-        if len(widths) > 1:
+        widths = {f"{r.model} bug {r.bug}": r.probabilities.shape[1] for r in records.values()
+                  if r.probabilities is not None}
+        if len(set(widths.values())) > 1:
             raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
-                             f"{sorted(widths)}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
+                             f"{widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
         dataset_rows, _ = evaluate_grid(dataset, records, truths_by_dataset[dataset], models,
                                         bugs_by_dataset[dataset])
         if not dataset_rows:

@@ -136,7 +136,8 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_siz
         data = DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=data_root)
     size = image_size or model.metadata.get("image_size") or model.input_size(data.image_size or data.native_size)
     if size < model.min_input_size:
-        raise UsageError(f"image size {size} is below {model.model_name}'s minimum of {model.min_input_size}")
+        raise UsageError(f"image size {size} is below {model.model_name}'s minimum of {model.min_input_size}; "
+                         f"use --image-size {model.min_input_size} or more")
     return data.at(image_size=size, batch_size=batch_size or data.source.training_defaults(model.model_name).batch_size)
 
 
@@ -166,9 +167,13 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     _measure_into_metadata(model, data, device, progress)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
     path = checkpoint_path(model_root, model_name, data.dataset_name, bug_id)
-    atomic_torch_save(path, state)
     save_loss_curve(history, path.with_name(f"{path.stem}_loss.png"), title=model.metadata["key"])
-    _save_metadata(model, model_root)  # last: its presence marks the version finished
+    # A checkpoint is never left without the metadata that describes it (one without is taken for the
+    # paper's, and never retrained): the old checkpoint goes, the metadata is written, and the new
+    # checkpoint comes last, its presence marking the version finished. A kill anywhere means a retrain.
+    path.unlink(missing_ok=True)
+    _save_metadata(model, model_root)
+    atomic_torch_save(path, state)
     return model
 
 
@@ -240,7 +245,9 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
                          f"python main_train_model.py --datasets {dataset_name} --models {model_name} --bugs {bug_id}")
     state = safe_torch_load(ckpt)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{ckpt} is not a state_dict (a dict of tensors)")
+        raise UsageError(f"{ckpt} is not a state_dict (a dict of tensors); replace it, or retrain it with --force")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise UsageError(f"{ckpt} holds NaN or infinite weights; replace it, or retrain it with --force")
     if meta_file.is_file():
         metadata = read_json(meta_file)
         structure_fault = int(metadata.get("structure_fault", 0))
@@ -289,7 +296,8 @@ def _check_state_fits(state: dict, network: torch.nn.Module, path: Path, model_n
         raise UsageError(
             f"{path} does not fit {model_name} with {num_classes} classes (structure fault {structure_fault}): "
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} wrongly shaped tensors "
-            f"(e.g. {example}); is it a checkpoint of another architecture or dataset?")
+            f"(e.g. {example}); is it a checkpoint of another architecture or dataset? Replace it, or retrain it "
+            "with --force")
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,7 @@ CHUNK_ELEMENTS = 1 << 23
 FALLBACK_BANDWIDTH = 1e-3
 #: terms of the series in the block expansion (its remainder is below 1e-19 of the sum)
 SERIES_TERMS = 14
+PICKLE_REMEDY = "replace it with the paper's original file, or delete the pair and run main_train_DeepFailGuard.py"
 
 
 class GaussianKDE:
@@ -133,14 +134,14 @@ class GaussianKDE:
     def _from_pickle(cls, path: Path) -> "GaussianKDE":
         try:
             reference = RestrictedKDEUnpickler(io.BytesIO(path.read_bytes())).load()
-        except pickle.UnpicklingError as exc:
+        except RefusedGlobal as exc:
             raise UsageError(f"refused {path}: {exc}") from exc
         except Exception as exc:  # truncated or garbled pickles raise many types
-            raise UsageError(f"corrupt KDE pickle {path} ({type(exc).__name__}: {exc})") from exc
+            raise UsageError(f"corrupt KDE pickle {path} ({type(exc).__name__}: {exc}); {PICKLE_REMEDY}") from exc
         try:
             return cls._from_scipy_state(vars(reference))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UsageError(f"{path} is not a usable one-dimensional gaussian_kde ({exc})") from exc
+            raise UsageError(f"{path} is not a usable one-dimensional gaussian_kde ({exc}); {PICKLE_REMEDY}") from exc
 
     @classmethod
     def _from_scipy_state(cls, state: dict) -> "GaussianKDE":
@@ -209,6 +210,10 @@ def _block_expansion_logsumexp(queries: torch.Tensor, points: torch.Tensor, log_
     return torch.logsumexp(log_terms, dim=1)
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names something outside the allow-list (it could run code): refused, never loaded."""
+
+
 class RestrictedKDEUnpickler(pickle.Unpickler):
     """Unpickles SciPy's ``gaussian_kde`` and NumPy arrays; any other global is refused unloaded."""
 
@@ -233,6 +238,6 @@ class RestrictedKDEUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "numpy.dtypes" and name.endswith("DType"):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise RefusedGlobal(
             f"it references {module}.{name}, which could run code; only SciPy's gaussian_kde and NumPy arrays "
             "are accepted")

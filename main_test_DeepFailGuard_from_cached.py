@@ -17,13 +17,14 @@ import sys
 import cli
 import Evaluator
 from DatasetManager import get_dataset
-from utils import check_writable
+from utils import check_writable, choose_device
 
 
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     grid = cli.resolve_grid(args)
+    choose_device(args.device)  # unused here (no network runs), but a request that cannot be met is refused
     check_writable(args.output)
     records_by_dataset, truths_by_dataset, bugs_by_dataset = {}, {}, {}
     for dataset in grid.datasets:

@@ -10,13 +10,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from tqdm.auto import tqdm
 
 import cli
 import ModelManager
-from utils import TEST_ONLY_FAULTS, UsageError, check_writable, version_key
+from utils import TEST_ONLY_FAULTS, UsageError, check_writable, choose_device, version_key
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -27,14 +28,15 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--image-size", type=cli.positive_int, default=None,
                         help="side length the versions see (default: the dataset's, at least the model's minimum)")
     args = parser.parse_args(argv)
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be positive and finite, got {args.lr}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     grid = cli.resolve_grid(args)
+    choose_device(args.device)  # refused now, not after hours of versions that were up to date
     cli.check_datasets_available(grid.datasets, args.data_root)
     check_writable(args.model_root)
     jobs = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]

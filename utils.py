@@ -116,7 +116,7 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+        raise UsageError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -257,11 +257,15 @@ def read_json(path) -> dict:
     """Read a JSON file; a missing or corrupt one is a UsageError naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise UsageError(f"missing file {path}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"corrupt JSON file {path}: {exc}; delete it and rerun the step that writes it") from exc
+    if not isinstance(obj, dict):
+        raise UsageError(f"corrupt JSON file {path}: expected an object, got {type(obj).__name__}; "
+                         "delete it and rerun the step that writes it")
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +296,8 @@ def safe_torch_load(path, allow_numpy: bool = False):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             reason = "it holds objects other than tensors/arrays and was refused (it could run code)"
-        raise UsageError(f"cannot load {path}: {reason}") from exc
+        raise UsageError(f"cannot load {path}: {reason}; replace it with a good copy (or delete it and rerun the "
+                         "step that writes it)") from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def to_images(array, what: str) -> torch.Tensor:
     is_integer = not torch.is_floating_point(x)
     x = x.float()
     if not torch.isfinite(x).all():
-        raise UsageError(f"{what}: contains NaN or infinite pixel values")
+        raise UsageError(f"{what}: contains NaN or infinite pixel values; replace it with a valid copy")
     if is_integer or (x.numel() and x.max() > 1.0):
         x = x / 255.0
     if x.numel() and (x.min() < 0 or x.max() > 1.0):
