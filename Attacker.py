@@ -47,7 +47,8 @@ class AttackResult:
     @classmethod
     def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
         fields = ("distances", "labels", "success", "probabilities", "targets")
-        return cls(*(None if any(getattr(p, f) is None for p in parts) else np.concatenate([getattr(p, f) for p in parts])
+        return cls(*(None if any(getattr(p, f) is None for p in parts)
+                     else np.concatenate([getattr(p, f) for p in parts])
                      for f in fields))
 
 

@@ -102,12 +102,14 @@ class DeepFailGuardModule:
     def attack(self, images: torch.Tensor) -> AttackResult:
         """DeepFool on a batch (resized to the size this version sees)."""
         if self.attacker is None:
-            raise UsageError(f"version {self.name or '?'} was built without a network; it can only use cached distances")
+            raise UsageError(f"version {self.name or '?'} was built without a network; "
+                             "it can only use cached distances")
         return self.attacker.attack(images)
 
     def attack_loader(self, loader, progress: bool = False) -> AttackResult:
         if self.attacker is None:
-            raise UsageError(f"version {self.name or '?'} was built without a network; it can only use cached distances")
+            raise UsageError(f"version {self.name or '?'} was built without a network; "
+                             "it can only use cached distances")
         return self.attacker.attack_loader(loader, progress=progress, description=f"DeepFool {self.name}")
 
 

@@ -19,9 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, check_distances, density_margin, posterior
-from utils import (UsageError, accuracy, atomic_write_csv, auroc, cache_path, error_breakdown, find_kde_files,
-                   ground_truth_path, improvements, lower_limit, majority_vote, metadata_path, read_json, upper_limit,
-                   version_key)
+from utils import (
+    UsageError,
+    accuracy,
+    atomic_write_csv,
+    auroc,
+    cache_path,
+    error_breakdown,
+    find_kde_files,
+    ground_truth_path,
+    improvements,
+    lower_limit,
+    majority_vote,
+    metadata_path,
+    read_json,
+    upper_limit,
+    version_key,
+)
 
 METHODS = ("dfg", "distance_only", "val_acc_only", "voting", "soft_voting", "max_softmax")
 MAX_VERSIONS = 5
@@ -173,7 +187,8 @@ def check_record_lengths(record: VersionRecord, truth: np.ndarray, where: str) -
                         ("probabilities", record.probabilities)):
         if array is not None and len(array) != n:
             raise UsageError(f"{where}: {record.model} bug {record.bug} has {len(array)} {what} but the ground "
-                             f"truth has {n} inputs; the cache is inconsistent, rerun main_cache_test_distances.py --force")
+                             f"truth has {n} inputs; the cache is inconsistent, "
+                             "rerun main_cache_test_distances.py --force")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +301,8 @@ def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: li
 def format_summary(summary: list[dict]) -> str:
     """The summary as a text table: one line per dataset and N, methods side by side."""
     methods = [m for m in METHODS if any(r["method"] == m for r in summary)]
-    header = f"{'dataset':<10} {'N':>2} {'sets':>5} " + " ".join(f"{m:>13}" for m in methods) + f" {'upper':>7} {'dfg>vote':>9}"
+    header = (f"{'dataset':<10} {'N':>2} {'sets':>5} " + " ".join(f"{m:>13}" for m in methods)
+              + f" {'upper':>7} {'dfg>vote':>9}")
     lines = [header]
     groups: dict[tuple, dict] = {}
     for row in summary:
@@ -296,5 +312,6 @@ def format_summary(summary: list[dict]) -> str:
         cells = " ".join(f"{by_method[m]['accuracy']:>13.4f}" if m in by_method else f"{'':>13}" for m in methods)
         dfg = by_method.get("dfg")
         wins = f"{dfg['wins_over_voting']}/{dfg['configurations']}" if dfg else ""
-        lines.append(f"{dataset:<10} {n_versions:>2} {first['configurations']:>5} {cells} {first['upper_limit']:>7.4f} {wins:>9}")
+        lines.append(f"{dataset:<10} {n_versions:>2} {first['configurations']:>5} {cells} "
+                     f"{first['upper_limit']:>7.4f} {wins:>9}")
     return "\n".join(lines)

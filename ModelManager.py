@@ -24,9 +24,23 @@ import FaultInjector
 import mymodel
 from ModelTrainer import ModelTrainer
 from plotting import save_loss_curve
-from utils import (DEFAULT_DATA_ROOT, DEFAULT_MODEL_ROOT, TEST_ONLY_FAULTS, UsageError, atomic_torch_save,
-                   atomic_write_json, checkpoint_bug_id, checkpoint_path, choose_device, is_fresh, metadata_path, read_json,
-                   safe_torch_load, seed_everything, version_key)
+from utils import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_MODEL_ROOT,
+    TEST_ONLY_FAULTS,
+    UsageError,
+    atomic_torch_save,
+    atomic_write_json,
+    checkpoint_bug_id,
+    checkpoint_path,
+    choose_device,
+    is_fresh,
+    metadata_path,
+    read_json,
+    safe_torch_load,
+    seed_everything,
+    version_key,
+)
 
 MODELS: dict[str, type[mymodel.MyModel]] = {
     "resnet": mymodel.ResNetModel,
@@ -209,7 +223,8 @@ def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_
     model.bug_id = bug_id
     model.dataset_name = dataset_name
     model.metadata.update(
-        model=model.model_name, dataset=dataset_name, bug=bug_id, key=version_key(model.model_name, dataset_name, bug_id),
+        model=model.model_name, dataset=dataset_name, bug=bug_id,
+        key=version_key(model.model_name, dataset_name, bug_id),
         checkpoint=f"{version_key(model.model_name, dataset_name, checkpoint_bug_id(bug_id))}.pth",
         fault=FaultInjector.FAULTS.get(bug_id, "healthy"), structure_fault=structure_fault,
         num_classes=model.num_classes, origin=origin, created=_now(),
@@ -253,7 +268,8 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
         structure_fault = int(metadata.get("structure_fault", 0))
         num_classes = int(metadata.get("num_classes") or _num_classes_of(dataset, data_root))
     else:
-        structure_fault = bug_id if bug_id in FaultInjector.MODEL_FAULTS and bug_id not in PAPER_NO_OP_STRUCTURE_FAULTS else 0
+        paper_built_it = bug_id in FaultInjector.MODEL_FAULTS and bug_id not in PAPER_NO_OP_STRUCTURE_FAULTS
+        structure_fault = bug_id if paper_built_it else 0
         num_classes = _num_classes_of(dataset, data_root)
         metadata = {}
     model = build_version(model_name, num_classes, structure_fault)
@@ -274,7 +290,10 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
 
 
 def _native_size(dataset, data_root) -> int:
-    data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(dataset, data_root=data_root)
+    if isinstance(dataset, DatasetManager.MyData):
+        data = dataset
+    else:
+        data = DatasetManager.create_dataset(dataset, data_root=data_root)
     return data.native_size
 
 

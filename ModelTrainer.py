@@ -27,7 +27,8 @@ class ModelTrainer:
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if amp is None else amp
         self.channels_last = on_cuda if channels_last is None else channels_last
-        self.amp_dtype = torch.bfloat16 if (on_cuda and torch.cuda.is_bf16_supported()) or not on_cuda else torch.float16
+        bf16_ok = not on_cuda or torch.cuda.is_bf16_supported()
+        self.amp_dtype = torch.bfloat16 if bf16_ok else torch.float16
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = pytorch_model.to(self.device, memory_format=memory_format)
         self.epochs = epochs

@@ -64,15 +64,23 @@ def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
     return list(dict.fromkeys(bugs))
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default to its help unless the help already states it or there is none."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the flags every script shares."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=None,
                         help="datasets (default: DIGITS; --preset paper: the paper's seven)")
     parser.add_argument("--models", nargs="+", default=None, help="architectures (default depends on --preset)")
     parser.add_argument("--bugs", nargs="+", default=None,
-                        help="fault ids, 0 = healthy, ranges allowed (e.g. 0 1-10)")
+                        help="fault ids, 0 = healthy, ranges allowed (e.g. 0 1-10; default depends on --preset)")
     parser.add_argument("--preset", choices=("digits", "demo", "paper"), default="digits",
                         help="grid of datasets/models/faults used when those flags are not given")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")

@@ -128,7 +128,8 @@ class GaussianKDE:
                 return cls(archive["points"], float(archive["bandwidth"]), archive["weights"])
         # TypeError: the file holds a single .npy array, which is no context manager
         except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
-            raise UsageError(f"corrupt KDE file {path} ({exc}); delete it and rerun main_train_DeepFailGuard.py") from exc
+            raise UsageError(f"corrupt KDE file {path} ({exc}); "
+                             "delete it and rerun main_train_DeepFailGuard.py") from exc
 
     @classmethod
     def _from_pickle(cls, path: Path) -> "GaussianKDE":

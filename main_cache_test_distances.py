@@ -61,7 +61,8 @@ def main(argv=None) -> int:
             continue
         model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
                                           data_root=args.data_root)
-        loader = data.at(image_size=model.metadata["image_size"], batch_size=args.batch_size or DEFAULT_ATTACK_BATCH).test_loader
+        batch_size = args.batch_size or DEFAULT_ATTACK_BATCH
+        loader = data.at(image_size=model.metadata["image_size"], batch_size=batch_size).test_loader
         result = Attacker(model.model_structure, device=device).attack_loader(loader, progress=not args.quiet,
                                                                               description=key)
         for what in CACHE_FILES:

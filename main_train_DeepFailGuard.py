@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     check_writable(args.info_root)
     check_writable(args.output)
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
-    versions = list(dict.fromkeys((d, m, checkpoint_bug_id(b)) for d, m, b in cli.trained_versions(grid, args.model_root)))
+    trained = cli.trained_versions(grid, args.model_root)
+    versions = list(dict.fromkeys((d, m, checkpoint_bug_id(b)) for d, m, b in trained))
     datasets = DatasetCache(args.data_root)
     trainer = DeepFailGuardTrainer(progress=not args.quiet)
     rows = []

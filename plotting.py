@@ -6,7 +6,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 from utils import atomic_save_figure  # noqa: E402
@@ -22,7 +21,8 @@ def save_loss_curve(history: dict, path, title: str = "") -> None:
     loss_axis.set_ylabel("loss")
     if history.get("val_acc"):
         acc_axis = loss_axis.twinx()
-        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^", label="validation accuracy")
+        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^",
+                      label="validation accuracy")
         acc_axis.set_ylabel("accuracy")
         acc_axis.set_ylim(0, 1.02)
         acc_axis.legend(loc="center right")
@@ -59,7 +59,8 @@ def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> N
     methods = list(dict.fromkeys(row["method"] for row in summary_rows))
     for method in methods:
         rows = sorted((r for r in summary_rows if r["method"] == method), key=lambda r: r["n_versions"])
-        style = {"dfg": dict(linewidth=2.5, marker="o"), "voting": dict(linewidth=2, marker="s")}.get(method, dict(marker="."))
+        styles = {"dfg": dict(linewidth=2.5, marker="o"), "voting": dict(linewidth=2, marker="s")}
+        style = styles.get(method, dict(marker="."))
         axis.plot([r["n_versions"] for r in rows], [r["accuracy"] for r in rows], label=method, **style)
     upper = sorted({(r["n_versions"], r["upper_limit"]) for r in summary_rows if r["method"] == methods[0]})
     axis.plot([n for n, _ in upper], [u for _, u in upper], "k--", label="upper limit")

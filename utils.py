@@ -338,7 +338,8 @@ def improvements(method_accuracy: float, voting_accuracy: float, upper: float) -
     return absolute, (absolute / headroom if headroom > 1e-12 else None)
 
 
-def error_breakdown(version_labels: np.ndarray, truth: np.ndarray, predictions: np.ndarray) -> list[tuple[float, float | None]]:
+def error_breakdown(version_labels: np.ndarray, truth: np.ndarray,
+                    predictions: np.ndarray) -> list[tuple[float, float | None]]:
     """For k = 0..N: (e_k, accuracy of ``predictions`` on those inputs).
 
     e_k is the share of inputs on which exactly k versions are wrong; the accuracy is None where

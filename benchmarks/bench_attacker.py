@@ -77,7 +77,8 @@ def compare(network, images: torch.Tensor, batch_size: int, repeats: int, device
 
 
 def profile(network, images: torch.Tensor, batch_size: int, device) -> str:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     attacker = Attacker(network, device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

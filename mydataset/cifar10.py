@@ -42,8 +42,10 @@ class Cifar10(MyDataset):
             return CIFAR10(root=str(data_root), train=is_train, download=True)
         except Exception as exc:
             raise UsageError(
-                f"CIFAR10 is not in {data_root}/cifar-10-batches-py and could not be downloaded ({type(exc).__name__}); "
-                "when offline, copy the 'CIFAR-10 python version' archive from https://www.cs.toronto.edu/~kriz/cifar.html "
+                f"CIFAR10 is not in {data_root}/cifar-10-batches-py and could not be downloaded "
+                f"({type(exc).__name__}); "
+                "when offline, copy the 'CIFAR-10 python version' archive from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html "
                 f"unpacked into {data_root}") from exc
 
     def load_shifted_test(self, data_root: Path, bug_id: int) -> tuple[torch.Tensor, torch.Tensor]:
