@@ -101,6 +101,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
+    # our attacker computes in full float32 on CUDA (no TF32); foolbox must too, or the reference
+    # itself moves (on an H200 its TF32 distances differed from its float32 ones by 1.8e-3, median)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     data = create_dataset(args.dataset)
     print(f"DeepFool benchmark on {device} ({torch.get_num_threads()} threads), {args.inputs} {args.dataset} test "
           f"inputs per row, median of {args.repeats} interleaved runs; reference: foolbox 3.3.4 L2DeepFoolAttack")
