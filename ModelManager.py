@@ -107,13 +107,14 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
 def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
                  model_root=DEFAULT_MODEL_ROOT, data_root=DEFAULT_DATA_ROOT, epochs: int | None = None,
                  lr: float | None = None, batch_size: int | None = None, seed: int = 42,
-                 image_size: int | None = None, progress: bool = True) -> mymodel.MyModel:
+                 image_size: int | None = None, progress: bool = True, amp: bool | None = None) -> mymodel.MyModel:
     """Create a version of ``model_name`` on ``dataset`` (a name or a ``MyData``).
 
     ``mode="train"`` trains it and writes checkpoint + metadata (test-data faults 10-12 reuse the
     healthy checkpoint, training it first if it is missing); ``"load"`` reads them; ``"evaluate"``
     loads and re-measures validation and test accuracy into the metadata. Returns the ``MyModel``
     with ``model_structure`` on ``device`` in evaluation mode, ``val_acc``, ``test_acc``, ``image_size``.
+    ``amp``: mixed-precision training (default: on CUDA only).
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -124,11 +125,11 @@ def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | Non
     if mode == "train" and bug_id in TEST_ONLY_FAULTS:
         return _derive_test_fault_version(model_name, dataset, bug_id, device, model_root=model_root,
                                           data_root=data_root, epochs=epochs, lr=lr, batch_size=batch_size,
-                                          seed=seed, image_size=image_size, progress=progress)
+                                          seed=seed, image_size=image_size, progress=progress, amp=amp)
     if mode == "train":
         return _train_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root,
                               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
-                              progress=progress)
+                              progress=progress, amp=amp)
     model = load_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root)
     if mode == "evaluate":
         data = _data_for(model, dataset, bug_id, data_root, batch_size)
@@ -156,7 +157,7 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_siz
 
 
 def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size, seed,
-                   image_size, progress) -> mymodel.MyModel:
+                   image_size, progress, amp=None) -> mymodel.MyModel:
     seed_everything(seed)
     structure_fault = bug_id if bug_id in FaultInjector.MODEL_FAULTS else 0
     data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(
@@ -166,7 +167,7 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     defaults = data.source.training_defaults(model_name)
     trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs,
                            lr=lr or defaults.lr, weight_decay=defaults.weight_decay, step_size=defaults.step_size,
-                           gamma=defaults.gamma, progress=progress,
+                           gamma=defaults.gamma, progress=progress, amp=amp,
                            description=version_key(model_name, data.dataset_name, bug_id))
     FaultInjector.inject_hyperparameters_fault(trainer, bug_id)
     history = trainer.train_model(data.train_loader, data.val_loader)
@@ -192,13 +193,13 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
 
 
 def _derive_test_fault_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size,
-                               seed, image_size, progress) -> mymodel.MyModel:
+                               seed, image_size, progress, amp=None) -> mymodel.MyModel:
     """Faults 10-12 change only the test set: measure the healthy network on it (train it if needed)."""
     dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
     if not is_trained(model_root, model_name, dataset_name, 0):
         _train_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root,
                        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
-                       progress=progress)
+                       progress=progress, amp=amp)
     model = load_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root)
     healthy = dict(model.metadata)
     model.bug_id = bug_id

@@ -27,6 +27,9 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the dataset's)")
     parser.add_argument("--image-size", type=cli.positive_int, default=None,
                         help="side length the versions see (default: the dataset's, at least the model's minimum)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed-precision (bfloat16) training; a trained version is kept, add --force to retrain "
+                             "(default: on with CUDA, off elsewhere)")
     args = parser.parse_args(argv)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be positive and finite, got {args.lr}")
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
                 model_name, dataset, args.mode, bug, device=args.device, model_root=args.model_root,
                 data_root=args.data_root, epochs=settings["epochs"], lr=settings["lr"],
                 batch_size=settings["batch_size"], seed=args.seed, image_size=args.image_size,
-                progress=not args.quiet)
+                progress=not args.quiet, amp=args.amp)
             status = "evaluated" if args.mode == "evaluate" or bug in TEST_ONLY_FAULTS else "trained"
             if args.mode == "train" and reason not in (None, "missing"):
                 status += f" ({reason})"

@@ -215,3 +215,19 @@ def test_evaluate_model_returns_accuracy_and_mean_loss():
     expected = F.cross_entropy(torch.tensor([[2.0, 0.0, -1.0]]).expand(5, -1), y).item()
     assert loss == pytest.approx(expected, rel=1e-6)  # the mean over images, not over uneven batches
     assert not model.training
+
+
+def test_mixed_precision_trains_but_evaluates_in_full_precision():
+    """``amp`` changes training (bfloat16 autocast), never the recorded accuracy: evaluation is float32."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    x, y = torch.rand(64, 3, 4, 4), torch.randint(0, 3, (64,))
+    loader = DatasetManager.TensorLoader(x, y, batch_size=16, image_size=None)
+    with_amp = ModelTrainer(network, device="cpu", amp=True, progress=False)
+    accuracy, loss = with_amp.evaluate_model(loader)
+    with torch.no_grad():
+        logits = network(x)
+    assert accuracy == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)  # bf16 would be off by ~1e-3
+    with with_amp._autocast():
+        assert network(x).dtype == torch.bfloat16  # and training really runs in bfloat16
