@@ -261,6 +261,14 @@ def load_truth(info_root, dataset: str, test_set: str) -> np.ndarray:
     return check_labels(load_array(path), path)
 
 
+def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
+                        output) -> None:
+    """:func:`run_evaluation`, then the summary table and where the files went, on stdout."""
+    summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output)
+    print(format_summary(summary))
+    print(f"results in {output}/results.csv, summary.csv, failure_prediction.csv")
+
+
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
                    output) -> list[dict]:
     """Evaluate every dataset's version sets and write results, summary, failure prediction and figures.

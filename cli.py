@@ -136,9 +136,11 @@ PRESETS = {
     # every architecture, healthy and with each fault that applies to DIGITS
     "digits": Preset(("DIGITS",), ALL_MODELS, tuple(range(0, 11))),
     # the README's one-command demo, sized for 10 minutes on two CPU cores: three architectures
-    # trained briefly (so they make mistakes worth predicting), a fault, 100 attacked inputs per split
-    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 10),
-                   epochs={"densenet": 3, "resnet": 3}, max_inputs=100),
+    # trained briefly (so they make mistakes worth predicting), a trained fault (5: a third of the
+    # epochs) and a test-data fault (10: noisy inputs), 50 attacked inputs per split (the attack is
+    # most of the time)
+    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 5, 10),
+                   epochs={"densenet": 3, "resnet": 3}, max_inputs=50),
     # the paper's grid: seven datasets, five architectures, faults 1-10 (11, 12 on CIFAR10)
     "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"), ALL_MODELS, tuple(range(0, 13))),
 }
@@ -181,6 +183,18 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     bugs = explicit_bugs if explicit_bugs is not None else list(preset.bugs)
     return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs, getattr(args, "epochs", None),
                 dict(preset.epochs), args.max_inputs or preset.max_inputs)
+
+
+def prepare(args: argparse.Namespace, writable=(), needs_data: bool = True):
+    """The checks a script makes before any work: names, device, datasets present, output folders
+    writable. Returns ``(grid, device)``."""
+    grid = resolve_grid(args)
+    device = utils.choose_device(args.device)  # also where no network runs: a request that cannot be met is refused
+    if needs_data:
+        check_datasets_available(grid.datasets, args.data_root)
+    for folder in writable:
+        utils.check_writable(folder)
+    return grid, device
 
 
 def check_datasets_available(datasets: Sequence[str], data_root) -> None:

@@ -22,9 +22,7 @@ from DatasetManager import DatasetCache
 from utils import (
     atomic_save_npy,
     cache_path,
-    check_writable,
     checkpoint_path,
-    choose_device,
     ground_truth_path,
     is_fresh,
     metadata_path,
@@ -38,10 +36,7 @@ CACHE_FILES = ("dnn_labels", "success", "probabilities", "distances")
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
-    grid = cli.resolve_grid(args)
-    device = choose_device(args.device)
-    cli.check_datasets_available(grid.datasets, args.data_root)
-    check_writable(args.info_root)
+    grid, device = cli.prepare(args, writable=[args.info_root])
     versions = cli.trained_versions(grid, args.model_root)
     datasets = DatasetCache(args.data_root)
     rows, checked_truths = [], set()

@@ -18,17 +18,14 @@ import ModelManager
 from Attacker import DEFAULT_ATTACK_BATCH
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
-from utils import check_writable, choose_device, find_kde_files, version_key
+from utils import find_kde_files, version_key
 
 
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(output="dfg_results/realtime")
     args = parser.parse_args(argv)
-    grid = cli.resolve_grid(args)
-    device = choose_device(args.device)
-    cli.check_datasets_available(grid.datasets, args.data_root)
-    check_writable(args.output)
+    grid, device = cli.prepare(args, writable=[args.output])
     versions = cli.trained_versions(grid, args.model_root)
     datasets = DatasetCache(args.data_root)
     records_by_dataset = {d: {} for d in grid.datasets}
@@ -48,9 +45,7 @@ def main(argv=None) -> int:
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities)
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
-    summary = Evaluator.run_evaluation(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
-    print(Evaluator.format_summary(summary))
-    print(f"results in {args.output}/results.csv, summary.csv, failure_prediction.csv")
+    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
     return 0
 
 

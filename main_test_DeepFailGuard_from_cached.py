@@ -17,15 +17,12 @@ import sys
 import cli
 import Evaluator
 from DatasetManager import get_dataset
-from utils import check_writable, choose_device
 
 
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
-    grid = cli.resolve_grid(args)
-    choose_device(args.device)  # unused here (no network runs), but a request that cannot be met is refused
-    check_writable(args.output)
+    grid, _ = cli.prepare(args, writable=[args.output], needs_data=False)
     records_by_dataset, truths_by_dataset, bugs_by_dataset = {}, {}, {}
     for dataset in grid.datasets:
         unsupported = get_dataset(dataset).unsupported_faults
@@ -44,9 +41,7 @@ def main(argv=None) -> int:
         truths_by_dataset[dataset] = {test_set: Evaluator.load_truth(args.info_root, dataset, test_set)
                                       for test_set in {r.test_set for r in records.values()}}
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
-    summary = Evaluator.run_evaluation(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
-    print(Evaluator.format_summary(summary))
-    print(f"results in {args.output}/results.csv, summary.csv, failure_prediction.csv")
+    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
     return 0
 
 

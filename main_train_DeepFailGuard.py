@@ -24,10 +24,8 @@ from DeepFailGuard import DeepFailGuardTrainer
 from kde import GaussianKDE
 from utils import (
     UsageError,
-    check_writable,
     checkpoint_bug_id,
     checkpoint_path,
-    choose_device,
     is_fresh,
     kde_paths,
     metadata_path,
@@ -38,11 +36,7 @@ from utils import (
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
-    grid = cli.resolve_grid(args)
-    device = choose_device(args.device)
-    cli.check_datasets_available(grid.datasets, args.data_root)
-    check_writable(args.info_root)
-    check_writable(args.output)
+    grid, device = cli.prepare(args, writable=[args.info_root, args.output])
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
     trained = cli.trained_versions(grid, args.model_root)
     versions = list(dict.fromkeys((d, m, checkpoint_bug_id(b)) for d, m, b in trained))

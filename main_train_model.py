@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 import cli
 import ModelManager
-from utils import TEST_ONLY_FAULTS, UsageError, check_writable, choose_device, version_key
+from utils import TEST_ONLY_FAULTS, UsageError, version_key
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -38,10 +38,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    grid = cli.resolve_grid(args)
-    choose_device(args.device)  # refused now, not after hours of versions that were up to date
-    cli.check_datasets_available(grid.datasets, args.data_root)
-    check_writable(args.model_root)
+    grid, _ = cli.prepare(args, writable=[args.model_root])  # bad requests refused before hours of work
     jobs = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     rows = []
     for dataset, model_name, bug in tqdm(jobs, desc="versions", unit="version", disable=args.quiet):
