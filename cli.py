@@ -137,10 +137,10 @@ PRESETS = {
     "digits": Preset(("DIGITS",), ALL_MODELS, tuple(range(0, 11))),
     # the README's one-command demo, sized for 10 minutes on two CPU cores: three architectures
     # trained briefly (so they make mistakes worth predicting), a trained fault (5: a third of the
-    # epochs) and a test-data fault (10: noisy inputs), 50 attacked inputs per split (the attack is
+    # epochs) and a test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is
     # most of the time)
     "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 5, 10),
-                   epochs={"densenet": 3, "resnet": 3}, max_inputs=50),
+                   epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
     # the paper's grid: seven datasets, five architectures, faults 1-10 (11, 12 on CIFAR10)
     "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"), ALL_MODELS, tuple(range(0, 13))),
 }
