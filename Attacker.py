@@ -153,32 +153,38 @@ class Attacker:
     def _candidate_gradients(self, x: torch.Tensor, classes: torch.Tensor):
         """Logit differences ``l_k - l_0`` (n, K-1), their input gradients (n, K-1, C, H, W), and which
         inputs are already adversarial, by the fastest of three exact strategies (timed once, on the
-        first step of the first batch, each after a warm-up run):
+        first step of the first batch; the clean forward pass before it set up the convolutions):
 
         - ``looped``: one forward pass, one backward pass per candidate through that graph;
         - ``batched``: one forward pass, vmap over the backward pass (wins where layers batch well);
         - ``replicated``: the batch repeated once per candidate, one forward and one backward pass
           over it (K-1 times the arithmetic, but in one large batch, which small batches on a CPU
-          run much faster per input).
+          run much faster per input); only while the replicated batch stays within
+          ``REPLICATED_MAX_INPUTS`` images, so that it never needs more memory than a default batch.
 
         Batch norms are folded and dropout is off, so inputs never interact: all three compute the
         same gradients (to float rounding). A network whose output does not depend on its input
         gets zero gradients; a strategy that fails on a layer is not used.
         """
+        others = classes.shape[1] - 1
         if self._strategy is None:
             timings, result = {}, None
             for name in GRADIENT_STRATEGIES:
+                if name == "replicated" and len(x) * others > REPLICATED_MAX_INPUTS:
+                    continue
                 try:
-                    self._gradients_by(name, x, classes)  # warm-up: oneDNN/cuDNN set-up is not the strategy's cost
                     started = time.perf_counter()
-                    result = self._gradients_by(name, x, classes)
+                    outcome = self._gradients_by(name, x, classes)
                 except RuntimeError:
                     continue
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 timings[name] = time.perf_counter() - started
+                result = result or outcome
             self._strategy = min(timings, key=timings.get)
             return self._gradients_by(self._strategy, x, classes) if result is None else result
+        if self._strategy == "replicated" and len(x) * others > REPLICATED_MAX_INPUTS:
+            return self._gradients_by("looped", x, classes)  # a larger batch than the one it was tuned on
         return self._gradients_by(self._strategy, x, classes)
 
     def _gradients_by(self, strategy: str, x: torch.Tensor, classes: torch.Tensor):
@@ -271,3 +277,5 @@ def _vjp_looped(outputs: torch.Tensor, inputs: torch.Tensor, cotangents: torch.T
 
 VJP_STRATEGIES = {"batched": _vjp_batched, "looped": _vjp_looped}
 GRADIENT_STRATEGIES = ("looped", "batched", "replicated")
+#: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
+REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH

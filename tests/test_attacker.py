@@ -361,3 +361,16 @@ def test_every_gradient_strategy_gives_the_same_attack(strategy):
     result = attacker.attack(x)
     np.testing.assert_allclose(result.distances, reference.attack(x).distances, rtol=1e-5)
     assert attacker._strategy == strategy
+
+
+def test_replicated_strategy_is_never_tried_on_a_batch_too_large_for_it():
+    """Replicating a large batch once per candidate could exhaust memory: the autotuner skips it."""
+    from Attacker import REPLICATED_MAX_INPUTS
+
+    x = images(n=REPLICATED_MAX_INPUTS // 9 + 1)
+    attacker = Attacker(small_cnn(), device="cpu")
+    attacker.attack(x)
+    assert attacker._strategy in ("looped", "batched")
+    attacker._strategy = "replicated"  # tuned on a small batch, then handed a large one: falls back
+    np.testing.assert_allclose(attacker.attack(x).distances, Attacker(small_cnn(), device="cpu").attack(x).distances,
+                               rtol=1e-5)
