@@ -152,26 +152,28 @@ class Attacker:
 
     def _candidate_gradients(self, x: torch.Tensor, classes: torch.Tensor):
         """Logit differences ``l_k - l_0`` (n, K-1), their input gradients (n, K-1, C, H, W), and which
-        inputs are already adversarial, by the fastest of three exact strategies (timed once, on the
-        first step of the first batch, in the order of ``GRADIENT_STRATEGIES``):
+        inputs are already adversarial, by one of three exact strategies (the first two timed once, on
+        the first large step, in the order of ``TIMED_STRATEGIES``; the third chosen by size):
 
         - ``looped``: one forward pass, one backward pass per candidate through that graph;
         - ``batched``: one forward pass, vmap over the backward pass (wins where layers batch well);
         - ``replicated``: the batch repeated once per candidate, one forward and one backward pass
-          over it (K-1 times the arithmetic, but in one large batch, which small batches on a CPU
-          run much faster per input); only while the replicated batch stays within
-          ``REPLICATED_MAX_INPUTS`` images, so that it never needs more memory than a default batch.
+          over it (K-1 times the arithmetic, but in one large batch, which small batches run much
+          faster per input); used whenever the replicated batch stays within
+          ``REPLICATED_MAX_INPUTS`` images (so it never needs more memory than a default batch).
 
         Batch norms are folded and dropout is off, so inputs never interact: all three compute the
         same gradients (to float rounding). A network whose output does not depend on its input
         gets zero gradients; a strategy that fails on a layer is not used.
         """
         others = classes.shape[1] - 1
+        if len(x) * others <= REPLICATED_MAX_INPUTS:
+            # chosen by size, never by timing: its rounding differs from the other two, and the same
+            # inputs must give the same distances in every run (real time and cache agree exactly)
+            return self._gradients_by("replicated", x, classes)
         if self._strategy is None:
             timings, result = {}, None
-            for name in GRADIENT_STRATEGIES:
-                if name == "replicated" and len(x) * others > REPLICATED_MAX_INPUTS:
-                    continue
+            for name in TIMED_STRATEGIES:
                 try:
                     started = time.perf_counter()
                     outcome = self._gradients_by(name, x, classes)
@@ -277,7 +279,8 @@ def _vjp_looped(outputs: torch.Tensor, inputs: torch.Tensor, cotangents: torch.T
 
 VJP_STRATEGIES = {"batched": _vjp_batched, "looped": _vjp_looped}
 # timed in this order: the first pays the one-off set-up of the backward convolutions, so the safe
-# default (looped) comes after batched, which shares its kernels, and wins unless truly slower
-GRADIENT_STRATEGIES = ("batched", "looped", "replicated")
+# default (looped) comes after batched, which shares its kernels, and wins unless truly slower; the
+# two give bit-identical gradients, so the choice never changes a distance
+TIMED_STRATEGIES = ("batched", "looped")
 #: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
 REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH
