@@ -10,6 +10,9 @@ soon as its label differs from the clean one.
 What is different is the cost: one forward pass per step, all candidate gradients from that one
 graph (vector-Jacobian products batched over the candidates), no gradients for the weights, and
 inputs that are already adversarial dropped from later steps. No Python loop runs over inputs.
+
+The attack runs in float32, or in float64 for a float64 network (e.g. a ``.double()`` one checked
+against DeepFool's closed form); half-precision networks are attacked with float32 inputs, as ever.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ STEP_STABILISER = 1e-4  # foolbox adds it to every step's distance
 NORM_EPSILON = 1e-8  # foolbox's guard against zero gradients
 #: inputs attacked together by the scripts; finished inputs leave the batch, so larger is cheaper per input
 DEFAULT_ATTACK_BATCH = 128
+#: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
+REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Attacker:
         # faster in it on the DIGITS versions; on CUDA the float32 kernels gain nothing from it
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = frozen_copy(pytorch_model).to(self.device, memory_format=self.memory_format)
+        #: inputs, logits and gradients are in this dtype: float64 for a float64 network, else float32
+        self.dtype = attack_dtype(self.model)
         self.steps = steps
         self.candidates = candidates
         self.overshoot = overshoot
@@ -104,11 +111,11 @@ class Attacker:
 
     def attack(self, images: torch.Tensor) -> AttackResult:
         """Run DeepFool on a batch of images (N×C×H×W within ``bounds``)."""
-        x0 = resize_batch(images.to(self.device, dtype=torch.float32), self.image_size)
+        x0 = resize_batch(images.to(self.device, dtype=self.dtype), self.image_size)
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
         with torch.no_grad():
-            clean_logits = self.model(x0).float()
+            clean_logits = self.model(x0).to(self.dtype)
         if not torch.isfinite(clean_logits).all():
             raise UsageError("the network produces NaN or infinite outputs; its checkpoint is unusable")
         candidates = min(self.candidates, clean_logits.shape[1])
@@ -185,8 +192,6 @@ class Attacker:
                 result = result or outcome
             self._strategy = min(timings, key=timings.get)
             return self._gradients_by(self._strategy, x, classes) if result is None else result
-        if self._strategy == "replicated" and len(x) * others > REPLICATED_MAX_INPUTS:
-            return self._gradients_by("looped", x, classes)  # a larger batch than the one it was tuned on
         return self._gradients_by(self._strategy, x, classes)
 
     def _gradients_by(self, strategy: str, x: torch.Tensor, classes: torch.Tensor):
@@ -197,7 +202,7 @@ class Attacker:
             inputs = inputs.contiguous(memory_format=self.memory_format)
         inputs = inputs.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(inputs).float()
+            logits = self.model(inputs).to(self.dtype)
             is_adv = logits[:n].argmax(dim=1) != classes[:, 0]
             original = logits[:n].gather(1, classes[:, :1])
             losses = logits[:n].gather(1, classes[:, 1:]) - original
@@ -212,7 +217,7 @@ class Attacker:
                 grads = torch.autograd.grad(differences.sum(), inputs)[0].view(others, *x.shape)
             else:
                 # one cotangent per candidate: +1 at class k, -1 at the clean class
-                cotangents = torch.zeros((others, *logits.shape), device=x.device)
+                cotangents = torch.zeros((others, *logits.shape), device=x.device, dtype=logits.dtype)
                 cotangents.scatter_(2, classes[:, 1:].T.unsqueeze(2), 1.0)
                 cotangents.scatter_(2, classes[:, :1].T.expand(others, -1).unsqueeze(2), -1.0)
                 grads = VJP_STRATEGIES[strategy](logits, inputs, cotangents)
@@ -255,6 +260,17 @@ class FrozenBatchNorm(nn.Module):
         return torch.addcmul(self.shift.view(shape), x, self.scale.view(shape))
 
 
+def attack_dtype(network: nn.Module) -> torch.dtype:
+    """float64 for a network whose floating-point parameters (or, without any, buffers) are float64;
+    float32 otherwise: float32 networks, parameter-free ones, and half or bfloat16 ones (their
+    inputs stay float32, as they always were)."""
+    for tensors in (network.parameters(), network.buffers()):
+        dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+        if dtypes:
+            return torch.float64 if dtypes == {torch.float64} else torch.float32
+    return torch.float32
+
+
 def frozen_copy(network: nn.Module) -> nn.Module:
     """The network as the attack needs it, leaving the caller's untouched: a copy in evaluation mode,
     without parameter gradients, its batch norms (with running statistics) folded to affine maps."""
@@ -282,5 +298,3 @@ VJP_STRATEGIES = {"batched": _vjp_batched, "looped": _vjp_looped}
 # default (looped) comes after batched, which shares its kernels, and wins unless truly slower; the
 # two give bit-identical gradients, so the choice never changes a distance
 TIMED_STRATEGIES = ("batched", "looped")
-#: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
-REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from Attacker import STEP_STABILISER, Attacker, AttackResult
+from Attacker import NORM_EPSILON, STEP_STABILISER, Attacker, AttackResult
 from DatasetManager import resize_batch
 from utils import UsageError
 
@@ -124,6 +124,46 @@ def test_linear_classifier_distance_is_the_closed_form(overshoot):
     assert result.success.all()
     np.testing.assert_array_equal(result.labels, labels)
     np.testing.assert_array_equal(result.labels, model(x).argmax(dim=1).numpy())
+
+
+@pytest.mark.parametrize("overshoot", [0.02, 0.0])
+def test_float64_linear_classifier_is_attacked_in_float64(overshoot):
+    """A ``.double()`` network is attacked in float64, so the closed form holds to 1e-10, far beyond
+    float32's reach (the float32 test above needs rtol 1e-5, and the same network in float32 misses
+    1e-10 by orders of magnitude, checked below)."""
+    model = linear_model().double()
+    x = 0.5 + 0.05 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact, labels, max_pixel = nearest_boundary_distance(model, x)
+    assert (x.min() - (1 + overshoot) * max_pixel.max()) > 0.05  # no clipping
+    assert (x.max() + (1 + overshoot) * max_pixel.max()) < 0.95
+
+    attacker = Attacker(model, device="cpu", overshoot=overshoot)
+    result = attacker.attack(x)
+
+    assert attacker.dtype == torch.float64
+    assert result.distances.dtype == np.float64 and result.probabilities.dtype == np.float64
+    # DeepFool's one step, with foolbox's guard against zero gradients in both of its divisions by
+    # the gradient norm g = ||w_k - w_0|| (≈ 1 here, so the guard alone moves the distance by ~2e-8)
+    layer = model[1]
+    logits = x.flatten(1) @ layer.weight.detach().T + layer.bias.detach()
+    weight = layer.weight.detach()
+    gaps = (logits.gather(1, torch.from_numpy(labels)[:, None]) - logits).abs()
+    norms = (weight[None, :, :] - weight[torch.from_numpy(labels)][:, None, :]).norm(dim=2)
+    boundary = (gaps / (norms + NORM_EPSILON)).scatter(1, torch.from_numpy(labels)[:, None], np.inf)
+    nearest = boundary.argmin(dim=1, keepdim=True)
+    g = norms.gather(1, nearest).squeeze(1).numpy()
+    guarded = boundary.gather(1, nearest).squeeze(1).numpy()
+    expected = (1.0 + overshoot) * (guarded + STEP_STABILISER) * g / (g + NORM_EPSILON)
+    np.testing.assert_allclose(result.distances, expected, rtol=1e-10, atol=0)
+    # the closed form of DESIGN section 6, to the guard's size
+    np.testing.assert_allclose(result.distances, (1.0 + overshoot) * (exact + STEP_STABILISER), rtol=1e-7, atol=0)
+    assert result.success.all()
+    np.testing.assert_array_equal(result.labels, labels)
+
+    # the float32 path on the same network cannot meet the float64 tolerance: the test discriminates
+    single = Attacker(linear_model(), device="cpu", overshoot=overshoot).attack(x.float())
+    assert single.distances.dtype == np.float32
+    assert np.max(np.abs(single.distances / expected - 1)) > 1e-8
 
 
 def test_linear_classifier_overshoot_scales_the_distance():
@@ -339,8 +379,21 @@ def test_image_size_equal_to_the_input_size_changes_nothing():
                                   Attacker(model, device="cpu").attack(x).distances)
 
 
+def record_strategies(monkeypatch) -> list[tuple[str, int]]:
+    """Every (strategy, batch size) that ``Attacker._gradients_by`` is called with, from now on."""
+    calls = []
+    original = Attacker._gradients_by
+
+    def recording(self, strategy, x, classes):
+        calls.append((strategy, len(x)))
+        return original(self, strategy, x, classes)
+
+    monkeypatch.setattr(Attacker, "_gradients_by", recording)
+    return calls
+
+
 @pytest.mark.parametrize("strategy", ["looped", "batched", "replicated"])
-def test_every_gradient_strategy_gives_the_same_attack(strategy):
+def test_every_gradient_strategy_gives_the_same_attack(strategy, monkeypatch):
     """The autotuner may pick any strategy: each must give the candidates' exact input gradients."""
     network = nn.Sequential(small_cnn(), nn.BatchNorm1d(10)).eval()  # a folded batch norm on the logits
     x = images(n=6)
@@ -358,19 +411,31 @@ def test_every_gradient_strategy_gives_the_same_attack(strategy):
     logits = attacker.model(one)[0]
     (logits[classes[0, 3]] - logits[classes[0, 0]]).backward()
     torch.testing.assert_close(got[1][0, 2], one.grad[0], rtol=1e-5, atol=1e-6)
+
+    # through attack(): 6 inputs × 9 candidates would take the replicated strategy by size, whatever
+    # _strategy says; with no batch small enough for it, the strategy set above is the one that runs
+    monkeypatch.setattr("Attacker.REPLICATED_MAX_INPUTS", 0)
+    calls = record_strategies(monkeypatch)
     result = attacker.attack(x)
-    np.testing.assert_allclose(result.distances, reference.attack(x).distances, rtol=1e-5)
+    assert calls and {name for name, _ in calls} == {strategy}, calls
+    del calls[:]
+    expected = reference.attack(x)
+    assert calls and {name for name, _ in calls} == {"looped"}, calls
+    np.testing.assert_allclose(result.distances, expected.distances, rtol=1e-5)
+    np.testing.assert_array_equal(result.success, expected.success)
+    assert result.success.mean() > 0.5  # several steps of real attacks were compared, not just clean logits
     assert attacker._strategy == strategy
 
 
-def test_replicated_strategy_is_never_tried_on_a_batch_too_large_for_it():
-    """Replicating a large batch once per candidate could exhaust memory: the autotuner skips it."""
+def test_replicated_strategy_is_never_tried_on_a_batch_too_large_for_it(monkeypatch):
+    """Replicating a large batch once per candidate could exhaust memory: the autotuner never times it,
+    and no step builds a replicated batch above ``REPLICATED_MAX_INPUTS``."""
     from Attacker import REPLICATED_MAX_INPUTS
 
     x = images(n=REPLICATED_MAX_INPUTS // 9 + 1)
     attacker = Attacker(small_cnn(), device="cpu")
+    calls = record_strategies(monkeypatch)
     attacker.attack(x)
     assert attacker._strategy in ("looped", "batched")
-    attacker._strategy = "replicated"  # tuned on a small batch, then handed a large one: falls back
-    np.testing.assert_allclose(attacker.attack(x).distances, Attacker(small_cnn(), device="cpu").attack(x).distances,
-                               rtol=1e-5)
+    assert calls[0][1] == len(x) and calls[0][0] != "replicated"  # the first step: too large for it
+    assert all(n * 9 <= REPLICATED_MAX_INPUTS for name, n in calls if name == "replicated"), calls
