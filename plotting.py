@@ -71,3 +71,41 @@ def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> N
     axis.legend(fontsize=8, ncol=2)
     atomic_save_figure(path, figure)
     plt.close(figure)
+
+
+def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str,
+                             bins: int = 15) -> None:
+    """Accuracy against mean P(correct) per confidence bin for each version (``curves``: label → (confidence,
+    correct)); points below the dashed diagonal are over-confident. Up to 6 versions share one panel, more get
+    one small panel each so that 20 lines do not hide one another."""
+    from metrics import expected_calibration_error, reliability_curve
+
+    labels = list(curves)
+    shared = len(labels) <= 6
+    columns = 1 if shared else min(5, len(labels))
+    rows = 1 if shared else -(-len(labels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5, 5) if shared else (2.6 * columns, 2.5 * rows + 0.4),
+                                sharex=True, sharey=True, squeeze=False)
+    for index, label in enumerate(labels):
+        confidence, correct = curves[label]
+        table = reliability_curve(confidence, correct, bins=bins)
+        ece = expected_calibration_error(confidence, correct, bins=bins)
+        axis = axes.flat[0 if shared else index]
+        colour = f"C{index % 10}" if shared else "tab:blue"  # one version per small panel: no colour to decode
+        axis.plot(table["mean_confidence"], table["accuracy"], marker="o", markersize=4, color=colour,
+                  label=f"{label} (ECE {ece:.3f})")
+    for index, axis in enumerate(axes.flat):
+        if index >= (1 if shared else len(labels)):
+            axis.set_visible(False)
+            continue
+        axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="_perfect calibration")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_aspect("equal")
+        axis.legend(fontsize=8 if shared else 7, loc="upper left")
+    figure.supxlabel("mean predicted P(correct) in bin")
+    figure.supylabel("accuracy in bin")
+    figure.suptitle(title)
+    figure.tight_layout()
+    atomic_save_figure(path, figure)
+    plt.close(figure)

@@ -1,0 +1,202 @@
+"""Evaluation metrics over (versions × inputs) arrays: voting, limits, improvements, e_k, AUROC.
+
+No Python loop runs over inputs. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def majority_vote(version_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """The most frequent label per input; ties go to the smallest class index (the paper's rule)."""
+    version_labels = np.asarray(version_labels)
+    num_classes = num_classes or int(version_labels.max()) + 1
+    n_inputs = version_labels.shape[1]
+    cells = np.arange(n_inputs)[None, :] * num_classes + version_labels
+    counts = np.bincount(cells.ravel(), minlength=n_inputs * num_classes).reshape(n_inputs, num_classes)
+    return counts.argmax(axis=1)  # argmax takes the first maximum: the smallest class index
+
+
+def accuracy(predictions: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.asarray(predictions) == np.asarray(truth))) if len(truth) else float("nan")
+
+
+def upper_limit(version_labels: np.ndarray, truth: np.ndarray) -> float:
+    """Share of inputs on which at least one version is right: no selector can do better."""
+    return float(np.mean((np.asarray(version_labels) == truth).any(axis=0)))
+
+
+def lower_limit(version_labels: np.ndarray, truth: np.ndarray) -> float:
+    """Share of inputs on which every version is right."""
+    return float(np.mean((np.asarray(version_labels) == truth).all(axis=0)))
+
+
+def improvements(method_accuracy: float, voting_accuracy: float, upper: float) -> tuple[float, float | None]:
+    """Absolute (method − voting) and relative ((method − voting) / (upper − voting)) improvement.
+
+    The relative one is None where upper equals voting (nothing left to improve).
+    """
+    absolute = method_accuracy - voting_accuracy
+    headroom = upper - voting_accuracy
+    return absolute, (absolute / headroom if headroom > 1e-12 else None)
+
+
+def error_breakdown(version_labels: np.ndarray, truth: np.ndarray,
+                    predictions: np.ndarray) -> list[tuple[float, float | None]]:
+    """For k = 0..N: (e_k, accuracy of ``predictions`` on those inputs).
+
+    e_k is the share of inputs on which exactly k versions are wrong; the accuracy is None where
+    no input has k wrong versions.
+    """
+    wrong = (np.asarray(version_labels) != truth).sum(axis=0)
+    right = np.asarray(predictions) == truth
+    rows = []
+    for k in range(np.asarray(version_labels).shape[0] + 1):
+        mask = wrong == k
+        rows.append((float(mask.mean()), float(right[mask].mean()) if mask.any() else None))
+    return rows
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` for telling positives from negatives (ties count half).
+
+    None when only one class is present (the area is undefined).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    positives = np.asarray(positives, dtype=bool)
+    if positives.all() or not positives.any():
+        return None
+    return float(roc_auc_score(positives, np.asarray(scores, dtype=np.float64)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Significance, uncertainty and calibration: is an improvement over voting real, and are the P(correct) honest?
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _discordant_counts(method_right: np.ndarray, baseline_right: np.ndarray) -> tuple[int, int, int]:
+    """(b, c, n): inputs only the method gets right, only the baseline gets right, and all inputs."""
+    method_right = np.asarray(method_right, dtype=bool)
+    baseline_right = np.asarray(baseline_right, dtype=bool)
+    if method_right.shape != baseline_right.shape:
+        raise ValueError(f"paired arrays differ in shape: {method_right.shape} vs {baseline_right.shape}")
+    b = int(np.count_nonzero(method_right & ~baseline_right))
+    c = int(np.count_nonzero(~method_right & baseline_right))
+    return b, c, method_right.size
+
+
+def _binomial_p(successes: int, trials: int) -> float:
+    """Two-sided exact binomial p-value against 1/2; 1.0 when there is nothing to test."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(successes, trials, 0.5).pvalue) if trials else 1.0
+
+
+def mcnemar_exact(method_right, baseline_right) -> float:
+    """Two-sided exact McNemar p-value: only inputs where the two disagree carry evidence of a difference."""
+    b, c, _ = _discordant_counts(method_right, baseline_right)
+    return _binomial_p(b, b + c)
+
+
+def paired_difference_interval(method_right, baseline_right, confidence: float = 0.95, resamples: int = 10_000,
+                               seed: int = 42) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy(method) − accuracy(baseline), resampling inputs in pairs.
+
+    Each input's paired difference is +1, −1 or 0, so resampling n inputs with replacement is a multinomial
+    draw of the three counts: O(resamples) rather than O(n·resamples). Empty input gives (NaN, NaN).
+    """
+    # Hand-written instead of scipy.stats.bootstrap(paired=True, method="percentile"), measured on n = 10,000 inputs,
+    # 10,000 resamples, median of 3 runs (3 sessions) on 2 busy shared CPU cores: 2.1-3.6 ms here vs 1.4-2.8 s for
+    # SciPy (batch=500 or unbatched), i.e. 400-1,200x faster. tests/test_statistics.py checks both give one interval.
+    b, c, n = _discordant_counts(method_right, baseline_right)
+    if n == 0:
+        return float("nan"), float("nan")
+    counts = np.random.default_rng(seed).multinomial(n, [b / n, c / n, (n - b - c) / n], size=resamples)
+    differences = (counts[:, 0] - counts[:, 1]) / n
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.percentile(differences, [100.0 * tail, 100.0 * (1.0 - tail)])
+    return float(low), float(high)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test p-value over configurations (ties already dropped): does the method win more often?"""
+    return _binomial_p(int(wins), int(wins) + int(losses))
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) with a Student-t interval: how large the improvement is across configurations."""
+    from scipy.stats import sem, t
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    spread = float(sem(values)) if values.size > 1 else 0.0
+    if spread == 0.0:
+        return mean, mean, mean
+    low, high = t.interval(confidence, values.size - 1, loc=mean, scale=spread)
+    return mean, float(low), float(high)
+
+
+def _calibration_inputs(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float confidences in [0, 1] and 0/1 outcomes of equal length."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=bool).ravel()
+    if confidence.shape != correct.shape:
+        raise ValueError(f"confidence and correct differ in length: {confidence.size} vs {correct.size}")
+    if not np.all((confidence >= 0.0) & (confidence <= 1.0)):
+        raise ValueError("confidence must lie in [0, 1] (a predicted probability of being correct)")
+    return confidence, correct
+
+
+def _calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Per equal-width bin on [0, 1]: count, mean confidence, accuracy (NaN where empty).
+
+    binned_statistic closes the last bin on the right, so a confidence of exactly 1.0 lands in it.
+    """
+    from scipy.stats import binned_statistic
+
+    means, _, numbers = binned_statistic(confidence, [confidence, correct.astype(np.float64)], statistic="mean",
+                                         bins=bins, range=(0.0, 1.0))
+    counts = np.bincount(numbers - 1, minlength=bins)
+    return counts, means[0], means[1]
+
+
+def reliability_curve(confidence, correct, bins: int = 15):
+    """Non-empty calibration bins as a table (bin_low, bin_high, count, mean_confidence, accuracy)."""
+    import pandas as pd
+
+    confidence, correct = _calibration_inputs(confidence, correct)
+    columns = ["bin_low", "bin_high", "count", "mean_confidence", "accuracy"]
+    if confidence.size == 0:
+        return pd.DataFrame(columns=columns)
+    counts, mean_confidence, accuracy = _calibration_bins(confidence, correct, bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    kept = counts > 0
+    return pd.DataFrame({"bin_low": edges[:-1][kept], "bin_high": edges[1:][kept], "count": counts[kept],
+                         "mean_confidence": mean_confidence[kept], "accuracy": accuracy[kept]}, columns=columns)
+
+
+def expected_calibration_error(confidence, correct, bins: int = 15) -> float:
+    """ECE: count-weighted gap between accuracy and mean confidence over equal-width bins; NaN when empty."""
+    confidence, correct = _calibration_inputs(confidence, correct)
+    if confidence.size == 0:
+        return float("nan")
+    counts, mean_confidence, accuracy = _calibration_bins(confidence, correct, bins)
+    kept = counts > 0
+    return float(np.sum(counts[kept] / confidence.size * np.abs(accuracy[kept] - mean_confidence[kept])))
+
+
+def brier_score(confidence, correct) -> float:
+    """Mean squared gap between P(correct) and the 0/1 outcome; NaN when empty.
+
+    pos_label=1 keeps scikit-learn from refusing an all-correct (single-class) version.
+    """
+    from sklearn.metrics import brier_score_loss
+
+    confidence, correct = _calibration_inputs(confidence, correct)
+    if confidence.size == 0:
+        return float("nan")
+    return float(brier_score_loss(correct.astype(np.int64), confidence, pos_label=1))
