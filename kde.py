@@ -6,6 +6,13 @@ paper's; evaluation is the same mixture of Gaussians computed as a chunked log-s
 which is exact (no binning, no truncation) and never underflows to ``log 0`` where SciPy's ``pdf``
 would.
 
+It is kept for speed at the evaluation's size. Measured against the obvious replacement, one
+vectorised ``gaussian_kde(points, bw_method=...).logpdf(queries)`` call with the same bandwidth
+(benchmarks/bench_evaluation.py, 2026-11-26, shared 2-core CPU, medians of 3): 10,000 points ×
+10,000 queries take 0.55 s here against SciPy's 3.05 s (5.5x faster); the gain shrinks with fewer
+points (1.4x at 2,000 × 10,000, a wrong-answer KDE's size) and at 1,000 × 1,000 SciPy is as fast or
+faster (0.07 s against 0.10 s). The two log densities agree to 1.3e-13.
+
 Files: ours are ``.npz`` (points, weights, bandwidth); the paper's are pickles of
 ``scipy.stats.gaussian_kde``, read through a restricted unpickler that admits only that class and
 NumPy arrays, so a hostile pickle is refused before any of its code can run.
@@ -180,7 +187,9 @@ def _block_expansion_logsumexp(queries: torch.Tensor, points: torch.Tensor, log_
     so every (query block, point block) pair needs only the moments Σ_p w_p exp(Δ·v − v²/2) v^k.
     With |u·v| <= 1/4 and SERIES_TERMS = 14 terms the series' remainder is below 1e-19 of the
     sum, and every term is positive up to that remainder, so the result equals the direct sum up
-    to float64 rounding, at a small fraction of its cost. Logs carry the scale throughout.
+    to float64 rounding, at a fraction of its cost when there are many points per block (5.5x faster
+    than SciPy's ``logpdf`` at 10,000 × 10,000, see the module's docstring). Logs carry the scale
+    throughout.
     """
     point_index = torch.bucketize(torch.floor(points), point_blocks)
     query_index = torch.bucketize(torch.floor(queries), query_blocks)
