@@ -15,15 +15,14 @@ import torch.nn.functional as F
 
 import FaultInjector
 import mydataset
-from utils import DEFAULT_DATA_ROOT, UsageError, stratified_split
+from layout import DEFAULT_DATA_ROOT
+from utils import SEED, UsageError, stratified_split
 
 DATASETS: dict[str, type[mydataset.MyDataset]] = {
     cls.name: cls for cls in (mydataset.Digits, mydataset.Cifar10, mydataset.ATS, mydataset.CTSD,
                               mydataset.GTSRB, mydataset.TSCD, mydataset.TTS, mydataset.COVIDX9A)
 }
-PAPER_DATASETS = ("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A")
 VALIDATION_FRACTION = 0.2
-SPLIT_SEED = 42
 
 
 def get_dataset(dataset_name: str) -> mydataset.MyDataset:
@@ -50,10 +49,6 @@ class TensorLoader:
 
     def __len__(self) -> int:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.x)
 
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self._generator) if self.shuffle else None
@@ -90,7 +85,7 @@ class MyData:
     y_test: torch.Tensor
     batch_size: int = 256
     image_size: int | None = None
-    seed: int = SPLIT_SEED
+    seed: int = SEED
     source: mydataset.MyDataset | None = None
     data_root: Path = Path(DEFAULT_DATA_ROOT)
 
@@ -116,7 +111,7 @@ class MyData:
                        seed=self.seed if seed is None else seed)
 
     def limited(self, max_inputs: int | None) -> "MyData":
-        """At most ``max_inputs`` validation and test inputs: a stratified sample (seed 42), in order.
+        """At most ``max_inputs`` validation and test inputs: a stratified sample (the pipeline's seed), in order.
 
         For quick runs (the demo); every version of a dataset gets the same sample, and the
         training split is untouched.
@@ -127,14 +122,14 @@ class MyData:
         for split in ("val", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if len(y) > max_inputs:
-                _, kept = stratified_split(y, max_inputs / len(y), SPLIT_SEED)
+                _, kept = stratified_split(y, max_inputs / len(y), SEED)
                 x, y = x[kept], y[kept]
             splits.update({f"x_{split}": x, f"y_{split}": y})
         return replace(self, **splits)
 
 
 def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
-                   data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SPLIT_SEED) -> MyData:
+                   data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SEED) -> MyData:
     """Load a dataset, split off 20 % of train for validation, apply a data fault (7-12) if asked.
 
     ``image_size=None`` uses the dataset's own size (its stored resolution if it declares none).
@@ -147,7 +142,7 @@ def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int
     num_classes = int(raw.y_train.max()) + 1
     if raw.y_test.numel() and int(raw.y_test.max()) >= num_classes:
         raise UsageError(f"{source.name}: test label {int(raw.y_test.max())} never occurs in the training labels")
-    keep, held = stratified_split(raw.y_train, VALIDATION_FRACTION, SPLIT_SEED)
+    keep, held = stratified_split(raw.y_train, VALIDATION_FRACTION, SEED)
     data = MyData(dataset_name=source.name, bug_id=bug_id, num_classes=num_classes,
                   x_train=raw.x_train[keep], y_train=raw.y_train[keep],
                   x_val=raw.x_train[held], y_val=raw.y_train[held],
@@ -178,7 +173,7 @@ class DatasetCache:
 
     def get(self, dataset_name: str, bug_id: int | None = 0, max_inputs: int | None = None) -> MyData:
         bug_id = bug_id or 0
-        key = (str(dataset_name).upper(), bug_id if bug_id in FaultInjector.DATA_FAULTS else 0)
+        key = (str(dataset_name).upper(), FaultInjector.data_fault(bug_id))
         if key not in self._loaded:
             self._loaded[key] = create_dataset(key[0], bug_id=key[1], data_root=self.data_root)
         return self._loaded[key].limited(max_inputs)

@@ -17,6 +17,7 @@ import torch
 
 from Attacker import Attacker, AttackResult
 from kde import GaussianKDE
+from layout import check_distances, find_kde_files, version_key
 from utils import UsageError
 
 
@@ -72,15 +73,27 @@ class DeepFailGuardModule:
     """One version's failure predictor; ``model`` may be None when only cached distances are used."""
 
     def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
-                 image_size: int | None = None, attack_options: dict | None = None):
+                 image_size: int | None = None, attack_options: dict | None = None, accuracy_source: str = ""):
         self.correct_kde = self.load_kde(correct_kde_path)
         self.wrong_kde = self.load_kde(wrong_kde_path)
-        self.val_acc = check_accuracy(val_acc, name or str(correct_kde_path))
+        self.val_acc = check_accuracy(val_acc, accuracy_source or name or str(correct_kde_path))
         self.name = name
         self.image_size = image_size or getattr(model, "metadata", {}).get("image_size")
         network = getattr(model, "model_structure", model)
         self.attacker = None if network is None else Attacker(network, device=device, image_size=self.image_size,
                                                               **(attack_options or {}))
+
+    @classmethod
+    def of_version(cls, model, info_root, model_root, dataset: str, model_name: str, bug: int,
+                   device=None) -> "DeepFailGuardModule":
+        """A version's failure predictor from its files: its KDEs (ours or the paper's) and its validation
+        accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances."""
+        from ModelManager import recorded_validation_accuracy
+
+        correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug)
+        val_acc, source = recorded_validation_accuracy(model_root, model_name, dataset, bug)
+        return cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
+                   accuracy_source=source)
 
     @staticmethod
     def load_kde(path) -> GaussianKDE:
@@ -93,11 +106,16 @@ class DeepFailGuardModule:
 
     def confidence(self, distances) -> np.ndarray:
         """P(correct | d) per distance, from log densities (never 0/0)."""
-        return posterior(*self.log_densities(distances), self.val_acc)
+        return self.assess(distances).confidence
 
     def density_margin(self, distances) -> np.ndarray:
         """f_c(d) − f_w(d): the paper's "distance only" ablation score (no prior)."""
-        return density_margin(*self.log_densities(distances))
+        return self.assess(distances).margin
+
+    def assess(self, distances) -> "Assessment":
+        """Both scores of every distance from one evaluation of the two KDEs (the expensive step)."""
+        log_correct, log_wrong = self.log_densities(distances)
+        return Assessment(posterior(log_correct, log_wrong, self.val_acc), density_margin(log_correct, log_wrong))
 
     def attack(self, images: torch.Tensor) -> AttackResult:
         """DeepFool on a batch (resized to the size this version sees)."""
@@ -133,22 +151,24 @@ def density_margin(log_correct: np.ndarray, log_wrong: np.ndarray) -> np.ndarray
     return np.exp(log_correct) - np.exp(log_wrong)
 
 
+@dataclass
+class Assessment:
+    """A version's scores for some inputs: P(correct | d) and the ablation's density margin."""
+
+    confidence: np.ndarray
+    margin: np.ndarray
+
+
 def check_accuracy(val_acc, name: str) -> float:
+    """The prior: a fraction in [0, 1]; anything else is a UsageError naming where it came from."""
     try:
         value = float(val_acc)
     except (TypeError, ValueError):
-        raise UsageError(f"{name}: validation accuracy {val_acc!r} is not a number") from None
+        value = float("nan")
     if not 0.0 <= value <= 1.0:
-        raise UsageError(f"{name}: validation accuracy {value} is not a fraction in [0, 1]")
+        raise UsageError(f"{name}: validation accuracy {val_acc!r} is not a fraction in [0, 1]; measure it again "
+                         "with main_train_model.py --mode evaluate (same --datasets/--models/--bugs)")
     return value
-
-
-def check_distances(distances, name: str = "") -> np.ndarray:
-    distances = np.asarray(distances, dtype=np.float64)
-    if not np.isfinite(distances).all():
-        bad = int((~np.isfinite(distances)).sum())
-        raise UsageError(f"{name or 'distances'}: {bad} NaN or infinite distance(s); recompute the cache with --force")
-    return distances
 
 
 @dataclass

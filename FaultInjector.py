@@ -7,29 +7,101 @@ tested on. In the paper repository faults 2, 3, 4 and 6 changed nothing training
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import ALL_FAULTS, UsageError, stratified_split
+from utils import SEED, UsageError, stratified_split
 
-FAULTS = {
-    1: "suboptimal structure",
-    2: "wrong filter size",
-    3: "missing activation",
-    4: "suboptimal learning rate",
-    5: "too few epochs",
-    6: "wrong loss function",
-    7: "wrong preprocessing",
-    8: "wrong labels",
-    9: "not enough training data",
-    10: "noisy test data",
-    11: "distribution shift (CIFAR-10.1 v4)",
-    12: "distribution shift (CIFAR-10.1 v6)",
-}
-MODEL_FAULTS = (1, 2, 3)
-HYPERPARAMETER_FAULTS = (4, 5, 6)
-DATA_FAULTS = (7, 8, 9, 10, 11, 12)
+
+@dataclass(frozen=True)
+class Fault:
+    """Everything the pipeline needs to know about one fault; every other module asks this table."""
+
+    id: int
+    name: str
+    kind: str  # "model", "hyper-parameter" or "data"
+    #: changes only the test inputs: the version reuses the healthy checkpoint and failure model
+    test_data_only: bool = False
+    #: swaps the whole test set for another one (its own ground truth file)
+    replaces_test_set: bool = False
+    #: datasets it exists for (None: every dataset)
+    datasets: tuple[str, ...] | None = None
+    #: the paper repository's implementation was a no-op, so its released weights have the healthy structure
+    paper_no_op: bool = False
+
+    @property
+    def reuses_healthy_checkpoint(self) -> bool:
+        return self.test_data_only
+
+    def applies_to(self, dataset_name: str) -> bool:
+        return self.datasets is None or str(dataset_name).upper() in self.datasets
+
+
+FAULT_TABLE: tuple[Fault, ...] = (
+    Fault(1, "suboptimal structure", "model"),
+    Fault(2, "wrong filter size", "model", paper_no_op=True),
+    Fault(3, "missing activation", "model", paper_no_op=True),
+    Fault(4, "suboptimal learning rate", "hyper-parameter", paper_no_op=True),
+    Fault(5, "too few epochs", "hyper-parameter"),
+    Fault(6, "wrong loss function", "hyper-parameter", paper_no_op=True),
+    Fault(7, "wrong preprocessing", "data"),
+    Fault(8, "wrong labels", "data"),
+    Fault(9, "not enough training data", "data"),
+    Fault(10, "noisy test data", "data", test_data_only=True),
+    Fault(11, "distribution shift (CIFAR-10.1 v4)", "data", test_data_only=True, replaces_test_set=True,
+          datasets=("CIFAR10",)),
+    Fault(12, "distribution shift (CIFAR-10.1 v6)", "data", test_data_only=True, replaces_test_set=True,
+          datasets=("CIFAR10",)),
+)
+FAULTS: dict[int, Fault] = {fault.id: fault for fault in FAULT_TABLE}
+FAULT_IDS: tuple[int, ...] = tuple(FAULTS)
+HEALTHY = 0
+
+
+def fault_name(bug_id: int | None) -> str:
+    return FAULTS[bug_id].name if bug_id else "healthy"
+
+
+def is_kind(bug_id: int | None, kind: str) -> bool:
+    return bool(bug_id) and FAULTS[bug_id].kind == kind
+
+
+def is_test_data_only(bug_id: int | None) -> bool:
+    return bool(bug_id) and FAULTS[bug_id].test_data_only
+
+
+def replaces_test_set(bug_id: int | None) -> bool:
+    return bool(bug_id) and FAULTS[bug_id].replaces_test_set
+
+
+def checkpoint_fault(bug_id: int | None) -> int:
+    """The fault whose weights a version uses: test-data faults reuse the healthy network."""
+    bug_id = bug_id or HEALTHY
+    return HEALTHY if FAULTS.get(bug_id) and FAULTS[bug_id].reuses_healthy_checkpoint else bug_id
+
+
+def data_fault(bug_id: int | None) -> int:
+    """The fault that changes a version's data (0 for model and hyper-parameter faults)."""
+    return bug_id if is_kind(bug_id, "data") else HEALTHY
+
+
+def structure_fault(bug_id: int | None) -> int:
+    """The fault built into a version's network (0 unless it is a model fault)."""
+    return bug_id if is_kind(bug_id, "model") else HEALTHY
+
+
+def paper_structure_fault(bug_id: int | None) -> int:
+    """The fault built into the paper's released weights of a version (its no-op faults built none)."""
+    return HEALTHY if bug_id and FAULTS[bug_id].paper_no_op else structure_fault(bug_id)
+
+
+def unsupported_faults(dataset_name: str) -> tuple[int, ...]:
+    """Faults that do not exist for a dataset (a clear error instead of a silent no-op)."""
+    return tuple(fault.id for fault in FAULT_TABLE if not fault.applies_to(dataset_name))
+
 
 LR_FACTOR = 20  # paper: 0.002 instead of 0.0001
 EPOCH_DIVISOR = 3  # paper: 10 instead of 30
@@ -38,17 +110,17 @@ TRAIN_FRACTION_KEPT = 0.5
 PREPROCESSING_SCALE = 0.5
 NOISE_STD = 0.1
 BLUR_KERNEL, BLUR_SIGMA = 5, 1.5
-FAULT_SEED = 42
 
 
 def validate_bug_id(bug_id, dataset=None) -> int:
     """``bug_id`` as an int in 0..12; with a dataset, refuse faults that do not apply to it."""
     bug_id = 0 if bug_id is None else bug_id
-    if isinstance(bug_id, bool) or not isinstance(bug_id, int) or bug_id not in (0, *ALL_FAULTS):
-        raise UsageError(f"unknown fault {bug_id!r}; faults are 0 (healthy) and 1-12")
-    if dataset is not None and bug_id in dataset.unsupported_faults:
-        raise UsageError(f"fault {bug_id} ({FAULTS[bug_id]}) does not apply to {dataset.name}; "
-                         "faults 11 and 12 exist only for CIFAR10")
+    if isinstance(bug_id, bool) or not isinstance(bug_id, int) or bug_id not in (HEALTHY, *FAULT_IDS):
+        raise UsageError(f"unknown fault {bug_id!r}; faults are 0 (healthy) and {FAULT_IDS[0]}-{FAULT_IDS[-1]}")
+    if dataset is not None and bug_id and not FAULTS[bug_id].applies_to(dataset.name):
+        fault = FAULTS[bug_id]
+        raise UsageError(f"fault {bug_id} ({fault.name}) does not apply to {dataset.name}; "
+                         f"it exists only for {', '.join(fault.datasets)}")
     return bug_id
 
 
@@ -61,7 +133,7 @@ def inject_model_fault(model, bug_id: int):
 
     Other faults leave the model as it is.
     """
-    if bug_id not in MODEL_FAULTS:
+    if not is_kind(bug_id, "model"):
         return model
     if isinstance(model, nn.Module):
         if bug_id == 1:
@@ -138,7 +210,7 @@ def inject_hyperparameters_fault(trainer, bug_id: int):
 
 def inject_dataset_fault(data, bug_id: int):
     """Apply fault 7-12 to a ``MyData`` (in place, returned); other faults leave it as it is."""
-    generator = torch.Generator().manual_seed(FAULT_SEED + bug_id)
+    generator = torch.Generator().manual_seed(SEED + bug_id)
     if bug_id == 7:
         data.x_train = data.x_train * PREPROCESSING_SCALE
         data.x_val = data.x_val * PREPROCESSING_SCALE
@@ -146,12 +218,12 @@ def inject_dataset_fault(data, bug_id: int):
     elif bug_id == 8:
         data.y_train = mislabel(data.y_train, data.num_classes, WRONG_LABEL_FRACTION, generator)
     elif bug_id == 9:
-        keep, _ = stratified_split(data.y_train, 1.0 - TRAIN_FRACTION_KEPT, FAULT_SEED)
+        keep, _ = stratified_split(data.y_train, 1.0 - TRAIN_FRACTION_KEPT, SEED)
         data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
     elif bug_id == 10:
         noisy = blur if data.source is not None and data.source.test_noise == "blur" else add_gaussian_noise
         data.x_test = noisy(data.x_test, generator)
-    elif bug_id in (11, 12):
+    elif replaces_test_set(bug_id):
         data.x_test, data.y_test = data.source.load_shifted_test(data.data_root, bug_id)
     return data
 

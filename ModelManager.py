@@ -9,7 +9,6 @@ builder ``mymodel.torchvision_architecture("name", torchvision.models.builder)``
 
 from __future__ import annotations
 
-import csv
 import platform
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -22,25 +21,19 @@ import torchvision
 import DatasetManager
 import FaultInjector
 import mymodel
-from ModelTrainer import ModelTrainer
-from plotting import save_loss_curve
-from utils import (
+from layout import (
     DEFAULT_DATA_ROOT,
     DEFAULT_MODEL_ROOT,
-    TEST_ONLY_FAULTS,
-    UsageError,
-    atomic_torch_save,
-    atomic_write_json,
-    checkpoint_bug_id,
+    PAPER_ACCURACIES,
     checkpoint_path,
-    choose_device,
-    is_fresh,
+    loss_curve_path,
     metadata_path,
-    read_json,
-    safe_torch_load,
-    seed_everything,
     version_key,
 )
+from ModelTrainer import ModelTrainer
+from plotting import save_loss_curve
+from storage import atomic_torch_save, atomic_write_json, is_fresh, read_json, safe_torch_load
+from utils import SEED, UsageError, choose_device, seed_everything
 
 MODELS: dict[str, type[mymodel.MyModel]] = {
     "resnet": mymodel.ResNetModel,
@@ -49,10 +42,6 @@ MODELS: dict[str, type[mymodel.MyModel]] = {
     "vgg16": mymodel.VGG16Model,
     "squeezenet": mymodel.SqueezeNetModel,
 }
-PAPER_MODELS = ("resnet", "alexnet", "densenet", "vgg16", "squeezenet")
-PAPER_ACCURACIES = Path(__file__).resolve().parent / "mymodel" / "paper_version_accuracies.csv"
-#: faults the paper repository implemented as no-ops: its released weights have the healthy structure
-PAPER_NO_OP_STRUCTURE_FAULTS = (2, 3)
 MODES = ("load", "train", "evaluate")
 
 
@@ -76,7 +65,7 @@ def is_trained(model_root, model_name: str, dataset_name: str, bug_id: int) -> b
 
 
 def requested_settings(model_name: str, dataset_name: str, *, epochs: int | None = None, lr: float | None = None,
-                       batch_size: int | None = None, seed: int = 42, image_size: int | None = None) -> dict:
+                       batch_size: int | None = None, seed: int = SEED, image_size: int | None = None) -> dict:
     """The training settings a run would use, before any fault changes them (recorded in the metadata)."""
     defaults = DatasetManager.get_dataset(dataset_name).training_defaults(model_name)
     return {"epochs": epochs or defaults.epochs, "lr": lr or defaults.lr,
@@ -88,7 +77,7 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
 
     A checkpoint without our metadata is one of the paper's: it is never retrained without --force.
     """
-    base_bug = checkpoint_bug_id(bug_id)
+    base_bug = FaultInjector.checkpoint_fault(bug_id)
     if not checkpoint_path(model_root, model_name, dataset_name, base_bug).is_file():
         return "missing"
     base_meta = metadata_path(model_root, model_name, dataset_name, base_bug)
@@ -106,7 +95,7 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
 
 def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
                  model_root=DEFAULT_MODEL_ROOT, data_root=DEFAULT_DATA_ROOT, epochs: int | None = None,
-                 lr: float | None = None, batch_size: int | None = None, seed: int = 42,
+                 lr: float | None = None, batch_size: int | None = None, seed: int = SEED,
                  image_size: int | None = None, progress: bool = True, amp: bool | None = None) -> mymodel.MyModel:
     """Create a version of ``model_name`` on ``dataset`` (a name or a ``MyData``).
 
@@ -122,7 +111,7 @@ def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | Non
     dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
     bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(dataset_name))
     device = choose_device(device)
-    if mode == "train" and bug_id in TEST_ONLY_FAULTS:
+    if mode == "train" and FaultInjector.is_test_data_only(bug_id):
         return _derive_test_fault_version(model_name, dataset, bug_id, device, model_root=model_root,
                                           data_root=data_root, epochs=epochs, lr=lr, batch_size=batch_size,
                                           seed=seed, image_size=image_size, progress=progress, amp=amp)
@@ -159,7 +148,7 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_siz
 def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size, seed,
                    image_size, progress, amp=None) -> mymodel.MyModel:
     seed_everything(seed)
-    structure_fault = bug_id if bug_id in FaultInjector.MODEL_FAULTS else 0
+    structure_fault = FaultInjector.structure_fault(bug_id)
     data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(
         dataset, bug_id=bug_id, data_root=data_root)
     model = build_version(model_name, data.num_classes, structure_fault)
@@ -182,7 +171,8 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     _measure_into_metadata(model, data, device, progress)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
     path = checkpoint_path(model_root, model_name, data.dataset_name, bug_id)
-    save_loss_curve(history, path.with_name(f"{path.stem}_loss.png"), title=model.metadata["key"])
+    save_loss_curve(history, loss_curve_path(model_root, model_name, data.dataset_name, bug_id),
+                    title=model.metadata["key"])
     # A checkpoint is never left without the metadata that describes it (one without is taken for the
     # paper's, and never retrained): the old checkpoint goes, the metadata is written, and the new
     # checkpoint comes last, its presence marking the version finished. A kill anywhere means a retrain.
@@ -204,7 +194,7 @@ def _derive_test_fault_version(model_name, dataset, bug_id, device, *, model_roo
     healthy = dict(model.metadata)
     model.bug_id = bug_id
     model.metadata.update(bug=bug_id, key=version_key(model_name, dataset_name, bug_id), origin="healthy weights",
-                          fault=FaultInjector.FAULTS[bug_id], created=_now())
+                          fault=FaultInjector.fault_name(bug_id), created=_now())
     data = _data_for(model, dataset, bug_id, data_root, batch_size or healthy.get("batch_size"))
     _measure_into_metadata(model, data, device, progress)
     _save_metadata(model, model_root)
@@ -226,8 +216,8 @@ def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_
     model.metadata.update(
         model=model.model_name, dataset=dataset_name, bug=bug_id,
         key=version_key(model.model_name, dataset_name, bug_id),
-        checkpoint=f"{version_key(model.model_name, dataset_name, checkpoint_bug_id(bug_id))}.pth",
-        fault=FaultInjector.FAULTS.get(bug_id, "healthy"), structure_fault=structure_fault,
+        checkpoint=checkpoint_path("", model.model_name, dataset_name, bug_id).name,
+        fault=FaultInjector.fault_name(bug_id), structure_fault=structure_fault,
         num_classes=model.num_classes, origin=origin, created=_now(),
         versions={"python": platform.python_version(), "torch": torch.__version__,
                   "torchvision": torchvision.__version__, "numpy": np.__version__})
@@ -250,8 +240,8 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
                  data_root=DEFAULT_DATA_ROOT) -> mymodel.MyModel:
     """Load a version's checkpoint into its structure; metadata if present, else the paper's figures.
 
-    A checkpoint without our metadata file is taken as one of the paper's released weights: the
-    paper's faults 2 and 3 were no-ops, so those versions are built with the healthy structure.
+    A checkpoint without our metadata file is taken as one of the paper's released weights, built
+    as the paper built them (its no-op faults left the healthy structure; the fault table says which).
     """
     dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
     ckpt = checkpoint_path(model_root, model_name, dataset_name, bug_id)
@@ -269,8 +259,7 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
         structure_fault = int(metadata.get("structure_fault", 0))
         num_classes = int(metadata.get("num_classes") or _num_classes_of(dataset, data_root))
     else:
-        paper_built_it = bug_id in FaultInjector.MODEL_FAULTS and bug_id not in PAPER_NO_OP_STRUCTURE_FAULTS
-        structure_fault = bug_id if paper_built_it else 0
+        structure_fault = FaultInjector.paper_structure_fault(bug_id)
         num_classes = _num_classes_of(dataset, data_root)
         metadata = {}
     model = build_version(model_name, num_classes, structure_fault)
@@ -320,14 +309,40 @@ def _check_state_fits(state: dict, network: torch.nn.Module, path: Path, model_n
             "with --force")
 
 
+def recorded_validation_accuracy(model_root, model_name: str, dataset_name: str, bug_id: int) -> tuple[object, str]:
+    """A version's validation accuracy as recorded, unchecked, and where it came from.
+
+    From the version's metadata file, else the paper's published figure for its released versions
+    (which come without metadata); the failure predictor checks that it is a fraction.
+    """
+    path = metadata_path(model_root, model_name, dataset_name, bug_id)
+    if path.is_file():
+        return read_json(path).get("val_acc"), str(path)
+    value = paper_accuracy(dataset_name, model_name, bug_id)["val_acc"]
+    if value is None:
+        raise UsageError(f"no validation accuracy for {version_key(model_name, dataset_name, bug_id)}: no {path} and "
+                         "not one of the paper's released versions; train it with main_train_model.py")
+    return value, f"{PAPER_ACCURACIES.name} ({version_key(model_name, dataset_name, bug_id)})"
+
+
+def loader_for(model: mymodel.MyModel, data: DatasetManager.MyData, split: str,
+               batch_size: int | None = None) -> DatasetManager.TensorLoader:
+    """A split's loader at the size the version sees (its attack batches: ``DEFAULT_ATTACK_BATCH`` unless given)."""
+    from Attacker import DEFAULT_ATTACK_BATCH
+
+    sized = data.at(image_size=model.metadata["image_size"], batch_size=batch_size or DEFAULT_ATTACK_BATCH)
+    return getattr(sized, f"{split}_loader")
+
+
 @lru_cache(maxsize=1)
 def _paper_accuracy_table() -> dict[tuple[str, str, int], tuple[float | None, float | None]]:
-    table = {}
-    with open(PAPER_ACCURACIES, newline="") as handle:
-        for row in csv.DictReader(handle):
-            as_fraction = [float(row[c]) / 100 if row[c] else None for c in ("val_acc_percent", "test_acc_percent")]
-            table[(row["dataset"], row["model"], int(row["bug_id"]))] = tuple(as_fraction)
-    return table
+    import pandas as pd
+
+    table = pd.read_csv(PAPER_ACCURACIES)
+    fractions = table[["val_acc_percent", "test_acc_percent"]] / 100
+    fractions = fractions.astype(object).where(fractions.notna(), None)
+    keys = zip(table["dataset"], table["model"], table["bug_id"].astype(int))
+    return dict(zip(keys, map(tuple, fractions.itertuples(index=False, name=None))))
 
 
 def paper_accuracy(dataset_name: str, model_name: str, bug_id: int) -> dict:

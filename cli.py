@@ -12,8 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import FaultInjector
+import layout
+import storage
 import utils
-from utils import UsageError, version_key
+from layout import version_key
+from utils import UsageError
 
 
 def positive_int(text: str) -> int:
@@ -59,8 +63,9 @@ def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
         except ValueError:
             raise UsageError(f"--bugs: {item!r} is not a fault id (0 = healthy, 1-12, or a range like 1-10)") from None
     for bug in bugs:
-        if bug not in (0, *utils.ALL_FAULTS):
-            raise UsageError(f"--bugs: unknown fault {bug}; faults are 0 (healthy) and 1-12")
+        if bug not in (FaultInjector.HEALTHY, *FaultInjector.FAULT_IDS):
+            raise UsageError(f"--bugs: unknown fault {bug}; faults are 0 (healthy) and "
+                             f"{FaultInjector.FAULT_IDS[0]}-{FaultInjector.FAULT_IDS[-1]}")
     return list(dict.fromkeys(bugs))
 
 
@@ -91,12 +96,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-inputs", type=positive_int, default=None,
                         help="attack at most this many validation and test inputs per version (a stratified "
                              "sample; default: all, or the preset's)")
-    parser.add_argument("--seed", type=non_negative_int, default=42, help="random seed")
+    parser.add_argument("--seed", type=non_negative_int, default=utils.SEED, help="random seed")
     parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
-    parser.add_argument("--data-root", default=utils.DEFAULT_DATA_ROOT, help="folder of the datasets")
-    parser.add_argument("--model-root", default=utils.DEFAULT_MODEL_ROOT, help="folder of checkpoints")
-    parser.add_argument("--info-root", default=utils.DEFAULT_INFO_ROOT, help="folder of KDEs and caches")
-    parser.add_argument("--output", default=utils.DEFAULT_OUTPUT, help="folder of result CSVs and figures")
+    parser.add_argument("--data-root", default=layout.DEFAULT_DATA_ROOT, help="folder of the datasets")
+    parser.add_argument("--model-root", default=layout.DEFAULT_MODEL_ROOT, help="folder of checkpoints")
+    parser.add_argument("--info-root", default=layout.DEFAULT_INFO_ROOT, help="folder of KDEs and caches")
+    parser.add_argument("--output", default=layout.DEFAULT_OUTPUT, help="folder of result CSVs and figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -193,7 +198,7 @@ def prepare(args: argparse.Namespace, writable=(), needs_data: bool = True):
     if needs_data:
         check_datasets_available(grid.datasets, args.data_root)
     for folder in writable:
-        utils.check_writable(folder)
+        storage.check_writable(folder)
     return grid, device
 
 
@@ -207,16 +212,15 @@ def check_datasets_available(datasets: Sequence[str], data_root) -> None:
         get_dataset(name).check_available(Path(data_root))
 
 
-def trained_versions(grid: Grid, model_root, include_test_faults: bool = True) -> list[tuple[str, str, int]]:
+def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
     """The grid's ``(dataset, model, bug)`` versions whose checkpoint exists.
 
     Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
     requested versions exists, that is a UsageError.
     """
-    from utils import TEST_ONLY_FAULTS, checkpoint_path
+    from layout import checkpoint_path
 
-    wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)
-              if include_test_faults or bug not in TEST_ONLY_FAULTS]
+    wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]
     missing = [v for v in wanted if v not in found]
     if not found:
@@ -228,3 +232,74 @@ def trained_versions(grid: Grid, model_root, include_test_faults: bool = True) -
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         print(f"note: skipping {len(missing)} version(s) without a checkpoint: {names}{more}", file=sys.stderr)
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs: building them from a command line, launching them, reporting what they did
+# ---------------------------------------------------------------------------------------------
+
+def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` and its engines' options (the per-version scripts)."""
+    from launchers import LAUNCHERS
+
+    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                        help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays")
+
+
+def roots_of(args: argparse.Namespace):
+    from jobs import Roots
+
+    return Roots(str(args.data_root), str(args.model_root), str(args.info_root), str(args.output))
+
+
+def make_jobs(step: str, versions, args: argparse.Namespace, **settings) -> list:
+    """One job of ``step`` per ``(dataset, model, bug)``; ``settings``: what the step's flags asked for."""
+    from jobs import Job
+
+    common = dict(device=args.device, force=args.force, quiet=args.quiet, batch_size=args.batch_size)
+    roots = roots_of(args)
+    return [Job(step, dataset, model, bug, roots, dict(common, **settings)) for dataset, model, bug in versions]
+
+
+def launch_and_report(jobs: list, args: argparse.Namespace) -> int:
+    """Run the jobs with the chosen launcher, print one status table, and return the exit status.
+
+    A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
+    input (a missing or corrupt file) is a UsageError (exit 2) naming the first such reason.
+    """
+    from launchers import launch
+
+    outcomes = launch(jobs, args)
+    print_outcomes(outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    bugs = [o for o in failed if not o.usage_error]
+    if bugs:
+        print(f"{len(bugs)} job(s) failed with an error (see the table and logs above)", file=sys.stderr)
+        return 1
+    if failed:
+        more = f" ({len(failed) - 1} more failed job(s) in the table above)" if len(failed) > 1 else ""
+        raise UsageError(f"{failed[0].reason}{more}")
+    return 0
+
+
+def print_outcomes(outcomes: list) -> None:
+    """One table per step: version, the step's measurements, status (with a failure's reason and log)."""
+    from jobs import COLUMNS
+
+    for step in dict.fromkeys(o.job.step for o in outcomes):
+        columns = COLUMNS[step]
+        widths = [max(6, len(c)) for c in columns]
+        print(f"{'version':<28} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  status")
+        for o in (o for o in outcomes if o.job.step == step):
+            cells = " ".join(f"{o.cells.get(c, '')!s:>{w}}" for c, w in zip(columns, widths))
+            print(f"{o.job.key:<28} {cells}  {status_text(o)}")
+    sys.stdout.flush()
+
+
+def status_text(outcome) -> str:
+    if outcome.status == "skipped":
+        return f"skipped ({outcome.note})"
+    if outcome.status == "failed":
+        reason = outcome.reason.splitlines()[0] if outcome.reason else "failed"
+        return f"FAILED: {reason}" + (f" [log: {outcome.log}]" if outcome.log else "")
+    return outcome.note or "done"

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UsageError, atomic_save_npz
+from storage import atomic_save_npz, is_numpy_array_global
+from utils import UsageError
 
 #: elements of the (queries × points) matrix evaluated at once; bounds memory to ~64 MB
 CHUNK_ELEMENTS = 1 << 23
@@ -227,26 +228,20 @@ class RefusedGlobal(pickle.UnpicklingError):
 class RestrictedKDEUnpickler(pickle.Unpickler):
     """Unpickles SciPy's ``gaussian_kde`` and NumPy arrays; any other global is refused unloaded."""
 
+    #: besides NumPy's array globals (one allow-list, in storage.py): SciPy's KDE class and the plain
+    #: object machinery; protocols 0-2 write the Python 2 names and pickle bytes as _codecs.encode(text, "latin1")
     ALLOWED = {
         ("scipy.stats._kde", "gaussian_kde"), ("scipy.stats.kde", "gaussian_kde"), ("scipy.stats", "gaussian_kde"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("copyreg", "_reconstructor"), ("builtins", "object"),
-        # protocols 0-2 write the Python 2 names and pickle bytes as _codecs.encode(text, "latin1");
-        # protocol 5 rebuilds arrays with _frombuffer
         ("copy_reg", "_reconstructor"), ("__builtin__", "object"), ("_codecs", "encode"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            if name == "gaussian_kde":
-                from scipy.stats import gaussian_kde
+        if name == "gaussian_kde" and (module, name) in self.ALLOWED:
+            from scipy.stats import gaussian_kde
 
-                return gaussian_kde
-            return super().find_class(module, name)
-        if module == "numpy.dtypes" and name.endswith("DType"):
+            return gaussian_kde
+        if (module, name) in self.ALLOWED or is_numpy_array_global(module, name):
             return super().find_class(module, name)
         raise RefusedGlobal(
             f"it references {module}.{name}, which could run code; only SciPy's gaussian_kde and NumPy arrays "

@@ -14,16 +14,15 @@ from tqdm.auto import tqdm
 
 import cli
 import Evaluator
+import layout
 import ModelManager
-from Attacker import DEFAULT_ATTACK_BATCH
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
-from utils import find_kde_files, version_key
 
 
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
-    parser.set_defaults(output="dfg_results/realtime")
+    parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
     args = parser.parse_args(argv)
     grid, device = cli.prepare(args, writable=[args.output])
     versions = cli.trained_versions(grid, args.model_root)
@@ -33,14 +32,12 @@ def main(argv=None) -> int:
     for dataset, model_name, bug in tqdm(versions, desc="real-time versions", unit="version", disable=args.quiet):
         model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
                                           data_root=args.data_root)
-        correct_kde, wrong_kde = find_kde_files(args.info_root, model_name, dataset, bug)
-        module = DeepFailGuardModule(model, correct_kde, wrong_kde, Evaluator.validation_accuracy(
-            args.model_root, dataset, model_name, bug), device=device, name=version_key(model_name, dataset, bug))
+        module = DeepFailGuardModule.of_version(model, args.info_root, args.model_root, dataset, model_name, bug,
+                                                device=device)
         data = datasets.get(dataset, bug, grid.max_inputs)
-        loader = data.at(image_size=model.metadata["image_size"],
-                         batch_size=args.batch_size or DEFAULT_ATTACK_BATCH).test_loader
-        result = module.attack_loader(loader, progress=not args.quiet)
-        test_set = Evaluator.test_set_of(bug)
+        result = module.attack_loader(ModelManager.loader_for(model, data, "test", args.batch_size),
+                                      progress=not args.quiet)
+        test_set = layout.test_set_of(bug)
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities)

@@ -16,6 +16,7 @@ import sys
 
 import cli
 import Evaluator
+import layout
 from DatasetManager import get_dataset
 
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         if missing:
             print(f"note: {dataset}: no cache for {len(missing)} version(s): {', '.join(missing[:6])}"
                   f"{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
-        truths_by_dataset[dataset] = {test_set: Evaluator.load_truth(args.info_root, dataset, test_set)
+        truths_by_dataset[dataset] = {test_set: layout.read_ground_truth(args.info_root, dataset, test_set)
                                       for test_set in {r.test_set for r in records.values()}}
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
     Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)

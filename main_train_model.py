@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-
-from tqdm.auto import tqdm
 
 import cli
-import ModelManager
-from utils import TEST_ONLY_FAULTS, UsageError, version_key
+import FaultInjector
+from jobs import step_of
+from utils import UsageError
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -30,6 +28,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed-precision (bfloat16) training; a trained version is kept, add --force to retrain "
                              "(default: on with CUDA, off elsewhere)")
+    cli.add_launcher_flags(parser)
     args = parser.parse_args(argv)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be positive and finite, got {args.lr}")
@@ -39,40 +38,26 @@ def parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.model_root])  # bad requests refused before hours of work
-    jobs = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
-    rows = []
-    for dataset, model_name, bug in tqdm(jobs, desc="versions", unit="version", disable=args.quiet):
-        key = version_key(model_name, dataset, bug)
-        settings = ModelManager.requested_settings(model_name, dataset, epochs=grid.epochs_for(model_name), lr=args.lr,
-                                                   batch_size=args.batch_size, seed=args.seed,
-                                                   image_size=args.image_size)
-        reason = ModelManager.training_status(args.model_root, model_name, dataset, bug, settings)
-        if args.mode == "train" and not args.force and reason is None:
-            model = ModelManager.create_model(model_name, dataset, "load", bug, device="cpu",
-                                              model_root=args.model_root, data_root=args.data_root)
-            status = "skipped (up to date)"
-        else:
-            model = ModelManager.create_model(
-                model_name, dataset, args.mode, bug, device=args.device, model_root=args.model_root,
-                data_root=args.data_root, epochs=settings["epochs"], lr=settings["lr"],
-                batch_size=settings["batch_size"], seed=args.seed, image_size=args.image_size,
-                progress=not args.quiet, amp=args.amp)
-            status = "evaluated" if args.mode == "evaluate" or bug in TEST_ONLY_FAULTS else "trained"
-            if args.mode == "train" and reason not in (None, "missing"):
-                status += f" ({reason})"
-        rows.append((key, model.metadata.get("epochs", ""), model.val_acc, model.test_acc,
-                     model.metadata.get("train_seconds", ""), status))
-    print_table(rows)
-    return 0
+    versions = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
+    if args.mode == "train":
+        versions = with_healthy_versions(versions)
+    jobs = []
+    for dataset, model, bug in versions:
+        jobs += cli.make_jobs(step_of(bug) if args.mode == "train" else "train", [(dataset, model, bug)], args,
+                              mode=args.mode, epochs=grid.epochs_for(model), lr=args.lr, seed=args.seed,
+                              image_size=args.image_size, amp=args.amp, max_inputs=None)
+    return cli.launch_and_report(jobs, args)
 
 
-def print_table(rows) -> None:
-    print(f"{'version':<28} {'epochs':>6} {'val_acc':>8} {'test_acc':>8} {'train_s':>8}  status")
-    for key, epochs, val_acc, test_acc, seconds, status in rows:
-        val = f"{val_acc:.4f}" if val_acc is not None else "-"
-        test = f"{test_acc:.4f}" if test_acc is not None else "-"
-        print(f"{key:<28} {epochs!s:>6} {val:>8} {test:>8} {seconds!s:>8}  {status}")
-    sys.stdout.flush()
+def with_healthy_versions(versions: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The versions, each derived one (faults 10-12) preceded by the healthy version it is derived from."""
+    wanted = []
+    for dataset, model, bug in versions:
+        if FaultInjector.is_test_data_only(bug):
+            wanted.append((dataset, model, FaultInjector.HEALTHY))
+        wanted.append((dataset, model, bug))
+    datasets = list(dict.fromkeys(dataset for dataset, _, _ in versions))
+    return sorted(dict.fromkeys(wanted), key=lambda v: (datasets.index(v[0]), v[2] != FaultInjector.HEALTHY))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils import atomic_save_figure  # noqa: E402
+from storage import atomic_save_figure  # noqa: E402
 
 
 def save_loss_curve(history: dict, path, title: str = "") -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import FaultInjector
 from utils import UsageError
 
 
@@ -48,11 +49,14 @@ class MyDataset:
     model_defaults: dict[str, dict] = {}
     #: what fault 10 does to the test inputs: ``"gaussian"`` noise or ``"blur"``
     test_noise: str = "gaussian"
-    #: faults this dataset cannot carry (a clear error instead of a silent no-op)
-    unsupported_faults: tuple[int, ...] = (11, 12)
 
     def load(self, data_root: Path) -> RawSplits:
         raise NotImplementedError
+
+    @property
+    def unsupported_faults(self) -> tuple[int, ...]:
+        """Faults this dataset cannot carry (the fault table says which datasets each applies to)."""
+        return FaultInjector.unsupported_faults(self.name)
 
     def training_defaults(self, model_name: str) -> TrainingDefaults:
         return replace(self.defaults, **self.model_defaults.get(model_name, {}))

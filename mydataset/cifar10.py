@@ -23,7 +23,6 @@ class Cifar10(MyDataset):
 
     name = "CIFAR10"
     image_size = 128
-    unsupported_faults = ()
 
     def load(self, data_root: Path) -> RawSplits:
         train, test = (self._torchvision_split(data_root, is_train) for is_train in (True, False))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mydataset.base import MyDataset, RawSplits, to_images, to_labels
-from utils import UsageError, safe_torch_load
+from storage import safe_torch_load
+from utils import UsageError
 
 RELEASE_HINT = "the DeepFailGuard paper's released datasets (see README, 'Using the paper's data')"
 FILES = ("x_train", "y_train", "x_test", "y_test")

@@ -30,7 +30,7 @@ SCRIPTS = {
     "evaluate": "main_test_DeepFailGuard_from_cached.py",
     "realtime": "main_test_DeepFailGuard.py",
 }
-PARTIAL_MARK = ".partial."  # utils.atomic_path's temporary files: ".{name}.partial.XXXX{ext}"
+PARTIAL_MARK = ".partial."  # storage.atomic_path's temporary files: ".{name}.partial.XXXX{ext}"
 #: a message says what to do: a command to run, a flag or value to use, a file to replace, ...
 HINT = re.compile(r"\b(rerun|run|use|delete|remove|replace|choose|get|train|retrain|known|expected|point|add|"
                   r"recompute|measure|pass|only|must be|needs|faults are|a range like)\b", re.IGNORECASE)

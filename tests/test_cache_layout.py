@@ -1,4 +1,4 @@
-"""File names in the paper's layout (utils.py) and the DIGITS pipeline steps 2-3 end to end."""
+"""File names in the paper's layout (layout.py) and the DIGITS pipeline steps 2-3 end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from conftest import assert_usage_error, run_script
 from scipy.stats import gaussian_kde
 
 from kde import GaussianKDE
-from utils import UsageError, cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
+from layout import cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
+from utils import UsageError
 
 INFO = Path("input_information")
 CACHED = INFO / "test_information_cached"
@@ -24,13 +25,13 @@ KDES = INFO / "kde_results"
 # ---------------------------------------------------------------------------------------------
 
 def test_cache_file_names_are_the_papers():
-    assert cache_path(INFO, "CIFAR10", "resnet", 0, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
-    assert cache_path(INFO, "CIFAR10", "resnet", 0, "dnn_labels") == CACHED / "CIFAR10_resnet_bug0_dnn_labels.npy"
-    assert cache_path(INFO, "CIFAR10", "resnet", None, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
-    assert cache_path(INFO, "cifar10", "ResNet", 7, "distances") == CACHED / "CIFAR10_resnet_bug7_distances.npy"
+    assert cache_path(INFO, "resnet", "CIFAR10", 0, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
+    assert cache_path(INFO, "resnet", "CIFAR10", 0, "dnn_labels") == CACHED / "CIFAR10_resnet_bug0_dnn_labels.npy"
+    assert cache_path(INFO, "resnet", "CIFAR10", None, "distances") == CACHED / "CIFAR10_resnet_bug0_distances.npy"
+    assert cache_path(INFO, "ResNet", "cifar10", 7, "distances") == CACHED / "CIFAR10_resnet_bug7_distances.npy"
     # test-data faults have caches of their own (their test sets differ)
-    assert cache_path(INFO, "GTSRB", "vgg16", 10, "dnn_labels") == CACHED / "GTSRB_vgg16_bug10_dnn_labels.npy"
-    assert cache_path("/data/info", "CIFAR10", "densenet", 12, "distances") == \
+    assert cache_path(INFO, "vgg16", "GTSRB", 10, "dnn_labels") == CACHED / "GTSRB_vgg16_bug10_dnn_labels.npy"
+    assert cache_path("/data/info", "densenet", "CIFAR10", 12, "distances") == \
         Path("/data/info/test_information_cached/CIFAR10_densenet_bug12_distances.npy")
 
 
@@ -140,11 +141,11 @@ def test_pipeline_writes_the_papers_files(pipeline, digits):
     assert (folders["model"] / "squeezenet_DIGITS.pth").is_file()
     assert (folders["output"] / "figures" / "kde_squeezenet_DIGITS.png").is_file()
 
-    truth = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "distances").with_name("DIGITS_ground_truth.npy"))
-    distances = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "distances"))
-    labels = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "dnn_labels"))
-    success = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "success"))
-    probabilities = np.load(cache_path(info, "DIGITS", "squeezenet", 0, "probabilities"))
+    truth = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "distances").with_name("DIGITS_ground_truth.npy"))
+    distances = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "distances"))
+    labels = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "dnn_labels"))
+    success = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "success"))
+    probabilities = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "probabilities"))
     assert truth.shape == (360,) and np.issubdtype(truth.dtype, np.integer)
     np.testing.assert_array_equal(truth, digits.y_test.numpy())
     assert distances.shape == (360,) and np.isfinite(distances).all() and (distances >= 0).all()

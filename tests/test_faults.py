@@ -12,9 +12,9 @@ import torch.nn as nn
 
 import DatasetManager
 import FaultInjector
+import layout
 import ModelManager
 import mydataset
-import utils
 from ModelTrainer import ModelTrainer
 from mymodel.densenet import DenseNet121, DenseNetWithStem
 from utils import UsageError
@@ -369,14 +369,14 @@ def test_distribution_shift_replaces_the_cifar10_test_set(tmp_path, bug_id, vers
 
 def test_test_only_faults_reuse_the_healthy_checkpoint(tmp_path):
     for bug_id in (10, 11, 12):
-        assert utils.checkpoint_bug_id(bug_id) == 0
-        assert utils.checkpoint_path(tmp_path, "resnet", "CIFAR10", bug_id) == \
-            utils.checkpoint_path(tmp_path, "resnet", "CIFAR10", 0)
-        assert utils.metadata_path(tmp_path, "resnet", "CIFAR10", bug_id).name == f"resnet_CIFAR10_bug{bug_id}.json"
+        assert FaultInjector.checkpoint_fault(bug_id) == 0
+        assert layout.checkpoint_path(tmp_path, "resnet", "CIFAR10", bug_id) == \
+            layout.checkpoint_path(tmp_path, "resnet", "CIFAR10", 0)
+        assert layout.metadata_path(tmp_path, "resnet", "CIFAR10", bug_id).name == f"resnet_CIFAR10_bug{bug_id}.json"
     for bug_id in range(0, 10):
-        assert utils.checkpoint_bug_id(bug_id) == bug_id
-    assert utils.checkpoint_path(tmp_path, "resnet", "CIFAR10", 9).name == "resnet_CIFAR10_bug9.pth"
-    assert set(utils.TEST_ONLY_FAULTS) == {10, 11, 12}
+        assert FaultInjector.checkpoint_fault(bug_id) == bug_id
+    assert layout.checkpoint_path(tmp_path, "resnet", "CIFAR10", 9).name == "resnet_CIFAR10_bug9.pth"
+    assert {bug for bug, fault in FaultInjector.FAULTS.items() if fault.test_data_only} == {10, 11, 12}
 
 
 @pytest.mark.parametrize("bad", [13, -1, True, "3", 2.0])

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from utils import TEMP_MARK, UsageError, atomic_path, atomic_save_npy, atomic_write_text
+from storage import TEMP_MARK, atomic_path, atomic_save_npy, atomic_write_text
+from utils import UsageError
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):

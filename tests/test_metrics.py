@@ -1,4 +1,4 @@
-"""The evaluation metrics at the bottom of utils.py, against hand-computed values and reference
+"""The evaluation metrics of metrics.py, against hand-computed values and reference
 implementations (plain Python loops, scikit-learn)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from utils import accuracy, auroc, error_breakdown, improvements, lower_limit, majority_vote, upper_limit
+from metrics import accuracy, auroc, error_breakdown, improvements, lower_limit, majority_vote, upper_limit
 
 # A hand-checked example (3 versions × 8 inputs, classes 0-3), also used in test_evaluation.py:
 #   input          0      1      2      3        4        5      6      7

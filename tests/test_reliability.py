@@ -84,7 +84,7 @@ from scipy.stats import gaussian_kde
 
 import cli
 import ModelManager
-from utils import version_key
+from layout import version_key
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,0 +1,278 @@
+"""The grid's per-version work as small picklable jobs, and the one function that runs any of them.
+
+A job is a description — step, dataset, model, fault, settings, the four roots — that any process
+can run: in the driver (``local``), on a Ray worker or as a Slurm array task (``launchers.py``).
+Each step checks freshness (a finished version is skipped), checks its inputs (a missing upstream
+file fails fast with one line instead of waiting), does the work and writes atomically. Jobs share
+nothing but files.
+
+| step | needs | writes |
+|---|---|---|
+| ``train`` (faults 0-9) | the dataset | checkpoint + metadata |
+| ``derive`` (faults 10-12) | the healthy version's checkpoint | metadata measured on the faulty test set |
+| ``fit`` | the version's checkpoint | the two KDE files + figure |
+| ``cache`` | the version's checkpoint | the version's cache arrays + ground truth |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+import FaultInjector
+import layout
+from storage import is_fresh
+from utils import UsageError
+
+STEPS = ("train", "derive", "fit", "cache")
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+#: the status table's columns after "version" and before "status", per step
+COLUMNS = {
+    "train": ("epochs", "val_acc", "test_acc", "train_s"),
+    "derive": ("epochs", "val_acc", "test_acc", "train_s"),
+    "fit": ("n_val", "correct", "wrong", "flipped"),
+    "cache": ("n_test", "test_acc", "median_d"),
+}
+
+
+@dataclass(frozen=True)
+class Roots:
+    """The four folders every step reads and writes."""
+
+    data: str = layout.DEFAULT_DATA_ROOT
+    model: str = layout.DEFAULT_MODEL_ROOT
+    info: str = layout.DEFAULT_INFO_ROOT
+    output: str = layout.DEFAULT_OUTPUT
+
+
+@dataclass(frozen=True)
+class Job:
+    """One step of one version. ``settings``: what the step's flags asked for (epochs, device, force, ...)."""
+
+    step: str
+    dataset: str
+    model: str
+    bug: int
+    roots: Roots
+    settings: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return layout.version_key(self.model, self.dataset, self.bug)
+
+    @property
+    def name(self) -> str:
+        return f"{self.step} {self.key}"
+
+    def depends_on(self, other: "Job") -> bool:
+        """A derived version needs its healthy checkpoint; fit and cache need the version's checkpoint."""
+        if (other.dataset, other.model) != (self.dataset, self.model) or other.step not in ("train", "derive"):
+            return False
+        if self.step == "derive":
+            return other.step == "train" and other.bug == FaultInjector.HEALTHY
+        if self.step in ("fit", "cache"):
+            return other.bug in (self.bug, FaultInjector.checkpoint_fault(self.bug))
+        return False
+
+
+@dataclass
+class Outcome:
+    """What a job did: its status, the table cells it reports, and why it failed."""
+
+    job: Job
+    status: str
+    cells: dict = field(default_factory=dict)
+    note: str = ""  # e.g. "up to date", "settings changed: ..."
+    reason: str = ""  # a failure's one line
+    log: str = ""  # where the failure's full output is (launchers that keep logs)
+    seconds: float = 0.0
+    usage_error: bool = False  # bad input (exit 2) rather than a bug (exit 1)
+
+
+def step_of(bug: int) -> str:
+    """Training step of a version: test-data faults are derived from the healthy weights, not trained."""
+    return "derive" if FaultInjector.is_test_data_only(bug) else "train"
+
+
+def run_job(job: Job) -> Outcome:
+    """Run one job in this process under its version's lock; a UsageError becomes a failed outcome."""
+    started = time.perf_counter()
+    try:
+        with version_lock(job):
+            outcome = RUNNERS[job.step](job)
+    except UsageError as exc:
+        outcome = Outcome(job, FAILED, reason=str(exc), usage_error=True)
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+@contextlib.contextmanager
+def version_lock(job: Job):
+    """Hold the version's lock while its step runs, so two launches over the same roots never work on the
+    same version at once: the second waits, then finds the work fresh and skips it.
+
+    The lock file lives beside what the step writes (``{root}/.locks/``); ``filelock`` is optional: without
+    it (the laptop install) the step runs unlocked, as one launch at a time needs no lock.
+    """
+    try:
+        from filelock import FileLock
+    except ImportError:
+        yield
+        return
+    root = job.roots.model if job.step in ("train", "derive") else job.roots.info
+    folder = os.path.join(root, ".locks")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {root}: {exc.strerror or exc}; choose a writable folder") from exc
+    # train and derive of one architecture share the healthy checkpoint: one lock for both
+    bug = FaultInjector.checkpoint_fault(job.bug) if job.step in ("train", "derive") else job.bug
+    name = f"{job.step if job.step in ('fit', 'cache') else 'train'}_{layout.version_key(job.model, job.dataset, bug)}"
+    with FileLock(os.path.join(folder, f"{name}.lock")):
+        yield
+
+
+@lru_cache(maxsize=4)
+def _datasets(data_root: str):
+    """One dataset cache per process and data root: jobs of one dataset in one worker load it once."""
+    from DatasetManager import DatasetCache
+
+    return DatasetCache(data_root)
+
+
+def _skipped(job: Job, note: str = "up to date", **cells) -> Outcome:
+    return Outcome(job, SKIPPED, cells, note=note)
+
+
+# ---------------------------------------------------------------------------------------------
+# the four steps
+# ---------------------------------------------------------------------------------------------
+
+def run_train(job: Job) -> Outcome:
+    """Train a version (or, with ``mode="evaluate"``, re-measure it); ``derive`` measures a test-data fault."""
+    import ModelManager
+
+    s, roots = job.settings, job.roots
+    settings = ModelManager.requested_settings(job.model, job.dataset, epochs=s.get("epochs"), lr=s.get("lr"),
+                                               batch_size=s.get("batch_size"), seed=s.get("seed", 42),
+                                               image_size=s.get("image_size"))
+    mode = s.get("mode", "train")
+    if job.step == "derive" and mode == "train" and \
+            not ModelManager.is_trained(roots.model, job.model, job.dataset, FaultInjector.HEALTHY):
+        healthy = layout.checkpoint_path(roots.model, job.model, job.dataset, FaultInjector.HEALTHY)
+        raise UsageError(f"{job.key} needs the healthy version's checkpoint {healthy}, which does not exist (did its "
+                         "train job fail?)")
+    reason = ModelManager.training_status(roots.model, job.model, job.dataset, job.bug, settings)
+    if mode == "train" and not s.get("force") and reason is None:
+        model = ModelManager.create_model(job.model, job.dataset, "load", job.bug, device="cpu",
+                                          model_root=roots.model, data_root=roots.data)
+        return _skipped(job, **_train_cells(model))
+    model = ModelManager.create_model(
+        job.model, job.dataset, mode, job.bug, device=s.get("device"), model_root=roots.model, data_root=roots.data,
+        epochs=settings["epochs"], lr=settings["lr"], batch_size=settings["batch_size"], seed=settings["seed"],
+        image_size=s.get("image_size"), progress=not s.get("quiet"), amp=s.get("amp"))
+    note = "evaluated" if mode == "evaluate" or job.step == "derive" else "trained"
+    if mode == "train" and reason not in (None, "missing"):
+        note += f" ({reason})"
+    return Outcome(job, DONE, _train_cells(model), note=note)
+
+
+def _train_cells(model) -> dict:
+    return {"epochs": model.metadata.get("epochs", ""), "val_acc": _fraction(model.val_acc),
+            "test_acc": _fraction(model.test_acc), "train_s": model.metadata.get("train_seconds", "")}
+
+
+def _fraction(value) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def _load_for_attack(job: Job, bug: int):
+    """The version's network (its checkpoint must exist: fail fast otherwise) and its data."""
+    import ModelManager
+
+    model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.get("device"),
+                                      model_root=job.roots.model, data_root=job.roots.data)
+    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.get("max_inputs"))
+    return model, data
+
+
+def run_fit(job: Job) -> Outcome:
+    """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure."""
+    import ModelManager
+    import plotting
+    from DeepFailGuard import DeepFailGuardTrainer
+
+    roots = job.roots
+    correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug)
+    figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug)
+    sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
+               layout.metadata_path(roots.model, job.model, job.dataset, job.bug)]
+    data = _datasets(roots.data).get(job.dataset, job.bug, job.settings.get("max_inputs"))
+    if not job.settings.get("force") and is_fresh([correct_path, wrong_path], sources) and \
+            _fitted_inputs(correct_path, wrong_path) == len(data.y_val):
+        if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
+            _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
+        return _skipped(job)
+    model, data = _load_for_attack(job, job.bug)
+    trainer = DeepFailGuardTrainer(progress=not job.settings.get("quiet"))
+    loader = ModelManager.loader_for(model, data, "val", job.settings.get("batch_size"))
+    fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=job.settings.get("device"))
+    plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
+                             title=f"{job.key}: validation distances")
+    return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
+                               "wrong": int((~fit.correct).sum()), "flipped": f"{fit.result.success.mean():.3f}"},
+                   note="fitted")
+
+
+def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
+    """The figure of a fitted failure model, from its KDE files alone: their points are the distances."""
+    import plotting
+    from kde import GaussianKDE
+
+    correct_kde, wrong_kde = GaussianKDE.load(correct_path), GaussianKDE.load(wrong_path)
+    distances = np.concatenate([correct_kde.points, wrong_kde.points])
+    correct = np.arange(len(distances)) < correct_kde.n
+    plotting.save_kde_figure(distances, correct, correct_kde, wrong_kde, figure_path,
+                             title=f"{key}: validation distances")
+
+
+def _fitted_inputs(correct_path, wrong_path) -> int | None:
+    """How many validation inputs existing KDE files were fitted on (None if unreadable: refit)."""
+    from kde import GaussianKDE
+
+    try:
+        return GaussianKDE.load(correct_path).n + GaussianKDE.load(wrong_path).n
+    except UsageError:
+        return None
+
+
+def run_cache(job: Job) -> Outcome:
+    """Cache the version's test-set distances, labels, success flags and softmax in the paper's layout."""
+    import ModelManager
+    from Attacker import Attacker
+
+    roots = job.roots
+    data = _datasets(roots.data).get(job.dataset, job.bug, job.settings.get("max_inputs"))
+    truth_path = layout.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
+    # up to date: newer than the checkpoint, its metadata and the ground truth it answers
+    sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
+               layout.metadata_path(roots.model, job.model, job.dataset, job.bug), truth_path]
+    outputs = layout.cache_paths(roots.info, job.model, job.dataset, job.bug).values()
+    if not job.settings.get("force") and is_fresh(outputs, sources):
+        return _skipped(job)
+    model, data = _load_for_attack(job, job.bug)
+    loader = ModelManager.loader_for(model, data, "test", job.settings.get("batch_size"))
+    attacker = Attacker(model.model_structure, device=job.settings.get("device"))
+    result = attacker.attack_loader(loader, progress=not job.settings.get("quiet"), description=job.key)
+    layout.write_version_cache(roots.info, job.model, job.dataset, job.bug, result)
+    accuracy = float((result.labels == data.y_test.numpy()).mean())
+    return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
+                               "median_d": f"{np.median(result.distances):.4f}"}, note="cached")
+
+
+RUNNERS = {"train": run_train, "derive": run_train, "fit": run_fit, "cache": run_cache}

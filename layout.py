@@ -1,0 +1,205 @@
+"""Where every file of the pipeline lives, and the reader and writer of the paper's test cache.
+
+One argument order everywhere: ``(root, model, dataset, bug)``. Names follow the paper repository
+(``resnet_CIFAR10_bug3``, ``CIFAR10_resnet_bug3_distances.npy``), so its released weights, KDEs and
+caches drop in unchanged.
+
+| what | where |
+|---|---|
+| checkpoint, metadata, loss curve | ``{model_root}/{key}.pth``, ``{key}.json``, ``{key}_loss.png`` |
+| failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
+| test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
+| ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
+| results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv``, ``figures/`` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import FaultInjector
+from storage import atomic_save_npy, load_array
+from utils import UsageError
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_DATA_ROOT = "mydataset/data"
+DEFAULT_MODEL_ROOT = "mymodel/model"
+DEFAULT_INFO_ROOT = "input_information"
+DEFAULT_OUTPUT = "dfg_results"
+DEFAULT_REALTIME_OUTPUT = "dfg_results/realtime"
+KDE_SUBDIR = "kde_results"
+CACHE_SUBDIR = "test_information_cached"
+#: the paper's published figures, shipped with the project
+PAPER_ACCURACIES = REPO / "mymodel" / "paper_version_accuracies.csv"
+PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
+#: what a version's test cache holds (the paper's release has the first two); distances are written last,
+#: so their presence means the version is complete
+CACHE_FILES = ("dnn_labels", "success", "probabilities", "distances")
+RESULT_FILES = ("results.csv", "summary.csv", "failure_prediction.csv")
+CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
+
+
+# ---------------------------------------------------------------------------------------------
+# versions: checkpoints, metadata, failure models
+# ---------------------------------------------------------------------------------------------
+
+def version_key(model_name: str, dataset_name: str, bug_id: int | None = 0) -> str:
+    """The paper repository's name of a version: ``resnet_CIFAR10`` or ``resnet_CIFAR10_bug3``."""
+    key = f"{model_name.lower()}_{dataset_name.upper()}"
+    return f"{key}_bug{bug_id}" if bug_id else key
+
+
+def checkpoint_path(model_root, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
+    """The weights a version uses (test-data faults share the healthy version's)."""
+    key = version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))
+    return Path(model_root) / f"{key}.pth"
+
+
+def metadata_path(model_root, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
+    """Metadata is per version (bug 10 has its own test accuracy even though it shares weights)."""
+    return Path(model_root) / f"{version_key(model_name, dataset_name, bug_id)}.json"
+
+
+def loss_curve_path(model_root, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
+    return Path(model_root) / f"{version_key(model_name, dataset_name, bug_id)}_loss.png"
+
+
+def kde_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> tuple[Path, Path]:
+    """``(correct, wrong)`` KDE files of a version, ours (``.npz``)."""
+    key = version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))
+    folder = Path(info_root) / KDE_SUBDIR
+    return folder / f"{key}_correct.npz", folder / f"{key}_wrong.npz"
+
+
+def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> tuple[Path, Path]:
+    """The ``(correct, wrong)`` KDE files a version uses: ours (``.npz``) or the paper's (``.pkl``).
+
+    The version's own files come first, then the healthy version's for test-data faults (10-12).
+    A version with none is a UsageError naming the files looked for.
+    """
+    folder = Path(info_root) / KDE_SUBDIR
+    keys = dict.fromkeys([version_key(model_name, dataset_name, bug_id),
+                          version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))])
+    for key in keys:
+        for suffix in (".npz", ".pkl"):
+            pair = (folder / f"{key}_correct{suffix}", folder / f"{key}_wrong{suffix}")
+            if pair[0].is_file() and pair[1].is_file():
+                return pair
+    wanted = folder / f"{next(iter(keys))}_{{correct,wrong}}.npz"
+    raise UsageError(f"missing KDE files {wanted} (or .pkl): run main_train_DeepFailGuard.py for this version first")
+
+
+def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
+    return Path(output) / "figures" / f"kde_{version_key(model_name, dataset_name, bug_id)}.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# the test cache, in the paper's layout
+# ---------------------------------------------------------------------------------------------
+
+def cache_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str) -> Path:
+    """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug0_distances.npy``."""
+    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{bug_id or 0}_{what}.npy"
+    return Path(info_root) / CACHE_SUBDIR / name
+
+
+def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> dict[str, Path]:
+    return {what: cache_path(info_root, model_name, dataset_name, bug_id, what) for what in CACHE_FILES}
+
+
+def test_set_of(bug_id: int | None) -> str:
+    """Which ground truth a version answers: ``""`` for the dataset's own test set, ``"bug11"`` for a swapped one."""
+    return f"bug{bug_id}" if FaultInjector.replaces_test_set(bug_id) else ""
+
+
+def ground_truth_path(info_root, dataset_name: str, bug_id: int | None) -> Path:
+    """Ground truth of a test set: faults that swap the test set (11, 12) have their own."""
+    tag = test_set_of(bug_id)
+    return Path(info_root) / CACHE_SUBDIR / f"{dataset_name.upper()}{'_' + tag if tag else ''}_ground_truth.npy"
+
+
+@dataclass
+class CachedAnswers:
+    """What a version answered on its test set, as read from the cache."""
+
+    labels: np.ndarray
+    distances: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None, result) -> None:
+    """A version's attack result (an ``AttackResult``) as its cache files; distances last."""
+    paths = cache_paths(info_root, model_name, dataset_name, bug_id)
+    for what in CACHE_FILES:
+        atomic_save_npy(paths[what], getattr(result, "labels" if what == "dnn_labels" else what))
+
+
+def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> CachedAnswers | None:
+    """A version's cached answers, checked; None when the version has no cache (no distances or labels)."""
+    paths = cache_paths(info_root, model_name, dataset_name, bug_id)
+    if not (paths["distances"].is_file() and paths["dnn_labels"].is_file()):
+        return None
+    distances = check_distances(load_array(paths["distances"]), paths["distances"])
+    if distances.ndim != 1:
+        raise UsageError(f"{paths['distances']}: expected a 1-D array of distances, got shape {distances.shape}; "
+                         f"{CACHE_REMEDY}")
+    labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"])
+    probabilities = None
+    if paths["probabilities"].is_file():
+        probabilities = load_array(paths["probabilities"])
+        if probabilities.ndim != 2 or not np.isfinite(probabilities).all():
+            raise UsageError(f"{paths['probabilities']}: expected a finite (inputs × classes) array of softmax "
+                             f"probabilities; {CACHE_REMEDY}")
+    return CachedAnswers(labels, distances, probabilities)
+
+
+def write_ground_truth(info_root, dataset_name: str, bug_id: int | None, labels: np.ndarray) -> Path:
+    """Write a test set's labels unless the file already holds exactly them; returns its path.
+
+    A changed test set (another --max-inputs, say) rewrites it, which makes every cache that
+    answered the old one out of date.
+    """
+    path = ground_truth_path(info_root, dataset_name, bug_id)
+    if path.is_file():
+        try:
+            if np.array_equal(np.load(path, allow_pickle=False), labels):
+                return path
+        except (ValueError, OSError, EOFError):
+            pass  # unreadable: rewritten below
+    atomic_save_npy(path, np.asarray(labels).astype(np.int64))
+    return path
+
+
+def read_ground_truth(info_root, dataset_name: str, test_set: str = "") -> np.ndarray:
+    """The labels of a test set (``test_set`` as from :func:`test_set_of`)."""
+    path = ground_truth_path(info_root, dataset_name, int(test_set[3:]) if test_set else 0)
+    if not path.is_file():
+        raise UsageError(f"missing ground truth {path}; run main_cache_test_distances.py first")
+    return check_labels(load_array(path), path)
+
+
+def check_distances(distances, name="") -> np.ndarray:
+    """DeepFool distances as float64: finite and non-negative (an L2 norm), else a UsageError naming them.
+
+    A negative or NaN distance means a damaged or foreign file, never a real measurement.
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    if not np.isfinite(distances).all():
+        bad = int((~np.isfinite(distances)).sum())
+        raise UsageError(f"{name or 'distances'}: {bad} NaN or infinite distance(s); recompute the cache with --force")
+    if (distances < 0).any():
+        bad = int((distances < 0).sum())
+        raise UsageError(f"{name or 'distances'}: {bad} negative distance(s), impossible for an L2 norm (a damaged "
+                         "or foreign file); recompute the cache with --force")
+    return distances
+
+
+def check_labels(labels: np.ndarray, path) -> np.ndarray:
+    """Class indices: 1-D, integer, non-negative (a negative one would corrupt the vote counts)."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+        raise UsageError(f"{path}: expected a 1-D array of non-negative integer labels, got {labels.dtype} "
+                         f"{labels.shape}; {CACHE_REMEDY}")
+    return labels
