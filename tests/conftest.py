@@ -94,3 +94,48 @@ def write_released():
         return folder
 
     return write
+
+
+# -- real local clusters (tests/cluster.py): one of each per test session, inside one loopback-only
+# network namespace; a test asking for one is skipped, with the reason, where it cannot be started
+
+
+@pytest.fixture(scope="session")
+def loopback_ns():
+    """A network namespace with only ``lo`` (``cluster.LoopbackNamespace``) for the whole session."""
+    from cluster import LoopbackNamespace, loopback_available
+
+    ok, reason = loopback_available()
+    if not ok:
+        pytest.skip(reason)
+    namespace = LoopbackNamespace()
+    yield namespace
+    namespace.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(loopback_ns):
+    """A one-node Ray cluster (2 CPUs, 4 pretend GPUs) in ``loopback_ns``; drivers use ``.env``."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray not installed: pip install -r envs_requirements/requirements-cluster.txt")
+    from cluster import RayCluster
+
+    # pretend GPUs: the host's CUDA_VISIBLE_DEVICES must not leak into the workers
+    cluster = RayCluster(loopback_ns, num_cpus=2, num_gpus=4, env={"CUDA_VISIBLE_DEVICES": None})
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(loopback_ns):
+    """A private one-node Slurm (4 pretend GPUs) in ``loopback_ns``; clients use ``.env`` (SLURM_CONF)."""
+    from cluster import SlurmCluster, slurm_available
+
+    ok, reason = slurm_available()
+    if not ok:
+        pytest.skip(reason)
+    cluster = SlurmCluster(loopback_ns, gpus=4)
+    yield cluster
+    cluster.stop()
