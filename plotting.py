@@ -54,14 +54,21 @@ def save_kde_figure(distances, correct, correct_kde, wrong_kde, path, title: str
 
 
 def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> None:
-    """Mean accuracy of every method (and the upper limit) against the number of versions."""
+    """Mean accuracy of every method (and the upper limit) against the number of versions, with 95 % intervals
+    of the mean over the version sets where the summary has them."""
     figure, axis = plt.subplots(figsize=(6, 3.8))
     methods = list(dict.fromkeys(row["method"] for row in summary_rows))
     for method in methods:
         rows = sorted((r for r in summary_rows if r["method"] == method), key=lambda r: r["n_versions"])
         styles = {"dfg": dict(linewidth=2.5, marker="o"), "voting": dict(linewidth=2, marker="s")}
         style = styles.get(method, dict(marker="."))
-        axis.plot([r["n_versions"] for r in rows], [r["accuracy"] for r in rows], label=method, **style)
+        means = np.array([r["accuracy"] for r in rows])
+        if all("accuracy_low" in r for r in rows):  # 95 % intervals of the mean over the version sets
+            spread = np.nan_to_num(np.abs(np.array([[r["accuracy_low"] for r in rows],
+                                                    [r["accuracy_high"] for r in rows]]) - means))
+            axis.errorbar([r["n_versions"] for r in rows], means, yerr=spread, label=method, capsize=3, **style)
+        else:
+            axis.plot([r["n_versions"] for r in rows], means, label=method, **style)
     upper = sorted({(r["n_versions"], r["upper_limit"]) for r in summary_rows if r["method"] == methods[0]})
     axis.plot([n for n, _ in upper], [u for _, u in upper], "k--", label="upper limit")
     axis.set_xlabel("number of versions N")

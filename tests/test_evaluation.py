@@ -5,6 +5,7 @@ input, the summary."""
 from __future__ import annotations
 
 import csv
+import math
 import pickle
 import shutil
 import subprocess
@@ -234,7 +235,19 @@ def test_evaluate_set_hand_built_rows(hand_built):
     expected = [reference_row(method, predictions, models, bugs) for method, predictions in (
         ("dfg", dfg), ("distance_only", distance_only), ("val_acc_only", val_acc_only), ("voting", voting),
         ("soft_voting", soft_voting), ("max_softmax", max_softmax))]
-    assert rows == expected
+    significance = ("mcnemar_p", "abs_improvement_low", "abs_improvement_high")
+    assert [{k: v for k, v in row.items() if k not in significance} for row in rows] == expected
+    # significance by hand: dfg is right where voting is wrong on inputs 3 and 4 (truth 3, 3), wrong where
+    # voting is right on input 5... McNemar counts only such discordant inputs, two-sided exact binomial
+    for row, (_, predictions) in zip(rows, [("dfg", dfg), ("distance_only", distance_only),
+                                            ("val_acc_only", val_acc_only), ("voting", voting),
+                                            ("soft_voting", soft_voting), ("max_softmax", max_softmax)]):
+        wins = sum(p == t != v for p, t, v in zip(predictions, TRUTH, voting))
+        losses = sum(v == t != p for p, t, v in zip(predictions, TRUTH, voting))
+        assert row["mcnemar_p"] == pytest.approx(min(1.0, 2 * sum(math.comb(wins + losses, k) for k in range(
+            min(wins, losses) + 1)) / 2 ** (wins + losses)) if wins + losses else 1.0)
+        assert row["abs_improvement_low"] <= row["abs_improvement"] <= row["abs_improvement_high"]
+    assert (rows[3]["mcnemar_p"], rows[3]["abs_improvement_low"], rows[3]["abs_improvement_high"]) == (1.0, 0.0, 0.0)
 
     # the hand-checked figures themselves
     by_method = {row["method"]: row for row in rows}
