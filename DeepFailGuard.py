@@ -112,8 +112,18 @@ class DeepFailGuardModule:
         """f_c(d) − f_w(d): the paper's "distance only" ablation score (no prior)."""
         return self.assess(distances).margin
 
+    #: how :meth:`assess` scores distances: None for the log-space posterior (:meth:`log_assessment`), or a
+    #: function ``(module, distances) -> Assessment`` such as ``paper.paper_assessment`` (``--posterior paper``)
+    posterior_rule = None
+
     def assess(self, distances) -> "Assessment":
         """Both scores of every distance from one evaluation of the two KDEs (the expensive step)."""
+        if self.posterior_rule is not None:
+            return self.posterior_rule(self, distances)
+        return self.log_assessment(distances)
+
+    def log_assessment(self, distances) -> "Assessment":
+        """The default scores: the posterior in log space (never 0/0) and the density margin."""
         log_correct, log_wrong = self.log_densities(distances)
         return Assessment(posterior(log_correct, log_wrong, self.val_acc), density_margin(log_correct, log_wrong))
 

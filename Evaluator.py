@@ -11,7 +11,8 @@ healthy (each member in turn; not for 11 and 12, whose shifted test set is the w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import combinations
 from pathlib import Path
@@ -80,6 +81,16 @@ class VersionRecord:
     def val_acc(self) -> float:
         return self.module.val_acc
 
+    def for_calibration(self) -> "VersionRecord":
+        """This version with its score read as a probability. The paper's score (``--posterior paper``)
+        exceeds 1 in its fallback (``log(1 + d)·a``): failure prediction and calibration see it clipped to
+        [0, 1], decisions the raw score."""
+        if ((self.confidence >= 0) & (self.confidence <= 1)).all():
+            return self
+        clipped = replace(self)
+        clipped.__dict__["assessment"] = Assessment(np.clip(self.confidence, 0.0, 1.0), self.margin)
+        return clipped
+
 
 def version_sets(models: list[str], bugs: list[int]) -> list[tuple[str, tuple[tuple[str, int], ...]]]:
     """``(setting, ((model, bug), ...))`` for every combination and fault setting, in a stable order."""
@@ -140,8 +151,15 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
 def evaluate_grid(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
                   models: list[str], bugs: list[int]) -> list[dict]:
     """Rows for every set whose versions are all available (the others are left out)."""
+    return evaluate_sets(dataset, records, truths, version_sets(models, bugs))
+
+
+def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
+                  sets) -> list[dict]:
+    """Rows for each ``(setting, ((model, bug), ...))`` whose versions are all available, members in the
+    order given (the grid's sets, or the paper's published configurations); the others are left out."""
     rows = []
-    for setting, members in version_sets(models, bugs):
+    for setting, members in sets:
         if not all(member in records for member in members):
             continue
         chosen = [records[member] for member in members]
@@ -245,18 +263,39 @@ def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, model
 
 
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                   output) -> pd.DataFrame:
+                   output, sets_by_dataset: dict | None = None) -> pd.DataFrame:
     """Evaluate every dataset's version sets and write results, summary, failure prediction and figures.
 
-    Everything is computed before anything is written, so a failure leaves no partial CSV.
+    ``sets_by_dataset``: explicit ``(setting, members)`` per dataset (the paper's configurations) instead
+    of the grid of ``models`` × ``bugs_by_dataset``. Everything is computed before anything is written,
+    so a failure leaves no partial CSV.
     """
-    from plotting import save_method_comparison, save_reliability_diagram
+    evaluation = evaluate_datasets(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, sets_by_dataset)
+    return write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
 
-    rows, failure_rows = [], []
+
+@dataclass
+class Evaluation:
+    """Rows of every evaluated set, failure-prediction rows, and the datasets skipped (with why)."""
+
+    rows: list[dict]
+    failure_rows: list[dict]
+    skipped: dict[str, str]
+
+
+def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
+                      sets_by_dataset: dict | None = None) -> Evaluation:
+    """The rows of :func:`run_evaluation`, nothing written.
+
+    A dataset that cannot be evaluated (fewer than two versions, no complete set) is skipped with a note
+    on stderr (a partial release); only when no dataset can be evaluated is it an error.
+    """
+    rows, failure_rows, skipped = [], [], {}
     for dataset, records in records_by_dataset.items():
         if len(records) < 2:
-            raise UsageError(f"{dataset}: {len(records)} version(s) available; DeepFailGuard needs at least two "
-                             "(train and cache more versions, or widen --models/--bugs)")
+            skipped[dataset] = (f"{dataset}: {len(records)} version(s) available; DeepFailGuard needs at least two "
+                                "(train and cache more versions, or widen --models/--bugs)")
+            continue
         for record in records.values():
             check_record_lengths(record, truths_by_dataset[dataset][record.test_set], dataset)
         widths = {f"{r.model} bug {r.bug}": r.probabilities.shape[1] for r in records.values()
@@ -264,21 +303,41 @@ def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: li
         if len(set(widths.values())) > 1:
             raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
                              f"{widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
-        dataset_rows = evaluate_grid(dataset, records, truths_by_dataset[dataset], models, bugs_by_dataset[dataset])
+        if sets_by_dataset is not None:
+            dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets_by_dataset.get(dataset, []))
+        else:
+            dataset_rows = evaluate_grid(dataset, records, truths_by_dataset[dataset], models, bugs_by_dataset[dataset])
         if not dataset_rows:
-            raise UsageError(f"{dataset}: no set of two or more versions with the same faults setting is complete")
+            skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
+            continue
         rows.extend(dataset_rows)
-        failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
-    summary = summarize(rows)
+        failure_rows.extend(failure_prediction_rows({key: r.for_calibration() for key, r in records.items()},
+                                                    truths_by_dataset[dataset]))
+    if not rows:
+        reasons = list(skipped.values()) or ["no dataset to evaluate"]
+        more = f" (and {len(reasons) - 1} more dataset(s) with nothing to evaluate)" if len(reasons) > 1 else ""
+        raise UsageError(reasons[0] + more)
+    for reason in skipped.values():
+        print(f"note: skipped {reason}", file=sys.stderr)
+    return Evaluation(rows, failure_rows, skipped)
+
+
+def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by_dataset: dict, output) -> pd.DataFrame:
+    """Results, summary, failure prediction and figures of an :class:`Evaluation`; returns the summary."""
+    from plotting import save_method_comparison, save_reliability_diagram
+
+    summary = summarize(evaluation.rows)
     output = Path(output)
-    atomic_write_table(output / "results.csv", pd.DataFrame(rows), RESULT_COLUMNS)
+    atomic_write_table(output / "results.csv", pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
     atomic_write_table(output / "summary.csv", summary)
-    atomic_write_table(output / "failure_prediction.csv", pd.DataFrame(failure_rows))
+    atomic_write_table(output / "failure_prediction.csv", pd.DataFrame(evaluation.failure_rows))
     for dataset, records in records_by_dataset.items():
+        if dataset in evaluation.skipped:
+            continue
         save_method_comparison(summary[summary["dataset"] == dataset].to_dict("records"),
                                output / "figures" / f"methods_{dataset}.png", title=dataset)
         truths = truths_by_dataset[dataset]
-        curves = {f"{model} bug {bug}": (record.confidence, record.labels == truths[record.test_set])
+        curves = {f"{model} bug {bug}": (record.for_calibration().confidence, record.labels == truths[record.test_set])
                   for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], item[0][0]))}
         save_reliability_diagram(curves, output / "figures" / f"reliability_{dataset}.png",
                                  title=f"{dataset}: calibration of DeepFailGuard's P(correct) on the test set")

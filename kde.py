@@ -163,7 +163,12 @@ class GaussianKDE:
         else:
             variance = float(np.asarray(state["_data_covariance"]).reshape(-1)[0]) * float(state["factor"]) ** 2
         weights = state.get("_weights")
-        return cls(dataset[0], math.sqrt(variance), None if weights is None else weights)
+        kde = cls(dataset[0], math.sqrt(variance), None if weights is None else weights)
+        if "cho_cov" in state:  # SciPy's kernel width as it evaluates it (the paper's arithmetic, paper.py)
+            kde.scipy_cho_cov = float(np.asarray(state["cho_cov"], dtype=np.float64).reshape(-1)[0])
+            if not math.isclose(kde.scipy_cho_cov, kde.bandwidth, rel_tol=1e-9):
+                raise ValueError(f"cho_cov {kde.scipy_cho_cov} disagrees with sqrt(covariance) {kde.bandwidth}")
+        return kde
 
 
 def _direct_logsumexp(queries: torch.Tensor, points: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:

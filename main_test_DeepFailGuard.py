@@ -16,6 +16,7 @@ import cli
 import Evaluator
 import layout
 import ModelManager
+import paper
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
 
@@ -23,6 +24,7 @@ from DeepFailGuard import DeepFailGuardModule
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
+    paper.add_posterior_flag(parser)
     args = parser.parse_args(argv)
     grid, device = cli.prepare(args, writable=[args.output])
     versions = cli.trained_versions(grid, args.model_root)
@@ -34,6 +36,7 @@ def main(argv=None) -> int:
                                           data_root=args.data_root)
         module = DeepFailGuardModule.of_version(model, args.info_root, args.model_root, dataset, model_name, bug,
                                                 device=device)
+        module.posterior_rule = paper.posterior_rule(args.posterior)
         data = datasets.get(dataset, bug, grid.max_inputs)
         result = module.attack_loader(ModelManager.loader_for(model, data, "test", args.batch_size),
                                       progress=not args.quiet)

@@ -5,9 +5,14 @@ Every combination of 2-5 distinct architectures, fault settings "all versions ca
 voting, soft voting and max softmax. Writes ``{output}/results.csv``, ``summary.csv``,
 ``failure_prediction.csv`` and ``figures/methods_{DATASET}.png``; prints the summary.
 
+``--configurations paper`` (implied by ``--preset paper``) evaluates exactly the configurations the paper
+published and compares them with its figures in ``paper_comparison.csv``; ``--posterior paper`` uses
+the paper's arithmetic (paper.py). Datasets with no cached versions are skipped with a note.
+
 Examples:
     python main_test_DeepFailGuard_from_cached.py
     python main_test_DeepFailGuard_from_cached.py --preset paper --info-root /path/to/paper/input_information
+    python main_test_DeepFailGuard_from_cached.py --preset paper --posterior paper --info-root ...
 """
 
 from __future__ import annotations
@@ -17,31 +22,49 @@ import sys
 import cli
 import Evaluator
 import layout
+import paper
 from DatasetManager import get_dataset
 
 
 def main(argv=None) -> int:
     parser = cli.base_parser(__doc__.splitlines()[0])
+    paper.add_configuration_flags(parser)
+    paper.add_posterior_flag(parser)
     args = parser.parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.output], needs_data=False)
+    published = None
+    if paper.configurations_mode(args) == "paper":
+        published = paper.select_published(paper.read_published(args.paper_results), grid)
+        needed = paper.versions_needed(published)
+        for dataset in grid.datasets:
+            if dataset not in needed:
+                paper.note(f"{dataset}: the paper published no configuration of it")
     records_by_dataset, truths_by_dataset, bugs_by_dataset = {}, {}, {}
     for dataset in grid.datasets:
         unsupported = get_dataset(dataset).unsupported_faults
         bugs = [bug for bug in grid.bugs if bug not in unsupported]
+        versions = [(model, bug) for model in grid.models for bug in bugs]
+        if published is not None:
+            if dataset not in needed:
+                continue
+            versions = needed[dataset]
         records, missing = {}, []
-        for model in grid.models:
-            for bug in bugs:
-                record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug)
-                if record is None:
-                    missing.append(f"{model}/bug{bug}")
-                else:
-                    records[(model, bug)] = record
+        for model, bug in versions:
+            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug)
+            if record is None:
+                missing.append(f"{model}/bug{bug}")
+            else:
+                record.module.posterior_rule = paper.posterior_rule(args.posterior)
+                records[(model, bug)] = record
         if missing:
             print(f"note: {dataset}: no cache for {len(missing)} version(s): {', '.join(missing[:6])}"
                   f"{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
         truths_by_dataset[dataset] = {test_set: layout.read_ground_truth(args.info_root, dataset, test_set)
                                       for test_set in {r.test_set for r in records.values()}}
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
+    if published is not None:
+        paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior)
+        return 0
     Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
     return 0
 
