@@ -240,10 +240,60 @@ def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
 
 def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     """``--launcher`` and its engines' options (the per-version scripts)."""
-    from launchers import LAUNCHERS
+    from launchers import LAUNCHERS, parse_sbatch_option
 
-    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
-                        help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays")
+    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local", type=_launcher_with_engine,
+                        help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays "
+                             "(ray, slurm: pip install -r envs_requirements/requirements-cluster.txt; the repository "
+                             "and the roots on a filesystem the workers share)")
+    engines = parser.add_argument_group("--launcher ray / slurm")
+    engines.add_argument("--ray-address", default=None,
+                         help="join this running Ray cluster (host:port; default: $RAY_ADDRESS, else start a "
+                              "local one)")
+    engines.add_argument("--cpus-per-job", type=positive_float, default=1.0, help="CPUs Ray reserves per job")
+    engines.add_argument("--gpus-per-job", type=non_negative_float, default=None,
+                         help="GPUs Ray reserves per job, fractions allowed (default: 1 where this machine has CUDA, "
+                              "else 0)")
+    engines.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the cluster's default)")
+    engines.add_argument("--slurm-time", type=positive_int, default=240, help="time limit of each Slurm job, minutes")
+    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=1, help="CPUs per Slurm job")
+    engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=0,
+                         help="GPUs per Slurm job (gres; default: 0)")
+    engines.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
+                         help="at most this many jobs of one array run at once (default: Slurm's limit)")
+    engines.add_argument("--slurm-sbatch-option", type=parse_sbatch_option, action="append", default=[],
+                         metavar="KEY=VALUE",
+                         help="extra sbatch option, repeatable (e.g. account=myproject; default: none)")
+    engines.add_argument("--no-wait", action="store_true",
+                         help="slurm: submit, print the job ids and exit instead of waiting for the jobs")
+
+
+def _launcher_with_engine(name: str) -> str:
+    """``--launcher``'s value, refused while parsing (UsageError: one line, exit 2) when its engine is missing."""
+    from launchers import LAUNCHERS, check_engine
+
+    if name in LAUNCHERS:
+        check_engine(name)
+    return name
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def roots_of(args: argparse.Namespace):

@@ -1,0 +1,311 @@
+"""Launchers on real engines (no mocks): ``local``, ``ray`` and ``slurm`` leave the same files.
+
+The tiny grid: DIGITS, squeezenet (by far the fastest architecture to train) healthy, with fault 1
+(trained) and with fault 10 (derived from the healthy weights), one epoch, 12 attacked inputs per
+split, through the three per-version steps: train (+ derive), fit, cache. ``local`` runs it once per
+module, in process with one thread (the reference); every other run is compared with it file by file
+(checkpoint tensors, metadata without timings, KDE arrays, cache arrays and figures byte for byte).
+
+Ray and Slurm run inside the session's loopback-only network namespace (``tests/cluster.py``,
+fixtures ``ray_cluster`` and ``slurm_cluster``), and so do the drivers under test. Where an engine is
+missing, its tests are skipped with the fixture's reason. Wall times of the grid per launcher are
+printed (``pytest -s``) and kept in ``WALL_TIMES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_usage_error
+from reliability_tools import assert_same_file, is_partial
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("main_train_model.py", "main_train_DeepFailGuard.py", "main_cache_test_distances.py")
+GRID = ["--datasets", "DIGITS", "--models", "squeezenet", "--bugs", "0", "1", "10", "--epochs", "1",
+        "--max-inputs", "12", "--device", "cpu", "--quiet"]
+VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bug10")
+#: one thread per process (deterministic and fastest on a busy two-core machine), no progress bars
+SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+RAY_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0.25", "--cpus-per-job", "1"]
+WALL_TIMES: dict[str, float] = {}
+
+
+class Workspace:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def flags(self) -> list[str]:
+        return ["--model-root", self.root / "model", "--info-root", self.root / "info", "--output",
+                self.root / "output"]
+
+    def files(self) -> list[str]:
+        """What the steps wrote (relative paths), without lock files and engine logs."""
+        found = []
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root)
+            if path.is_file() and ".locks" not in rel.parts and rel.parts[:2] != ("output", "logs"):
+                found.append(str(rel))
+        return sorted(found)
+
+    def checkpoint(self, bug: int) -> Path:
+        return self.root / "model" / f"squeezenet_DIGITS{'' if bug == 0 else f'_bug{bug}'}.pth"
+
+
+def assert_same_as(ws: Workspace, reference: Workspace, only: tuple[str, ...] = ()) -> None:
+    """``ws`` holds the reference's files (those under ``only``, if given), each equal, and no temporary file."""
+    want = [rel for rel in reference.files() if not only or rel.startswith(only)]
+    got = [rel for rel in ws.files() if not only or rel.startswith(only)]
+    assert not [rel for rel in got if is_partial(Path(rel).name)], got
+    assert got == want
+    for rel in want:
+        assert_same_file(ws.root / rel, reference.root / rel)
+
+
+def copy_models(reference: Workspace, destination: Path) -> Workspace:
+    """A workspace with the reference's trained versions only (checkpoints, metadata, loss curves)."""
+    shutil.copytree(reference.root / "model", destination / "model", ignore=shutil.ignore_patterns(".locks"))
+    return Workspace(destination)
+
+
+def run_in_ns(ns, script: str, args, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    return ns.run([sys.executable, REPO / script, *args], env={**SCRIPT_ENV, **env}, timeout=timeout, cwd=REPO)
+
+
+def run_grid(ns, ws: Workspace, launcher_flags, env: dict) -> list[subprocess.CompletedProcess]:
+    results = []
+    for script in STEPS:
+        result = run_in_ns(ns, script, [*GRID, *ws.flags(), *launcher_flags], env)
+        assert result.returncode == 0, f"{script}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        results.append(result)
+    return results
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    """``version -> status`` from a script's table(s)."""
+    table = {}
+    for line in stdout.splitlines():
+        key = line.split(" ", 1)[0]
+        if key.startswith("squeezenet_DIGITS"):
+            table[key] = line.split("  ")[-1].strip()
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference: local, in process
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Workspace:
+    ws = Workspace(tmp_path_factory.mktemp("local"))
+    modules = [importlib.import_module(Path(script).stem) for script in STEPS]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    try:
+        for module in modules:
+            assert module.main([str(a) for a in [*GRID, *ws.flags()]]) == 0, module.__name__
+    finally:
+        torch.set_num_threads(previous)
+    WALL_TIMES["local"] = time.monotonic() - started
+    print(f"\ntiny grid, --launcher local (in process): {WALL_TIMES['local']:.1f} s")
+    assert {Path(rel).name for rel in ws.files() if rel.startswith("model/")} >= {
+        f"{v}.{ext}" for v in VERSIONS for ext in ("json",)}
+    return ws
+
+
+# ---------------------------------------------------------------------------------------------
+# ray
+# ---------------------------------------------------------------------------------------------
+
+def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
+    ws = Workspace(tmp_path / "ray")
+    started = time.monotonic()
+    results = run_grid(loopback_ns, ws, [*RAY_FLAGS, "--ray-address", ray_cluster.address], {})
+    WALL_TIMES["ray"] = time.monotonic() - started
+    print(f"\ntiny grid, --launcher ray ({ray_cluster.address}): {WALL_TIMES['ray']:.1f} s")
+    assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
+    assert set(statuses(results[2].stdout).values()) == {"cached"}
+    assert_same_as(ws, reference)
+
+
+def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_path):
+    ws = copy_models(reference, tmp_path / "corrupt")
+    ws.checkpoint(1).unlink()
+    ws.checkpoint(1).write_bytes(b"not a checkpoint" * 64)
+    result = run_in_ns(loopback_ns, "main_train_DeepFailGuard.py",
+                       [*GRID, *ws.flags(), *RAY_FLAGS, "--ray-address", ray_cluster.address], {})
+    print(f"\ncorrupt checkpoint, fit step with --launcher ray (exit {result.returncode}):\n{result.stdout}"
+          f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
+    assert_usage_error(result, "squeezenet_DIGITS_bug1.pth")
+    table = statuses(result.stdout)
+    assert table[VERSIONS[0]] == "fitted" and table[VERSIONS[1]].startswith("FAILED: ")
+    assert "squeezenet_DIGITS_bug1.pth" in table[VERSIONS[1]]
+    assert_same_as(ws, reference, only=("info/kde_results/squeezenet_DIGITS_c", "info/kde_results/squeezenet_DIGITS_w",
+                                        "output/figures/kde_squeezenet_DIGITS.png"))
+    assert not list((ws.root / "info" / "kde_results").glob("squeezenet_DIGITS_bug1_*"))
+
+
+REAL_BUG_DRIVER = textwrap.dedent("""
+    import argparse, sys
+    sys.path.insert(0, {repo!r})
+    import cli
+    from jobs import Job, Roots
+
+    out = sys.argv[2]
+    roots = Roots(model=out + "/model", info=out + "/info", output=out)
+    # a setting no command line can produce: the dataset sampler raises TypeError, a real bug
+    jobs = [Job("cache", "DIGITS", "squeezenet", 0, roots, dict(max_inputs="twelve", quiet=True))]
+    args = argparse.Namespace(launcher=sys.argv[1], quiet=True, cpus_per_job=1, gpus_per_job=0,
+                              slurm_time=5, slurm_cpus_per_job=1, slurm_gpus_per_job=0,
+                              slurm_partition=None, slurm_array_parallelism=None, slurm_sbatch_option=[],
+                              no_wait=False, ray_address=None)
+    sys.exit(cli.launch_and_report(jobs, args))
+""").format(repo=str(REPO))
+
+
+def run_real_bug(ns, launcher: str, env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """A job that raises (not a UsageError): a failed row with the exception's one line and a log; exit 1."""
+    result = ns.python(REAL_BUG_DRIVER.replace("sys.argv[1]", repr(launcher)).replace("sys.argv[2]",
+                                                                                    repr(str(tmp_path / "out"))),
+                       env={**SCRIPT_ENV, **env}, timeout=180, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith("squeezenet_DIGITS")]
+    assert len(row) == 1 and "FAILED: TypeError: " in row[0] and " [log: " in row[0], result.stdout
+    log = Path(row[0].split("[log: ", 1)[1].rstrip("]"))
+    assert log.is_file() and "TypeError" in log.read_text()
+    return result
+
+
+def test_ray_job_raising_is_a_bug(loopback_ns, ray_cluster, tmp_path):
+    run_real_bug(loopback_ns, "ray", ray_cluster.env, tmp_path)
+
+
+def _ray_task_processes(root_pid: int) -> list[int]:
+    """Processes descended from ``root_pid`` whose title says they run our task (Ray's ``ray::<function>``)."""
+    parents, titles = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root_pid:
+                return True
+        return False
+
+    return [pid for pid, title in titles.items() if title.startswith("ray::_run_after") and descends(pid)]
+
+
+def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluster, tmp_path):
+    ws = copy_models(reference, tmp_path / "killed")
+    shutil.copytree(reference.root / "info" / "kde_results", ws.root / "info" / "kde_results")
+    command = [sys.executable, REPO / "main_cache_test_distances.py", *GRID, *ws.flags(), *RAY_FLAGS,
+               "--ray-address", ray_cluster.address]
+    process = loopback_ns.popen(command, env=SCRIPT_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    killed, seen = None, {}
+    deadline = time.monotonic() + 120
+    while killed is None and process.poll() is None and time.monotonic() < deadline:
+        for pid in _ray_task_processes(ray_cluster.process.pid):
+            first = seen.setdefault(pid, time.monotonic())
+            if time.monotonic() - first > 1.0:  # the job runs (imports done, attacking): kill its worker
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=240)
+    print(f"\nSIGKILLed Ray worker {killed} mid-job; the cache step (exit {process.returncode}):\n{stdout}")
+    assert killed is not None, "no running job found to kill"
+    assert process.returncode == 0, stdout + stderr[-3000:]
+    assert set(statuses(stdout)) == set(VERSIONS)
+    assert_same_as(ws, reference, only=("info/test_information_cached",))
+
+
+# ---------------------------------------------------------------------------------------------
+# slurm
+# ---------------------------------------------------------------------------------------------
+
+def slurm_flags(cluster) -> list[str]:
+    return ["--launcher", "slurm", "--slurm-partition", cluster.partition, "--slurm-time", "10",
+            "--slurm-cpus-per-job", "1", "--slurm-gpus-per-job", "1"]
+
+
+def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path):
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
+    ws = Workspace(tmp_path / "slurm")
+    started = time.monotonic()
+    results = run_grid(loopback_ns, ws, slurm_flags(slurm_cluster), slurm_cluster.env)
+    WALL_TIMES["slurm"] = time.monotonic() - started
+    print(f"\ntiny grid, --launcher slurm: {WALL_TIMES['slurm']:.1f} s")
+    assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
+    assert_same_as(ws, reference)
+    assert list((ws.root / "output" / "logs" / "slurm").iterdir())  # submitit's folders, one per job
+
+    # --no-wait: submitted, ids printed, exit 0 (everything is up to date, so the jobs only skip)
+    result = run_in_ns(loopback_ns, "main_cache_test_distances.py",
+                       [*GRID, *ws.flags(), *slurm_flags(slurm_cluster), "--no-wait"], slurm_cluster.env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = statuses(result.stdout)
+    assert set(rows) == set(VERSIONS) and all(s.startswith("submitted: Slurm job ") for s in rows.values()), rows
+    deadline = time.monotonic() + 60
+    while loopback_ns.run(["squeue", "-h"], env=slurm_cluster.env).stdout.strip():
+        assert time.monotonic() < deadline, "the --no-wait jobs did not finish"
+        time.sleep(0.5)
+
+
+def test_slurm_job_raising_is_a_bug(loopback_ns, slurm_cluster, tmp_path):
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
+    run_real_bug(loopback_ns, "slurm", slurm_cluster.env, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# local: two launches at once, and a missing engine
+# ---------------------------------------------------------------------------------------------
+
+def test_two_local_launches_train_each_version_once(reference, tmp_path):
+    ws = Workspace(tmp_path / "twice")
+    grid = [a for a in GRID if a != "10"]  # the two trained versions
+    command = [sys.executable, REPO / "main_train_model.py", *grid, *ws.flags(), "--launcher", "local"]
+    env = {**os.environ, **SCRIPT_ENV}
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: subprocess.run([str(c) for c in command], env=env, cwd=REPO, text=True,
+                                                      capture_output=True, timeout=240), range(2)))
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    table = [s for run in runs for s in statuses(run.stdout).values()]
+    print(f"\ntwo local launches at once: {table}")
+    assert sorted(table) == ["skipped (up to date)"] * 2 + ["trained"] * 2, [run.stdout for run in runs]
+    for bug in (0, 1):
+        assert_same_file(ws.checkpoint(bug), reference.checkpoint(bug))
+
+
+@pytest.mark.parametrize("launcher, module", [("ray", "ray"), ("slurm", "submitit")])
+def test_missing_engine_is_one_line(launcher, module, tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / f"{module}.py").write_text(f"raise ImportError('No module named {module}')\n")
+    env = {**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(fake)}
+    result = subprocess.run([sys.executable, str(REPO / "main_train_model.py"), "--launcher", launcher,
+                             "--model-root", str(tmp_path / "model")], env=env, cwd=REPO, text=True,
+                            capture_output=True, timeout=120)
+    assert_usage_error(result, f"--launcher {launcher}", module,
+                       "pip install -r envs_requirements/requirements-cluster.txt")
+    assert not (tmp_path / "model").exists()
