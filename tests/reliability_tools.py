@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from jobs import LOCK_FOLDER
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {
     "train": "main_train_model.py",
@@ -103,7 +105,8 @@ def snapshot(root) -> dict[str, tuple[int, int, int]]:
     an in-place write the mtime, so equal snapshots mean nothing was touched."""
     root = Path(root)
     files = {}
-    for folder, _, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [f for f in subfolders if f != LOCK_FOLDER]  # the launches' locks, not results
         for name in names:
             path = Path(folder) / name
             try:
@@ -269,7 +272,8 @@ class Watcher:
         """``({final file: signature}, {temporary file})``, checking every new or changed final file."""
         finals, partials = {}, set()
         for root in self.folders:
-            for folder, _, names in os.walk(root):
+            for folder, subfolders, names in os.walk(root):
+                subfolders[:] = [f for f in subfolders if f != LOCK_FOLDER]  # the launches' locks, not results
                 for name in names:
                     path = Path(folder) / name
                     if is_partial(name):

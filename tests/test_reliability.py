@@ -791,7 +791,7 @@ CHAINS = {
          KillPoint("while writing the results", when_file("results.csv"))),
         {},  # nothing to resume: it computes everything, then writes
         tuple(f"out/realtime/{name}" for name in ("results.csv", "summary.csv", "failure_prediction.csv",
-                                                  "figures/methods_DIGITS.png"))),
+                                                  "figures/methods_DIGITS.png", "figures/reliability_DIGITS.png"))),
 }
 
 
