@@ -31,6 +31,8 @@ from utils import UsageError
 
 STEPS = ("train", "derive", "fit", "cache")
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+#: the per-version lock files live in this folder of the model root (train) and the info root (fit, cache)
+LOCK_FOLDER = ".locks"
 #: the status table's columns after "version" and before "status", per step
 COLUMNS = {
     "train": ("epochs", "val_acc", "test_acc", "train_s"),
@@ -125,7 +127,7 @@ def version_lock(job: Job):
         yield
         return
     root = job.roots.model if job.step in ("train", "derive") else job.roots.info
-    folder = os.path.join(root, ".locks")
+    folder = os.path.join(root, LOCK_FOLDER)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
