@@ -48,7 +48,7 @@ CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
 RAY_MAX_RETRIES = 3
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here
 #: seconds between two looks at the Slurm queue while waiting
-SLURM_POLL_S = 2.0
+SLURM_POLL_S = 1.0
 SLURM_QUEUE_CHECK_S = 20.0
 
 
@@ -244,7 +244,12 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
               file=sys.stderr)
         return [Outcome(job, SUBMITTED, note=f"submitted: Slurm job {handle.job_id}")
                 for job, handle in zip(jobs, handles)]
-    return _wait_slurm(jobs, handles, list(array_of_step.values()), options)
+    try:
+        return _wait_slurm(jobs, handles, list(array_of_step.values()), options)
+    except KeyboardInterrupt:
+        print(f"the Slurm job arrays keep running; stop them with: scancel {' '.join(array_of_step.values())}",
+              file=sys.stderr)
+        raise
 
 
 def _slurm_parameters(step: str, options, needs: list[str]) -> dict:
@@ -267,16 +272,17 @@ def _slurm_parameters(step: str, options, needs: list[str]) -> dict:
 
 
 def _wait_slurm(jobs: list[Job], handles: list, arrays: list[str], options) -> list[Outcome]:
-    """Poll until every task is done; a task that left the queue without a result is a failure, not a hang
-    (without Slurm accounting submitit cannot tell such a task from a pending one)."""
-    logging.getLogger("submitit").setLevel(logging.ERROR)  # "Bypassing sacct error" on clusters without sacct
+    """Poll until every task has written its result; a task that left the queue without one (time limit,
+    cancelled, node failure) is a failure, not a hang. Only the result files and ``squeue`` are read:
+    submitit's own ``done()`` asks ``sacct``, which clusters without accounting answer with an error on
+    the terminal at every poll, and which never tells such a task from a pending one there."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
     missing_since: dict[int, float] = {}
     last_queue_check = time.monotonic()
     with tqdm(total=len(jobs), desc="jobs (slurm)", unit="job", disable=bool(_option(options, "quiet"))) as bar:
         while any(outcome is None for outcome in outcomes):
             for index, handle in enumerate(handles):
-                if outcomes[index] is None and handle.done():
+                if outcomes[index] is None and handle.paths.result_pickle.exists():
                     outcomes[index] = _slurm_outcome(jobs[index], handle)
                     bar.update(1)
             if all(outcome is not None for outcome in outcomes):
@@ -289,7 +295,8 @@ def _wait_slurm(jobs: list[Job], handles: list, arrays: list[str], options) -> l
                         missing_since.pop(index, None)
                         continue
                     first_seen = missing_since.setdefault(index, last_queue_check)
-                    if last_queue_check - first_seen >= SLURM_QUEUE_CHECK_S and not handle.done():
+                    if last_queue_check - first_seen >= SLURM_QUEUE_CHECK_S and \
+                            not handle.paths.result_pickle.exists():
                         outcomes[index] = _failed(jobs[index], f"Slurm job {handle.job_id} left the queue without "
                                                   "a result (time limit, cancelled or node failure?)",
                                                   str(handle.paths.stderr))

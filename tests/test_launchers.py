@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cluster import kill_pid
 from conftest import assert_usage_error
 from reliability_tools import assert_same_file, is_partial
 
@@ -38,6 +40,8 @@ VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bu
 #: one thread per process (deterministic and fastest on a busy two-core machine), no progress bars
 SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 RAY_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0.25", "--cpus-per-job", "1"]
+#: no GPUs: Ray reuses a worker process for the next job (with GPUs every job gets a fresh process)
+RAY_CPU_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0", "--cpus-per-job", "1"]
 WALL_TIMES: dict[str, float] = {}
 
 
@@ -144,7 +148,7 @@ def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_
     ws.checkpoint(1).unlink()
     ws.checkpoint(1).write_bytes(b"not a checkpoint" * 64)
     result = run_in_ns(loopback_ns, "main_train_DeepFailGuard.py",
-                       [*GRID, *ws.flags(), *RAY_FLAGS, "--ray-address", ray_cluster.address], {})
+                       [*GRID, *ws.flags(), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address], {})
     print(f"\ncorrupt checkpoint, fit step with --launcher ray (exit {result.returncode}):\n{result.stdout}"
           f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
     assert_usage_error(result, "squeezenet_DIGITS_bug1.pth")
@@ -187,8 +191,38 @@ def run_real_bug(ns, launcher: str, env: dict, tmp_path: Path) -> subprocess.Com
     return result
 
 
-def test_ray_job_raising_is_a_bug(loopback_ns, ray_cluster, tmp_path):
-    run_real_bug(loopback_ns, "ray", ray_cluster.env, tmp_path)
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ray_local_cluster_job_raising_is_a_bug(loopback_ns, tmp_path):
+    """No --ray-address and no RAY_ADDRESS: the launch starts its own Ray (in the namespace), reports the
+    job's exception as a failure (exit 1), and leaves no Ray process behind."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray not installed: pip install -r envs_requirements/requirements-cluster.txt")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's Unix sockets live in it
+    try:
+        # HOME: a new local cluster writes ~/.ray/auth_token (Ray 2.5x+ token authentication), which would
+        # then be offered to, and refused by, the session's `ray start` cluster (started without tokens)
+        home = tmp_path / "home"
+        home.mkdir()
+        run_real_bug(loopback_ns, "ray", {"RAY_ADDRESS": None, "RAY_TMPDIR": ray_tmp, "HOME": home}, tmp_path)
+        deadline = time.monotonic() + 20
+        while _processes_mentioning(str(ray_tmp)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _processes_mentioning(str(ray_tmp))
+        for pid in left:
+            kill_pid(pid)
+        assert not left, "the launch left its Ray processes running"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _ray_task_processes(root_pid: int) -> list[int]:
@@ -215,7 +249,7 @@ def _ray_task_processes(root_pid: int) -> list[int]:
 def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluster, tmp_path):
     ws = copy_models(reference, tmp_path / "killed")
     shutil.copytree(reference.root / "info" / "kde_results", ws.root / "info" / "kde_results")
-    command = [sys.executable, REPO / "main_cache_test_distances.py", *GRID, *ws.flags(), *RAY_FLAGS,
+    command = [sys.executable, REPO / "main_cache_test_distances.py", *GRID, *ws.flags(), *RAY_CPU_FLAGS,
                "--ray-address", ray_cluster.address]
     process = loopback_ns.popen(command, env=SCRIPT_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -258,15 +292,19 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
     assert_same_as(ws, reference)
     assert list((ws.root / "output" / "logs" / "slurm").iterdir())  # submitit's folders, one per job
 
-    # --no-wait: submitted, ids printed, exit 0 (everything is up to date, so the jobs only skip)
+    # --no-wait: submitted, ids printed, exit 0; the array is then cancelled by its id
     result = run_in_ns(loopback_ns, "main_cache_test_distances.py",
                        [*GRID, *ws.flags(), *slurm_flags(slurm_cluster), "--no-wait"], slurm_cluster.env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = statuses(result.stdout)
     assert set(rows) == set(VERSIONS) and all(s.startswith("submitted: Slurm job ") for s in rows.values()), rows
+    arrays = {s.rsplit(" ", 1)[1].split("_")[0] for s in rows.values()}
+    assert len(arrays) == 1 and f"cache {arrays.pop()}" in result.stderr, result.stderr[-2000:]
+    ids = sorted({s.rsplit(" ", 1)[1].split("_")[0] for s in rows.values()})
+    loopback_ns.run(["scancel", *ids], env=slurm_cluster.env, check=True)
     deadline = time.monotonic() + 60
-    while loopback_ns.run(["squeue", "-h"], env=slurm_cluster.env).stdout.strip():
-        assert time.monotonic() < deadline, "the --no-wait jobs did not finish"
+    while loopback_ns.run(["squeue", "-h", "-j", ",".join(ids)], env=slurm_cluster.env).stdout.strip():
+        assert time.monotonic() < deadline, "the cancelled --no-wait jobs still run"
         time.sleep(0.5)
 
 
@@ -281,6 +319,7 @@ def test_slurm_job_raising_is_a_bug(loopback_ns, slurm_cluster, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_two_local_launches_train_each_version_once(reference, tmp_path):
+    pytest.importorskip("filelock", reason="the per-version lock needs filelock (requirements-cluster.txt)")
     ws = Workspace(tmp_path / "twice")
     grid = [a for a in GRID if a != "10"]  # the two trained versions
     command = [sys.executable, REPO / "main_train_model.py", *grid, *ws.flags(), "--launcher", "local"]
