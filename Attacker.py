@@ -67,6 +67,7 @@ class Attacker:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
                              f"(got {steps}, {candidates}, {overshoot})")
         self.device = choose_device(device)
+        pytorch_model = getattr(pytorch_model, "model_structure", pytorch_model)  # a MyModel, as the paper passed
         # channels-last on the CPU: oneDNN's convolutions (forward and input gradient) run 1.3-1.4x
         # faster in it on the DIGITS versions; on CUDA the float32 kernels gain nothing from it
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,11 @@ class TensorLoader:
 
     def __len__(self) -> int:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def dataset(self) -> SimpleNamespace:
+        """``loader.dataset.targets`` (and ``.data``), as the paper's scripts read a DataLoader's dataset."""
+        return SimpleNamespace(data=self.x, targets=self.y)
 
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self._generator) if self.shuffle else None
@@ -177,3 +183,23 @@ class DatasetCache:
         if key not in self._loaded:
             self._loaded[key] = create_dataset(key[0], bug_id=key[1], data_root=self.data_root)
         return self._loaded[key].limited(max_inputs)
+
+
+class DatasetManager:
+    """``from DatasetManager import DatasetManager``, as in the paper repository.
+
+    Like the paper's registry, each (dataset, data fault) is loaded once per process and later calls
+    share its tensors; each call gets its own object at its own batch size (the paper handed back the
+    first object, with the first caller's batch size). Model and hyper-parameter faults leave the data
+    healthy, so their datasets carry ``bug_id`` 0, as the paper's carried None.
+    """
+
+    _caches: dict[str, DatasetCache] = {}
+
+    @classmethod
+    def create_dataset(cls, dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
+                       data_root=DEFAULT_DATA_ROOT) -> MyData:
+        source = get_dataset(dataset_name)
+        bug_id = FaultInjector.validate_bug_id(bug_id, source)
+        cache = cls._caches.setdefault(str(data_root), DatasetCache(data_root))
+        return cache.get(source.name, bug_id).at(batch_size=batch_size)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from Attacker import Attacker, AttackResult
 from kde import GaussianKDE
-from layout import check_distances, find_kde_files, version_key
+from layout import DEFAULT_INFO_ROOT, cache_path, check_distances, find_kde_files, read_version_cache, version_key
 from utils import UsageError
 
 
@@ -35,6 +36,22 @@ class FailureModelFit:
     def accuracy(self) -> float:
         return float(self.correct.mean()) if len(self.correct) else float("nan")
 
+    def __iter__(self):
+        """Unpacks as the paper's ``correct_kde, wrong_kde = DeepFailGuardTrainer.train(...)``."""
+        return iter((self.correct_kde, self.wrong_kde))
+
+
+class _ClassOrInstanceMethod:
+    """A method the paper called on the class (``DeepFailGuardTrainer.train(...)``): called on the
+    class it runs on a default-configured instance, called on an instance with that instance's settings."""
+
+    def __init__(self, function):
+        self.function = function
+        self.__doc__ = function.__doc__
+
+    def __get__(self, instance, owner):
+        return types.MethodType(self.function, owner() if instance is None else instance)
+
 
 class DeepFailGuardTrainer:
     """Fits a version's two KDEs from its validation distances (DeepFool, foolbox semantics)."""
@@ -43,6 +60,7 @@ class DeepFailGuardTrainer:
         self.attack_options = dict(steps=steps, candidates=candidates, overshoot=overshoot)
         self.progress = progress
 
+    @_ClassOrInstanceMethod
     def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None) -> FailureModelFit:
         attacker = Attacker(pytorch_model, device=device, **self.attack_options)
         result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
@@ -74,6 +92,7 @@ class DeepFailGuardModule:
 
     def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
                  image_size: int | None = None, attack_options: dict | None = None, accuracy_source: str = ""):
+        self.model = model
         self.correct_kde = self.load_kde(correct_kde_path)
         self.wrong_kde = self.load_kde(wrong_kde_path)
         self.val_acc = check_accuracy(val_acc, accuracy_source or name or str(correct_kde_path))
@@ -140,6 +159,31 @@ class DeepFailGuardModule:
                              "it can only use cached distances")
         return self.attacker.attack_loader(loader, progress=progress, description=f"DeepFool {self.name}")
 
+    # the paper's names: (P(correct), the version's labels) of a batch, a loader, a version's test cache
+
+    def cal_confidence(self, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        result = self.attack(image.unsqueeze(0) if image.ndim == 3 else image)
+        return self.confidence(result.distances), result.labels
+
+    def cal_confidence_for_batch(self, dataloader, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        result = self.attack_loader(dataloader, progress=progress)
+        return self.confidence(result.distances), result.labels
+
+    def cal_confidence_for_batch_cached(self, dataset, info_root=DEFAULT_INFO_ROOT) -> tuple[np.ndarray, np.ndarray]:
+        answers = self.read_cache(dataset, info_root)
+        return self.confidence(answers.distances), answers.labels
+
+    def read_cache(self, dataset, info_root=DEFAULT_INFO_ROOT):
+        """This version's cached test answers on ``dataset`` (a ``MyData`` or a name), under ``info_root``."""
+        if self.model is None:
+            raise UsageError(f"version {self.name or '?'} was built without its model, so its cache cannot be named")
+        dataset_name = getattr(dataset, "dataset_name", dataset)
+        answers = read_version_cache(info_root, self.model.model_name, dataset_name, self.model.bug_id)
+        if answers is None:
+            path = cache_path(info_root, self.model.model_name, dataset_name, self.model.bug_id, "distances")
+            raise UsageError(f"no test cache {path} (and its dnn_labels): run main_cache_test_distances.py first")
+        return answers
+
 
 def posterior(log_correct: np.ndarray, log_wrong: np.ndarray, val_acc: float) -> np.ndarray:
     """``a·f_c / (a·f_c + (1 − a)·f_w)`` from ``log f_c``, ``log f_w``.
@@ -192,6 +236,10 @@ class Decision:
     distances: np.ndarray
     extras: dict = field(default_factory=dict)
 
+    def __iter__(self):
+        """Unpacks as the paper's ``outputs, all_module_dnn_labels = dfg.batch_infer(...)``."""
+        return iter((self.labels, self.version_labels))
+
 
 class DeepFailGuard:
     """Selects, per input, the answer of the version most likely to be correct."""
@@ -207,8 +255,17 @@ class DeepFailGuard:
         chosen = np.argmax(confidences, axis=0)
         return np.take_along_axis(version_labels, chosen[None, :], axis=0)[0], chosen
 
-    def batch_infer_cached(self, distances, labels) -> Decision:
-        """Decide from cached distances and labels, both shaped (versions, inputs)."""
+    def batch_infer_cached(self, distances, labels=None, *, info_root=DEFAULT_INFO_ROOT) -> Decision:
+        """Decide from cached distances and labels, both shaped (versions, inputs).
+
+        The paper's form, ``batch_infer_cached(datasets)`` (one ``MyData`` per version, ``labels``
+        omitted), reads each version's test cache under ``info_root``.
+        """
+        if labels is None:
+            if len(distances) != len(self.modules):
+                raise UsageError(f"{len(self.modules)} versions but {len(distances)} datasets")
+            answers = [module.read_cache(data, info_root) for module, data in zip(self.modules, distances)]
+            distances, labels = [a.distances for a in answers], [a.labels for a in answers]
         distances = np.asarray(distances, dtype=np.float64)
         labels = np.asarray(labels)
         if distances.shape != labels.shape or distances.shape[0] != len(self.modules):

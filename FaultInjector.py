@@ -248,3 +248,25 @@ def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torc
     from torchvision.transforms.v2.functional import gaussian_blur
 
     return gaussian_blur(images, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA]).clamp_(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper repository's class form
+# ---------------------------------------------------------------------------------------------
+
+class FaultInjector:
+    """``from FaultInjector import FaultInjector``, as in the paper repository: its three entry points,
+    with its argument names, each handing over to this module's function of the same name (inside a
+    method body these names are the module's functions, not the methods)."""
+
+    @staticmethod
+    def inject_model_fault(model, bug_id: int):
+        return inject_model_fault(model, bug_id)
+
+    @staticmethod
+    def inject_hyperparameters_fault(trainer, bug_id: int):
+        return inject_hyperparameters_fault(trainer, bug_id)
+
+    @staticmethod
+    def inject_dataset_fault(dataset, bug_id: int):
+        return inject_dataset_fault(dataset, bug_id)

@@ -108,6 +108,7 @@ def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | Non
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     get_model_class(model_name)
+    model_name = str(model_name).lower()  # the registry's spelling: 'SqueezeNet' gets squeezenet's defaults
     dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
     bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(dataset_name))
     device = choose_device(device)
@@ -350,3 +351,32 @@ def paper_accuracy(dataset_name: str, model_name: str, bug_id: int) -> dict:
     val_acc, test_acc = _paper_accuracy_table().get((dataset_name.upper(), model_name.lower(), bug_id or 0),
                                                     (None, None))
     return {"val_acc": val_acc, "test_acc": test_acc}
+
+
+class ModelManager:
+    """``from ModelManager import ModelManager``, as in the paper repository.
+
+    ``create_model`` is this module's function with the paper's default ``device=0`` (``cuda:0``, or the
+    CPU where there is no CUDA); ``dataset`` is a name or a ``MyData``, model names are in any case, and
+    keyword options (``model_root``, ``epochs``, ``lr``, ...) pass through. Every version it makes is
+    remembered, and ``get_model`` returns it, as the paper's registry did.
+    """
+
+    model_list: dict[str, mymodel.MyModel] = {}
+
+    @classmethod
+    def create_model(cls, model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=0,
+                     **options) -> mymodel.MyModel:
+        model = create_model(model_name, dataset, mode=mode, bug_id=bug_id, device=device, **options)
+        cls.model_list[version_key(model.model_name, model.dataset_name, model.bug_id)] = model
+        return model
+
+    @classmethod
+    def get_model(cls, model_name: str, dataset_name, bug_id: int | None = None) -> mymodel.MyModel:
+        """A version made earlier by ``create_model`` in this process (``dataset_name``: a name or a ``MyData``)."""
+        key = version_key(model_name, getattr(dataset_name, "dataset_name", dataset_name), bug_id)
+        if key not in cls.model_list:
+            made = ", ".join(cls.model_list) or "none yet"
+            raise UsageError(f"version {key} has not been created in this process (made: {made}); "
+                             "call ModelManager.create_model first")
+        return cls.model_list[key]

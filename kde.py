@@ -116,6 +116,8 @@ class GaussianKDE:
     def pdf(self, x) -> np.ndarray:
         return np.exp(self.logpdf(x))
 
+    __call__ = pdf  # as SciPy's gaussian_kde, which the paper's code calls as kde(x)
+
     # -----------------------------------------------------------------------------------------
     # files
     # -----------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ class GaussianKDE:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"missing KDE file {path}: run main_train_DeepFailGuard.py first")
-        if path.suffix == ".pkl":
+        if path.suffix == ".pkl" and not zipfile.is_zipfile(path):  # ours, saved under a paper-style name
             return cls._from_pickle(path)
         try:
             with np.load(path, allow_pickle=False) as archive:
