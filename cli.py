@@ -194,12 +194,26 @@ def prepare(args: argparse.Namespace, writable=(), needs_data: bool = True):
     """The checks a script makes before any work: names, device, datasets present, output folders
     writable. Returns ``(grid, device)``."""
     grid = resolve_grid(args)
-    device = utils.choose_device(args.device)  # also where no network runs: a request that cannot be met is refused
+    if getattr(args, "launcher", "local") == "local":
+        device = utils.choose_device(args.device)  # also where no network runs: a request that cannot be met is refused
+    else:  # the jobs run elsewhere (a GPU node, say): only the spelling can be checked on the driver
+        device = _parse_device(args.device)
     if needs_data:
         check_datasets_available(grid.datasets, args.data_root)
     for folder in writable:
         storage.check_writable(folder)
     return grid, device
+
+
+def _parse_device(device):
+    import torch
+
+    if device is None or str(device) == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or mps") from exc
 
 
 def check_datasets_available(datasets: Sequence[str], data_root) -> None:
