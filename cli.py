@@ -8,6 +8,7 @@ and the exit-status contract: 0 on success, 2 on bad input (one line on stderr, 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -20,24 +21,24 @@ from layout import version_key
 from utils import UsageError
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+def _number_parser(convert, wording: str, zero_allowed: bool):
+    """An argparse type: ``convert`` the text, refuse non-finite, negative (and, if asked, zero) values."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+positive_int = _number_parser(int, "a positive whole number", zero_allowed=False)
+non_negative_int = _number_parser(int, "a whole number >= 0", zero_allowed=True)
+positive_float = _number_parser(float, "a number > 0", zero_allowed=False)
+non_negative_float = _number_parser(float, "a number >= 0", zero_allowed=True)
 
 
 def split_list(values: Sequence[str] | None) -> list[str] | None:
@@ -289,25 +290,6 @@ def _launcher_with_engine(name: str) -> str:
     if name in LAUNCHERS:
         check_engine(name)
     return name
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def roots_of(args: argparse.Namespace):
