@@ -8,6 +8,7 @@ gradients) and with frozen weights, the stricter reference; the ratio is reporte
 Finally a profile of our attack shows where its remaining time goes.
 
     python benchmarks/bench_attacker.py [--models squeezenet densenet resnet] [--inputs 128] [--repeats 3]
+                                        [--batch-sizes 8 64] [--image-size N] [--device cuda] [--model-root DIR]
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=cli.positive_int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model-root", default="mymodel/model")
+    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+                        help="attack inputs resized to this size (default: the size each version was trained at)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
@@ -106,14 +109,17 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     data = create_dataset(args.dataset)
-    print(f"DeepFool benchmark on {device} ({torch.get_num_threads()} threads), {args.inputs} {args.dataset} test "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    size = f"{args.image_size}x{args.image_size}" if args.image_size else "each version's size"
+    print(f"DeepFool benchmark on {device} ({where}), {size}, {args.inputs} {args.dataset} test "
           f"inputs per row, median of {args.repeats} interleaved runs; reference: foolbox 3.3.4 L2DeepFoolAttack")
     print(f"{'model':<11} {'batch':>5} {'ours/s':>8} {'fb/s':>8} {'fb_frozen/s':>11} {'ratio':>6} {'ratio_frozen':>12} "
           f"{'med_rel_diff':>12} {'max_rel_diff':>12} {'same_success':>12}")
     ratios = []
     for model_name in args.models:
         model = ModelManager.load_version(model_name, args.dataset, 0, device, model_root=args.model_root)
-        images = next(iter(data.at(image_size=model.metadata["image_size"], batch_size=args.inputs).test_loader))[0]
+        sized = data.at(image_size=args.image_size or model.metadata["image_size"], batch_size=args.inputs)
+        images = next(iter(sized.test_loader))[0]
         network = model.model_structure
         for batch_size in args.batch_sizes:
             row = compare(network, images.to(device), batch_size, args.repeats, device)
@@ -126,7 +132,8 @@ def main(argv=None) -> int:
     print(f"median speed-up over foolbox with frozen weights: {statistics.median(ratios):.1f}x")
     if not args.no_profile:
         model = ModelManager.load_version(args.models[-1], args.dataset, 0, device, model_root=args.model_root)
-        images = next(iter(data.at(image_size=model.metadata["image_size"], batch_size=args.inputs).test_loader))[0]
+        sized = data.at(image_size=args.image_size or model.metadata["image_size"], batch_size=args.inputs)
+        images = next(iter(sized.test_loader))[0]
         print(f"\nwhere our time goes ({args.models[-1]}, batch {args.batch_sizes[-1]}):")
         print(profile(model.model_structure, images.to(device), args.batch_sizes[-1], device))
     return 0

@@ -1,0 +1,162 @@
+"""Deployment latency of real-time DeepFailGuard against majority voting, per input (issue 11, item 4).
+
+Three versions (default: the demo's SqueezeNet, DenseNet-121, ResNet-50 on DIGITS): loaded from
+``--model-root`` where a healthy checkpoint is there, else trained for ``--train-epochs`` epochs
+(0: freshly initialised; a trained network's DeepFool takes more steps, so prefer trained ones).
+Each gets a ``DeepFailGuardModule`` with KDEs fitted on ``--kde-points`` synthetic distances
+(the posterior's cost depends only on their number) and a validation accuracy of 0.95.
+
+Timed in the same process, on the same DIGITS test images at ``--image-size``, each a median of
+``--repeats`` runs, closed by a device synchronisation:
+
+  dfg    ``DeepFailGuard.infer(image)`` at batch 1; ``DeepFailGuard.batch_infer`` at ``--batch``
+         (each version's DeepFool attack, then the posterior and the selection)
+  vote   majority voting: the three networks' forward passes under ``torch.no_grad`` and the vote,
+         in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
+
+and prints milliseconds per input, the ratio dfg/vote, and each version's attack alone at the batch size.
+
+    python benchmarks/bench_latency.py --device cuda [--model-root DIR] [--image-size 128] [--batch 64]
+    python benchmarks/bench_latency.py --device cpu --image-size 32 --batch 4 --repeats 2 --train-epochs 0  # dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bf16_diagnosis import subset  # noqa: E402
+
+import cli  # noqa: E402
+import ModelManager  # noqa: E402
+from Attacker import full_float32_convolutions  # noqa: E402
+from DatasetManager import create_dataset, resize_batch  # noqa: E402
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
+from kde import GaussianKDE  # noqa: E402
+from utils import choose_device, seed_everything  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(function, argument, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        function(argument)
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def get_version(model_name: str, data, device, args, scratch: Path):
+    if args.model_root and ModelManager.is_trained(args.model_root, model_name, "DIGITS", 0):
+        return ModelManager.load_version(model_name, "DIGITS", 0, device, model_root=args.model_root), "loaded"
+    if args.train_epochs:
+        with contextlib.redirect_stdout(sys.stderr):
+            model = ModelManager.create_model(model_name, subset(data, args.max_train), mode="train", device=device,
+                                              epochs=args.train_epochs, image_size=args.image_size,
+                                              model_root=scratch, progress=False)
+        return model, f"trained {args.train_epochs} epoch(s)"
+    seed_everything(0)
+    model = ModelManager.build_version(model_name, data.num_classes)
+    model.model_structure.to(device).eval()
+    model.metadata["image_size"] = model.input_size(data.image_size)
+    return model, "freshly initialised"
+
+
+def synthetic_kdes(scratch: Path, name: str, points: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    paths = scratch / f"{name}_correct.npz", scratch / f"{name}_wrong.npz"
+    GaussianKDE.fit(rng.gamma(4.0, 0.5, points)).save(paths[0])
+    GaussianKDE.fit(rng.gamma(2.0, 0.3, max(2, points // 10))).save(paths[1])
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", nargs=3, default=["squeezenet", "densenet", "resnet"], metavar="MODEL")
+    parser.add_argument("--model-root", default=None, help="load healthy DIGITS checkpoints from here where present")
+    parser.add_argument("--train-epochs", type=int, default=2, help="train missing versions this long (0: untrained)")
+    parser.add_argument("--max-train", type=cli.positive_int, default=None, help="train on the first N images only")
+    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+                        help="input size of every version (default: each version's own)")
+    parser.add_argument("--batch", type=cli.positive_int, default=64, help="the batched measurement's size")
+    parser.add_argument("--repeats", type=cli.positive_int, default=20)
+    parser.add_argument("--kde-points", type=cli.positive_int, default=360, help="DIGITS' validation size")
+    args = parser.parse_args(argv)
+    device = choose_device(args.device)
+    data = create_dataset("DIGITS")
+    if args.image_size:
+        data = data.at(image_size=args.image_size)
+    with tempfile.TemporaryDirectory(prefix="bench_latency_") as scratch_name:
+        scratch = Path(scratch_name)
+        modules, networks, sizes = [], [], []
+        for model_name in args.models:
+            model, origin = get_version(model_name, data, device, args, scratch)
+            size = args.image_size or model.metadata["image_size"]
+            correct_kde, wrong_kde = synthetic_kdes(scratch, model_name, args.kde_points)
+            modules.append(DeepFailGuardModule(model, correct_kde, wrong_kde, 0.95, device=device, name=model_name,
+                                               image_size=size))
+            networks.append(model.model_structure.to(device).eval())
+            sizes.append(size)
+            print(f"{model_name}: {origin}, input {size}x{size}, test accuracy {model.metadata.get('test_acc')}",
+                  flush=True)
+        guard = DeepFailGuard(modules)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thr)"
+        print(f"latency on {where}, torch {torch.__version__}; median of {args.repeats}; KDEs of {args.kde_points} "
+              "synthetic distances")
+        images = data.x_test[:max(args.batch, args.repeats)]
+
+        @torch.no_grad()
+        def vote(batch: torch.Tensor) -> np.ndarray:
+            with full_float32_convolutions():
+                labels = torch.stack([net(resize_batch(batch.to(device, non_blocking=True), size)).argmax(dim=1)
+                                      for net, size in zip(networks, sizes)])
+            return torch.mode(labels, dim=0).values.cpu().numpy()
+
+        single = iter(range(10 ** 9))
+
+        def dfg_single(batch):
+            return guard.infer(images[next(single) % len(images)])
+
+        def dfg_batch(batch):
+            return guard.batch_infer([[(batch, torch.zeros(len(batch)))]] * len(modules))
+
+        rows = []
+        for batch_size, dfg in ((1, dfg_single), (args.batch, dfg_batch)):
+            batch = images[:batch_size]
+            dfg(batch)
+            vote(batch)  # warm-up: cuDNN autotuning, allocator
+            dfg_s = median_seconds(dfg, batch, device, args.repeats)
+            vote_s = median_seconds(vote, batch, device, args.repeats)
+            rows.append((batch_size, 1000 * dfg_s / batch_size, 1000 * vote_s / batch_size))
+        print(f"{'batch':>5} {'dfg_ms/input':>12} {'vote_ms/input':>13} {'dfg/vote':>9}")
+        for batch_size, dfg_ms, vote_ms in rows:
+            print(f"{batch_size:>5} {dfg_ms:>12.3f} {vote_ms:>13.4f} {dfg_ms / vote_ms:>8.1f}x")
+        batch = images[:args.batch]
+        print(f"each version's attack alone at batch {args.batch} (ms/input):")
+        for module in modules:
+            module.attack(batch)
+            seconds = median_seconds(module.attack, batch, device, args.repeats)
+            print(f"  {module.name:<11} {1000 * seconds / len(batch):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,159 @@
+"""Training throughput (images/s) per architecture and precision, and the share of the data path (issue 11, item 2).
+
+For each model and precision, ``--warmup`` then ``--steps`` training steps exactly as ModelTrainer
+takes them (its optimizer, autocast, memory format and loss), on DIGITS batches that the project's
+TensorLoader upsamples to ``--image-size`` on the host. Three timings, each over the same number of
+steps and closed by a device synchronisation:
+
+  full      loader (batch assembly, resize) + host-to-device copy + forward/backward/optimizer step
+  network   the step alone, on one batch already on the device
+  data      the loader and the copy alone (``.to(device, non_blocking=True)``), no network
+
+and prints images/s (full), images/s (network only), the data path's time as a share of the full
+step (``data``/``full``: what it costs if nothing overlaps) and the exposed share
+(``(full - network)/full``: what it actually added).
+
+Precisions: ``bf16-cl`` (bf16 autocast + channels-last: the CUDA default), ``fp32`` (float32,
+contiguous), ``fp32-cl``, ``bf16``. float32 convolutions use the backend's TF32 default (printed).
+
+    python benchmarks/bench_training.py --device cuda [--image-size 128] [--steps 50] [--warmup 10]
+    python benchmarks/bench_training.py --device cpu --image-size 32 --steps 2 --warmup 1 --models squeezenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+import ModelManager  # noqa: E402
+from DatasetManager import create_dataset  # noqa: E402
+from ModelTrainer import ModelTrainer  # noqa: E402
+from utils import choose_device, seed_everything  # noqa: E402
+
+PRECISIONS = {"bf16-cl": (True, True), "bf16": (True, False), "fp32": (False, False), "fp32-cl": (False, True)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forever(loader, batch_size: int):
+    """The loader's batches epoch after epoch, each assembled and resized anew; full batches only."""
+    while True:
+        yield from (batch for batch in loader if len(batch[1]) == batch_size)
+
+
+def train_step(trainer: ModelTrainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One of ModelTrainer._train_epoch's steps, as it takes it."""
+    with trainer._autocast():
+        logits = trainer.model(x)
+    loss = trainer.criteria(logits.float(), y)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer._scaler.scale(loss).backward()
+    trainer._scaler.step(trainer.optimizer)
+    trainer._scaler.update()
+    return loss.detach()
+
+
+def timed(function, device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def measure(model_name: str, precision: str, data, device, *, image_size: int, batch_size: int | None,
+            steps: int, warmup: int, repeats: int) -> dict:
+    amp, channels_last = PRECISIONS[precision]
+    seed_everything(0)
+    model = ModelManager.build_version(model_name, data.num_classes)
+    size = max(image_size, model.min_input_size)
+    defaults = data.source.training_defaults(model_name)
+    sized = data.at(image_size=size, batch_size=batch_size or defaults.batch_size)
+    trainer = ModelTrainer(model.model_structure, device=device, epochs=1, lr=defaults.lr,
+                           weight_decay=defaults.weight_decay, amp=amp, channels_last=channels_last, progress=False)
+    trainer.model.train()
+    full_batches = forever(sized.train_loader, sized.batch_size)
+
+    def run_full(n):
+        for _ in range(n):
+            train_step(trainer, *trainer._to_device(*next(full_batches)))
+
+    def run_data(n):
+        for _ in range(n):
+            trainer._to_device(*next(full_batches))
+
+    staged = trainer._to_device(*next(full_batches))
+
+    def run_network(n):
+        for _ in range(n):
+            train_step(trainer, *staged)
+
+    run_full(warmup)  # cuDNN autotuning, allocator, lazy initialisation
+    times = {"full": [], "network": [], "data": []}
+    for _ in range(repeats):  # interleaved, so drifting load hits all three alike
+        times["full"].append(timed(lambda: run_full(steps), device))
+        times["network"].append(timed(lambda: run_network(steps), device))
+        times["data"].append(timed(lambda: run_data(steps), device))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    images = steps * sized.batch_size
+    return {"model": model_name, "precision": precision, "size": size, "batch": sized.batch_size,
+            "images_per_s": images / median["full"], "network_images_per_s": images / median["network"],
+            "data_share": median["data"] / median["full"],
+            "exposed_share": max(0.0, median["full"] - median["network"]) / median["full"],
+            "ms_per_step": 1000 * median["full"] / steps}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", nargs="+", default=list(ModelManager.MODELS))
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["bf16-cl", "fp32"])
+    parser.add_argument("--image-size", type=cli.positive_int, default=128, help="the paper's size (AlexNet: >= 63)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: DIGITS' for each model")
+    parser.add_argument("--steps", type=cli.positive_int, default=50, help="timed steps per timing")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--repeats", type=cli.positive_int, default=3, help="median of this many interleaved timings")
+    args = parser.parse_args(argv)
+    device = choose_device(args.device)
+    data = create_dataset("DIGITS")
+    where = (f"{torch.cuda.get_device_name(device)}, cudnn TF32 {torch.backends.cudnn.allow_tf32}"
+             if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)")
+    print(f"training throughput on {where}, torch {torch.__version__}; DIGITS upsampled to {args.image_size} "
+          f"by TensorLoader; {args.steps} steps after {args.warmup} warm-up, median of {args.repeats}")
+    print(f"{'model':<11} {'precision':<9} {'size':>4} {'batch':>5} {'images/s':>9} {'net_only/s':>10} "
+          f"{'ms/step':>8} {'data_share%':>11} {'exposed%':>8}", flush=True)
+    failed = 0
+    for model_name in args.models:
+        for precision in args.precisions:
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    row = measure(model_name, precision, data, device, image_size=args.image_size,
+                                  batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                                  repeats=args.repeats)
+            except Exception as exc:  # one architecture out of memory must not lose the others' rows
+                failed += 1
+                print(f"{model_name:<11} {precision:<9} failed: {type(exc).__name__}: {exc}"[:300], flush=True)
+                continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"{row['model']:<11} {row['precision']:<9} {row['size']:>4} {row['batch']:>5} "
+                  f"{row['images_per_s']:>9.1f} {row['network_images_per_s']:>10.1f} {row['ms_per_step']:>8.2f} "
+                  f"{100 * row['data_share']:>11.1f} {100 * row['exposed_share']:>8.1f}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
