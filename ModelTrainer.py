@@ -86,18 +86,26 @@ class ModelTrainer:
         seen = 0
         for x, y in loader:
             x, y = self._to_device(x, y)
-            with self._autocast():
-                logits = self.model(x)
-            loss = self.criteria(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self._scaler.scale(loss).backward()
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
-            total_loss += loss.detach() * len(y)
+            loss, logits = self.train_step(x, y)
+            total_loss += loss * len(y)
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
         self.scheduler.step()
         return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on a batch already on the device: ``(loss, logits)``, both detached.
+
+        The forward pass under autocast (when AMP is on), the loss in float32.
+        """
+        with self._autocast():
+            logits = self.model(x)
+        loss = self.criteria(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._scaler.scale(loss).backward()
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
+        return loss.detach(), logits.detach()
 
     @torch.no_grad()
     def evaluate_model(self, loader) -> tuple[float, float]:

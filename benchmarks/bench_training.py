@@ -53,18 +53,6 @@ def forever(loader, batch_size: int):
         yield from (batch for batch in loader if len(batch[1]) == batch_size)
 
 
-def train_step(trainer: ModelTrainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One of ModelTrainer._train_epoch's steps, as it takes it."""
-    with trainer._autocast():
-        logits = trainer.model(x)
-    loss = trainer.criteria(logits.float(), y)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer._scaler.scale(loss).backward()
-    trainer._scaler.step(trainer.optimizer)
-    trainer._scaler.update()
-    return loss.detach()
-
-
 def timed(function, device: torch.device) -> float:
     synchronize(device)
     started = time.perf_counter()
@@ -88,7 +76,7 @@ def measure(model_name: str, precision: str, data, device, *, image_size: int, b
 
     def run_full(n):
         for _ in range(n):
-            train_step(trainer, *trainer._to_device(*next(full_batches)))
+            trainer.train_step(*trainer._to_device(*next(full_batches)))
 
     def run_data(n):
         for _ in range(n):
@@ -98,7 +86,7 @@ def measure(model_name: str, precision: str, data, device, *, image_size: int, b
 
     def run_network(n):
         for _ in range(n):
-            train_step(trainer, *staged)
+            trainer.train_step(*staged)
 
     run_full(warmup)  # cuDNN autotuning, allocator, lazy initialisation
     times = {"full": [], "network": [], "data": []}
