@@ -8,6 +8,7 @@ Python transform.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -185,6 +186,13 @@ class DatasetCache:
         return self._loaded[key].limited(max_inputs)
 
 
+@lru_cache(maxsize=4)
+def shared_cache(data_root: str) -> DatasetCache:
+    """One dataset cache per process and data root: the jobs a worker runs, and the paper-style
+    ``DatasetManager``, load each (dataset, data fault) once."""
+    return DatasetCache(data_root)
+
+
 class DatasetManager:
     """``from DatasetManager import DatasetManager``, as in the paper repository.
 
@@ -194,12 +202,9 @@ class DatasetManager:
     healthy, so their datasets carry ``bug_id`` 0, as the paper's carried None.
     """
 
-    _caches: dict[str, DatasetCache] = {}
-
     @classmethod
     def create_dataset(cls, dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
                        data_root=DEFAULT_DATA_ROOT) -> MyData:
         source = get_dataset(dataset_name)
         bug_id = FaultInjector.validate_bug_id(bug_id, source)
-        cache = cls._caches.setdefault(str(data_root), DatasetCache(data_root))
-        return cache.get(source.name, bug_id).at(batch_size=batch_size)
+        return shared_cache(str(data_root)).get(source.name, bug_id).at(batch_size=batch_size)

@@ -20,7 +20,6 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -139,12 +138,11 @@ def version_lock(job: Job):
         yield
 
 
-@lru_cache(maxsize=4)
 def _datasets(data_root: str):
-    """One dataset cache per process and data root: jobs of one dataset in one worker load it once."""
-    from DatasetManager import DatasetCache
+    """The process's dataset cache for ``data_root``: jobs of one dataset in one worker load it once."""
+    from DatasetManager import shared_cache
 
-    return DatasetCache(data_root)
+    return shared_cache(data_root)
 
 
 def _skipped(job: Job, note: str = "up to date", **cells) -> Outcome:

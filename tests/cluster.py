@@ -93,26 +93,25 @@ def _wait_dead(pids, timeout: float) -> bool:
         time.sleep(0.1)
 
 
-def kill_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM ``pid``, then SIGKILL if it still lives after ``timeout`` seconds."""
+def _terminate(send, members, timeout: float) -> None:
+    """``send(SIGTERM)``, then ``send(SIGKILL)`` if ``members()`` still live after ``timeout`` seconds."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, sig)
+            send(sig)
         except ProcessLookupError:
             return
-        if _wait_dead([pid], wait):
+        if _wait_dead(members(), wait):
             return
+
+
+def kill_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, then SIGKILL if it still lives after ``timeout`` seconds."""
+    _terminate(lambda sig: os.kill(pid, sig), lambda: [pid], timeout)
 
 
 def kill_group(pgid: int, timeout: float = 5.0) -> None:
     """SIGTERM the process group ``pgid``, SIGKILL whatever is left after ``timeout`` seconds."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        if _wait_dead(_group_members(pgid), wait):
-            return
+    _terminate(lambda sig: os.killpg(pgid, sig), lambda: _group_members(pgid), timeout)
 
 
 class LoopbackNamespace:
