@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,8 @@ NORM_EPSILON = 1e-8  # foolbox's guard against zero gradients
 DEFAULT_ATTACK_BATCH = 128
 #: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
 REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH
+#: runs of a new shape before its CUDA graph is captured (cuDNN's autotuner and autograd settle first)
+GRAPH_WARMUP_RUNS = 3
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Attacker:
     """L2 DeepFool against one network (in evaluation mode) on ``device``."""
 
     def __init__(self, pytorch_model: nn.Module, device=None, steps: int = 50, candidates: int = 10,
-                 overshoot: float = 0.02, bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None):
+                 overshoot: float = 0.02, bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
+                 cuda_graphs: bool | None = None):
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
                              f"(got {steps}, {candidates}, {overshoot})")
@@ -80,6 +84,9 @@ class Attacker:
         self.bounds = bounds
         self.image_size = image_size  # inputs of another size are resized first (distances live at this size)
         self._strategy: str | None = None  # how candidate gradients are computed, chosen on first use
+        #: replay the candidate-gradient step as CUDA graphs (default: on CUDA); never without CUDA
+        self.cuda_graphs = self.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
+        self._graphs: dict[tuple, GraphedStep] = {}
 
     # -----------------------------------------------------------------------------------------
     # public API
@@ -144,7 +151,8 @@ class Attacker:
         for _ in range(self.steps):
             if len(active) == 0:
                 break
-            losses, grads, is_adv = self._candidate_gradients(x[active], classes[active])
+            step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
+            losses, grads, is_adv = step(x[active], classes[active])
             active, losses, grads = active[~is_adv], losses[~is_adv], grads[~is_adv]
             if len(active) == 0:
                 break
@@ -195,6 +203,34 @@ class Attacker:
             return self._gradients_by(self._strategy, x, classes) if result is None else result
         return self._gradients_by(self._strategy, x, classes)
 
+    def _graphed_gradients(self, x: torch.Tensor, classes: torch.Tensor):
+        """:meth:`_candidate_gradients` replayed from a CUDA graph: the active inputs padded to the next
+        power of two (one captured graph per such bucket and input shape, kept for later batches), so
+        the step costs one launch instead of hundreds. DIGITS-sized networks are launch-bound on a GPU.
+
+        The strategy is chosen by the bucket's size, never by timing (replicated where it fits, else
+        looped: vmap's batched backward is not captured), and inputs never interact, so the padding
+        rows (earlier inputs left in the graph's buffer) change nothing. Where a capture fails, the
+        attack falls back to the uncompiled step for good.
+        """
+        bucket = 1 << (len(x) - 1).bit_length()
+        key = (bucket, *x.shape[1:], classes.shape[1], x.dtype)
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            others = classes.shape[1] - 1
+            strategy = "replicated" if bucket * others <= REPLICATED_MAX_INPUTS else "looped"
+            padded_x = torch.cat([x, x[:1].expand(bucket - len(x), *x.shape[1:])])
+            padded_classes = torch.cat([classes, classes[:1].expand(bucket - len(x), -1)])
+            try:
+                graphed = GraphedStep(lambda a, b: self._gradients_by(strategy, a, b), padded_x, padded_classes)
+            except RuntimeError as error:
+                warnings.warn(f"CUDA graph capture failed ({error}); the attack goes on without graphs", stacklevel=3)
+                self.cuda_graphs = False
+                self._graphs.clear()
+                return self._candidate_gradients(x, classes)
+            self._graphs[key] = graphed
+        return graphed(x, classes)
+
     def _gradients_by(self, strategy: str, x: torch.Tensor, classes: torch.Tensor):
         n, others = len(x), classes.shape[1] - 1
         replicated = strategy == "replicated"
@@ -224,6 +260,34 @@ class Attacker:
                 grads = VJP_STRATEGIES[strategy](logits, inputs, cotangents)
         grads = torch.nan_to_num(grads.transpose(0, 1), nan=0.0, posinf=0.0, neginf=0.0)
         return torch.nan_to_num(losses.detach(), nan=0.0), grads, is_adv
+
+
+class GraphedStep:
+    """A function of two CUDA tensors, captured once as a CUDA graph at a fixed shape and replayed.
+
+    Calls may pass fewer rows than the captured shape: they are copied into the front of the static
+    inputs and the outputs' first rows returned. The outputs are views of the graph's own memory,
+    overwritten by the next replay: copy what must outlive it.
+    """
+
+    def __init__(self, function, x: torch.Tensor, classes: torch.Tensor):
+        self.x, self.classes = x.clone(), classes.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            for _ in range(GRAPH_WARMUP_RUNS):
+                function(self.x, self.classes)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # a loader's thread may use CUDA
+            self.outputs = function(self.x, self.classes)
+
+    def __call__(self, x: torch.Tensor, classes: torch.Tensor):
+        n = len(x)
+        self.x[:n].copy_(x)
+        self.classes[:n].copy_(classes)
+        self.graph.replay()
+        return tuple(output[:n] for output in self.outputs)
 
 
 @contextlib.contextmanager

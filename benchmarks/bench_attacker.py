@@ -9,6 +9,11 @@ Finally a profile of our attack shows where its remaining time goes.
 
     python benchmarks/bench_attacker.py [--models squeezenet densenet resnet] [--inputs 128] [--repeats 3]
                                         [--batch-sizes 8 64] [--image-size N] [--device cuda] [--model-root DIR]
+                                        [--compare-graphs] [--no-foolbox] [--no-profile]
+
+"ours" is the attack with its default settings (CUDA graphs on CUDA); ``--compare-graphs`` adds the
+uncompiled step ("eager") in the same process: its throughput, the graphs' speed-up, and how far the
+two paths' distances are apart (float32 rounding: other batch sizes pick other kernels).
 """
 
 from __future__ import annotations
@@ -47,34 +52,43 @@ def timed(function, batches) -> tuple[float, list]:
     return time.perf_counter() - started, outputs
 
 
-def compare(network, images: torch.Tensor, batch_size: int, repeats: int, device) -> dict:
+def compare(network, images: torch.Tensor, batch_size: int, repeats: int, device, *, foolbox: bool = True,
+            eager: bool = False) -> dict:
+    """Time our attack (default settings: CUDA graphs on CUDA), foolbox (trainable and frozen weights)
+    and, with ``eager``, our attack without CUDA graphs, interleaved; compare their distances."""
     batches = list(images.split(batch_size))
-    ours = Attacker(network, device=device)
-    times = {"ours": [], "foolbox": [], "foolbox_frozen": []}
-    for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
-        seconds, our_results = timed(ours.attack, batches)
-        times["ours"].append(seconds)
-        network.requires_grad_(True)
-        seconds, foolbox_results = timed(lambda b: foolbox_attack(network, b, device), batches)
-        times["foolbox"].append(seconds)
-        network.requires_grad_(False)
-        seconds, _ = timed(lambda b: foolbox_attack(network, b, device), batches)
-        times["foolbox_frozen"].append(seconds)
+    methods = {"ours": Attacker(network, device=device).attack}
+    if eager:
+        methods["ours_eager"] = Attacker(network, device=device, cuda_graphs=False).attack
+    if foolbox:
+        methods["foolbox"] = lambda b: foolbox_attack(network.requires_grad_(True), b, device)
+        methods["foolbox_frozen"] = lambda b: foolbox_attack(network.requires_grad_(False), b, device)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for _ in range(repeats):  # interleaved, so drifting machine load hits all alike
+        for name, method in methods.items():
+            seconds, results = timed(method, batches)
+            times[name].append(seconds)
+            if name.startswith("ours"):
+                outputs[name] = (np.concatenate([r.distances for r in results]),
+                                 np.concatenate([r.success for r in results]))
+            else:
+                outputs[name] = (np.concatenate([d for d, _ in results]), np.concatenate([s for _, s in results]))
     network.requires_grad_(True)
-    our_distances = np.concatenate([r.distances for r in our_results])
-    our_success = np.concatenate([r.success for r in our_results])
-    reference = np.concatenate([d for d, _ in foolbox_results])
-    reference_success = np.concatenate([s for _, s in foolbox_results])
-    relative = np.abs(our_distances - reference) / np.maximum(np.abs(reference), 1e-12)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    return {
-        "inputs_per_s": {name: len(images) / seconds for name, seconds in medians.items()},
-        "ratio": medians["foolbox"] / medians["ours"],
-        "ratio_frozen": medians["foolbox_frozen"] / medians["ours"],
-        "median_rel_diff": float(np.median(relative)),
-        "max_rel_diff": float(relative.max()),
-        "success_agreement": float(np.mean(our_success == reference_success)),
-    }
+    row = {"inputs_per_s": {name: len(images) / seconds for name, seconds in medians.items()}}
+    for name, reference in (("foolbox", "foolbox"), ("eager", "ours_eager")):
+        if reference not in outputs:
+            continue
+        distances, success = outputs["ours"]
+        reference_distances, reference_success = outputs[reference]
+        relative = np.abs(distances - reference_distances) / np.maximum(np.abs(reference_distances), 1e-12)
+        row[name] = {"ratio": medians[reference] / medians["ours"], "median_rel_diff": float(np.median(relative)),
+                     "max_rel_diff": float(relative.max()),
+                     "success_agreement": float(np.mean(success == reference_success))}
+    if "foolbox_frozen" in medians:
+        row["foolbox"]["ratio_frozen"] = medians["foolbox_frozen"] / medians["ours"]
+    return row
 
 
 def profile(network, images: torch.Tensor, batch_size: int, device) -> str:
@@ -102,6 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=cli.positive_int, default=None,
                         help="attack inputs resized to this size (default: the size each version was trained at)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-foolbox", action="store_true", help="time our attack only")
+    parser.add_argument("--compare-graphs", action="store_true",
+                        help="also time our attack without CUDA graphs (the eager step) and compare distances")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     # our attacker computes in full float32 on CUDA (no TF32); foolbox must too, or the reference
@@ -122,14 +139,24 @@ def main(argv=None) -> int:
         images = next(iter(sized.test_loader))[0]
         network = model.model_structure
         for batch_size in args.batch_sizes:
-            row = compare(network, images.to(device), batch_size, args.repeats, device)
-            ratios.append(row["ratio_frozen"])
+            row = compare(network, images.to(device), batch_size, args.repeats, device, foolbox=not args.no_foolbox,
+                          eager=args.compare_graphs)
             speed = row["inputs_per_s"]
-            print(f"{model_name:<11} {batch_size:>5} {speed['ours']:>8.1f} {speed['foolbox']:>8.1f} "
-                  f"{speed['foolbox_frozen']:>11.1f} {row['ratio']:>5.1f}x {row['ratio_frozen']:>11.1f}x "
-                  f"{row['median_rel_diff']:>12.2e} {row['max_rel_diff']:>12.2e} {row['success_agreement']:>12.3f}",
-                  flush=True)
-    print(f"median speed-up over foolbox with frozen weights: {statistics.median(ratios):.1f}x")
+            line = f"{model_name:<11} {batch_size:>5} {speed['ours']:>8.1f}"
+            if "foolbox" in row:
+                fb = row["foolbox"]
+                ratios.append(fb["ratio_frozen"])
+                line += (f" {speed['foolbox']:>8.1f} {speed['foolbox_frozen']:>11.1f} {fb['ratio']:>5.1f}x "
+                         f"{fb['ratio_frozen']:>11.1f}x {fb['median_rel_diff']:>12.2e} {fb['max_rel_diff']:>12.2e} "
+                         f"{fb['success_agreement']:>12.3f}")
+            if "eager" in row:
+                eager = row["eager"]
+                line += (f" | eager {speed['ours_eager']:>8.1f}/s, graphs {eager['ratio']:.2f}x, rel diff median "
+                         f"{eager['median_rel_diff']:.2e} max {eager['max_rel_diff']:.2e}, same success "
+                         f"{eager['success_agreement']:.3f}")
+            print(line, flush=True)
+    if ratios:
+        print(f"median speed-up over foolbox with frozen weights: {statistics.median(ratios):.1f}x")
     if not args.no_profile:
         model = ModelManager.load_version(args.models[-1], args.dataset, 0, device, model_root=args.model_root)
         sized = data.at(image_size=args.image_size or model.metadata["image_size"], batch_size=args.inputs)

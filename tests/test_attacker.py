@@ -439,3 +439,38 @@ def test_replicated_strategy_is_never_tried_on_a_batch_too_large_for_it(monkeypa
     assert attacker._strategy in ("looped", "batched")
     assert calls[0][1] == len(x) and calls[0][0] != "replicated"  # the first step: too large for it
     assert all(n * 9 <= REPLICATED_MAX_INPUTS for name, n in calls if name == "replicated"), calls
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs (the CUDA-only step; off without CUDA, where the CPU path stays as it is)
+# ---------------------------------------------------------------------------------------------
+
+def test_cuda_graphs_are_never_used_without_cuda(monkeypatch):
+    attacker = Attacker(small_cnn(), device="cpu", cuda_graphs=True)
+    assert attacker.cuda_graphs is False
+    calls = record_strategies(monkeypatch)
+    result = attacker.attack(images(n=6))
+    assert calls and attacker._graphs == {}
+    np.testing.assert_array_equal(result.distances, Attacker(small_cnn(), device="cpu").attack(images(n=6)).distances)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_checks.sh runs it)")
+
+
+@cuda_only
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_cuda_graph_step_gives_the_eager_step_distances(n):
+    """Replayed graphs (inputs padded to a power of two, buffers reused across batches) give the
+    uncompiled path's distances to float32 rounding and the same success flags."""
+    model = small_cnn(seed=3)
+    graphed = Attacker(model, device="cuda", cuda_graphs=True)
+    eager = Attacker(model, device="cuda", cuda_graphs=False)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    for seed in (1, 2):  # the second batch replays the graphs captured for the first
+        x = images(n=n, seed=seed)
+        got, want = graphed.attack(x), eager.attack(x)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(got.success, want.success)
+        np.testing.assert_array_equal(got.labels, want.labels)
+    assert graphed.cuda_graphs and graphed._graphs, "no graph was captured"
+    assert all(key[0] & (key[0] - 1) == 0 for key in graphed._graphs)  # buckets are powers of two
