@@ -7,6 +7,7 @@ Python transform.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +49,16 @@ class TensorLoader:
         self.image_size = image_size
         self.shuffle = shuffle
         self._generator = torch.Generator().manual_seed(seed)
+        self.device: torch.device | None = None  # where batches are resized (None: where the images are)
+
+    def on(self, device) -> "TensorLoader":
+        """This loader (same order, same shuffling state) yielding batches moved to ``device`` before
+        they are resized there: on a GPU the small native batch crosses the bus and the upsampling runs
+        on the device (at 128×128 the host-side resize and copy were a fifth of AlexNet's and VGG-16's
+        training step on an H200). On the CPU it changes nothing."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        return moved
 
     def __len__(self) -> int:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
@@ -65,6 +76,8 @@ class TensorLoader:
             else:
                 index = order[start:start + self.batch_size]
                 xb, yb = self.x[index], self.y[index]
+            if self.device is not None:
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             yield resize_batch(xb, self.image_size), yb
 
 

@@ -157,7 +157,9 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     defaults = data.source.training_defaults(model_name)
     trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs,
                            lr=lr or defaults.lr, weight_decay=defaults.weight_decay, step_size=defaults.step_size,
-                           gamma=defaults.gamma, progress=progress, amp=amp,
+                           gamma=defaults.gamma, progress=progress,
+                           amp=amp if amp is not None or model.amp_by_default else False,
+                           float32_modules=model.float32_under_amp,
                            description=version_key(model_name, data.dataset_name, bug_id))
     FaultInjector.inject_hyperparameters_fault(trainer, bug_id)
     history = trainer.train_model(data.train_loader, data.val_loader)
@@ -168,7 +170,8 @@ def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root
     model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
                           weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=seed,
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
-                          device=str(device), amp=trainer.amp, history=history)
+                          device=str(device), amp=trainer.amp,
+                          amp_float32_modules=list(trainer.float32_modules) if trainer.amp else [], history=history)
     _measure_into_metadata(model, data, device, progress)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
     path = checkpoint_path(model_root, model_name, data.dataset_name, bug_id)

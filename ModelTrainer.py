@@ -4,10 +4,13 @@ The paper's recipe: Adam (lr 1e-4, weight decay 1e-4), cross-entropy, StepLR (30
 30 epochs. On CUDA, mixed precision (bfloat16 autocast, or float16 with a gradient scaler where
 bfloat16 is missing) and channels-last memory are on by default for training; evaluation runs in
 full precision, so the recorded accuracies are those of the float32 network the attacker uses.
+Submodules named in ``float32_modules`` run in float32 inside the autocast region (an architecture's
+``float32_under_amp``), without changing the network or its checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -23,7 +26,7 @@ class ModelTrainer:
     def __init__(self, pytorch_model: nn.Module, device=None, epochs: int = 30, lr: float = 1e-4,
                  weight_decay: float = 1e-4, step_size: int = 30, gamma: float = 0.1,
                  amp: bool | None = None, channels_last: bool | None = None, val_every: int | None = None,
-                 progress: bool = True, description: str = "train"):
+                 progress: bool = True, description: str = "train", float32_modules: tuple[str, ...] = ()):
         self.device = choose_device(device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if amp is None else amp
@@ -42,6 +45,9 @@ class ModelTrainer:
         self.progress = progress
         self.description = description
         self._scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        for name in float32_modules:
+            self.model.get_submodule(name)  # a misspelt name fails here, not silently
+        self.float32_modules = tuple(float32_modules)
 
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp)
@@ -50,6 +56,14 @@ class ModelTrainer:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
         return x, y.to(self.device, non_blocking=True)
+
+    def device_batches(self, loader):
+        """The training batches of ``loader`` on the device, in the training memory format; a
+        ``TensorLoader`` resizes them there (see ``TensorLoader.on``)."""
+        if hasattr(loader, "on"):
+            loader = loader.on(self.device)
+        for x, y in loader:
+            yield self._to_device(x, y)
 
     def train_model(self, train_loader, val_loader=None) -> dict:
         """Train for ``self.epochs``; validate every ``val_every`` epochs and after the last one.
@@ -62,7 +76,8 @@ class ModelTrainer:
         bar = tqdm(range(1, self.epochs + 1), desc=self.description, unit="epoch", disable=not self.progress,
                    leave=False)
         for epoch in bar:
-            loss, accuracy = self._train_epoch(train_loader)
+            with self.float32_regions():
+                loss, accuracy = self._train_epoch(train_loader)
             if not torch.isfinite(torch.tensor(loss)):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss})")
             history["epoch"].append(epoch)
@@ -79,13 +94,43 @@ class ModelTrainer:
         history["seconds"] = time.perf_counter() - started
         return history
 
+    @contextlib.contextmanager
+    def float32_regions(self):
+        """While open (and AMP is on), ``float32_modules`` run with autocast off and float32 inputs.
+
+        Forward hooks, not wrappers: the network's structure and ``state_dict`` keys stay the same.
+        """
+        if not (self.amp and self.float32_modules):
+            yield
+            return
+        handles, regions = [], []
+
+        def enter(module, args):
+            region = torch.autocast(device_type=self.device.type, enabled=False)
+            region.__enter__()
+            regions.append(region)
+            return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+        def leave(module, args, output):
+            regions.pop().__exit__(None, None, None)
+
+        try:
+            for name in self.float32_modules:
+                module = self.model.get_submodule(name)
+                handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            while regions:  # a forward pass that raised inside a region
+                regions.pop().__exit__(None, None, None)
+
     def _train_epoch(self, loader) -> tuple[float, float]:
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for x, y in loader:
-            x, y = self._to_device(x, y)
+        for x, y in self.device_batches(loader):
             loss, logits = self.train_step(x, y)
             total_loss += loss * len(y)
             correct += (logits.argmax(dim=1) == y).sum()

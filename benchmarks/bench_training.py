@@ -2,12 +2,13 @@
 
 For each model and precision, ``--warmup`` then ``--steps`` training steps exactly as ModelTrainer
 takes them (its optimizer, autocast, memory format and loss), on DIGITS batches that the project's
-TensorLoader upsamples to ``--image-size`` on the host. Three timings, each over the same number of
-steps and closed by a device synchronisation:
+TensorLoader upsamples to ``--image-size`` on the training device (``ModelTrainer.device_batches``;
+``--resize-on host`` adds the former way, resized on the host and then copied, for comparison).
+Three timings, each over the same number of steps and closed by a device synchronisation:
 
-  full      loader (batch assembly, resize) + host-to-device copy + forward/backward/optimizer step
+  full      loader (batch assembly) + host-to-device copy + resize + forward/backward/optimizer step
   network   the step alone, on one batch already on the device
-  data      the loader and the copy alone (``.to(device, non_blocking=True)``), no network
+  data      the loader, the copy and the resize alone, no network
 
 and prints images/s (full), images/s (network only), the data path's time as a share of the full
 step (``data``/``full``: what it costs if nothing overlaps) and the exposed share
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import sys
 import time
@@ -42,15 +44,26 @@ from utils import choose_device, seed_everything  # noqa: E402
 PRECISIONS = {"bf16-cl": (True, True), "bf16": (True, False), "fp32": (False, False), "fp32-cl": (False, True)}
 
 
+class HostResized:
+    """A loader's batches resized on the host, as before ``TensorLoader.on``: no ``on`` to call."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def forever(loader, batch_size: int):
-    """The loader's batches epoch after epoch, each assembled and resized anew; full batches only."""
+def forever(trainer: ModelTrainer, loader, batch_size: int):
+    """The training batches on the device exactly as ModelTrainer takes them (``device_batches``),
+    epoch after epoch, each assembled, copied and resized anew; full batches only."""
     while True:
-        yield from (batch for batch in loader if len(batch[1]) == batch_size)
+        yield from (batch for batch in trainer.device_batches(loader) if len(batch[1]) == batch_size)
 
 
 def timed(function, device: torch.device) -> float:
@@ -62,7 +75,7 @@ def timed(function, device: torch.device) -> float:
 
 
 def measure(model_name: str, precision: str, data, device, *, image_size: int, batch_size: int | None,
-            steps: int, warmup: int, repeats: int) -> dict:
+            steps: int, warmup: int, repeats: int, resize_on: str = "device") -> dict:
     amp, channels_last = PRECISIONS[precision]
     seed_everything(0)
     model = ModelManager.build_version(model_name, data.num_classes)
@@ -72,17 +85,18 @@ def measure(model_name: str, precision: str, data, device, *, image_size: int, b
     trainer = ModelTrainer(model.model_structure, device=device, epochs=1, lr=defaults.lr,
                            weight_decay=defaults.weight_decay, amp=amp, channels_last=channels_last, progress=False)
     trainer.model.train()
-    full_batches = forever(sized.train_loader, sized.batch_size)
+    loader = sized.train_loader if resize_on == "device" else HostResized(sized.train_loader)
+    full_batches = forever(trainer, loader, sized.batch_size)
 
     def run_full(n):
         for _ in range(n):
-            trainer.train_step(*trainer._to_device(*next(full_batches)))
+            trainer.train_step(*next(full_batches))
 
     def run_data(n):
         for _ in range(n):
-            trainer._to_device(*next(full_batches))
+            next(full_batches)
 
-    staged = trainer._to_device(*next(full_batches))
+    staged = next(full_batches)
 
     def run_network(n):
         for _ in range(n):
@@ -96,7 +110,8 @@ def measure(model_name: str, precision: str, data, device, *, image_size: int, b
         times["data"].append(timed(lambda: run_data(steps), device))
     median = {name: statistics.median(values) for name, values in times.items()}
     images = steps * sized.batch_size
-    return {"model": model_name, "precision": precision, "size": size, "batch": sized.batch_size,
+    return {"model": model_name, "precision": precision, "resize_on": resize_on, "size": size,
+            "batch": sized.batch_size,
             "images_per_s": images / median["full"], "network_images_per_s": images / median["network"],
             "data_share": median["data"] / median["full"],
             "exposed_share": max(0.0, median["full"] - median["network"]) / median["full"],
@@ -113,6 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=cli.positive_int, default=50, help="timed steps per timing")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="median of this many interleaved timings")
+    parser.add_argument("--resize-on", nargs="+", choices=["device", "host"], default=["device"],
+                        help="where batches are upsampled: device (ModelTrainer's way) and/or host (the former)")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     data = create_dataset("DIGITS")
@@ -120,26 +137,25 @@ def main(argv=None) -> int:
              if device.type == "cuda" else f"{device} ({torch.get_num_threads()} threads)")
     print(f"training throughput on {where}, torch {torch.__version__}; DIGITS upsampled to {args.image_size} "
           f"by TensorLoader; {args.steps} steps after {args.warmup} warm-up, median of {args.repeats}")
-    print(f"{'model':<11} {'precision':<9} {'size':>4} {'batch':>5} {'images/s':>9} {'net_only/s':>10} "
+    print(f"{'model':<11} {'precision':<9} {'resize':<6} {'size':>4} {'batch':>5} {'images/s':>9} {'net_only/s':>10} "
           f"{'ms/step':>8} {'data_share%':>11} {'exposed%':>8}", flush=True)
     failed = 0
-    for model_name in args.models:
-        for precision in args.precisions:
-            try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    row = measure(model_name, precision, data, device, image_size=args.image_size,
-                                  batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                                  repeats=args.repeats)
-            except Exception as exc:  # one architecture out of memory must not lose the others' rows
-                failed += 1
-                print(f"{model_name:<11} {precision:<9} failed: {type(exc).__name__}: {exc}"[:300], flush=True)
-                continue
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            print(f"{row['model']:<11} {row['precision']:<9} {row['size']:>4} {row['batch']:>5} "
-                  f"{row['images_per_s']:>9.1f} {row['network_images_per_s']:>10.1f} {row['ms_per_step']:>8.2f} "
-                  f"{100 * row['data_share']:>11.1f} {100 * row['exposed_share']:>8.1f}", flush=True)
+    for model_name, precision, resize_on in itertools.product(args.models, args.precisions, args.resize_on):
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                row = measure(model_name, precision, data, device, image_size=args.image_size,
+                              batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                              repeats=args.repeats, resize_on=resize_on)
+        except Exception as exc:  # one architecture out of memory must not lose the others' rows
+            failed += 1
+            print(f"{model_name:<11} {precision:<9} failed: {type(exc).__name__}: {exc}"[:300], flush=True)
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print(f"{row['model']:<11} {row['precision']:<9} {row['resize_on']:<6} {row['size']:>4} {row['batch']:>5} "
+              f"{row['images_per_s']:>9.1f} {row['network_images_per_s']:>10.1f} {row['ms_per_step']:>8.2f} "
+              f"{100 * row['data_share']:>11.1f} {100 * row['exposed_share']:>8.1f}", flush=True)
     return 1 if failed else 0
 
 

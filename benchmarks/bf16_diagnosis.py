@@ -6,15 +6,21 @@ evaluation), test accuracy when the same network is evaluated under the training
 training loss and accuracy, and the seconds spent training.
 
   fp32            (a) float32, as ``--no-amp`` trains (channels-last on CUDA)       create_model
-  bf16            (b) bf16 autocast, as the pipeline trains on CUDA today            create_model
+  bf16            (b) bf16 autocast as the pipeline trains on CUDA (with the architecture's
+                      ``float32_under_amp``: SqueezeNet's classifier in float32)    create_model
   bf16-fp32head   (c) bf16 autocast, but SqueezeNet's ``classifier`` (dropout, final 1x1 conv, ReLU,
-                      adaptive average pool) in float32                             ModelTrainer
-  bf16-floatloss  (d) bf16 autocast, loss on ``logits.float()``: what ModelTrainer already does
-                      (``loss = self.criteria(logits.float(), y)``, outside autocast), so this is
-                      (b) again through the direct path; it checks that (c)'s harness matches (b)   ModelTrainer
+                      adaptive average pool) in float32: ModelTrainer(float32_modules=("classifier",)),
+                      the mechanism an architecture's ``float32_under_amp`` uses    ModelTrainer
+  bf16-plain      (d) bf16 autocast everywhere, no float32 modules (the loss on ``logits.float()``
+                      as ModelTrainer always computes it): how the pipeline trained before    ModelTrainer
   bf16-contig     bf16 autocast without channels-last (other cuDNN kernels)         ModelTrainer
   fp32-repeat     (e) float32, the first seed once more: run-to-run nondeterminism alone (cuDNN's
                       autotuner, atomics); the seeds of (a) give the seed-to-seed spread   create_model
+
+Besides the accuracies, each row counts the dead classes: classes whose logit is exactly 0 on every
+test input (SqueezeNet's head ends in ReLU and average pooling, so a class whose final-convolution
+outputs are all negative is never predicted and gets no gradient again: one such class costs about
+10 points on DIGITS).
 
 Reading it: if (c) recovers float32's accuracy, the low-precision head is the cause (the last
 convolution's 13x13 -> 1 average of ReLU outputs rounded to 8 mantissa bits); if (b) scores high
@@ -46,19 +52,7 @@ from DatasetManager import MyData, create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-floatloss", "bf16-contig", "fp32-repeat")
-
-
-class Float32Head(nn.Module):
-    """Runs a module in float32 whatever the surrounding autocast says."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.head(x.float())
+VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")
 
 
 def subset(data: MyData, max_train: int | None, max_eval: int | None = None) -> MyData:
@@ -72,6 +66,17 @@ def subset(data: MyData, max_train: int | None, max_eval: int | None = None) -> 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def dead_classes(network: nn.Module, loader, device: torch.device) -> int:
+    """Classes whose logit is exactly 0 on every input of ``loader`` (float32 evaluation)."""
+    network.eval()
+    alive = None
+    for x, _ in loader:
+        nonzero = (network(x.to(device)) != 0).any(dim=0)
+        alive = nonzero if alive is None else alive | nonzero
+    return 0 if alive is None else int((~alive).sum())
 
 
 @torch.no_grad()
@@ -98,18 +103,17 @@ def train_via_create_model(model_name: str, data: MyData, device, *, amp: bool, 
 
 
 def train_direct(model_name: str, data: MyData, device, *, amp: bool, epochs, seed: int, image_size,
-                 channels_last: bool | None = None, float32_head: bool = False) -> tuple[nn.Module, dict, MyData]:
-    """``create_model``'s training steps spelled out, so the network or trainer can be changed."""
+                 channels_last: bool | None = None, float32_modules: tuple[str, ...] = ()
+                 ) -> tuple[nn.Module, dict, MyData]:
+    """``create_model``'s training steps spelled out, so the trainer's options can be changed."""
     seed_everything(seed)
     model = ModelManager.build_version(model_name, data.num_classes)
-    if float32_head:
-        model.model_structure.classifier = Float32Head(model.model_structure.classifier)
     defaults = data.source.training_defaults(model_name)
     size = image_size or model.input_size(data.image_size or data.native_size)
     sized = data.at(image_size=size, batch_size=defaults.batch_size, seed=seed)
     trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs, lr=defaults.lr,
                            weight_decay=defaults.weight_decay, step_size=defaults.step_size, gamma=defaults.gamma,
-                           amp=amp, channels_last=channels_last, progress=False)
+                           amp=amp, channels_last=channels_last, float32_modules=float32_modules, progress=False)
     history = trainer.train_model(sized.train_loader, sized.val_loader)
     network = trainer.model.to(memory_format=torch.contiguous_format).eval()
     history["test_acc"] = trainer.evaluate_model(sized.test_loader)[0]
@@ -124,8 +128,9 @@ def run_variant(variant: str, model_name: str, data: MyData, device, *, epochs, 
         network, history, sized = train_via_create_model(model_name, data, device, amp=variant.startswith("bf16"),
                                                          model_root=Path(model_root) / f"{variant}-{seed}", **common)
     elif variant == "bf16-fp32head":
-        network, history, sized = train_direct(model_name, data, device, amp=True, float32_head=True, **common)
-    elif variant == "bf16-floatloss":
+        network, history, sized = train_direct(model_name, data, device, amp=True, float32_modules=("classifier",),
+                                               **common)
+    elif variant == "bf16-plain":
         network, history, sized = train_direct(model_name, data, device, amp=True, **common)
     elif variant == "bf16-contig":
         network, history, sized = train_direct(model_name, data, device, amp=True, channels_last=False, **common)
@@ -133,19 +138,20 @@ def run_variant(variant: str, model_name: str, data: MyData, device, *, epochs, 
         raise ValueError(variant)
     return {"variant": variant, "seed": seed, "image_size": sized.image_size, "test_acc": history["test_acc"],
             "test_acc_autocast": accuracy(network, sized.test_loader, device, autocast=True),
+            "dead_classes": dead_classes(network, sized.test_loader, device),
             "train_loss": history["train_loss"][-1], "train_acc": history["train_acc"][-1],
             "val_acc": history["val_acc"][-1] if history["val_acc"] else float("nan"),
             "seconds": time.perf_counter() - started}
 
 
 HEADER = (f"{'variant':<15} {'seed':>5} {'size':>4} {'test_acc':>8} {'test_acc_bf16eval':>17} {'train_loss':>10} "
-          f"{'train_acc':>9} {'val_acc':>7} {'seconds':>7}")
+          f"{'train_acc':>9} {'val_acc':>7} {'dead':>4} {'seconds':>7}")
 
 
 def format_row(row: dict) -> str:
     return (f"{row['variant']:<15} {row['seed']:>5} {row['image_size']:>4} {row['test_acc']:>8.4f} "
             f"{row['test_acc_autocast']:>17.4f} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} "
-            f"{row['val_acc']:>7.4f} {row['seconds']:>7.1f}")
+            f"{row['val_acc']:>7.4f} {row['dead_classes']:>4} {row['seconds']:>7.1f}")
 
 
 def describe_device(device: torch.device) -> str:

@@ -3,7 +3,8 @@
 Each (architecture, precision, seed) is trained with the project's own
 ``ModelManager.create_model(mode="train", amp=...)`` (bf16 autocast = ``--amp``, the CUDA default;
 float32 = ``--no-amp``; channels-last on CUDA in both), and one row printed: test accuracy as recorded
-(float32 evaluation), test accuracy under bf16 evaluation, final training loss, training seconds.
+(float32 evaluation), test accuracy under bf16 evaluation, final training loss, the classes whose
+logit is 0 on every test input (see bf16_diagnosis.py), training seconds.
 Checkpoints go to ``--model-root``/{precision}-seed{seed}/ (kept when given, so later checks can
 load them, e.g. ``bench_attacker.py --model-root DIR/fp32-seed42``), else to a temporary folder.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bf16_diagnosis import accuracy, amp_dtype, describe_device, subset, train_via_create_model  # noqa: E402
+from bf16_diagnosis import accuracy, amp_dtype, dead_classes, describe_device, subset, train_via_create_model  # noqa: E402
 
 import cli  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     print(f"bf16 vs float32 training on DIGITS ({len(data.y_train)} training, {len(data.y_test)} test images), "
           f"{describe_device(device)}; autocast dtype {amp_dtype(device)}")
     print(f"{'model':<11} {'precision':<9} {'seed':>5} {'size':>4} {'test_acc':>8} {'test_acc_bf16eval':>17} "
-          f"{'train_loss':>10} {'seconds':>7}", flush=True)
+          f"{'train_loss':>10} {'dead':>4} {'seconds':>7}", flush=True)
     results: dict[tuple[str, str], list[float]] = {}
     with contextlib.ExitStack() as stack:
         root = Path(args.model_root) if args.model_root else Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
                     results.setdefault((model_name, precision), []).append(history["test_acc"])
                     print(f"{model_name:<11} {precision:<9} {seed:>5} {sized.image_size:>4} "
                           f"{history['test_acc']:>8.4f} {autocast_acc:>17.4f} {history['train_loss'][-1]:>10.4f} "
+                          f"{dead_classes(network, sized.test_loader, device):>4} "
                           f"{time.perf_counter() - started:>7.1f}", flush=True)
     print("mean test accuracy: " + ", ".join(f"{m}/{p} {sum(a) / len(a):.4f}" for (m, p), a in results.items()))
     return 0

@@ -19,6 +19,11 @@ class MyModel:
     name: str = ""
     #: smallest square input the network accepts (its pooling stack must not reach 0×0)
     min_input_size: int = 32
+    #: train under bf16 autocast on CUDA unless asked otherwise (``--amp/--no-amp``): only where the
+    #: architecture reaches its float32 accuracy within a point that way (README "On a GPU")
+    amp_by_default: bool = True
+    #: submodules that stay in float32 inside the autocast region when training with AMP
+    float32_under_amp: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes

@@ -12,6 +12,9 @@ DROPPED_FIRES = (4, 9)
 class SqueezeNetModel(MyModel):
     name = "squeezenet"
     min_input_size = 32
+    #: the head (dropout, final 1x1 convolution, ReLU, average pooling) in float32 under AMP: with it in
+    #: bf16 a class's ReLU output died where float32 training kept it (README "On a GPU")
+    float32_under_amp = ("classifier",)
 
     def build(self, num_classes: int) -> nn.Module:
         return squeezenet1_0(weights=None, num_classes=num_classes)

@@ -94,6 +94,22 @@ def test_train_loader_shuffles_reproducibly(digits):
     assert not torch.equal(torch.cat([y for _, y in data.at(seed=1).train_loader]), first_epoch)
 
 
+def test_loader_on_a_device_gives_the_same_batches_and_shares_the_shuffling(digits):
+    """``TensorLoader.on`` (how ModelTrainer resizes on a GPU) keeps the order, the epochs' shuffling
+    and, on the CPU, every value; the original loader is left as it was."""
+    reference = [torch.cat(parts) for parts in zip(*[(x, y) for x, y in digits.at(image_size=40, batch_size=300,
+                                                                                      seed=3).train_loader])]
+    loader = digits.at(image_size=40, batch_size=300, seed=3).train_loader
+    moved = loader.on("cpu")
+    assert moved is not loader and loader.device is None and moved.device == torch.device("cpu")
+    batches = list(moved)
+    assert torch.equal(torch.cat([x for x, _ in batches]), reference[0])
+    assert torch.equal(torch.cat([y for _, y in batches]), reference[1])
+    second = torch.cat([y for _, y in loader])  # the next epoch, from the shared generator
+    assert not torch.equal(second, reference[1])
+    assert torch.equal(second.sort().values, digits.y_train.sort().values)
+
+
 def test_unknown_dataset_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown dataset 'MNIST'.*DIGITS"):
         DatasetManager.create_dataset("MNIST")

@@ -192,6 +192,19 @@ def test_registry_holds_the_five_paper_architectures():
     assert ModelManager.get_model_class("ResNet") is mymodel.ResNetModel
 
 
+@pytest.mark.parametrize("model_name", sorted(ModelManager.MODELS))
+def test_mixed_precision_policy_names_real_submodules(model_name):
+    """Each architecture's ``float32_under_amp`` names submodules of the healthy network and of its
+    fault-1 variant (the trainer refuses unknown names); SqueezeNet keeps its head in float32."""
+    cls = ModelManager.get_model_class(model_name)
+    assert isinstance(cls.amp_by_default, bool)
+    for structure_fault in (0, 1):
+        network = ModelManager.build_version(model_name, NUM_CLASSES, structure_fault).model_structure
+        for name in cls.float32_under_amp:
+            assert isinstance(network.get_submodule(name), torch.nn.Module)
+    assert mymodel.SqueezeNetModel.float32_under_amp == ("classifier",)
+
+
 def test_unknown_architecture_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown model 'lenet'.*resnet"):
         ModelManager.get_model_class("lenet")

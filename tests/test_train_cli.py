@@ -231,3 +231,27 @@ def test_mixed_precision_trains_but_evaluates_in_full_precision():
     assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)  # bf16 would be off by ~1e-3
     with with_amp._autocast():
         assert network(x).dtype == torch.bfloat16  # and training really runs in bfloat16
+
+
+def test_float32_modules_run_in_float32_under_amp_and_leave_the_network_as_it_was():
+    """An architecture's ``float32_under_amp``: the named submodule computes in float32 inside the bf16
+    autocast region while training, the rest in bf16; no wrapper, so the state_dict keys stay."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.ReLU(), nn.Linear(8, 3))
+    keys = list(network.state_dict())
+    x, y = torch.rand(32, 3, 4, 4), torch.randint(0, 3, (32,))
+    loader = DatasetManager.TensorLoader(x, y, batch_size=16, image_size=None)
+    seen: dict[str, set] = {"1": set(), "3": set()}
+    for name in seen:
+        network.get_submodule(name).register_forward_hook(
+            lambda module, args, output, name=name: seen[name].add((args[0].dtype, output.dtype)))
+    trainer = ModelTrainer(network, device="cpu", amp=True, epochs=1, float32_modules=("3",), progress=False)
+    trainer.train_model(loader)
+    assert seen["1"] == {(torch.float32, torch.bfloat16)}  # autocast on: bf16 output
+    assert seen["3"] == {(torch.float32, torch.float32)}  # in its float32 region: input cast up, float32 out
+    assert list(network.state_dict()) == keys
+    assert not network[3]._forward_pre_hooks  # the region's hooks are gone after training
+    with trainer._autocast():
+        assert network(x).dtype == torch.bfloat16  # outside training, the module is autocast as before
+    with pytest.raises(AttributeError):
+        ModelTrainer(network, device="cpu", amp=True, float32_modules=("classifier",), progress=False)
