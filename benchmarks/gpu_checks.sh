@@ -5,27 +5,30 @@
 #   bash benchmarks/gpu_checks.sh OUTPUT_FOLDER --dry-run    # every part with tiny sizes on the CPU (or DRY_RUN=1)
 #
 # Parts, in priority order (each one's table goes to OUTPUT_FOLDER/NAME.txt, its stderr to NAME.err):
-#   env          card name (nvidia-smi, torch.cuda.get_device_name), torch/CUDA/cuDNN versions -> card.txt
-#   precision32  item 1: ResNet-50 on DIGITS (32x32) in bf16 autocast and float32, seeds 42 and 43;
-#                SqueezeNet's rows for item 1 are the fp32/bf16 rows of `diagnosis` (same create_model path)
-#   diagnosis    item 1: why SqueezeNet loses accuracy under bf16 (benchmarks/bf16_diagnosis.py, 2 seeds)
-#   precision128 item 1 at the paper's 128x128: SqueezeNet, ResNet-50, DenseNet-121, bf16 and float32, seed 42;
-#                keeps the checkpoints for the next parts (float32 ones in $work/m128/fp32-seed42)
-#   attack128    item 3: our DeepFool vs foolbox 3.3.4 at 128x128, ResNet-50 and SqueezeNet, batch 32 and 128,
-#                both in full float32 (needs foolbox; on precision128's float32 checkpoints)
-#   training     item 2: training images/s, 5 architectures at 128x128, bf16+channels-last and float32,
-#                and the data path's share of the step (benchmarks/bench_training.py)
-#   latency      item 4: real-time DeepFailGuard vs majority voting, ms per input, batch 1 and 64, 128x128
-#                (benchmarks/bench_latency.py, on precision128's float32 checkpoints)
-#   cuda_graphs  item 5, NOT measured here: capturing the attacker's fixed-shape step in a CUDA graph needs
-#                code in Attacker.py first; its measurement goes here (bench_attacker.py at 128x128, batch
-#                32/128, graphs on vs off, same inputs, same distances), after the part attack128.
-#   pipeline     optional (PIPELINE=1): the demo pipeline with --device cuda, timed, real-time vs cached compared
+#   env           card name (nvidia-smi, torch.cuda.get_device_name), torch/CUDA/cuDNN versions -> card.txt
+#   precision32   item 1: SqueezeNet and ResNet-50 on DIGITS (32x32), bf16 autocast as the pipeline trains (with
+#                 each architecture's float32_under_amp) and float32, seeds 42-45, with each run's dead classes
+#                 (precision_accuracy.py; checkpoints kept in $work/m32)
+#   diagnosis     item 1: SqueezeNet in bf16 everywhere (bf16-plain: no float32 head, as before the fix) and
+#                 float32 repeated (run-to-run nondeterminism)
+#   precision128  float32 SqueezeNet, ResNet-50, DenseNet-121 at the paper's 128x128, for the next parts
+#   attack128     item 3: our DeepFool (CUDA graphs, the CUDA default) vs foolbox 3.3.4 and vs our eager step
+#                 at 128x128, ResNet-50 and SqueezeNet, batch 32 and 128, all in full float32 (needs foolbox)
+#   graphs_test   the CUDA-only tests: graphed and eager distances agree (tests/test_attacker.py -k cuda_graph)
+#   graphs32      item 3: CUDA graphs on vs off at DIGITS' 32x32 (SqueezeNet, ResNet-50, batch 32 and 128)
+#   latency       item 4: real-time DeepFailGuard vs majority voting, ms per input, batch 1 and 64, 128x128
+#   training      item 2: training images/s, 5 architectures at 128x128, bf16+channels-last and float32,
+#                 and the data path's share of the step, resized on the GPU and (the former way) on the host
+#   precision32b  item 1 for DenseNet-121, AlexNet, VGG-16 (seed 42): the per-architecture AMP default
+#   pipeline      optional (PIPELINE=1): the demo pipeline with --device cuda, timed, real-time vs cached compared
 #
 # Every part runs under `timeout`, its exit status and seconds logged (summary.txt); a failing part never stops
-# the others. The whole run keeps to BUDGET seconds (default 520; dry run 900): a part gets at most what is left, and a part
-# that would start with under 15 s left is skipped (logged as such). gpu_checks.log holds everything.
-# Estimated on one H100: about 7 minutes (see the README's numbers; each part's seconds are in summary.txt).
+# the others. The whole run keeps to BUDGET seconds (default 700; dry run 900): a part gets at most what is left, and a
+# part that would start with under 15 s left is skipped (logged as such). gpu_checks.log holds everything. The device
+# tool returns at most 8 files: give a scratch folder and tar it into $OUT, e.g.
+#   bash benchmarks/gpu_checks.sh /tmp/gc; tar czf "$OUT/gc.tar.gz" -C /tmp/gc .
+# Measured on one H200 (2026-11-26, fewer seeds, no host-resize rows): 8.5 minutes; as it stands about 11
+# (each part's seconds are in summary.txt). The README's "On a GPU" gives the results.
 set -u
 dry=${DRY_RUN:-0}
 args=()
@@ -45,7 +48,7 @@ log="$out/gpu_checks.log"
 summary="$out/summary.txt"
 : >"$log"
 : >"$summary"
-budget=${BUDGET:-520}
+budget=${BUDGET:-700}
 [[ $dry == 1 ]] && budget=${BUDGET:-900}  # the CPU is slow; the dry run checks that every part completes
 started_all=$EPOCHREALTIME
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
@@ -53,21 +56,25 @@ remaining() { awk -v a="$started_all" -v b="$EPOCHREALTIME" -v t="$budget" 'BEGI
 
 if [[ $dry == 1 ]]; then
     device=${DEVICE:-cpu}
-    train_tiny=(--epochs 1 --max-train 16 --max-eval 20 --seeds 42)
-    p32=(--models resnet "${train_tiny[@]}")
-    diag=("${train_tiny[@]}")
-    p128=(--models squeezenet resnet densenet --precisions fp32 --image-size 32 "${train_tiny[@]}")
-    attack=(--models squeezenet --batch-sizes 2 --inputs 2 --repeats 1 --image-size 32 --no-profile)
+    train_tiny=(--epochs 1 --max-train 16 --max-eval 20)
+    p32=(--models squeezenet resnet "${train_tiny[@]}" --seeds 42)
+    p32b=(--models densenet "${train_tiny[@]}" --seeds 42)
+    diag=(--variants bf16-plain fp32-repeat "${train_tiny[@]}" --seeds 42)
+    p128=(--models squeezenet resnet densenet --precisions fp32 --image-size 32 "${train_tiny[@]}" --seeds 42)
+    attack=(--models squeezenet --batch-sizes 2 --inputs 2 --repeats 1 --image-size 32)
+    graphs=(--models squeezenet --batch-sizes 2 --inputs 4 --repeats 1)
     training=(--models squeezenet --image-size 32 --steps 2 --warmup 1 --repeats 1)
     latency=(--image-size 32 --batch 4 --repeats 2 --train-epochs 0)
 else
     device=${DEVICE:-cuda}
-    p32=(--models resnet --seeds 42 43)
-    diag=(--seeds 42 43)
-    p128=(--models squeezenet resnet densenet --precisions bf16 fp32 --seeds 42 --image-size 128)
+    p32=(--models squeezenet resnet --seeds 42 43 44 45)
+    p32b=(--models densenet alexnet vgg16 --seeds 42)
+    diag=(--variants bf16-plain fp32-repeat --seeds 42 43 44 45)
+    p128=(--models squeezenet resnet densenet --precisions fp32 --seeds 42 --image-size 128)
     attack=(--models squeezenet resnet --batch-sizes 32 128 --inputs 128 --repeats 3 --image-size 128)
-    training=(--image-size 128 --steps 30 --warmup 10 --repeats 3)
-    latency=(--image-size 128 --batch 64 --repeats 20 --train-epochs 2)
+    graphs=(--models squeezenet resnet --batch-sizes 32 128 --inputs 128 --repeats 3)
+    training=(--image-size 128 --steps 30 --warmup 10 --repeats 3 --resize-on device host)
+    latency=(--image-size 128 --batch 64 --repeats 10 --train-epochs 2)
 fi
 
 part() {  # part NAME LIMIT_S COMMAND...: run under timeout, stdout -> NAME.txt, stderr -> NAME.err; log the status
@@ -103,18 +110,20 @@ except ImportError:
 } >"$out/card.txt" 2>&1
 cat "$out/card.txt" | tee -a "$log"
 
+m32="$work/m32"
 m128="$work/m128"
-part precision32 120 "$python" benchmarks/precision_accuracy.py --device "$device" "${p32[@]}"
-part diagnosis 170 "$python" benchmarks/bf16_diagnosis.py --device "$device" "${diag[@]}"
-part precision128 120 "$python" benchmarks/precision_accuracy.py --device "$device" --model-root "$m128" "${p128[@]}"
+part precision32 300 "$python" benchmarks/precision_accuracy.py --device "$device" --model-root "$m32" "${p32[@]}"
+part diagnosis 150 "$python" benchmarks/bf16_diagnosis.py --device "$device" "${diag[@]}"
+part precision128 100 "$python" benchmarks/precision_accuracy.py --device "$device" --model-root "$m128" "${p128[@]}"
 part attack128 170 "$python" benchmarks/bench_attacker.py --device "$device" --model-root "$m128/fp32-seed42" \
-    "${attack[@]}"
-# cuda_graphs: the attacker's CUDA-graph step is not implemented yet (Attacker.py); once it is, measure it here:
-# part cuda_graphs 120 "$python" benchmarks/bench_attacker.py --device "$device" --model-root "$m128/fp32-seed42" \
-#     "${attack[@]}" --cuda-graphs   (hypothetical flag), and compare with attack128's "ours/s" column.
-part training 100 "$python" benchmarks/bench_training.py --device "$device" "${training[@]}"
-part latency 90 "$python" benchmarks/bench_latency.py --device "$device" --model-root "$m128/fp32-seed42" \
+    "${attack[@]}" --compare-graphs --no-profile
+part graphs_test 60 "$python" -m pytest -q -p no:cacheprovider tests/test_attacker.py -k "cuda_graph"
+part graphs32 120 "$python" benchmarks/bench_attacker.py --device "$device" --model-root "$m32/fp32-seed42" \
+    "${graphs[@]}" --compare-graphs --no-foolbox --no-profile
+part latency 80 "$python" benchmarks/bench_latency.py --device "$device" --model-root "$m128/fp32-seed42" \
     "${latency[@]}"
+part training 120 "$python" benchmarks/bench_training.py --device "$device" "${training[@]}"
+part precision32b 120 "$python" benchmarks/precision_accuracy.py --device "$device" --model-root "$m32" "${p32b[@]}"
 
 if [[ ${PIPELINE:-0} == 1 ]]; then  # the first GPU run's checks (README "On a GPU"), on request only
     roots=(--model-root "$work/model" --info-root "$work/info" --device "$device")
