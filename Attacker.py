@@ -29,14 +29,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from DatasetManager import resize_batch
+from settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
 from utils import UsageError, choose_device
 
 STEP_STABILISER = 1e-4  # foolbox adds it to every step's distance
 NORM_EPSILON = 1e-8  # foolbox's guard against zero gradients
-#: inputs attacked together by the scripts; finished inputs leave the batch, so larger is cheaper per input
-DEFAULT_ATTACK_BATCH = 128
 #: the largest batch × (candidates - 1) the replicated strategy may build (the default attack batch)
-REPLICATED_MAX_INPUTS = DEFAULT_ATTACK_BATCH
+REPLICATED_MAX_INPUTS = ATTACK_BATCH
 #: runs of a new shape before its CUDA graph is captured (cuDNN's autotuner and autograd settle first)
 GRAPH_WARMUP_RUNS = 3
 
@@ -64,8 +63,9 @@ class AttackResult:
 class Attacker:
     """L2 DeepFool against one network (in evaluation mode) on ``device``."""
 
-    def __init__(self, pytorch_model: nn.Module, device=None, steps: int = 50, candidates: int = 10,
-                 overshoot: float = 0.02, bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
+    def __init__(self, pytorch_model: nn.Module, device=None, steps: int = DEEPFOOL.steps,
+                 candidates: int = DEEPFOOL.candidates, overshoot: float = DEEPFOOL.overshoot,
+                 bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
                  cuda_graphs: bool | None = None):
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
@@ -87,6 +87,13 @@ class Attacker:
         #: replay the candidate-gradient step as CUDA graphs (default: on CUDA); never without CUDA
         self.cuda_graphs = self.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
         self._graphs: dict[tuple, GraphedStep] = {}
+
+    @classmethod
+    def from_settings(cls, pytorch_model: nn.Module, deepfool: DeepFoolSettings = DEEPFOOL, device=None,
+                      **options) -> "Attacker":
+        """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it."""
+        return cls(pytorch_model, device, steps=deepfool.steps, candidates=deepfool.candidates,
+                   overshoot=deepfool.overshoot, **options)
 
     # -----------------------------------------------------------------------------------------
     # public API

@@ -19,12 +19,10 @@ import torch.nn.functional as F
 import FaultInjector
 import mydataset
 from layout import DEFAULT_DATA_ROOT
-from utils import SEED, UsageError, stratified_split
+from mydataset import DATASETS
+from settings import SEED
+from utils import UsageError, stratified_split
 
-DATASETS: dict[str, type[mydataset.MyDataset]] = {
-    cls.name: cls for cls in (mydataset.Digits, mydataset.Cifar10, mydataset.ATS, mydataset.CTSD,
-                              mydataset.GTSRB, mydataset.TSCD, mydataset.TTS, mydataset.COVIDX9A)
-}
 VALIDATION_FRACTION = 0.2
 
 
@@ -34,6 +32,11 @@ def get_dataset(dataset_name: str) -> mydataset.MyDataset:
     if cls is None:
         raise UsageError(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASETS)}")
     return cls()
+
+
+def paper_datasets() -> tuple[str, ...]:
+    """The paper's seven datasets (those declaring ``in_paper``), in registration order."""
+    return tuple(name for name, cls in DATASETS.items() if cls.in_paper)
 
 
 class TensorLoader:

@@ -19,6 +19,7 @@ import torch
 from Attacker import Attacker, AttackResult
 from kde import GaussianKDE
 from layout import DEFAULT_INFO_ROOT, cache_path, check_distances, find_kde_files, read_version_cache, version_key
+from settings import DEEPFOOL, DeepFoolSettings
 from utils import UsageError
 
 
@@ -56,13 +57,13 @@ class _ClassOrInstanceMethod:
 class DeepFailGuardTrainer:
     """Fits a version's two KDEs from its validation distances (DeepFool, foolbox semantics)."""
 
-    def __init__(self, steps: int = 50, candidates: int = 10, overshoot: float = 0.02, progress: bool = False):
-        self.attack_options = dict(steps=steps, candidates=candidates, overshoot=overshoot)
+    def __init__(self, deepfool: DeepFoolSettings = DEEPFOOL, progress: bool = False):
+        self.deepfool = deepfool
         self.progress = progress
 
     @_ClassOrInstanceMethod
     def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None) -> FailureModelFit:
-        attacker = Attacker(pytorch_model, device=device, **self.attack_options)
+        attacker = Attacker.from_settings(pytorch_model, self.deepfool, device)
         result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
         if result.targets is None:
             raise UsageError("the validation loader must yield (images, labels) batches")
@@ -91,7 +92,7 @@ class DeepFailGuardModule:
     """One version's failure predictor; ``model`` may be None when only cached distances are used."""
 
     def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
-                 image_size: int | None = None, attack_options: dict | None = None, accuracy_source: str = ""):
+                 image_size: int | None = None, deepfool: DeepFoolSettings = DEEPFOOL, accuracy_source: str = ""):
         self.model = model
         self.correct_kde = self.load_kde(correct_kde_path)
         self.wrong_kde = self.load_kde(wrong_kde_path)
@@ -99,12 +100,12 @@ class DeepFailGuardModule:
         self.name = name
         self.image_size = image_size or getattr(model, "metadata", {}).get("image_size")
         network = getattr(model, "model_structure", model)
-        self.attacker = None if network is None else Attacker(network, device=device, image_size=self.image_size,
-                                                              **(attack_options or {}))
+        self.attacker = None if network is None else Attacker.from_settings(network, deepfool, device,
+                                                                            image_size=self.image_size)
 
     @classmethod
     def of_version(cls, model, info_root, model_root, dataset: str, model_name: str, bug: int,
-                   device=None) -> "DeepFailGuardModule":
+                   device=None, deepfool: DeepFoolSettings = DEEPFOOL) -> "DeepFailGuardModule":
         """A version's failure predictor from its files: its KDEs (ours or the paper's) and its validation
         accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances."""
         from ModelManager import recorded_validation_accuracy
@@ -112,7 +113,7 @@ class DeepFailGuardModule:
         correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug)
         val_acc, source = recorded_validation_accuracy(model_root, model_name, dataset, bug)
         return cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
-                   accuracy_source=source)
+                   deepfool=deepfool, accuracy_source=source)
 
     @staticmethod
     def load_kde(path) -> GaussianKDE:

@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass, replace
 from functools import cached_property
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 import FaultInjector
 import layout
@@ -149,17 +149,18 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
 
 
 def evaluate_grid(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
-                  models: list[str], bugs: list[int]) -> list[dict]:
+                  models: list[str], bugs: list[int], progress: bool = False) -> list[dict]:
     """Rows for every set whose versions are all available (the others are left out)."""
-    return evaluate_sets(dataset, records, truths, version_sets(models, bugs))
+    return evaluate_sets(dataset, records, truths, version_sets(models, bugs), progress)
 
 
 def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
-                  sets) -> list[dict]:
+                  sets, progress: bool = False) -> list[dict]:
     """Rows for each ``(setting, ((model, bug), ...))`` whose versions are all available, members in the
     order given (the grid's sets, or the paper's published configurations); the others are left out."""
     rows = []
-    for setting, members in sets:
+    for setting, members in tqdm(sets, desc=f"{dataset} version sets", unit="set", disable=not progress,
+                                 leave=False):
         if not all(member in records for member in members):
             continue
         chosen = [records[member] for member in members]
@@ -255,22 +256,24 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
 
 
 def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                        output) -> None:
+                        output, progress: bool = False) -> None:
     """:func:`run_evaluation`, then the summary table and where the files went, on stdout."""
-    summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output)
+    summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output,
+                             progress=progress)
     print(format_summary(summary))
     print(f"results in {output}/{', '.join(layout.RESULT_FILES)}")
 
 
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                   output, sets_by_dataset: dict | None = None) -> pd.DataFrame:
+                   output, sets_by_dataset: dict | None = None, progress: bool = False) -> pd.DataFrame:
     """Evaluate every dataset's version sets and write results, summary, failure prediction and figures.
 
     ``sets_by_dataset``: explicit ``(setting, members)`` per dataset (the paper's configurations) instead
     of the grid of ``models`` × ``bugs_by_dataset``. Everything is computed before anything is written,
     so a failure leaves no partial CSV.
     """
-    evaluation = evaluate_datasets(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, sets_by_dataset)
+    evaluation = evaluate_datasets(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, sets_by_dataset,
+                                   progress)
     return write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
 
 
@@ -284,7 +287,7 @@ class Evaluation:
 
 
 def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                      sets_by_dataset: dict | None = None) -> Evaluation:
+                      sets_by_dataset: dict | None = None, progress: bool = False) -> Evaluation:
     """The rows of :func:`run_evaluation`, nothing written.
 
     A dataset that cannot be evaluated (fewer than two versions, no complete set) is skipped with a note
@@ -304,9 +307,11 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
             raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
                              f"{widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
         if sets_by_dataset is not None:
-            dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets_by_dataset.get(dataset, []))
+            dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets_by_dataset.get(dataset, []),
+                                         progress)
         else:
-            dataset_rows = evaluate_grid(dataset, records, truths_by_dataset[dataset], models, bugs_by_dataset[dataset])
+            dataset_rows = evaluate_grid(dataset, records, truths_by_dataset[dataset], models, bugs_by_dataset[dataset],
+                                         progress)
         if not dataset_rows:
             skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
             continue
@@ -327,19 +332,18 @@ def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by
     from plotting import save_method_comparison, save_reliability_diagram
 
     summary = summarize(evaluation.rows)
-    output = Path(output)
-    atomic_write_table(output / "results.csv", pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
-    atomic_write_table(output / "summary.csv", summary)
-    atomic_write_table(output / "failure_prediction.csv", pd.DataFrame(evaluation.failure_rows))
+    atomic_write_table(layout.result_path(output, layout.RESULTS_CSV), pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
+    atomic_write_table(layout.result_path(output, layout.SUMMARY_CSV), summary)
+    atomic_write_table(layout.result_path(output, layout.FAILURE_PREDICTION_CSV), pd.DataFrame(evaluation.failure_rows))
     for dataset, records in records_by_dataset.items():
         if dataset in evaluation.skipped:
             continue
         save_method_comparison(summary[summary["dataset"] == dataset].to_dict("records"),
-                               output / "figures" / f"methods_{dataset}.png", title=dataset)
+                               layout.methods_figure_path(output, dataset), title=dataset)
         truths = truths_by_dataset[dataset]
         curves = {f"{model} bug {bug}": (record.for_calibration().confidence, record.labels == truths[record.test_set])
                   for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], item[0][0]))}
-        save_reliability_diagram(curves, output / "figures" / f"reliability_{dataset}.png",
+        save_reliability_diagram(curves, layout.reliability_figure_path(output, dataset),
                                  title=f"{dataset}: calibration of DeepFailGuard's P(correct) on the test set")
     return summary
 

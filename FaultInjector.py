@@ -3,26 +3,42 @@
 Model faults (1-3) rebuild or rewire the network before training, hyper-parameter faults (4-6)
 change the trainer that will train it, data faults (7-12) change the splits it learns from or is
 tested on. In the paper repository faults 2, 3, 4 and 6 changed nothing training sees; here they do.
+
+``FAULT_TABLE`` is the one place a fault is declared: its facts and the function that applies it.
+Injection looks the function up; a fault of the right kind without one is an error, never a silent
+fallback. A thirteenth fault is one function and one ``register_fault(Fault(...))`` row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import SEED, UsageError, stratified_split
+from settings import SEED
+from utils import UsageError, stratified_split
+
+HEALTHY = 0
+#: what each kind of fault is applied to, and the call its function receives
+KINDS = {
+    "model": "a network: apply(network, architecture) -> network (architecture: the MyModel, None for a bare module)",
+    "hyper-parameter": "a trainer: apply(trainer), changing it in place",
+    "data": "a dataset: apply(data, bug_id, generator), changing the MyData in place",
+}
 
 
 @dataclass(frozen=True)
 class Fault:
-    """Everything the pipeline needs to know about one fault; every other module asks this table."""
+    """One fault: its facts, which every other module asks this table for, and the function applying it."""
 
     id: int
     name: str
-    kind: str  # "model", "hyper-parameter" or "data"
+    kind: str  # a key of KINDS
+    #: applies the fault to what its kind names (see ``KINDS``)
+    apply: Callable | None
     #: changes only the test inputs: the version reuses the healthy checkpoint and failure model
     test_data_only: bool = False
     #: swaps the whole test set for another one (its own ground truth file)
@@ -40,25 +56,38 @@ class Fault:
         return self.datasets is None or str(dataset_name).upper() in self.datasets
 
 
-FAULT_TABLE: tuple[Fault, ...] = (
-    Fault(1, "suboptimal structure", "model"),
-    Fault(2, "wrong filter size", "model", paper_no_op=True),
-    Fault(3, "missing activation", "model", paper_no_op=True),
-    Fault(4, "suboptimal learning rate", "hyper-parameter", paper_no_op=True),
-    Fault(5, "too few epochs", "hyper-parameter"),
-    Fault(6, "wrong loss function", "hyper-parameter", paper_no_op=True),
-    Fault(7, "wrong preprocessing", "data"),
-    Fault(8, "wrong labels", "data"),
-    Fault(9, "not enough training data", "data"),
-    Fault(10, "noisy test data", "data", test_data_only=True),
-    Fault(11, "distribution shift (CIFAR-10.1 v4)", "data", test_data_only=True, replaces_test_set=True,
-          datasets=("CIFAR10",)),
-    Fault(12, "distribution shift (CIFAR-10.1 v6)", "data", test_data_only=True, replaces_test_set=True,
-          datasets=("CIFAR10",)),
-)
-FAULTS: dict[int, Fault] = {fault.id: fault for fault in FAULT_TABLE}
-FAULT_IDS: tuple[int, ...] = tuple(FAULTS)
-HEALTHY = 0
+#: every fault by id, the table's rows and any registered later
+FAULTS: dict[int, Fault] = {}
+
+
+def register_fault(fault: Fault) -> Fault:
+    """Enter a fault in ``FAULTS`` (ids are positive and unique; the kind one of ``KINDS``)."""
+    if isinstance(fault.id, bool) or not isinstance(fault.id, int) or fault.id <= HEALTHY:
+        raise ValueError(f"a fault id is a positive whole number, got {fault.id!r}")
+    if fault.kind not in KINDS:
+        raise ValueError(f"fault {fault.id}: kind {fault.kind!r} is not one of {', '.join(KINDS)}")
+    if FAULTS.get(fault.id, fault) is not fault:
+        raise ValueError(f"fault {fault.id} is registered twice ({FAULTS[fault.id].name!r}, {fault.name!r})")
+    FAULTS[fault.id] = fault
+    return fault
+
+
+def fault_ids() -> tuple[int, ...]:
+    """The registered faults' ids, ascending (healthy, 0, is not one)."""
+    return tuple(sorted(FAULTS))
+
+
+def all_bug_ids() -> tuple[int, ...]:
+    """Healthy and every fault: what a grid of "all faults" asks for (each dataset keeps those that apply)."""
+    return (HEALTHY, *fault_ids())
+
+
+def describe_ids() -> str:
+    """The valid ids in words, for messages: ``0 (healthy) and 1-12``."""
+    ids = fault_ids()
+    if ids == tuple(range(ids[0], ids[-1] + 1)):
+        return f"{HEALTHY} (healthy) and {ids[0]}-{ids[-1]}"
+    return f"{HEALTHY} (healthy) and {', '.join(map(str, ids))}"
 
 
 def fault_name(bug_id: int | None) -> str:
@@ -100,7 +129,62 @@ def paper_structure_fault(bug_id: int | None) -> int:
 
 def unsupported_faults(dataset_name: str) -> tuple[int, ...]:
     """Faults that do not exist for a dataset (a clear error instead of a silent no-op)."""
-    return tuple(fault.id for fault in FAULT_TABLE if not fault.applies_to(dataset_name))
+    return tuple(fault.id for fault in FAULTS.values() if not fault.applies_to(dataset_name))
+
+
+def validate_bug_id(bug_id, dataset=None) -> int:
+    """``bug_id`` as a registered fault's id (or 0); with a dataset, refuse faults that do not apply to it."""
+    bug_id = 0 if bug_id is None else bug_id
+    if isinstance(bug_id, bool) or not isinstance(bug_id, int) or bug_id not in all_bug_ids():
+        raise UsageError(f"unknown fault {bug_id!r}; faults are {describe_ids()}")
+    if dataset is not None and bug_id and not FAULTS[bug_id].applies_to(dataset.name):
+        fault = FAULTS[bug_id]
+        raise UsageError(f"fault {bug_id} ({fault.name}) does not apply to {dataset.name}; "
+                         f"it exists only for {', '.join(fault.datasets)}")
+    return bug_id
+
+
+def _applier(bug_id: int | None, kind: str) -> Callable | None:
+    """The function applying ``bug_id`` if it is a fault of ``kind``; None for healthy or another kind."""
+    if not bug_id:
+        return None
+    fault = FAULTS[validate_bug_id(bug_id)]
+    if fault.kind != kind:
+        return None
+    if fault.apply is None:
+        raise NotImplementedError(f"fault {fault.id} ({fault.name}) is a {kind} fault but its FAULT_TABLE row names "
+                                  f"no function applying it to {KINDS[kind].split(':')[0]}; give it apply=...")
+    return fault.apply
+
+
+def inject_model_fault(model, bug_id: int):
+    """Apply a model fault to a ``MyModel`` (in place, returned) or to a bare ``nn.Module`` (returned).
+
+    Faults of other kinds leave the model as it is.
+    """
+    apply = _applier(bug_id, "model")
+    if apply is None:
+        return model
+    if isinstance(model, nn.Module):
+        return apply(model, None)
+    model.model_structure = apply(model.model_structure, model)
+    return model
+
+
+def inject_hyperparameters_fault(trainer, bug_id: int):
+    """Apply a hyper-parameter fault to a ``ModelTrainer`` before it trains (in place, returned)."""
+    apply = _applier(bug_id, "hyper-parameter")
+    if apply is not None:
+        apply(trainer)
+    return trainer
+
+
+def inject_dataset_fault(data, bug_id: int):
+    """Apply a data fault to a ``MyData`` (in place, returned); other faults leave it as it is."""
+    apply = _applier(bug_id, "data")
+    if apply is not None:
+        apply(data, bug_id, torch.Generator().manual_seed(SEED + bug_id))
+    return data
 
 
 LR_FACTOR = 20  # paper: 0.002 instead of 0.0001
@@ -112,43 +196,18 @@ NOISE_STD = 0.1
 BLUR_KERNEL, BLUR_SIGMA = 5, 1.5
 
 
-def validate_bug_id(bug_id, dataset=None) -> int:
-    """``bug_id`` as an int in 0..12; with a dataset, refuse faults that do not apply to it."""
-    bug_id = 0 if bug_id is None else bug_id
-    if isinstance(bug_id, bool) or not isinstance(bug_id, int) or bug_id not in (HEALTHY, *FAULT_IDS):
-        raise UsageError(f"unknown fault {bug_id!r}; faults are 0 (healthy) and {FAULT_IDS[0]}-{FAULT_IDS[-1]}")
-    if dataset is not None and bug_id and not FAULTS[bug_id].applies_to(dataset.name):
-        fault = FAULTS[bug_id]
-        raise UsageError(f"fault {bug_id} ({fault.name}) does not apply to {dataset.name}; "
-                         f"it exists only for {', '.join(fault.datasets)}")
-    return bug_id
-
-
 # ---------------------------------------------------------------------------------------------
-# model faults
+# model faults: (network, architecture) -> network
 # ---------------------------------------------------------------------------------------------
 
-def inject_model_fault(model, bug_id: int):
-    """Apply fault 1, 2 or 3 to a ``MyModel`` (in place, returned) or to a bare ``nn.Module`` (2, 3).
-
-    Other faults leave the model as it is.
-    """
-    if not is_kind(bug_id, "model"):
-        return model
-    if isinstance(model, nn.Module):
-        if bug_id == 1:
-            raise UsageError("fault 1 needs the architecture's reduced variant: pass the MyModel, not the nn.Module")
-        return widen_filters(model) if bug_id == 2 else remove_activations(model)
-    if bug_id == 1:
-        model.model_structure = model.build_reduced(model.num_classes)
-    elif bug_id == 2:
-        widen_filters(model.model_structure)
-    else:
-        remove_activations(model.model_structure)
-    return model
+def reduce_structure(network: nn.Module, architecture) -> nn.Module:
+    """Fault 1: the architecture's reduced variant (fewer blocks or layers), freshly built."""
+    if architecture is None:
+        raise UsageError("fault 1 needs the architecture's reduced variant: pass the MyModel, not the nn.Module")
+    return architecture.build_reduced(architecture.num_classes)
 
 
-def widen_filters(network: nn.Module, size: int = 5) -> nn.Module:
+def widen_filters(network: nn.Module, architecture=None, size: int = 5) -> nn.Module:
     """Fault 2: every stride-1 convolution with a kernel above 1×1 becomes a fresh ``size``×``size`` one.
 
     Padding keeps the output shape ("same"), so the rest of the network is untouched.
@@ -163,7 +222,7 @@ def widen_filters(network: nn.Module, size: int = 5) -> nn.Module:
     return network
 
 
-def remove_activations(network: nn.Module) -> nn.Module:
+def remove_activations(network: nn.Module, architecture=None) -> nn.Module:
     """Fault 3: every ReLU module is replaced by the identity (the nets use no functional ReLU)."""
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
@@ -173,8 +232,23 @@ def remove_activations(network: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# hyper-parameter faults
+# hyper-parameter faults: (trainer) -> None
 # ---------------------------------------------------------------------------------------------
+
+def raise_learning_rate(trainer) -> None:
+    """Fault 4: the learning rate times ``LR_FACTOR``, in the optimizer's groups and the scheduler's bases."""
+    trainer.lr *= LR_FACTOR
+    for group in trainer.optimizer.param_groups:
+        group["lr"] *= LR_FACTOR
+        group["initial_lr"] = group["lr"]
+    if trainer.scheduler is not None:
+        trainer.scheduler.base_lrs = [group["lr"] for group in trainer.optimizer.param_groups]
+
+
+def cut_epochs(trainer) -> None:
+    """Fault 5: a third of the epochs (at least one)."""
+    trainer.epochs = max(1, round(trainer.epochs / EPOCH_DIVISOR))
+
 
 class SoftmaxSquaredError(nn.Module):
     """Fault 6: squared error between softmax outputs and one-hot targets instead of cross-entropy.
@@ -188,44 +262,42 @@ class SoftmaxSquaredError(nn.Module):
         return ((probabilities - one_hot) ** 2).sum(dim=1).mean()
 
 
-def inject_hyperparameters_fault(trainer, bug_id: int):
-    """Apply fault 4, 5 or 6 to a ``ModelTrainer`` before it trains (in place, returned)."""
-    if bug_id == 4:
-        trainer.lr *= LR_FACTOR
-        for group in trainer.optimizer.param_groups:
-            group["lr"] *= LR_FACTOR
-            group["initial_lr"] = group["lr"]
-        if trainer.scheduler is not None:
-            trainer.scheduler.base_lrs = [group["lr"] for group in trainer.optimizer.param_groups]
-    elif bug_id == 5:
-        trainer.epochs = max(1, round(trainer.epochs / EPOCH_DIVISOR))
-    elif bug_id == 6:
-        trainer.criteria = SoftmaxSquaredError()
-    return trainer
+def use_squared_error_loss(trainer) -> None:
+    """Fault 6: train on :class:`SoftmaxSquaredError`."""
+    trainer.criteria = SoftmaxSquaredError()
 
 
 # ---------------------------------------------------------------------------------------------
-# data faults
+# data faults: (data, bug_id, generator) -> None
 # ---------------------------------------------------------------------------------------------
 
-def inject_dataset_fault(data, bug_id: int):
-    """Apply fault 7-12 to a ``MyData`` (in place, returned); other faults leave it as it is."""
-    generator = torch.Generator().manual_seed(SEED + bug_id)
-    if bug_id == 7:
-        data.x_train = data.x_train * PREPROCESSING_SCALE
-        data.x_val = data.x_val * PREPROCESSING_SCALE
-        data.x_test = data.x_test * PREPROCESSING_SCALE
-    elif bug_id == 8:
-        data.y_train = mislabel(data.y_train, data.num_classes, WRONG_LABEL_FRACTION, generator)
-    elif bug_id == 9:
-        keep, _ = stratified_split(data.y_train, 1.0 - TRAIN_FRACTION_KEPT, SEED)
-        data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
-    elif bug_id == 10:
-        noisy = blur if data.source is not None and data.source.test_noise == "blur" else add_gaussian_noise
-        data.x_test = noisy(data.x_test, generator)
-    elif replaces_test_set(bug_id):
-        data.x_test, data.y_test = data.source.load_shifted_test(data.data_root, bug_id)
-    return data
+def shrink_pixel_range(data, bug_id: int, generator: torch.Generator) -> None:
+    """Fault 7: every split's pixels scaled by ``PREPROCESSING_SCALE``."""
+    data.x_train = data.x_train * PREPROCESSING_SCALE
+    data.x_val = data.x_val * PREPROCESSING_SCALE
+    data.x_test = data.x_test * PREPROCESSING_SCALE
+
+
+def mislabel_training(data, bug_id: int, generator: torch.Generator) -> None:
+    """Fault 8: ``WRONG_LABEL_FRACTION`` of the training labels changed."""
+    data.y_train = mislabel(data.y_train, data.num_classes, WRONG_LABEL_FRACTION, generator)
+
+
+def halve_training_set(data, bug_id: int, generator: torch.Generator) -> None:
+    """Fault 9: a stratified ``TRAIN_FRACTION_KEPT`` of the training set kept."""
+    keep, _ = stratified_split(data.y_train, 1.0 - TRAIN_FRACTION_KEPT, SEED)
+    data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+
+
+def corrupt_test_inputs(data, bug_id: int, generator: torch.Generator) -> None:
+    """Fault 10: the test inputs noisy (Gaussian), or blurred where the dataset says so (X-rays)."""
+    noisy = blur if data.source is not None and data.source.test_noise == "blur" else add_gaussian_noise
+    data.x_test = noisy(data.x_test, generator)
+
+
+def shift_test_set(data, bug_id: int, generator: torch.Generator) -> None:
+    """Faults 11 and 12: the dataset's distribution-shifted test set replaces its own."""
+    data.x_test, data.y_test = data.source.load_shifted_test(data.data_root, bug_id)
 
 
 def mislabel(labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -248,6 +320,28 @@ def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torc
     from torchvision.transforms.v2.functional import gaussian_blur
 
     return gaussian_blur(images, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA]).clamp_(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+
+FAULT_TABLE: tuple[Fault, ...] = tuple(register_fault(fault) for fault in (
+    Fault(1, "suboptimal structure", "model", reduce_structure),
+    Fault(2, "wrong filter size", "model", widen_filters, paper_no_op=True),
+    Fault(3, "missing activation", "model", remove_activations, paper_no_op=True),
+    Fault(4, "suboptimal learning rate", "hyper-parameter", raise_learning_rate, paper_no_op=True),
+    Fault(5, "too few epochs", "hyper-parameter", cut_epochs),
+    Fault(6, "wrong loss function", "hyper-parameter", use_squared_error_loss, paper_no_op=True),
+    Fault(7, "wrong preprocessing", "data", shrink_pixel_range),
+    Fault(8, "wrong labels", "data", mislabel_training),
+    Fault(9, "not enough training data", "data", halve_training_set),
+    Fault(10, "noisy test data", "data", corrupt_test_inputs, test_data_only=True),
+    Fault(11, "distribution shift (CIFAR-10.1 v4)", "data", shift_test_set, test_data_only=True,
+          replaces_test_set=True, datasets=("CIFAR10",)),
+    Fault(12, "distribution shift (CIFAR-10.1 v6)", "data", shift_test_set, test_data_only=True,
+          replaces_test_set=True, datasets=("CIFAR10",)),
+))
 
 
 # ---------------------------------------------------------------------------------------------

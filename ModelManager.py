@@ -1,15 +1,16 @@
-"""Architecture registry and the life of a version: create, train, save, load, evaluate.
+"""The life of a version: create, train, save, load, evaluate; and the architectures' registry by name.
 
 A version is (architecture, dataset, fault). Its checkpoint ``{key}.pth`` is a plain ``state_dict``
 (loadable with ``weights_only=True``); its metadata ``{key}.json`` holds what was measured on it.
 
-To add an architecture, add one line to ``MODELS``: a ``mymodel`` class, or for any torchvision
-builder ``mymodel.torchvision_architecture("name", torchvision.models.builder)``.
+Architectures register themselves (``@register_model`` in ``mymodel``): ``MODELS`` is that registry.
+What a training run asks for comes in whole, as a ``settings.TrainSettings`` and a ``layout.Roots``.
 """
 
 from __future__ import annotations
 
 import platform
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -22,26 +23,21 @@ import DatasetManager
 import FaultInjector
 import mymodel
 from layout import (
-    DEFAULT_DATA_ROOT,
-    DEFAULT_MODEL_ROOT,
+    DEFAULT_ROOTS,
     PAPER_ACCURACIES,
+    Roots,
     checkpoint_path,
     loss_curve_path,
     metadata_path,
     version_key,
 )
 from ModelTrainer import ModelTrainer
+from mymodel import MODELS
 from plotting import save_loss_curve
+from settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
 from storage import atomic_torch_save, atomic_write_json, is_fresh, read_json, safe_torch_load
-from utils import SEED, UsageError, choose_device, seed_everything
+from utils import UsageError, choose_device, seed_everything
 
-MODELS: dict[str, type[mymodel.MyModel]] = {
-    "resnet": mymodel.ResNetModel,
-    "alexnet": mymodel.AlexNetModel,
-    "densenet": mymodel.DenseNetModel,
-    "vgg16": mymodel.VGG16Model,
-    "squeezenet": mymodel.SqueezeNetModel,
-}
 MODES = ("load", "train", "evaluate")
 
 
@@ -53,7 +49,7 @@ def get_model_class(model_name: str) -> type[mymodel.MyModel]:
 
 
 def build_version(model_name: str, num_classes: int, structure_fault: int = 0) -> mymodel.MyModel:
-    """The untrained network of a version: the architecture with model fault 1, 2 or 3 built in."""
+    """The untrained network of a version: the architecture with its model fault (if any) built in."""
     model = get_model_class(model_name)(num_classes)
     return FaultInjector.inject_model_fault(model, structure_fault)
 
@@ -64,16 +60,9 @@ def is_trained(model_root, model_name: str, dataset_name: str, bug_id: int) -> b
             and checkpoint_path(model_root, model_name, dataset_name, bug_id).is_file())
 
 
-def requested_settings(model_name: str, dataset_name: str, *, epochs: int | None = None, lr: float | None = None,
-                       batch_size: int | None = None, seed: int = SEED, image_size: int | None = None) -> dict:
-    """The training settings a run would use, before any fault changes them (recorded in the metadata)."""
-    defaults = DatasetManager.get_dataset(dataset_name).training_defaults(model_name)
-    return {"epochs": epochs or defaults.epochs, "lr": lr or defaults.lr,
-            "batch_size": batch_size or defaults.batch_size, "seed": seed, "image_size": image_size}
-
-
-def training_status(model_root, model_name: str, dataset_name: str, bug_id: int, settings: dict) -> str | None:
-    """None when the version exists as requested; otherwise why it must be (re)trained.
+def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
+                    settings: TrainSettings) -> str | None:
+    """None when the version exists as ``settings`` ask; otherwise why it must be (re)trained.
 
     A checkpoint without our metadata is one of the paper's: it is never retrained without --force.
     """
@@ -84,7 +73,8 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
     if not base_meta.is_file():
         return None if base_bug == bug_id else "missing"
     recorded = read_json(base_meta).get("settings", {})
-    changed = [f"{name} {recorded[name]} -> {value}" for name, value in settings.items()
+    requested = settings.recorded(DatasetManager.get_dataset(dataset_name).training_defaults(model_name))
+    changed = [f"{name} {recorded[name]} -> {value}" for name, value in requested.items()
                if value is not None and name in recorded and recorded[name] != value]
     if changed:
         return "settings changed: " + ", ".join(changed)
@@ -94,51 +84,51 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
 
 
 def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
-                 model_root=DEFAULT_MODEL_ROOT, data_root=DEFAULT_DATA_ROOT, epochs: int | None = None,
-                 lr: float | None = None, batch_size: int | None = None, seed: int = SEED,
-                 image_size: int | None = None, progress: bool = True, amp: bool | None = None) -> mymodel.MyModel:
+                 settings: TrainSettings = DEFAULT_TRAINING, roots: Roots = DEFAULT_ROOTS,
+                 progress: bool = True) -> mymodel.MyModel:
     """Create a version of ``model_name`` on ``dataset`` (a name or a ``MyData``).
 
-    ``mode="train"`` trains it and writes checkpoint + metadata (test-data faults 10-12 reuse the
-    healthy checkpoint, training it first if it is missing); ``"load"`` reads them; ``"evaluate"``
-    loads and re-measures validation and test accuracy into the metadata. Returns the ``MyModel``
-    with ``model_structure`` on ``device`` in evaluation mode, ``val_acc``, ``test_acc``, ``image_size``.
-    ``amp``: mixed-precision training (default: on CUDA only).
+    ``mode="train"`` trains it as ``settings`` ask and writes checkpoint + metadata under ``roots.model``
+    (test-data faults 10-12 reuse the healthy checkpoint, training it first if it is missing); ``"load"``
+    reads them; ``"evaluate"`` loads and re-measures validation and test accuracy into the metadata.
+    Returns the ``MyModel`` with ``model_structure`` on ``device`` in evaluation mode, ``val_acc``,
+    ``test_acc``, ``image_size``.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    get_model_class(model_name)
-    model_name = str(model_name).lower()  # the registry's spelling: 'SqueezeNet' gets squeezenet's defaults
-    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
-    bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(dataset_name))
+    architecture = get_model_class(model_name)  # the registry's spelling: 'SqueezeNet' gets squeezenet's defaults
+    bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(_dataset_name(dataset)))
     device = choose_device(device)
     if mode == "train" and FaultInjector.is_test_data_only(bug_id):
-        return _derive_test_fault_version(model_name, dataset, bug_id, device, model_root=model_root,
-                                          data_root=data_root, epochs=epochs, lr=lr, batch_size=batch_size,
-                                          seed=seed, image_size=image_size, progress=progress, amp=amp)
+        return _derive_test_fault_version(architecture, dataset, bug_id, device, settings, roots, progress)
     if mode == "train":
-        return _train_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root,
-                              epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
-                              progress=progress, amp=amp)
-    model = load_version(model_name, dataset, bug_id, device, model_root=model_root, data_root=data_root)
+        return _train_version(architecture, dataset, bug_id, device, settings, roots, progress)
+    model = load_version(architecture.name, dataset, bug_id, device, roots=roots)
     if mode == "evaluate":
-        data = _data_for(model, dataset, bug_id, data_root, batch_size)
-        _measure_into_metadata(model, data, device, progress)
-        _save_metadata(model, model_root)
+        _measure_into_metadata(model, _data_for(model, dataset, bug_id, roots, settings.batch_size), device, progress)
+        _save_metadata(model, roots.model)
     return model
+
+
+def _dataset_name(dataset) -> str:
+    return dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
+
+
+def _dataset(dataset, bug_id: int, roots: Roots) -> DatasetManager.MyData:
+    """A ``MyData`` handed in as it is, or the named dataset with the version's data fault."""
+    if isinstance(dataset, DatasetManager.MyData):
+        return dataset
+    return DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=roots.data)
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
 
-def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_size: int | None,
+def _data_for(model: mymodel.MyModel, dataset, bug_id: int, roots: Roots, batch_size: int | None,
               image_size: int | None = None) -> DatasetManager.MyData:
     """The version's data (with its data fault) at the size the version sees."""
-    if isinstance(dataset, DatasetManager.MyData):
-        data = dataset
-    else:
-        data = DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=data_root)
+    data = _dataset(dataset, bug_id, roots)
     size = image_size or model.metadata.get("image_size") or model.input_size(data.image_size or data.native_size)
     if size < model.min_input_size:
         raise UsageError(f"image size {size} is below {model.model_name}'s minimum of {model.min_input_size}; "
@@ -146,62 +136,57 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, data_root, batch_siz
     return data.at(image_size=size, batch_size=batch_size or data.source.training_defaults(model.model_name).batch_size)
 
 
-def _train_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size, seed,
-                   image_size, progress, amp=None) -> mymodel.MyModel:
-    seed_everything(seed)
+def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, device, settings: TrainSettings,
+                   roots: Roots, progress: bool) -> mymodel.MyModel:
+    seed_everything(settings.seed)
     structure_fault = FaultInjector.structure_fault(bug_id)
-    data = dataset if isinstance(dataset, DatasetManager.MyData) else DatasetManager.create_dataset(
-        dataset, bug_id=bug_id, data_root=data_root)
-    model = build_version(model_name, data.num_classes, structure_fault)
-    data = _data_for(model, data, bug_id, data_root, batch_size, image_size).at(seed=seed)
-    defaults = data.source.training_defaults(model_name)
-    trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs,
-                           lr=lr or defaults.lr, weight_decay=defaults.weight_decay, step_size=defaults.step_size,
-                           gamma=defaults.gamma, progress=progress,
-                           amp=amp if amp is not None or model.amp_by_default else False,
+    data = _dataset(dataset, bug_id, roots)
+    model = build_version(architecture.name, data.num_classes, structure_fault)
+    data = _data_for(model, data, bug_id, roots, settings.batch_size, settings.image_size).at(seed=settings.seed)
+    defaults = data.source.training_defaults(model.model_name)
+    trainer = ModelTrainer(model.model_structure, device=device, recipe=settings.recipe(defaults), progress=progress,
+                           amp=settings.amp if settings.amp is not None or model.amp_by_default else False,
                            float32_modules=model.float32_under_amp,
-                           description=version_key(model_name, data.dataset_name, bug_id))
+                           description=version_key(model.model_name, data.dataset_name, bug_id))
     FaultInjector.inject_hyperparameters_fault(trainer, bug_id)
     history = trainer.train_model(data.train_loader, data.val_loader)
     model.model_structure = trainer.model.to(memory_format=torch.contiguous_format).eval()
     _describe(model, data.dataset_name, bug_id, structure_fault, origin="trained")
-    model.metadata["settings"] = requested_settings(model_name, data.dataset_name, epochs=epochs, lr=lr,
-                                                    batch_size=data.batch_size, seed=seed, image_size=data.image_size)
+    as_run = replace(settings, batch_size=data.batch_size, image_size=data.image_size)
+    model.metadata["settings"] = as_run.recorded(defaults)
     model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
-                          weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=seed,
+                          weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=settings.seed,
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
                           device=str(device), amp=trainer.amp,
                           amp_float32_modules=list(trainer.float32_modules) if trainer.amp else [], history=history)
     _measure_into_metadata(model, data, device, progress)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
-    path = checkpoint_path(model_root, model_name, data.dataset_name, bug_id)
-    save_loss_curve(history, loss_curve_path(model_root, model_name, data.dataset_name, bug_id),
+    path = checkpoint_path(roots.model, model.model_name, data.dataset_name, bug_id)
+    save_loss_curve(history, loss_curve_path(roots.model, model.model_name, data.dataset_name, bug_id),
                     title=model.metadata["key"])
     # A checkpoint is never left without the metadata that describes it (one without is taken for the
     # paper's, and never retrained): the old checkpoint goes, the metadata is written, and the new
     # checkpoint comes last, its presence marking the version finished. A kill anywhere means a retrain.
     path.unlink(missing_ok=True)
-    _save_metadata(model, model_root)
+    _save_metadata(model, roots.model)
     atomic_torch_save(path, state)
     return model
 
 
-def _derive_test_fault_version(model_name, dataset, bug_id, device, *, model_root, data_root, epochs, lr, batch_size,
-                               seed, image_size, progress, amp=None) -> mymodel.MyModel:
+def _derive_test_fault_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, device,
+                               settings: TrainSettings, roots: Roots, progress: bool) -> mymodel.MyModel:
     """Faults 10-12 change only the test set: measure the healthy network on it (train it if needed)."""
-    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
-    if not is_trained(model_root, model_name, dataset_name, 0):
-        _train_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root,
-                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, image_size=image_size,
-                       progress=progress, amp=amp)
-    model = load_version(model_name, dataset_name, 0, device, model_root=model_root, data_root=data_root)
+    name, dataset_name = architecture.name, _dataset_name(dataset)
+    if not is_trained(roots.model, name, dataset_name, FaultInjector.HEALTHY):
+        _train_version(architecture, dataset_name, FaultInjector.HEALTHY, device, settings, roots, progress)
+    model = load_version(name, dataset_name, FaultInjector.HEALTHY, device, roots=roots)
     healthy = dict(model.metadata)
     model.bug_id = bug_id
-    model.metadata.update(bug=bug_id, key=version_key(model_name, dataset_name, bug_id), origin="healthy weights",
+    model.metadata.update(bug=bug_id, key=version_key(name, dataset_name, bug_id), origin="healthy weights",
                           fault=FaultInjector.fault_name(bug_id), created=_now())
-    data = _data_for(model, dataset, bug_id, data_root, batch_size or healthy.get("batch_size"))
+    data = _data_for(model, dataset, bug_id, roots, settings.batch_size or healthy.get("batch_size"))
     _measure_into_metadata(model, data, device, progress)
-    _save_metadata(model, model_root)
+    _save_metadata(model, roots.model)
     return model
 
 
@@ -240,16 +225,16 @@ def _now() -> str:
 # loading
 # ---------------------------------------------------------------------------------------------
 
-def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_root=DEFAULT_MODEL_ROOT,
-                 data_root=DEFAULT_DATA_ROOT) -> mymodel.MyModel:
+def load_version(model_name: str, dataset, bug_id: int, device=None, *,
+                 roots: Roots = DEFAULT_ROOTS) -> mymodel.MyModel:
     """Load a version's checkpoint into its structure; metadata if present, else the paper's figures.
 
     A checkpoint without our metadata file is taken as one of the paper's released weights, built
     as the paper built them (its no-op faults left the healthy structure; the fault table says which).
     """
-    dataset_name = dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
-    ckpt = checkpoint_path(model_root, model_name, dataset_name, bug_id)
-    meta_file = metadata_path(model_root, model_name, dataset_name, bug_id)
+    dataset_name = _dataset_name(dataset)
+    ckpt = checkpoint_path(roots.model, model_name, dataset_name, bug_id)
+    meta_file = metadata_path(roots.model, model_name, dataset_name, bug_id)
     if not ckpt.is_file():
         raise UsageError(f"missing checkpoint {ckpt}: train it first with "
                          f"python main_train_model.py --datasets {dataset_name} --models {model_name} --bugs {bug_id}")
@@ -261,10 +246,10 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
     if meta_file.is_file():
         metadata = read_json(meta_file)
         structure_fault = int(metadata.get("structure_fault", 0))
-        num_classes = int(metadata.get("num_classes") or _num_classes_of(dataset, data_root))
+        num_classes = int(metadata.get("num_classes") or _dataset(dataset, FaultInjector.HEALTHY, roots).num_classes)
     else:
         structure_fault = FaultInjector.paper_structure_fault(bug_id)
-        num_classes = _num_classes_of(dataset, data_root)
+        num_classes = _dataset(dataset, FaultInjector.HEALTHY, roots).num_classes
         metadata = {}
     model = build_version(model_name, num_classes, structure_fault)
     _check_state_fits(state, model.model_structure, ckpt, model_name, num_classes, structure_fault)
@@ -279,22 +264,9 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *, model_ro
         _describe(model, dataset_name, bug_id, structure_fault, origin="paper")
         model.metadata.update(paper_accuracy(dataset_name, model_name, bug_id))
     if not model.metadata.get("image_size"):
-        model.metadata["image_size"] = model.input_size(source.image_size or _native_size(dataset, data_root))
+        model.metadata["image_size"] = model.input_size(source.image_size
+                                                        or _dataset(dataset, FaultInjector.HEALTHY, roots).native_size)
     return model
-
-
-def _native_size(dataset, data_root) -> int:
-    if isinstance(dataset, DatasetManager.MyData):
-        data = dataset
-    else:
-        data = DatasetManager.create_dataset(dataset, data_root=data_root)
-    return data.native_size
-
-
-def _num_classes_of(dataset, data_root) -> int:
-    if isinstance(dataset, DatasetManager.MyData):
-        return dataset.num_classes
-    return DatasetManager.create_dataset(dataset, data_root=data_root).num_classes
 
 
 def _check_state_fits(state: dict, network: torch.nn.Module, path: Path, model_name: str, num_classes: int,
@@ -331,10 +303,8 @@ def recorded_validation_accuracy(model_root, model_name: str, dataset_name: str,
 
 def loader_for(model: mymodel.MyModel, data: DatasetManager.MyData, split: str,
                batch_size: int | None = None) -> DatasetManager.TensorLoader:
-    """A split's loader at the size the version sees (its attack batches: ``DEFAULT_ATTACK_BATCH`` unless given)."""
-    from Attacker import DEFAULT_ATTACK_BATCH
-
-    sized = data.at(image_size=model.metadata["image_size"], batch_size=batch_size or DEFAULT_ATTACK_BATCH)
+    """A split's loader at the size the version sees, in attack batches (``settings.ATTACK_BATCH`` unless given)."""
+    sized = data.at(image_size=model.metadata["image_size"], batch_size=batch_size or ATTACK_BATCH)
     return getattr(sized, f"{split}_loader")
 
 
@@ -370,7 +340,9 @@ class ModelManager:
     @classmethod
     def create_model(cls, model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=0,
                      **options) -> mymodel.MyModel:
-        model = create_model(model_name, dataset, mode=mode, bug_id=bug_id, device=device, **options)
+        settings, roots, progress = _settings_from_options(options)
+        model = create_model(model_name, dataset, mode=mode, bug_id=bug_id, device=device, settings=settings,
+                             roots=roots, progress=progress)
         cls.model_list[version_key(model.model_name, model.dataset_name, model.bug_id)] = model
         return model
 
@@ -383,3 +355,17 @@ class ModelManager:
             raise UsageError(f"version {key} has not been created in this process (made: {made}); "
                              "call ModelManager.create_model first")
         return cls.model_list[key]
+
+
+def _settings_from_options(options: dict) -> tuple[TrainSettings, Roots, bool]:
+    """The facade's keyword options as settings: ``model_root``, ``data_root``, ``progress`` and the fields of
+    ``TrainSettings`` (``epochs``, ``lr``, ``batch_size``, ``seed``, ``image_size``, ``amp``)."""
+    options = dict(options)
+    roots = Roots(**{name: options.pop(f"{name}_root") for name in ("data", "model") if f"{name}_root" in options})
+    progress = options.pop("progress", True)
+    known = [field.name for field in fields(TrainSettings)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} for create_model; known: model_root, data_root, "
+                         f"progress, {', '.join(known)}")
+    return TrainSettings(**options), roots, progress

@@ -1,7 +1,9 @@
 """The training and evaluation loop for one network.
 
-The paper's recipe: Adam (lr 1e-4, weight decay 1e-4), cross-entropy, StepLR (30 epochs, ×0.1),
-30 epochs. On CUDA, mixed precision (bfloat16 autocast, or float16 with a gradient scaler where
+Adam, cross-entropy and StepLR with a ``TrainingRecipe``'s numbers (the paper's by default: lr 1e-4,
+weight decay 1e-4, StepLR 30 epochs ×0.1, 30 epochs).
+
+On CUDA, mixed precision (bfloat16 autocast, or float16 with a gradient scaler where
 bfloat16 is missing) and channels-last memory are on by default for training; evaluation runs in
 full precision, so the recorded accuracies are those of the float32 network the attacker uses.
 Submodules named in ``float32_modules`` run in float32 inside the autocast region (an architecture's
@@ -12,21 +14,30 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from settings import PAPER_RECIPE, TrainingRecipe
 from utils import choose_device
 
 
 class ModelTrainer:
-    """Trains ``pytorch_model`` in place; fault injection may change ``optimizer``, ``criteria``, ``epochs``."""
+    """Trains ``pytorch_model`` in place; fault injection may change ``optimizer``, ``criteria``, ``epochs``.
 
-    def __init__(self, pytorch_model: nn.Module, device=None, epochs: int = 30, lr: float = 1e-4,
-                 weight_decay: float = 1e-4, step_size: int = 30, gamma: float = 0.1,
-                 amp: bool | None = None, channels_last: bool | None = None, val_every: int | None = None,
-                 progress: bool = True, description: str = "train", float32_modules: tuple[str, ...] = ()):
+    ``recipe`` gives the numbers (the pipeline passes the version's); ``epochs``, ``lr``, ... override it
+    one by one, as the paper's scripts call it.
+    """
+
+    def __init__(self, pytorch_model: nn.Module, device=None, epochs: int | None = None, lr: float | None = None,
+                 weight_decay: float | None = None, step_size: int | None = None, gamma: float | None = None, *,
+                 recipe: TrainingRecipe = PAPER_RECIPE, amp: bool | None = None, channels_last: bool | None = None,
+                 val_every: int | None = None, progress: bool = True, description: str = "train",
+                 float32_modules: tuple[str, ...] = ()):
+        overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, step_size=step_size, gamma=gamma)
+        recipe = replace(recipe, **{name: value for name, value in overrides.items() if value is not None})
         self.device = choose_device(device)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if amp is None else amp
@@ -35,11 +46,13 @@ class ModelTrainer:
         self.amp_dtype = torch.bfloat16 if bf16_ok else torch.float16
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = pytorch_model.to(self.device, memory_format=memory_format)
-        self.epochs = epochs
-        self.lr = lr
+        self.epochs = recipe.epochs
+        self.lr = recipe.lr
         fused = self.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=step_size, gamma=gamma)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                          fused=fused)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=recipe.step_size,
+                                                         gamma=recipe.gamma)
         self.criteria: nn.Module = nn.CrossEntropyLoss()
         self.val_every = val_every
         self.progress = progress

@@ -1,8 +1,9 @@
 """Command-line plumbing shared by the five ``main_*`` scripts.
 
-The common flags, parsing of lists (``--models resnet,alexnet`` or ``--models resnet alexnet``)
-and the exit-status contract: 0 on success, 2 on bad input (one line on stderr, no traceback),
-1 on a real bug.
+The flags in pieces (each script's parser takes the pieces it uses, as torchvision's reference scripts
+do, so a flag a script would ignore is an argparse error there), the presets, the settings objects a
+command line becomes, parsing of lists (``--models resnet,alexnet`` or ``--models resnet alexnet``) and
+the exit-status contract: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 on a real bug.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import FaultInjector
 import layout
 import storage
 import utils
+from jobs import Job, JobSettings
 from layout import version_key
+from mydataset import Digits
+from settings import ATTACK_BATCH, SEED, AttackSettings
 from utils import UsageError
 
 
@@ -49,7 +53,7 @@ def split_list(values: Sequence[str] | None) -> list[str] | None:
 
 
 def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
-    """Fault ids: whole numbers 0-12, or ranges such as ``1-10``."""
+    """Fault ids: whole numbers (0 = healthy), or ranges such as ``1-10``; each one a registered fault."""
     items = split_list(values)
     if items is None:
         return None
@@ -62,11 +66,13 @@ def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
             else:
                 bugs.append(int(item))
         except ValueError:
-            raise UsageError(f"--bugs: {item!r} is not a fault id (0 = healthy, 1-12, or a range like 1-10)") from None
+            raise UsageError(f"--bugs: {item!r} is not a fault id ({FaultInjector.describe_ids()}, or a range "
+                             "like 1-10)") from None
     for bug in bugs:
-        if bug not in (FaultInjector.HEALTHY, *FaultInjector.FAULT_IDS):
-            raise UsageError(f"--bugs: unknown fault {bug}; faults are 0 (healthy) and "
-                             f"{FaultInjector.FAULT_IDS[0]}-{FaultInjector.FAULT_IDS[-1]}")
+        try:
+            FaultInjector.validate_bug_id(bug)
+        except UsageError as exc:
+            raise UsageError(f"--bugs: {exc}") from None
     return list(dict.fromkeys(bugs))
 
 
@@ -79,32 +85,77 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with the flags every script shares."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsHelpFormatter)
+# ---------------------------------------------------------------------------------------------
+# the flags, in pieces: each script's parser takes the pieces it uses, and nothing else
+# ---------------------------------------------------------------------------------------------
+
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser, described by the first line of its docstring."""
+    return argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=_DefaultsHelpFormatter)
+
+
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
+    from DatasetManager import DATASETS
+    from ModelManager import MODELS
+
     parser.add_argument("--datasets", nargs="+", default=None,
-                        help="datasets (default: DIGITS; --preset paper: the paper's seven)")
-    parser.add_argument("--models", nargs="+", default=None, help="architectures (default depends on --preset)")
+                        help=f"datasets, of {', '.join(DATASETS)} (default: the preset's)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"architectures, of {', '.join(MODELS)} (default: the preset's)")
     parser.add_argument("--bugs", nargs="+", default=None,
-                        help="fault ids, 0 = healthy, ranges allowed (e.g. 0 1-10; default depends on --preset)")
-    parser.add_argument("--preset", choices=("digits", "demo", "paper"), default="digits",
-                        help="grid of datasets/models/faults used when those flags are not given")
+                        help=f"fault ids, {FaultInjector.describe_ids()}, ranges allowed (e.g. 0 1-10; default: "
+                             "the preset's)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="digits",
+                        help="the grid used where --datasets/--models/--bugs are not given: "
+                             + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="batch size (default: the dataset's)")
+
+
+def add_root_flags(parser: argparse.ArgumentParser, *roots: str, output_help: str | None = None) -> None:
+    """The roots a script reads or writes, of ``data``, ``model``, ``info`` and ``output``."""
+    flags = {"data": ("--data-root", layout.DEFAULT_DATA_ROOT, "folder of the datasets"),
+             "model": ("--model-root", layout.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
+             "info": ("--info-root", layout.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
+             "output": ("--output", layout.DEFAULT_OUTPUT, output_help or "folder of result CSVs and figures")}
+    for root in roots:
+        flag, default, text = flags[root]
+        parser.add_argument(flag, default=default, help=text)
+
+
+def add_run_flags(parser: argparse.ArgumentParser, force: bool = True) -> None:
+    """``--quiet``, and ``--force`` for the scripts that skip finished work."""
+    if force:
+        parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """What training asks for (``settings.TrainSettings``); unset numbers keep the dataset's recipe."""
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="training epochs (default: the dataset's)")
+                        help="training epochs (default: the dataset's recipe for each architecture, or the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="training batch size (default: the dataset's recipe for each architecture)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="learning rate (default: the dataset's recipe for each architecture)")
+    parser.add_argument("--seed", type=non_negative_int, default=SEED, help="random seed of training")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="side length the versions see (default: the dataset's, at least the model's minimum)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed-precision (bfloat16) training; a trained version is kept, add --force to retrain "
+                             "(default: on with CUDA, off elsewhere)")
+
+
+def add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    """How DeepFool attacks the inputs (``settings.AttackSettings``)."""
+    parser.add_argument("--batch-size", type=positive_int, default=ATTACK_BATCH,
+                        help="inputs attacked together (finished inputs leave the batch)")
     parser.add_argument("--max-inputs", type=positive_int, default=None,
                         help="attack at most this many validation and test inputs per version (a stratified "
                              "sample; default: all, or the preset's)")
-    parser.add_argument("--seed", type=non_negative_int, default=utils.SEED, help="random seed")
-    parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
-    parser.add_argument("--data-root", default=layout.DEFAULT_DATA_ROOT, help="folder of the datasets")
-    parser.add_argument("--model-root", default=layout.DEFAULT_MODEL_ROOT, help="folder of checkpoints")
-    parser.add_argument("--info-root", default=layout.DEFAULT_INFO_ROOT, help="folder of KDEs and caches")
-    parser.add_argument("--output", default=layout.DEFAULT_OUTPUT, help="folder of result CSVs and figures")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
@@ -126,29 +177,43 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
 
 @dataclass(frozen=True)
 class Preset:
-    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given."""
+    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given.
 
-    datasets: tuple[str, ...]
-    models: tuple[str, ...]
-    bugs: tuple[int, ...]
-    #: training epochs of some architectures (the others: their dataset's default)
+    ``None`` stands for "every one registered", read when the grid is resolved: an architecture, a
+    dataset or a fault added to its registry joins the presets that take them all.
+    """
+
+    description: str
+    #: dataset names (None: the paper's datasets)
+    datasets: tuple[str, ...] | None = None
+    #: architecture names (None: every registered architecture)
+    models: tuple[str, ...] | None = None
+    #: fault ids (None: healthy and every fault; each dataset keeps those that apply to it)
+    bugs: tuple[int, ...] | None = None
+    #: training epochs of some architectures (the others: their dataset's recipe)
     epochs: dict[str, int] = field(default_factory=dict)
     #: validation and test inputs attacked per version (None: all)
     max_inputs: int | None = None
 
+    def resolved(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+        """``(datasets, models, bugs)`` with every ``None`` read from its registry now."""
+        from DatasetManager import paper_datasets
+        from ModelManager import MODELS
 
-ALL_MODELS = ("resnet", "alexnet", "densenet", "vgg16", "squeezenet")
+        return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
+                self.bugs or FaultInjector.all_bug_ids())
+
+
 PRESETS = {
-    # every architecture, healthy and with each fault that applies to DIGITS
-    "digits": Preset(("DIGITS",), ALL_MODELS, tuple(range(0, 11))),
+    "digits": Preset("DIGITS x every architecture x every fault that applies to it", datasets=(Digits.name,)),
     # the README's one-command demo, sized for 10 minutes on two CPU cores: three architectures
     # trained briefly (so they make mistakes worth predicting), a trained fault (5: a third of the
     # epochs) and a test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is
     # most of the time)
-    "demo": Preset(("DIGITS",), ("squeezenet", "densenet", "resnet"), (0, 5, 10),
+    "demo": Preset("DIGITS x squeezenet, densenet, resnet x faults 0, 5, 10, brief training, 40 inputs per split",
+                   datasets=(Digits.name,), models=("squeezenet", "densenet", "resnet"), bugs=(0, 5, 10),
                    epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
-    # the paper's grid: seven datasets, five architectures, faults 1-10 (11, 12 on CIFAR10)
-    "paper": Preset(("ATS", "CIFAR10", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"), ALL_MODELS, tuple(range(0, 13))),
+    "paper": Preset("the paper's datasets x every architecture x every fault that applies"),
 }
 
 
@@ -175,31 +240,37 @@ class Grid:
 def resolve_grid(args: argparse.Namespace) -> Grid:
     """The versions a command line asks for, every name checked before any work starts."""
     from DatasetManager import get_dataset
-    from FaultInjector import validate_bug_id
     from ModelManager import get_model_class
 
     preset = PRESETS[args.preset]
-    datasets = [get_dataset(name).name for name in (split_list(args.datasets) or preset.datasets)]
-    models = [get_model_class(name).name for name in (split_list(args.models) or preset.models)]
+    preset_datasets, preset_models, preset_bugs = preset.resolved()
+    datasets = [get_dataset(name).name for name in (split_list(args.datasets) or preset_datasets)]
+    models = [get_model_class(name).name for name in (split_list(args.models) or preset_models)]
     explicit_bugs = parse_bug_ids(args.bugs)
     if explicit_bugs is not None:
         for dataset in datasets:
             for bug in explicit_bugs:
-                validate_bug_id(bug, get_dataset(dataset))
-    bugs = explicit_bugs if explicit_bugs is not None else list(preset.bugs)
+                FaultInjector.validate_bug_id(bug, get_dataset(dataset))
+    bugs = explicit_bugs if explicit_bugs is not None else list(preset_bugs)
     return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs, getattr(args, "epochs", None),
-                dict(preset.epochs), args.max_inputs or preset.max_inputs)
+                dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs)
 
 
-def prepare(args: argparse.Namespace, writable=(), needs_data: bool = True):
+def prepare(args: argparse.Namespace, writable=()):
     """The checks a script makes before any work: names, device, datasets present, output folders
-    writable. Returns ``(grid, device)``."""
+    writable. Returns ``(grid, device)`` (device None for a script without ``--device``).
+
+    A script's parser holds only the flags it uses, so the flags present say what to check: a
+    ``--device`` is checked where the jobs run, a ``--data-root`` for the datasets' files.
+    """
     grid = resolve_grid(args)
-    if getattr(args, "launcher", "local") == "local":
-        device = utils.choose_device(args.device)  # also where no network runs: a request that cannot be met is refused
-    else:  # the jobs run elsewhere (a GPU node, say): only the spelling can be checked on the driver
-        device = _parse_device(args.device)
-    if needs_data:
+    device = None
+    if "device" in vars(args):
+        if getattr(args, "launcher", "local") == "local":
+            device = utils.choose_device(args.device)  # also where no network runs: an unmet request is refused
+        else:  # the jobs run elsewhere (a GPU node, say): only the spelling can be checked on the driver
+            device = _parse_device(args.device)
+    if "data_root" in vars(args):
         check_datasets_available(grid.datasets, args.data_root)
     for folder in writable:
         storage.check_writable(folder)
@@ -292,19 +363,26 @@ def _launcher_with_engine(name: str) -> str:
     return name
 
 
-def roots_of(args: argparse.Namespace):
-    from jobs import Roots
+def roots_of(args: argparse.Namespace) -> layout.Roots:
+    """The roots a command line names; those its script has no flag for keep their defaults."""
+    names = {"data": "data_root", "model": "model_root", "info": "info_root", "output": "output"}
+    return layout.Roots(**{root: getattr(args, flag) for root, flag in names.items() if flag in vars(args)})
 
-    return Roots(str(args.data_root), str(args.model_root), str(args.info_root), str(args.output))
+
+def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
+    """The attack a fit, cache or real-time command line asks for (``--max-inputs`` or the preset's)."""
+    return AttackSettings(batch_size=args.batch_size, max_inputs=grid.max_inputs)
 
 
-def make_jobs(step: str, versions, args: argparse.Namespace, **settings) -> list:
-    """One job of ``step`` per ``(dataset, model, bug)``; ``settings``: what the step's flags asked for."""
-    from jobs import Job
+def job_settings(args: argparse.Namespace, **fields) -> JobSettings:
+    """The settings every job of a per-version script shares, with the step's own ``fields``."""
+    return JobSettings(device=args.device, force=args.force, quiet=args.quiet, **fields)
 
-    common = dict(device=args.device, force=args.force, quiet=args.quiet, batch_size=args.batch_size)
+
+def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettings) -> list[Job]:
+    """One job of ``step`` per ``(dataset, model, bug)``, all with ``settings``."""
     roots = roots_of(args)
-    return [Job(step, dataset, model, bug, roots, dict(common, **settings)) for dataset, model, bug in versions]
+    return [Job(step, dataset, model, bug, roots, settings) for dataset, model, bug in versions]
 
 
 def launch_and_report(jobs: list, args: argparse.Namespace) -> int:

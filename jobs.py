@@ -25,6 +25,8 @@ import numpy as np
 
 import FaultInjector
 import layout
+from layout import Roots
+from settings import AttackSettings, TrainSettings
 from storage import is_fresh
 from utils import UsageError
 
@@ -42,25 +44,29 @@ COLUMNS = {
 
 
 @dataclass(frozen=True)
-class Roots:
-    """The four folders every step reads and writes."""
+class JobSettings:
+    """What a step's flags asked for, built once by the script: the same object for every job of a launch
+    (but a training job's epochs, which a preset may set per architecture)."""
 
-    data: str = layout.DEFAULT_DATA_ROOT
-    model: str = layout.DEFAULT_MODEL_ROOT
-    info: str = layout.DEFAULT_INFO_ROOT
-    output: str = layout.DEFAULT_OUTPUT
+    device: str | None = None
+    force: bool = False
+    quiet: bool = False
+    #: the train step's ``--mode``: train missing versions, or re-measure existing ones ("evaluate")
+    mode: str = "train"
+    training: TrainSettings = field(default_factory=TrainSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One step of one version. ``settings``: what the step's flags asked for (epochs, device, force, ...)."""
+    """One step of one version, with the step's settings."""
 
     step: str
     dataset: str
     model: str
     bug: int
     roots: Roots
-    settings: dict = field(default_factory=dict, hash=False, compare=False)
+    settings: JobSettings = field(default_factory=JobSettings, hash=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -158,26 +164,19 @@ def run_train(job: Job) -> Outcome:
     import ModelManager
 
     s, roots = job.settings, job.roots
-    settings = ModelManager.requested_settings(job.model, job.dataset, epochs=s.get("epochs"), lr=s.get("lr"),
-                                               batch_size=s.get("batch_size"), seed=s.get("seed", 42),
-                                               image_size=s.get("image_size"))
-    mode = s.get("mode", "train")
-    if job.step == "derive" and mode == "train" and \
+    if job.step == "derive" and s.mode == "train" and \
             not ModelManager.is_trained(roots.model, job.model, job.dataset, FaultInjector.HEALTHY):
         healthy = layout.checkpoint_path(roots.model, job.model, job.dataset, FaultInjector.HEALTHY)
         raise UsageError(f"{job.key} needs the healthy version's checkpoint {healthy}, which does not exist (did its "
                          "train job fail?)")
-    reason = ModelManager.training_status(roots.model, job.model, job.dataset, job.bug, settings)
-    if mode == "train" and not s.get("force") and reason is None:
-        model = ModelManager.create_model(job.model, job.dataset, "load", job.bug, device="cpu",
-                                          model_root=roots.model, data_root=roots.data)
+    reason = ModelManager.training_status(roots.model, job.model, job.dataset, job.bug, s.training)
+    if s.mode == "train" and not s.force and reason is None:
+        model = ModelManager.create_model(job.model, job.dataset, "load", job.bug, device="cpu", roots=roots)
         return _skipped(job, **_train_cells(model))
-    model = ModelManager.create_model(
-        job.model, job.dataset, mode, job.bug, device=s.get("device"), model_root=roots.model, data_root=roots.data,
-        epochs=settings["epochs"], lr=settings["lr"], batch_size=settings["batch_size"], seed=settings["seed"],
-        image_size=s.get("image_size"), progress=not s.get("quiet"), amp=s.get("amp"))
-    note = "evaluated" if mode == "evaluate" or job.step == "derive" else "trained"
-    if mode == "train" and reason not in (None, "missing"):
+    model = ModelManager.create_model(job.model, job.dataset, s.mode, job.bug, device=s.device, settings=s.training,
+                                      roots=roots, progress=not s.quiet)
+    note = "evaluated" if s.mode == "evaluate" or job.step == "derive" else "trained"
+    if s.mode == "train" and reason not in (None, "missing"):
         note += f" ({reason})"
     return Outcome(job, DONE, _train_cells(model), note=note)
 
@@ -195,9 +194,8 @@ def _load_for_attack(job: Job, bug: int):
     """The version's network (its checkpoint must exist: fail fast otherwise) and its data."""
     import ModelManager
 
-    model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.get("device"),
-                                      model_root=job.roots.model, data_root=job.roots.data)
-    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.get("max_inputs"))
+    model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.device, roots=job.roots)
+    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.attack.max_inputs)
     return model, data
 
 
@@ -212,16 +210,17 @@ def run_fit(job: Job) -> Outcome:
     figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug)
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug)]
-    data = _datasets(roots.data).get(job.dataset, job.bug, job.settings.get("max_inputs"))
-    if not job.settings.get("force") and is_fresh([correct_path, wrong_path], sources) and \
+    s = job.settings
+    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
+    if not s.force and is_fresh([correct_path, wrong_path], sources) and \
             _fitted_inputs(correct_path, wrong_path) == len(data.y_val):
         if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
             _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
-    trainer = DeepFailGuardTrainer(progress=not job.settings.get("quiet"))
-    loader = ModelManager.loader_for(model, data, "val", job.settings.get("batch_size"))
-    fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=job.settings.get("device"))
+    trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
+    loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
+    fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
     plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
@@ -256,19 +255,19 @@ def run_cache(job: Job) -> Outcome:
     import ModelManager
     from Attacker import Attacker
 
-    roots = job.roots
-    data = _datasets(roots.data).get(job.dataset, job.bug, job.settings.get("max_inputs"))
+    roots, s = job.roots, job.settings
+    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
     truth_path = layout.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
     # up to date: newer than the checkpoint, its metadata and the ground truth it answers
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug), truth_path]
     outputs = layout.cache_paths(roots.info, job.model, job.dataset, job.bug).values()
-    if not job.settings.get("force") and is_fresh(outputs, sources):
+    if not s.force and is_fresh(outputs, sources):
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
-    loader = ModelManager.loader_for(model, data, "test", job.settings.get("batch_size"))
-    attacker = Attacker(model.model_structure, device=job.settings.get("device"))
-    result = attacker.attack_loader(loader, progress=not job.settings.get("quiet"), description=job.key)
+    loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
+    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    result = attacker.attack_loader(loader, progress=not s.quiet, description=job.key)
     layout.write_version_cache(roots.info, job.model, job.dataset, job.bug, result)
     accuracy = float((result.labels == data.y_test.numpy()).mean())
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",

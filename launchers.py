@@ -40,6 +40,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from jobs import FAILED, Job, Outcome, run_job
+from layout import log_folder
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -193,7 +194,7 @@ def _ray_failure(jobs, index: int, errors: dict, ray) -> Outcome:
         reason = f"its Ray worker died {RAY_MAX_RETRIES + 1} times (killed or out of memory?)"
     else:
         reason = f"{type(error).__name__}: {error}"
-    log = Path(job.roots.output) / "logs" / "ray" / f"{job.step}_{job.key}.log"
+    log = log_folder(job.roots.output, "ray") / f"{job.step}_{job.key}.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"{job.name}\n\n{error}\n")
@@ -222,7 +223,7 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
     if not jobs:
         return []
     steps = list(dict.fromkeys(job.step for job in jobs))
-    folder = Path(jobs[0].roots.output).resolve() / "logs" / "slurm" / "%j"
+    folder = log_folder(Path(jobs[0].roots.output).resolve(), "slurm") / "%j"
     handles: list = [None] * len(jobs)
     array_of_step: dict[str, str] = {}
     for step in steps:

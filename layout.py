@@ -10,12 +10,14 @@ caches drop in unchanged.
 | failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
 | test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
-| results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv``, ``figures/`` |
+| results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` (+ ``paper_comparison.csv``) |
+| figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}.png`` |
+| launcher logs | ``{output}/logs/{ray,slurm}/`` |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,57 @@ PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
 #: what a version's test cache holds (the paper's release has the first two); distances are written last,
 #: so their presence means the version is complete
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "distances")
-RESULT_FILES = ("results.csv", "summary.csv", "failure_prediction.csv")
+RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
+RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV)
+#: what ``--configurations paper`` adds beside them
+PAPER_COMPARISON_CSV = "paper_comparison.csv"
+FIGURES_SUBDIR = "figures"
+LOGS_SUBDIR = "logs"
 CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
+
+
+@dataclass(frozen=True)
+class Roots:
+    """The four folders every step reads and writes (``--data-root``, ``--model-root``, ``--info-root``,
+    ``--output``), as text so that a job holding them pickles and compares plainly."""
+
+    data: str = DEFAULT_DATA_ROOT
+    model: str = DEFAULT_MODEL_ROOT
+    info: str = DEFAULT_INFO_ROOT
+    output: str = DEFAULT_OUTPUT
+
+    def __post_init__(self):
+        for field in fields(self):  # Path or str in, str kept
+            object.__setattr__(self, field.name, str(getattr(self, field.name)))
+
+
+DEFAULT_ROOTS = Roots()
+
+
+# ---------------------------------------------------------------------------------------------
+# results, figures, logs
+# ---------------------------------------------------------------------------------------------
+
+def result_path(output, name: str) -> Path:
+    """One of the evaluation's tables (``RESULT_FILES``, ``PAPER_COMPARISON_CSV``) in ``output``."""
+    return Path(output) / name
+
+
+def figure_path(output, name: str) -> Path:
+    return Path(output) / FIGURES_SUBDIR / name
+
+
+def methods_figure_path(output, dataset_name: str) -> Path:
+    return figure_path(output, f"methods_{dataset_name.upper()}.png")
+
+
+def reliability_figure_path(output, dataset_name: str) -> Path:
+    return figure_path(output, f"reliability_{dataset_name.upper()}.png")
+
+
+def log_folder(output, engine: str) -> Path:
+    """Where a launcher's engine (``ray``, ``slurm``) keeps the logs of failed or remote jobs."""
+    return Path(output) / LOGS_SUBDIR / engine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +144,7 @@ def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | 
 
 
 def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
-    return Path(output) / "figures" / f"kde_{version_key(model_name, dataset_name, bug_id)}.png"
+    return figure_path(output, f"kde_{version_key(model_name, dataset_name, bug_id)}.png")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,16 +12,28 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
+
 import cli
 
 
-def main(argv=None) -> int:
-    parser = cli.base_parser(__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(__doc__)
+    cli.add_grid_flags(parser)
+    cli.add_attack_flags(parser)
+    cli.add_device_flag(parser)
+    cli.add_run_flags(parser)
+    cli.add_root_flags(parser, "data", "model", "info", "output", output_help="folder of the launchers' logs")
     cli.add_launcher_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.info_root])
     versions = cli.trained_versions(grid, args.model_root)
-    return cli.launch_and_report(cli.make_jobs("cache", versions, args, max_inputs=grid.max_inputs), args)
+    settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
+    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings), args)
 
 
 if __name__ == "__main__":

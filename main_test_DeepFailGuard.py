@@ -10,6 +10,8 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
+
 from tqdm.auto import tqdm
 
 import cli
@@ -21,31 +23,42 @@ from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
 
 
-def main(argv=None) -> int:
-    parser = cli.base_parser(__doc__.splitlines()[0])
-    parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(__doc__)
+    cli.add_grid_flags(parser)
+    cli.add_attack_flags(parser)
+    cli.add_device_flag(parser)
     paper.add_posterior_flag(parser)
-    args = parser.parse_args(argv)
+    cli.add_run_flags(parser, force=False)
+    cli.add_root_flags(parser, "data", "model", "info", "output")
+    parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     grid, device = cli.prepare(args, writable=[args.output])
-    versions = cli.trained_versions(grid, args.model_root)
-    datasets = DatasetCache(args.data_root)
+    attack = cli.attack_settings(args, grid)
+    roots = cli.roots_of(args)
+    versions = cli.trained_versions(grid, roots.model)
+    datasets = DatasetCache(roots.data)
     records_by_dataset = {d: {} for d in grid.datasets}
     truths_by_dataset = {d: {} for d in grid.datasets}
     for dataset, model_name, bug in tqdm(versions, desc="real-time versions", unit="version", disable=args.quiet):
-        model = ModelManager.load_version(model_name, dataset, bug, device, model_root=args.model_root,
-                                          data_root=args.data_root)
-        module = DeepFailGuardModule.of_version(model, args.info_root, args.model_root, dataset, model_name, bug,
-                                                device=device)
+        model = ModelManager.load_version(model_name, dataset, bug, device, roots=roots)
+        module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
+                                                device=device, deepfool=attack.deepfool)
         module.posterior_rule = paper.posterior_rule(args.posterior)
-        data = datasets.get(dataset, bug, grid.max_inputs)
-        result = module.attack_loader(ModelManager.loader_for(model, data, "test", args.batch_size),
+        data = datasets.get(dataset, bug, attack.max_inputs)
+        result = module.attack_loader(ModelManager.loader_for(model, data, "test", attack.batch_size),
                                       progress=not args.quiet)
         test_set = layout.test_set_of(bug)
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities)
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
-    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
+    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
+                                  progress=not args.quiet)
     return 0
 
 

@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import cli
@@ -26,12 +27,19 @@ import paper
 from DatasetManager import get_dataset
 
 
-def main(argv=None) -> int:
-    parser = cli.base_parser(__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(__doc__)
+    cli.add_grid_flags(parser)
     paper.add_configuration_flags(parser)
     paper.add_posterior_flag(parser)
-    args = parser.parse_args(argv)
-    grid, _ = cli.prepare(args, writable=[args.output], needs_data=False)
+    cli.add_run_flags(parser, force=False)
+    cli.add_root_flags(parser, "model", "info", "output")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    grid, _ = cli.prepare(args, writable=[args.output])
     published = None
     if paper.configurations_mode(args) == "paper":
         published = paper.select_published(paper.read_published(args.paper_results), grid)
@@ -63,9 +71,11 @@ def main(argv=None) -> int:
                                       for test_set in {r.test_set for r in records.values()}}
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
     if published is not None:
-        paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior)
+        paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,
+                                   progress=not args.quiet)
         return 0
-    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output)
+    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
+                                  progress=not args.quiet)
     return 0
 
 

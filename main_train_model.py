@@ -10,42 +10,40 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import math
+from dataclasses import replace
 
 import cli
 import FaultInjector
 from jobs import step_of
-from utils import UsageError
+from settings import TrainSettings
 
 
-def parse_args(argv) -> argparse.Namespace:
-    parser = cli.base_parser(__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.new_parser(__doc__)
+    cli.add_grid_flags(parser)
     parser.add_argument("--mode", choices=("train", "evaluate"), default="train",
                         help="train missing versions, or re-measure existing ones")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the dataset's)")
-    parser.add_argument("--image-size", type=cli.positive_int, default=None,
-                        help="side length the versions see (default: the dataset's, at least the model's minimum)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed-precision (bfloat16) training; a trained version is kept, add --force to retrain "
-                             "(default: on with CUDA, off elsewhere)")
+    cli.add_training_flags(parser)
+    cli.add_device_flag(parser)
+    cli.add_run_flags(parser)
+    cli.add_root_flags(parser, "data", "model", "output", output_help="folder of the launchers' logs")
     cli.add_launcher_flags(parser)
-    args = parser.parse_args(argv)
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be positive and finite, got {args.lr}")
-    return args
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.model_root])  # bad requests refused before hours of work
     versions = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     if args.mode == "train":
         versions = with_healthy_versions(versions)
+    training = TrainSettings(lr=args.lr, batch_size=args.batch_size, seed=args.seed, image_size=args.image_size,
+                             amp=args.amp)
     jobs = []
     for dataset, model, bug in versions:
+        settings = cli.job_settings(args, mode=args.mode, training=replace(training, epochs=grid.epochs_for(model)))
         jobs += cli.make_jobs(step_of(bug) if args.mode == "train" else "train", [(dataset, model, bug)], args,
-                              mode=args.mode, epochs=grid.epochs_for(model), lr=args.lr, seed=args.seed,
-                              image_size=args.image_size, amp=args.amp, max_inputs=None)
+                              settings)
     return cli.launch_and_report(jobs, args)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from settings import SEED
+
 
 def majority_vote(version_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """The most frequent label per input; ties go to the smallest class index (the paper's rule)."""
@@ -101,7 +103,7 @@ def mcnemar_exact(method_right, baseline_right) -> float:
 
 
 def paired_difference_interval(method_right, baseline_right, confidence: float = 0.95, resamples: int = 10_000,
-                               seed: int = 42) -> tuple[float, float]:
+                               seed: int = SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy(method) − accuracy(baseline), resampling inputs in pairs.
 
     Each input's paired difference is +1, −1 or 0, so resampling n inputs with replacement is a multinomial

@@ -30,6 +30,7 @@ import pandas as pd
 
 import Evaluator
 import layout
+from DatasetManager import paper_datasets
 from DeepFailGuard import Assessment, DeepFailGuard
 from layout import check_distances
 from storage import atomic_write_table
@@ -40,7 +41,6 @@ PREDICTOR_METHODS = {"full": "dfg", "Distance_Only": "distance_only", "Val_Acc_O
 PUBLISHED_COLUMNS = ("predictor", "dataset", "n_versions", "models", "bug_ids", "dfg_acc", "voting_acc", "upper_limit")
 #: the paper prints four decimals: a figure agrees when it rounds to the published one
 AGREEMENT = 5e-5
-COMPARISON_FILE = "paper_comparison.csv"
 NOT_IN_CACHE = "not in cache"
 COMPARISON_COLUMNS = ("predictor", "method", "dataset", "n_versions", "models", "bug_ids", "status", "missing",
                       "posterior", "paper_accuracy", "our_accuracy", "accuracy_diff", "paper_voting", "our_voting",
@@ -67,7 +67,8 @@ def add_configuration_flags(parser) -> None:
     parser.add_argument("--configurations", choices=("grid", "paper"), default=None,
                         help="grid: every combination of architectures and faults; paper: exactly the "
                              "configurations the paper published, compared with its figures in "
-                             f"{{output}}/{COMPARISON_FILE} (default: paper with --preset paper, else grid)")
+                             f"{{output}}/{layout.PAPER_COMPARISON_CSV} (default: paper with --preset paper, else "
+                             "grid)")
     parser.add_argument("--paper-results", default=None,
                         help="another published table in the format of mymodel/paper_results.csv "
                              "(default: that file)")
@@ -186,8 +187,7 @@ def select_published(table: pd.DataFrame, grid) -> pd.DataFrame:
     selected = table[keep].reset_index(drop=True)
     if selected.empty:
         raise UsageError(f"no published configuration among datasets {', '.join(grid.datasets)} with the chosen "
-                         "--models/--bugs (the paper's are ATS, CIFAR10, COVIDX9A, CTSD, GTSRB, TSCD, TTS: "
-                         "try --preset paper)")
+                         f"--models/--bugs (the paper's are {', '.join(sorted(paper_datasets()))}: try --preset paper)")
     return selected
 
 
@@ -224,7 +224,7 @@ def versions_needed(published: pd.DataFrame) -> dict[str, list[tuple[str, int]]]
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_and_compare(published: pd.DataFrame, records_by_dataset: dict, truths_by_dataset: dict, output,
-                         posterior: str = "log") -> pd.DataFrame:
+                         posterior: str = "log", progress: bool = False) -> pd.DataFrame:
     """Evaluate the published configurations, compare, write every table; print both summaries.
 
     Everything is computed before anything is written. Returns the comparison.
@@ -235,13 +235,13 @@ def evaluate_and_compare(published: pd.DataFrame, records_by_dataset: dict, trut
                          "cache (distances and dnn_labels in test_information_cached/, KDEs in kde_results/); "
                          "check --info-root")
     evaluation = Evaluator.evaluate_datasets(records_by_dataset, truths_by_dataset, [], {},
-                                             sets_by_dataset(published))
+                                             sets_by_dataset(published), progress)
     comparison = compare(published, evaluation.rows, records_by_dataset, posterior)
     summary = Evaluator.write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
-    atomic_write_table(Path(output) / COMPARISON_FILE, comparison, COMPARISON_COLUMNS)
+    atomic_write_table(layout.result_path(output, layout.PAPER_COMPARISON_CSV), comparison, COMPARISON_COLUMNS)
     print(Evaluator.format_summary(summary))
     print(format_comparison(comparison))
-    print(f"results in {output}/{', '.join((*layout.RESULT_FILES, COMPARISON_FILE))}")
+    print(f"results in {output}/{', '.join((*layout.RESULT_FILES, layout.PAPER_COMPARISON_CSV))}")
     return comparison
 
 

@@ -1,8 +1,8 @@
-"""The small remainder every room shares: the usage-error type, the seed, device choice, splits.
+"""The small remainder every room shares: the usage-error type, device choice, seeding, splits.
 
-Files live in ``storage.py`` (atomic writes, safe loading), paths in ``layout.py``, metrics in
-``metrics.py``; anything specific to a dataset, an architecture, a fault, the attacker or the
-failure predictor lives in its own module.
+Files live in ``storage.py`` (atomic writes, safe loading), paths in ``layout.py``, defaults and
+settings in ``settings.py``, metrics in ``metrics.py``; anything specific to a dataset, an
+architecture, a fault, the attacker or the failure predictor lives in its own module.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import random
 
 import numpy as np
 import torch
-
-#: the one seed of the pipeline: splits, faults, training and sampling all start from it
-SEED = 42
 
 
 class UsageError(Exception):

@@ -33,6 +33,7 @@ import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
+from layout import Roots  # noqa: E402
 from utils import choose_device  # noqa: E402
 
 
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
           f"{'med_rel_diff':>12} {'max_rel_diff':>12} {'same_success':>12}")
     ratios = []
     for model_name in args.models:
-        model = ModelManager.load_version(model_name, args.dataset, 0, device, model_root=args.model_root)
+        model = ModelManager.load_version(model_name, args.dataset, 0, device, roots=Roots(model=args.model_root))
         sized = data.at(image_size=args.image_size or model.metadata["image_size"], batch_size=args.inputs)
         images = next(iter(sized.test_loader))[0]
         network = model.model_structure
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     if ratios:
         print(f"median speed-up over foolbox with frozen weights: {statistics.median(ratios):.1f}x")
     if not args.no_profile:
-        model = ModelManager.load_version(args.models[-1], args.dataset, 0, device, model_root=args.model_root)
+        model = ModelManager.load_version(args.models[-1], args.dataset, 0, device, roots=Roots(model=args.model_root))
         sized = data.at(image_size=args.image_size or model.metadata["image_size"], batch_size=args.inputs)
         images = next(iter(sized.test_loader))[0]
         print(f"\nwhere our time goes ({args.models[-1]}, batch {args.batch_sizes[-1]}):")

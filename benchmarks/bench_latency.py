@@ -44,6 +44,8 @@ from Attacker import full_float32_convolutions  # noqa: E402
 from DatasetManager import create_dataset, resize_batch  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from kde import GaussianKDE  # noqa: E402
+from layout import Roots  # noqa: E402
+from settings import TrainSettings  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 
@@ -65,12 +67,13 @@ def median_seconds(function, argument, device: torch.device, repeats: int) -> fl
 
 def get_version(model_name: str, data, device, args, scratch: Path):
     if args.model_root and ModelManager.is_trained(args.model_root, model_name, "DIGITS", 0):
-        return ModelManager.load_version(model_name, "DIGITS", 0, device, model_root=args.model_root), "loaded"
+        return ModelManager.load_version(model_name, "DIGITS", 0, device, roots=Roots(model=args.model_root)), "loaded"
     if args.train_epochs:
         with contextlib.redirect_stdout(sys.stderr):
             model = ModelManager.create_model(model_name, subset(data, args.max_train), mode="train", device=device,
-                                              epochs=args.train_epochs, image_size=args.image_size,
-                                              model_root=scratch, progress=False)
+                                              settings=TrainSettings(epochs=args.train_epochs,
+                                                                     image_size=args.image_size),
+                                              roots=Roots(model=scratch), progress=False)
         return model, f"trained {args.train_epochs} epoch(s)"
     seed_everything(0)
     model = ModelManager.build_version(model_name, data.num_classes)

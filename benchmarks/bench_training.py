@@ -82,8 +82,8 @@ def measure(model_name: str, precision: str, data, device, *, image_size: int, b
     size = max(image_size, model.min_input_size)
     defaults = data.source.training_defaults(model_name)
     sized = data.at(image_size=size, batch_size=batch_size or defaults.batch_size)
-    trainer = ModelTrainer(model.model_structure, device=device, epochs=1, lr=defaults.lr,
-                           weight_decay=defaults.weight_decay, amp=amp, channels_last=channels_last, progress=False)
+    trainer = ModelTrainer(model.model_structure, device=device, epochs=1, recipe=defaults, amp=amp,
+                           channels_last=channels_last, progress=False)
     trainer.model.train()
     loader = sized.train_loader if resize_on == "device" else HostResized(sized.train_loader)
     full_batches = forever(trainer, loader, sized.batch_size)

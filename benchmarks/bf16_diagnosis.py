@@ -49,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from DatasetManager import MyData, create_dataset  # noqa: E402
+from layout import Roots  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
+from settings import TrainSettings  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")
@@ -95,8 +97,9 @@ def accuracy(network: nn.Module, loader, device: torch.device, autocast: bool) -
 def train_via_create_model(model_name: str, data: MyData, device, *, amp: bool, epochs, seed: int, image_size,
                            model_root) -> tuple[nn.Module, dict, MyData]:
     """The project's own path: ``ModelManager.create_model(mode="train")`` into ``model_root``."""
-    model = ModelManager.create_model(model_name, data, mode="train", device=device, amp=amp, epochs=epochs,
-                                      seed=seed, image_size=image_size, model_root=model_root, progress=False)
+    settings = TrainSettings(epochs=epochs, seed=seed, image_size=image_size, amp=amp)
+    model = ModelManager.create_model(model_name, data, mode="train", device=device, settings=settings,
+                                      roots=Roots(model=model_root), progress=False)
     sized = data.at(image_size=model.metadata["image_size"], batch_size=model.metadata["batch_size"])
     history = dict(model.metadata["history"], test_acc=model.metadata["test_acc"])
     return model.model_structure, history, sized
@@ -111,9 +114,8 @@ def train_direct(model_name: str, data: MyData, device, *, amp: bool, epochs, se
     defaults = data.source.training_defaults(model_name)
     size = image_size or model.input_size(data.image_size or data.native_size)
     sized = data.at(image_size=size, batch_size=defaults.batch_size, seed=seed)
-    trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs or defaults.epochs, lr=defaults.lr,
-                           weight_decay=defaults.weight_decay, step_size=defaults.step_size, gamma=defaults.gamma,
-                           amp=amp, channels_last=channels_last, float32_modules=float32_modules, progress=False)
+    trainer = ModelTrainer(model.model_structure, device=device, epochs=epochs, recipe=defaults, amp=amp,
+                           channels_last=channels_last, float32_modules=float32_modules, progress=False)
     history = trainer.train_model(sized.train_loader, sized.val_loader)
     network = trainer.model.to(memory_format=torch.contiguous_format).eval()
     history["test_acc"] = trainer.evaluate_model(sized.test_loader)[0]

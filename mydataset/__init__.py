@@ -1,9 +1,24 @@
-"""One small class per dataset; ``DatasetManager`` holds the registry and builds splits and loaders."""
+"""One small class per dataset, each entered in ``DATASETS`` by its ``@register_dataset`` line;
+``DatasetManager`` builds splits and loaders from them.
 
-from mydataset.base import MyDataset, RawSplits, TrainingDefaults
-from mydataset.cifar10 import Cifar10
+To add a dataset, write a module here holding a ``MyDataset`` subclass decorated ``@register_dataset``:
+every module of this package is imported below, and presets, ``--datasets`` and the tests read the registry.
+"""
+
+import importlib
+import pkgutil
+
+from mydataset.base import DATASETS, MyDataset, RawSplits, register_dataset
+
+# isort: off
+# the bundled default first, then the paper's: registration order is the order datasets are run in
 from mydataset.digits import Digits
+from mydataset.cifar10 import Cifar10
 from mydataset.released import ATS, COVIDX9A, CTSD, GTSRB, TSCD, TTS
+# isort: on
 
-__all__ = ["MyDataset", "RawSplits", "TrainingDefaults", "Digits", "Cifar10",
+for _module in pkgutil.iter_modules(__path__):  # any other dataset module, after them
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["DATASETS", "MyDataset", "RawSplits", "register_dataset", "Digits", "Cifar10",
            "ATS", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"]

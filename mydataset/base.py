@@ -1,4 +1,5 @@
-"""What every dataset class declares, and the conversions every loader shares."""
+"""What every dataset class declares, the registry the classes enter with ``@register_dataset``, and the
+conversions every loader shares."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ import numpy as np
 import torch
 
 import FaultInjector
+from settings import PAPER_RECIPE, TrainingRecipe
 from utils import UsageError
 
+#: every dataset, by (upper-case) name, in registration order; presets and ``--datasets`` read it
+DATASETS: dict[str, type["MyDataset"]] = {}
 
-@dataclass(frozen=True)
-class TrainingDefaults:
-    """Per-dataset training budget (the paper's: Adam, lr 1e-4, wd 1e-4, 30 epochs, StepLR 30/0.1)."""
 
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    step_size: int = 30
-    gamma: float = 0.1
+def register_dataset(cls: type["MyDataset"]) -> type["MyDataset"]:
+    """Class decorator: enter a dataset in :data:`DATASETS` under its ``name`` (one name, one class)."""
+    if not cls.name or cls.name != cls.name.upper():
+        raise ValueError(f"{cls.__name__}.name must be a non-empty upper-case name, got {cls.name!r}")
+    if DATASETS.get(cls.name, cls) is not cls:
+        raise ValueError(f"dataset {cls.name!r} is registered twice ({DATASETS[cls.name].__name__}, {cls.__name__})")
+    DATASETS[cls.name] = cls
+    return cls
 
 
 @dataclass
@@ -44,7 +47,9 @@ class MyDataset:
     #: side length the versions see, before an architecture's minimum input size is applied
     #: (``None``: the stored resolution)
     image_size: int | None = None
-    defaults = TrainingDefaults()
+    #: one of the paper's seven datasets (``--preset paper`` runs them)
+    in_paper: bool = False
+    defaults: TrainingRecipe = PAPER_RECIPE
     #: per-architecture changes to ``defaults`` (e.g. a learning rate a network needs on this data)
     model_defaults: dict[str, dict] = {}
     #: what fault 10 does to the test inputs: ``"gaussian"`` noise or ``"blur"``
@@ -58,7 +63,7 @@ class MyDataset:
         """Faults this dataset cannot carry (the fault table says which datasets each applies to)."""
         return FaultInjector.unsupported_faults(self.name)
 
-    def training_defaults(self, model_name: str) -> TrainingDefaults:
+    def training_defaults(self, model_name: str) -> TrainingRecipe:
         return replace(self.defaults, **self.model_defaults.get(model_name, {}))
 
     def check_available(self, data_root: Path) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mydataset.base import MyDataset, RawSplits, to_images, to_labels
+from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to_labels
 from utils import UsageError
 
 CIFAR10_1_URL = "https://github.com/modestyachts/CIFAR-10.1 (datasets/cifar10.1_v{4,6}_{data,labels}.npy)"
 SHIFT_VERSIONS = {11: "v4", 12: "v6"}
 
 
+@register_dataset
 class Cifar10(MyDataset):
     """50,000 train / 10,000 test 32×32 colour images; versions see them resized to 128×128 as in the paper.
 
@@ -23,6 +24,7 @@ class Cifar10(MyDataset):
 
     name = "CIFAR10"
     image_size = 128
+    in_paper = True
 
     def load(self, data_root: Path) -> RawSplits:
         train, test = (self._torchvision_split(data_root, is_train) for is_train in (True, False))

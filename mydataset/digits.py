@@ -8,16 +8,17 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from mydataset.base import MyDataset, RawSplits, TrainingDefaults, to_images, to_labels
+from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to_labels
+from settings import SEED, TrainingRecipe
 
 TEST_FRACTION = 0.2
-SPLIT_SEED = 42
 
 
+@register_dataset
 class Digits(MyDataset):
     """1,797 grey 8×8 images of 10 digits, shipped inside scikit-learn (no download, no files).
 
-    There is no official test split: a stratified 20 % (seed 42) is held out, 360 images.
+    There is no official test split: a stratified 20 % (the pipeline's seed) is held out, 360 images.
     Images are upsampled to 32×32 (or an architecture's minimum), three channels.
     """
 
@@ -26,7 +27,7 @@ class Digits(MyDataset):
     # Small data, CPU budget: few epochs; each architecture's learning rate and batch size chosen so
     # that its healthy version passes 95 % test accuracy (measured figures in the README). The
     # batch-normalised ResNet and DenseNet train fastest at 1e-3, the others need smaller steps.
-    defaults = TrainingDefaults(epochs=8, batch_size=64, lr=1e-3, weight_decay=1e-4, step_size=6, gamma=0.1)
+    defaults = TrainingRecipe(epochs=8, batch_size=64, lr=1e-3, weight_decay=1e-4, step_size=6, gamma=0.1)
     model_defaults = {
         "resnet": dict(batch_size=32),
         "alexnet": dict(epochs=12, batch_size=32, lr=3e-4, step_size=10),
@@ -38,7 +39,7 @@ class Digits(MyDataset):
         bunch = load_digits()
         images = bunch.images / 16.0
         x_train, x_test, y_train, y_test = train_test_split(
-            images, bunch.target, test_size=TEST_FRACTION, stratify=bunch.target, random_state=SPLIT_SEED)
+            images, bunch.target, test_size=TEST_FRACTION, stratify=bunch.target, random_state=SEED)
         return RawSplits(to_images(torch.tensor(x_train, dtype=torch.float32), "DIGITS train"),
                          to_labels(y_train, "DIGITS train"),
                          to_images(torch.tensor(x_test, dtype=torch.float32), "DIGITS test"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mydataset.base import MyDataset, RawSplits, to_images, to_labels
+from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to_labels
 from storage import safe_torch_load
 from utils import UsageError
 
@@ -19,6 +19,8 @@ FILES = ("x_train", "y_train", "x_test", "y_test")
 
 class ReleasedDataset(MyDataset):
     """A dataset shipped by the paper as four ``.pth`` files; versions see the stored resolution."""
+
+    in_paper = True
 
     def check_available(self, data_root: Path) -> None:
         paths = self._paths(data_root)
@@ -46,26 +48,32 @@ class ReleasedDataset(MyDataset):
         return splits
 
 
+@register_dataset
 class ATS(ReleasedDataset):
     name = "ATS"
 
 
+@register_dataset
 class CTSD(ReleasedDataset):
     name = "CTSD"
 
 
+@register_dataset
 class GTSRB(ReleasedDataset):
     name = "GTSRB"
 
 
+@register_dataset
 class TSCD(ReleasedDataset):
     name = "TSCD"
 
 
+@register_dataset
 class TTS(ReleasedDataset):
     name = "TTS"
 
 
+@register_dataset
 class COVIDX9A(ReleasedDataset):
     """Chest X-rays (single channel, repeated to three); fault 10 blurs instead of adding noise."""
 

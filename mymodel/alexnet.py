@@ -3,9 +3,10 @@
 import torch.nn as nn
 from torchvision.models import alexnet
 
-from mymodel.base import MyModel
+from mymodel.base import MyModel, register_model
 
 
+@register_model
 class AlexNetModel(MyModel):
     name = "alexnet"
     min_input_size = 63  # 11×11/4 convolution and three 3×3/2 max-pools

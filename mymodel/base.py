@@ -1,4 +1,5 @@
-"""What every architecture class declares: how to build the healthy network and its fault-1 variant."""
+"""What every architecture class declares (how to build the healthy network and its fault-1 variant), and
+the registry the classes enter with ``@register_model``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from typing import Callable
 import torch.nn as nn
 
 from utils import UsageError
+
+#: every architecture, by name, in registration order (the grid's order: it orders the version sets and
+#: breaks DeepFailGuard's ties); presets, ``--help`` and the tests read it
+MODELS: dict[str, type["MyModel"]] = {}
+
+
+def register_model(cls: type["MyModel"]) -> type["MyModel"]:
+    """Class decorator: enter an architecture in :data:`MODELS` under its ``name`` (one name, one class)."""
+    if not cls.name or cls.name != cls.name.lower():
+        raise ValueError(f"{cls.__name__}.name must be a non-empty lower-case name, got {cls.name!r}")
+    if MODELS.get(cls.name, cls) is not cls:
+        raise ValueError(f"architecture {cls.name!r} is registered twice ({MODELS[cls.name].__name__}, {cls.__name__})")
+    MODELS[cls.name] = cls
+    return cls
 
 
 class MyModel:
@@ -54,7 +69,8 @@ class MyModel:
 
 
 def torchvision_architecture(name: str, builder: Callable[..., nn.Module], min_input_size: int = 32) -> type[MyModel]:
-    """A ``MyModel`` class for any torchvision builder taking ``num_classes``: one line adds an architecture.
+    """A ``MyModel`` class for any torchvision builder taking ``num_classes``: one line adds an architecture,
+    ``register_model(torchvision_architecture("mobilenet", torchvision.models.mobilenet_v3_small))``.
 
     Such an architecture has no reduced variant, so fault 1 is refused for it with a clear error.
     """

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import DenseNet
 
-from mymodel.base import MyModel
+from mymodel.base import MyModel, register_model
 
 
 class DenseNet121(DenseNet):
@@ -41,6 +41,7 @@ class DenseNetWithStem(nn.Module):
         return self.densenet.classifier(out)
 
 
+@register_model
 class DenseNetModel(MyModel):
     name = "densenet"
     min_input_size = 32  # stride-2 stem, max-pool and three 2×2 transition pools

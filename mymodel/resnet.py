@@ -4,9 +4,10 @@ import torch.nn as nn
 from torchvision.models import resnet50
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from mymodel.base import MyModel
+from mymodel.base import MyModel, register_model
 
 
+@register_model
 class ResNetModel(MyModel):
     name = "resnet"
     min_input_size = 32

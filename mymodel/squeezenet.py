@@ -3,12 +3,13 @@
 import torch.nn as nn
 from torchvision.models import squeezenet1_0
 
-from mymodel.base import MyModel
+from mymodel.base import MyModel, register_model
 
 #: ``features`` indices of the second Fire module (128→128) and of the Fire module 384→384
 DROPPED_FIRES = (4, 9)
 
 
+@register_model
 class SqueezeNetModel(MyModel):
     name = "squeezenet"
     min_input_size = 32

@@ -3,12 +3,13 @@
 import torch.nn as nn
 from torchvision.models import vgg16
 
-from mymodel.base import MyModel
+from mymodel.base import MyModel, register_model
 
 #: ``features`` indices of the third convolution (and its ReLU) of blocks 3, 4 and 5
 DROPPED_FEATURES = (14, 15, 21, 22, 28, 29)
 
 
+@register_model
 class VGG16Model(MyModel):
     name = "vgg16"
     min_input_size = 32  # five 2×2 max-pools

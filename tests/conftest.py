@@ -1,12 +1,26 @@
-"""Shared test helpers: the repository on sys.path, script runner, small fixtures."""
+"""The one test scaffolding: running the scripts (in process or as a user would), the exit-2 checker,
+the workspace of one pipeline's roots, the session's reference pipeline, a fake release cache writer,
+small data fixtures, and the real local clusters.
+
+The reference pipeline (``pipeline``) is built once per session, in process with one thread, and shared
+by every test that needs trained versions, failure models, caches and results; a test that changes files
+works on a copy (``pipeline_copy``). Under pytest-xdist the workers share one build through a file lock.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,31 +30,279 @@ if str(REPO) not in sys.path:
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+#: the five scripts by their short names
+SCRIPTS = {
+    "train": "main_train_model.py",
+    "fit": "main_train_DeepFailGuard.py",
+    "cache": "main_cache_test_distances.py",
+    "evaluate": "main_test_DeepFailGuard_from_cached.py",
+    "realtime": "main_test_DeepFailGuard.py",
+}
+#: one thread per script process (deterministic and fastest on a busy two-core machine), no warnings
+SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
 
-def run_script(script: str, *args, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run one of the ``main_*`` scripts as a user would, capturing its output."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+
+def script_file(script: str) -> str:
+    """A script's file name, from its short name (``train``) or its file name."""
+    return SCRIPTS.get(script, script)
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Exit status 2, one line on stderr starting with ``error:``, no traceback, mentioning ``fragments``."""
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+def script_module(script: str):
+    return importlib.import_module(Path(script_file(script)).stem)
+
+
+@lru_cache(maxsize=None)
+def script_flags(script: str) -> frozenset[str]:
+    """Every flag a script's parser accepts (its parser holds only the flags it uses)."""
+    parser = script_module(script).build_parser()
+    return frozenset(flag for action in parser._actions for flag in action.option_strings)
+
+
+# ---------------------------------------------------------------------------------------------
+# running the scripts, and the exit contract
+# ---------------------------------------------------------------------------------------------
+
+def run_script(script: str, *args, cwd=None, timeout: int = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run one of the ``main_*`` scripts as a user would (``python main_x.py ...``), one thread, quiet."""
+    full_env = {**os.environ, **SCRIPT_ENV, **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script_file(script)), *map(str, args)], cwd=cwd or REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
+    """A script's entry point, ``cli.run_main(main, argv)``, in this process: the same exit-status contract
+    as on the command line without an interpreter's start-up; an escaping exception is exit 1 with its
+    traceback on stderr, as the interpreter would print it."""
+    import cli
+
+    main = script_module(script).main
+    capsys.readouterr()
+    trace = ""
+    try:
+        cli.run_main(main, [str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:  # noqa: BLE001 - a real bug: what the interpreter would print
+        code, trace = 1, traceback.format_exc()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([script_file(script), *map(str, args)], code, captured.out,
+                                       captured.err + trace)
+
+
+def usage_error_message(result: subprocess.CompletedProcess) -> str:
+    """The one error line of a failed run (asserting the contract), without its ``error:`` prefix.
+
+    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it.
+    argparse's own: its ``usage:`` lines, then one ``prog: error: argument --flag: ...`` line.
+    Either way exit status 2 and no traceback.
+    """
+    stderr = result.stderr
+    assert result.returncode == 2, f"exit status {result.returncode}, expected 2; stderr:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    if lines[0].startswith("usage:"):
+        errors = [line for line in lines if ": error: " in line]
+        assert len(errors) == 1 and errors[0] == lines[-1], lines
+        assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), lines
+        return errors[0].split(": error: ", 1)[1]
     errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, lines
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    assert all(line.startswith(("error:", "note:")) for line in lines), lines
+    return errors[0][len("error:"):].strip()
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *fragments) -> str:
+    """Exit status 2, one error line (ours or argparse's), no traceback, naming every one of ``fragments``."""
+    message = usage_error_message(result)
     for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
+        assert str(fragment) in message, f"{fragment!r} not named in: {message}"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# a workspace: the four roots of one pipeline (or a copy of one)
+# ---------------------------------------------------------------------------------------------
+
+#: what every script gets unless a test says otherwise (where the script takes the flag)
+COMMON_FLAGS = {"--device": "cpu", "--max-inputs": "20"}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The four roots of one pipeline copy, the files tests look at or break, and the command lines."""
+
+    root: Path
+
+    data = property(lambda self: self.root / "data")
+    model = property(lambda self: self.root / "model")
+    info = property(lambda self: self.root / "info")
+    out = property(lambda self: self.root / "out")
+    realtime = property(lambda self: self.root / "out" / "realtime")
+    kdes = property(lambda self: self.root / "info" / "kde_results")
+    cached = property(lambda self: self.root / "info" / "test_information_cached")
+    marker = property(lambda self: self.root / "MARKER")
+    truth = property(lambda self: self.cached / "DIGITS_ground_truth.npy")
+
+    def checkpoint(self, model: str = "squeezenet", bug: int = 0) -> Path:
+        from layout import checkpoint_path
+
+        return checkpoint_path(self.model, model, "DIGITS", bug)
+
+    def metadata(self, model: str = "squeezenet", bug: int = 0) -> Path:
+        from layout import metadata_path
+
+        return metadata_path(self.model, model, "DIGITS", bug)
+
+    def kde(self, which: str = "correct", suffix: str = ".npz", model: str = "squeezenet", bug: int = 0) -> Path:
+        from layout import version_key
+
+        return self.kdes / f"{version_key(model, 'DIGITS', bug)}_{which}{suffix}"
+
+    def cache(self, what: str, model: str = "squeezenet", bug: int = 0) -> Path:
+        from layout import cache_path
+
+        return cache_path(self.info, model, "DIGITS", bug, what)
+
+    def flags(self, script: str) -> list[str]:
+        """The roots ``script`` takes, pointing here (real-time results go to ``out/realtime``)."""
+        roots = {"--data-root": self.data, "--model-root": self.model, "--info-root": self.info,
+                 "--output": self.realtime if script == "realtime" else self.out}
+        return [str(a) for flag, path in roots.items() if flag in script_flags(script) for a in (flag, path)]
+
+    def argv(self, script: str, *extra, grid=None) -> list[str]:
+        """Grid, roots, ``COMMON_FLAGS`` the script takes, ``--quiet``, then ``extra`` (last, so it overrides)."""
+        common = [a for flag, value in COMMON_FLAGS.items() if flag in script_flags(script) for a in (flag, value)]
+        grid = PIPELINE_GRID[script] if grid is None else grid
+        return [str(a) for a in (*grid, *self.flags(script), *common, "--quiet", *extra)]
+
+    def files(self) -> list[str]:
+        """What the steps wrote (relative paths), without lock files and engine logs."""
+        found = []
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root)
+            if path.is_file() and ".locks" not in rel.parts and rel.parts[:2] != ("out", "logs"):
+                found.append(str(rel))
+        return sorted(found)
+
+    def clone(self, destination: Path) -> "Workspace":
+        """A copy with mtimes kept (freshness depends on them); checkpoints hard-linked, which is safe because
+        every writer replaces files (``os.replace``) and tests unlink a file before planting a bad one."""
+
+        def link_or_copy(source, target):
+            if str(source).endswith(".pth"):
+                try:
+                    os.link(source, target)
+                    return target
+                except OSError:
+                    pass
+            return shutil.copy2(source, target)
+
+        shutil.copytree(self.root, destination, copy_function=link_or_copy)
+        return Workspace(destination)
+
+
+# ---------------------------------------------------------------------------------------------
+# the session's reference pipeline
+# ---------------------------------------------------------------------------------------------
+
+#: squeezenet healthy, with fault 1 (trained) and fault 10 (derived), densenet healthy and with fault 10;
+#: one epoch each on DIGITS, at most 20 validation and test inputs attacked per version; densenet's fault 1
+#: is not trained, so the later steps skip it with a note
+PIPELINE_VERSIONS = ["--models", "squeezenet", "densenet", "--bugs", "0", "1", "10"]
+PIPELINE_GRID = {
+    "train": ["--models", "squeezenet", "--bugs", "0", "1", "10", "--epochs", "1"],
+    "fit": PIPELINE_VERSIONS,
+    "cache": PIPELINE_VERSIONS,
+    "evaluate": PIPELINE_VERSIONS,
+    "realtime": PIPELINE_VERSIONS,
+}
+PIPELINE_STEPS = [
+    ("train", ["--models", "densenet", "--bugs", "0", "10", "--epochs", "1"]),
+    ("train", PIPELINE_GRID["train"]),
+    ("fit", PIPELINE_VERSIONS),
+    ("cache", PIPELINE_VERSIONS),
+    ("evaluate", PIPELINE_VERSIONS),
+    ("realtime", PIPELINE_VERSIONS),
+]
+
+
+def build_pipeline(ws: Workspace) -> Workspace:
+    """The uninterrupted reference run: every step through its script's entry point, one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for script, grid in PIPELINE_STEPS:
+            assert script_module(script).main(ws.argv(script, grid=grid)) == 0, script
+    finally:
+        torch.set_num_threads(previous)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Workspace:
+    """The reference pipeline, built once (shared by xdist workers through a lock); do not change it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return build_pipeline(Workspace(tmp_path_factory.mktemp("pipeline")))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    done = shared / "pipeline.done"
+    with FileLock(str(shared / "pipeline.lock")):
+        if not done.is_file():
+            build_pipeline(Workspace(shared / "pipeline"))
+            done.touch()
+    return Workspace(shared / "pipeline")
 
 
 @pytest.fixture
-def roots(tmp_path):
-    """Separate model / info / output folders for one test, as command-line flags."""
-    folders = {name: tmp_path / name for name in ("model", "info", "output")}
-    flags = ["--model-root", folders["model"], "--info-root", folders["info"], "--output", folders["output"], "--quiet"]
-    return folders, flags
+def pipeline_copy(pipeline, tmp_path) -> Workspace:
+    """A copy of the reference pipeline that a test may change."""
+    return pipeline.clone(tmp_path / "ws")
+
+
+# ---------------------------------------------------------------------------------------------
+# a release in the paper's layout, made up
+# ---------------------------------------------------------------------------------------------
+
+def write_fake_cache(info, dataset: str, truth, versions: dict) -> None:
+    """Write a test cache and failure models in the paper's layout under ``info``: the ground truth, and per
+    ``(model, bug) -> (labels, distances, correct_kde, wrong_kde)`` the two cache arrays (as given: the
+    paper's are float32 or float64) and the pickled ``scipy.stats.gaussian_kde`` pair."""
+    import layout
+
+    truth_path = layout.ground_truth_path(info, dataset, 0)
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    (Path(info) / layout.KDE_SUBDIR).mkdir(parents=True, exist_ok=True)
+    np.save(truth_path, truth)
+    for (model, bug), (labels, distances, correct_kde, wrong_kde) in versions.items():
+        np.save(layout.cache_path(info, model, dataset, bug, "distances"), distances)
+        np.save(layout.cache_path(info, model, dataset, bug, "dnn_labels"), labels)
+        key = layout.version_key(model, dataset, bug)
+        for which, kde in (("correct", correct_kde), ("wrong", wrong_kde)):
+            (Path(info) / layout.KDE_SUBDIR / f"{key}_{which}.pkl").write_bytes(pickle.dumps(kde))
+
+
+# ---------------------------------------------------------------------------------------------
+# registries, and small data
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def restore_registries():
+    """Architectures, datasets and faults registered by the test are gone after it."""
+    import FaultInjector
+    import mydataset
+    import mymodel
+
+    registries = (mymodel.MODELS, mydataset.DATASETS, FaultInjector.FAULTS)
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, entries in zip(registries, saved):
+        registry.clear()
+        registry.update(entries)
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +401,9 @@ def slurm_cluster(loopback_ns):
     cluster = SlurmCluster(loopback_ns, gpus=4)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def empty_workspace(tmp_path) -> Workspace:
+    """A workspace with nothing in it yet, for a test that starts from nothing."""
+    return Workspace(tmp_path / "ws")

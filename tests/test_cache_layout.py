@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -103,96 +102,83 @@ def test_find_kde_files_needs_both_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# end to end on DIGITS: train one version, fit its failure model, cache its test distances
+# end to end on DIGITS: the session's pipeline trained, fitted and cached its versions
 # ---------------------------------------------------------------------------------------------
 
-VERSION = ["--datasets", "DIGITS", "--models", "squeezenet", "--bugs", "0"]
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """One squeezenet trained for one epoch, its KDEs and its test cache, shared by the tests below
-    (the attack on 288 validation + 360 test images is the slow part)."""
-    base = tmp_path_factory.mktemp("pipeline")
-    folders = {name: base / name for name in ("model", "info", "output")}
-    flags = ["--model-root", folders["model"], "--info-root", folders["info"], "--output", folders["output"],
-             "--quiet", "--device", "cpu"]
-    steps = {}
-    with pytest.MonkeyPatch.context() as patch:
-        # one thread: on a busy two-core machine, two threads spinning against each other make the
-        # attack several times slower (measured: 141 s against 36 s for step 2)
-        patch.setenv("OMP_NUM_THREADS", "1")
-        for script, extra in (("main_train_model.py", ["--epochs", "1"]), ("main_train_DeepFailGuard.py", []),
-                              ("main_cache_test_distances.py", [])):
-            steps[script] = run_script(script, *VERSION, *extra, *flags)
-            assert steps[script].returncode == 0, (script, steps[script].stderr[-3000:])
-    return folders, flags, steps
-
-
 def test_pipeline_writes_the_papers_files(pipeline, digits):
-    folders, _, steps = pipeline
-    info = folders["info"]
+    info = pipeline.info
+    sample = digits.limited(20)  # the pipeline attacks at most 20 validation and test inputs per version
     cached = info / "test_information_cached"
-    assert sorted(p.name for p in cached.iterdir()) == sorted([
-        "DIGITS_ground_truth.npy", "DIGITS_squeezenet_bug0_distances.npy", "DIGITS_squeezenet_bug0_dnn_labels.npy",
-        "DIGITS_squeezenet_bug0_success.npy", "DIGITS_squeezenet_bug0_probabilities.npy"])
-    assert sorted(p.name for p in (info / "kde_results").iterdir()) == ["squeezenet_DIGITS_correct.npz",
-                                                                       "squeezenet_DIGITS_wrong.npz"]
-    assert (folders["model"] / "squeezenet_DIGITS.pth").is_file()
-    assert (folders["output"] / "figures" / "kde_squeezenet_DIGITS.png").is_file()
+    versions = [("squeezenet", 0), ("squeezenet", 1), ("squeezenet", 10), ("densenet", 0), ("densenet", 10)]
+    assert sorted(p.name for p in cached.iterdir()) == sorted(
+        ["DIGITS_ground_truth.npy"] + [f"DIGITS_{model}_bug{bug}_{what}.npy" for model, bug in versions
+                                       for what in ("distances", "dnn_labels", "success", "probabilities")])
+    # one failure model per checkpoint: fault 10 uses the healthy squeezenet's
+    assert sorted(p.name for p in (info / "kde_results").iterdir()) == sorted(
+        f"{key}_{which}.npz" for key in ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "densenet_DIGITS")
+        for which in ("correct", "wrong"))
+    assert pipeline.checkpoint().is_file() and pipeline.checkpoint(bug=10) == pipeline.checkpoint()
+    assert (pipeline.out / "figures" / "kde_squeezenet_DIGITS.png").is_file()
 
-    truth = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "distances").with_name("DIGITS_ground_truth.npy"))
+    n_test = len(sample.y_test)
+    truth = np.load(ground_truth_path(info, "DIGITS", 0))
     distances = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "distances"))
     labels = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "dnn_labels"))
     success = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "success"))
     probabilities = np.load(cache_path(info, "squeezenet", "DIGITS", 0, "probabilities"))
-    assert truth.shape == (360,) and np.issubdtype(truth.dtype, np.integer)
-    np.testing.assert_array_equal(truth, digits.y_test.numpy())
-    assert distances.shape == (360,) and np.isfinite(distances).all() and (distances >= 0).all()
-    assert labels.shape == (360,) and np.issubdtype(labels.dtype, np.integer)
+    assert truth.shape == (n_test,) and np.issubdtype(truth.dtype, np.integer)
+    np.testing.assert_array_equal(truth, sample.y_test.numpy())
+    assert distances.shape == (n_test,) and np.isfinite(distances).all() and (distances >= 0).all()
+    assert labels.shape == (n_test,) and np.issubdtype(labels.dtype, np.integer)
     assert labels.min() >= 0 and labels.max() < 10
-    assert success.shape == (360,) and success.dtype == bool
-    assert probabilities.shape == (360, 10)
+    assert success.shape == (n_test,) and success.dtype == bool
+    assert probabilities.shape == (n_test, 10)
     np.testing.assert_array_equal(labels, probabilities.argmax(axis=1))
-    # the reported test accuracy is that of the cached labels
-    assert f"{np.mean(labels == truth):.4f}" in steps["main_cache_test_distances.py"].stdout
 
     correct = GaussianKDE.load(kde_paths(info, "squeezenet", "DIGITS", 0)[0])
     wrong = GaussianKDE.load(kde_paths(info, "squeezenet", "DIGITS", 0)[1])
-    assert correct.n + wrong.n == len(digits.y_val) == 288
+    assert correct.n + wrong.n == len(sample.y_val)
     assert np.isfinite(correct.points).all() and np.isfinite(wrong.points).all()
-    assert "fitted" in steps["main_train_DeepFailGuard.py"].stdout
 
 
-def test_rerun_skips_finished_work(pipeline):
-    folders, flags, _ = pipeline
-    files = sorted((folders["info"]).rglob("*.np*"))
+def test_cache_step_reports_the_accuracy_of_the_cached_labels(pipeline, tmp_path):
+    ws = pipeline.clone(tmp_path / "ws")
+    result = run_script("cache", *ws.argv("cache", "--force", grid=["--models", "squeezenet", "--bugs", "0"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = np.load(ws.truth)
+    labels = np.load(ws.cache("dnn_labels"))
+    assert f"{np.mean(labels == truth):.4f}" in result.stdout and "cached" in result.stdout
+    for what in ("distances", "dnn_labels", "success", "probabilities"):  # the same attack, the same files
+        np.testing.assert_array_equal(np.load(ws.cache(what)), np.load(pipeline.cache(what)))
+
+
+def test_rerun_skips_finished_work(pipeline, tmp_path):
+    ws = pipeline.clone(tmp_path / "ws")
+    files = sorted(ws.info.rglob("*.np*"))
     before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files}
-    for script in ("main_train_DeepFailGuard.py", "main_cache_test_distances.py"):
-        result = run_script(script, *VERSION, *flags)
+    for script in ("fit", "cache"):
+        result = run_script(script, *ws.argv(script))
         assert result.returncode == 0, result.stderr[-2000:]
-        assert "skipped" in result.stdout, result.stdout
-    assert sorted(folders["info"].rglob("*.np*")) == files
+        assert "skipped" in result.stdout and "fitted" not in result.stdout and "cached" not in result.stdout, \
+            result.stdout
+    assert sorted(ws.info.rglob("*.np*")) == files
     assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files} == before
 
 
-@pytest.mark.parametrize("script", ["main_train_DeepFailGuard.py", "main_cache_test_distances.py"])
-def test_missing_checkpoint_is_a_clean_error(roots, script):
-    folders, flags = roots
-    result = run_script(script, *VERSION, *flags, "--device", "cpu")
+@pytest.mark.parametrize("script", ["fit", "cache"])
+def test_missing_checkpoint_is_a_clean_error(empty_workspace, script):
+    ws = empty_workspace
+    result = run_script(script, *ws.argv(script, grid=["--models", "squeezenet", "--bugs", "0"]))
     assert_usage_error(result, "checkpoint", "main_train_model.py")
-    assert not (folders["info"] / "kde_results").exists() or not any((folders["info"] / "kde_results").iterdir())
-    assert not (folders["info"] / "test_information_cached" / "DIGITS_squeezenet_bug0_distances.npy").exists()
+    assert not ws.kdes.exists() or not any(ws.kdes.iterdir())
+    assert not ws.cache("distances").exists()
 
 
-def test_corrupt_kde_file_is_a_clean_error_when_evaluating(pipeline, tmp_path):
-    folders, _, _ = pipeline
-    info = tmp_path / "info"
-    shutil.copytree(folders["info"], info)
-    correct, _ = kde_paths(info, "squeezenet", "DIGITS", 0)
+def test_corrupt_kde_file_is_a_clean_error_when_evaluating(pipeline_copy):
+    ws = pipeline_copy
+    correct = ws.kde("correct")
     correct.write_bytes(correct.read_bytes()[:40])
-    result = run_script("main_test_DeepFailGuard_from_cached.py", *VERSION, "--model-root", folders["model"],
-                        "--info-root", info, "--output", tmp_path / "output", "--quiet")
+    output = ws.root / "fresh-output"
+    result = run_script("evaluate", *ws.argv("evaluate", "--output", output))
     assert_usage_error(result, "corrupt KDE file", str(correct))
-    assert not (tmp_path / "output" / "results.csv").exists()
-
+    assert not (output / "results.csv").exists()

@@ -11,7 +11,9 @@ from torchvision.models.squeezenet import Fire
 
 import ModelManager
 import mymodel
+from layout import Roots
 from mymodel.densenet import DenseNet121, DenseNetWithStem
+from settings import TrainSettings
 from utils import UsageError
 
 # tiny networks gain nothing from threads; on a busy machine threads slow them down
@@ -183,8 +185,11 @@ def test_densenet_reduced_has_no_activation_in_the_stem_nor_after_the_features()
 # registry
 # ---------------------------------------------------------------------------------------------
 
-def test_registry_holds_the_five_paper_architectures():
-    assert set(ModelManager.MODELS) == {"resnet", "alexnet", "densenet", "vgg16", "squeezenet"}
+def test_registry_holds_the_paper_architectures_in_the_paper_order():
+    """Every registered architecture is a ``MyModel`` under its own name; the paper's five come first, in the
+    paper's order (the grid's order decides the version sets and DeepFailGuard's ties)."""
+    assert ModelManager.MODELS is mymodel.MODELS
+    assert list(ModelManager.MODELS)[:5] == ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
     for name, cls in ModelManager.MODELS.items():
         assert issubclass(cls, mymodel.MyModel)
         assert cls.name == name
@@ -212,9 +217,8 @@ def test_unknown_architecture_is_a_usage_error():
         ModelManager.build_version("lenet", NUM_CLASSES)
 
 
-def test_one_line_adds_a_torchvision_architecture(monkeypatch):
-    monkeypatch.setitem(ModelManager.MODELS, "mobilenet",
-                        mymodel.torchvision_architecture("mobilenet", torchvision.models.mobilenet_v3_small))
+def test_one_line_adds_a_torchvision_architecture(restore_registries):
+    mymodel.register_model(mymodel.torchvision_architecture("mobilenet", torchvision.models.mobilenet_v3_small))
     assert ModelManager.get_model_class("MobileNet").name == "mobilenet"
     torch.manual_seed(0)
     model = ModelManager.build_version("mobilenet", NUM_CLASSES)
@@ -234,8 +238,8 @@ def test_one_line_adds_a_torchvision_architecture(monkeypatch):
 
 @pytest.mark.parametrize("bug_id", [0, 1])
 def test_checkpoint_is_a_plain_state_dict_that_loads_back(tmp_path, tiny_digits, bug_id):
-    trained = ModelManager.create_model("squeezenet", tiny_digits, "train", bug_id, device="cpu", model_root=tmp_path,
-                                        epochs=1, progress=False)
+    trained = ModelManager.create_model("squeezenet", tiny_digits, "train", bug_id, device="cpu",
+                                        settings=TrainSettings(epochs=1), roots=Roots(model=tmp_path), progress=False)
     suffix = f"_bug{bug_id}" if bug_id else ""
     checkpoint = tmp_path / f"squeezenet_DIGITS{suffix}.pth"
     assert checkpoint.is_file() and (tmp_path / f"squeezenet_DIGITS{suffix}.json").is_file()
@@ -248,7 +252,8 @@ def test_checkpoint_is_a_plain_state_dict_that_loads_back(tmp_path, tiny_digits,
     structure = ModelManager.build_version("squeezenet", tiny_digits.num_classes, bug_id).model_structure
     structure.load_state_dict(state, strict=True)
 
-    loaded = ModelManager.create_model("squeezenet", tiny_digits, "load", bug_id, device="cpu", model_root=tmp_path)
+    loaded = ModelManager.create_model("squeezenet", tiny_digits, "load", bug_id, device="cpu",
+                                       roots=Roots(model=tmp_path))
     assert all(torch.equal(v, expected[k].cpu()) for k, v in loaded.model_structure.state_dict().items())
     assert loaded.val_acc == trained.val_acc and 0.0 <= loaded.val_acc <= 1.0
     assert loaded.test_acc == trained.test_acc and 0.0 <= loaded.test_acc <= 1.0

@@ -296,7 +296,7 @@ def test_paper_posterior_reproduces_every_published_figure(release, tmp_path, ca
     root, written, published = release
     result = run(capsys, *flags(root, tmp_path / "out", "--posterior", "paper"))
     assert result.returncode == 0, result.stderr
-    rows = read_rows(tmp_path / "out" / paper.COMPARISON_FILE)
+    rows = read_rows(tmp_path / "out" / layout.PAPER_COMPARISON_CSV)
     assert [(r["predictor"], r["dataset"], r["models"], r["bug_ids"]) for r in rows] == [
         (p["predictor"], p["dataset"], "-".join(m for m, _ in p["members"]), "-".join(str(b) for _, b in p["members"]))
         for p in published]  # one row per published row, in its order, members in version order
@@ -332,7 +332,7 @@ def test_default_posterior_differs_where_predicted(release, tmp_path, capsys):
     root, written, published = release
     result = run(capsys, *flags(root, tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    rows = read_rows(tmp_path / "out" / paper.COMPARISON_FILE)
+    rows = read_rows(tmp_path / "out" / layout.PAPER_COMPARISON_CSV)
     full = [(row, p) for row, p in zip(rows, published) if row["status"] == "ok" and row["predictor"] == "full"]
     for row, expected in full:
         members = expected["members"]
@@ -363,7 +363,7 @@ def test_missing_configurations_and_a_foreign_cache(release, tmp_path, capsys):
                  "--model-root", tmp_path / "model", "--output", tmp_path / "out", "--quiet", "--models", "resnet",
                  "alexnet", "densenet", "vgg16", "squeezenet")
     assert result.returncode == 0, result.stderr
-    rows = read_rows(tmp_path / "out" / paper.COMPARISON_FILE)
+    rows = read_rows(tmp_path / "out" / layout.PAPER_COMPARISON_CSV)
     absent = [r for r in rows if r["status"] == "not in cache"]
     assert [(r["dataset"], r["missing"]) for r in absent] == [("CIFAR10", "alexnet/bug2 vgg16/bug2"),
                                                               ("ATS", "resnet/bug0 alexnet/bug0")]
@@ -398,7 +398,7 @@ def test_partial_release_evaluates_what_is_there(release, tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     assert "note: skipped ATS: 0 version(s) available" in result.stderr
     assert "error" not in result.stderr
-    rows = read_rows(tmp_path / "out" / paper.COMPARISON_FILE)
+    rows = read_rows(tmp_path / "out" / layout.PAPER_COMPARISON_CSV)
     assert len(rows) == 887 and {r["status"] for r in rows} == {"ok", "not in cache"}
     assert {r["dataset"] for r in rows if r["status"] == "ok"} == {"CIFAR10"}
     # the grid on the same partial release: also notes, not errors

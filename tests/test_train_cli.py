@@ -4,17 +4,14 @@ skipping and --force; the ModelTrainer it drives."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import assert_usage_error, run_script
+from conftest import assert_usage_error, run_in_process, run_script
 
-import cli
 import DatasetManager
-import main_train_model
 import ModelManager
 from ModelTrainer import ModelTrainer
 from utils import seed_everything
@@ -22,41 +19,23 @@ from utils import seed_everything
 # tiny networks gain nothing from threads; on a busy machine threads slow them down
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SCRIPT = "main_train_model.py"
 TINY_RUN = ["--models", "squeezenet", "--bugs", "0", "--epochs", "1"]
 
 
-def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
-    """The script's entry point (``cli.run_main(main)``) in this process: same contract, no start-up cost."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main_train_model.main, [str(a) for a in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess([SCRIPT, *args], exit_info.value.code, captured.out, captured.err)
-
-
-@pytest.fixture
-def one_thread_scripts(monkeypatch):
-    """Scripts started by ``run_script`` use one thread too (they inherit the environment)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def assert_argparse_error(result: subprocess.CompletedProcess, flag: str) -> None:
-    """argparse's own error: exit status 2, its usage line, one error line naming the flag, no traceback."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and f"argument {flag}" in errors[0], result.stderr
+def train(capsys, *args):
+    return run_in_process(capsys, "train", *args)
 
 
 # ---------------------------------------------------------------------------------------------
 # bad input: exit status 2, one line, no traceback
 # ---------------------------------------------------------------------------------------------
 
-def test_missing_released_dataset_names_the_files(roots, one_thread_scripts):
-    _, flags = roots
-    result = run_script(SCRIPT, "--datasets", "GTSRB", "--data-root", "/nonexistent", *flags, timeout=120)
+def test_missing_released_dataset_names_the_files(empty_workspace):
+    ws = empty_workspace
+    result = run_script("train", "--datasets", "GTSRB", *ws.flags("train"), "--data-root", "/nonexistent",
+                        timeout=120)
     assert_usage_error(result, "/nonexistent/GTSRB/x_train.pth", "y_train.pth", "x_test.pth", "y_test.pth")
-    assert not roots[0]["model"].exists() or not any(roots[0]["model"].iterdir())
+    assert not ws.model.exists() or not any(ws.model.iterdir())
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -66,26 +45,26 @@ def test_missing_released_dataset_names_the_files(roots, one_thread_scripts):
     (["--bugs", "x"], ["'x' is not a fault id"]),
     (["--bugs", "11"], ["fault 11", "DIGITS", "CIFAR10"]),
     (["--models", "squeezenet", "--bugs", "12"], ["fault 12", "DIGITS"]),
-    (["--lr", "-1"], ["--lr must be positive"]),
 ])
-def test_bad_arguments_are_usage_errors(capsys, roots, args, fragments):
-    _, flags = roots
-    result = run_in_process(capsys, *args, *flags)
+def test_bad_arguments_are_usage_errors(capsys, empty_workspace, args, fragments):
+    ws = empty_workspace
+    result = train(capsys, *args, *ws.flags("train"))
     assert_usage_error(result, *fragments)
     assert result.stdout == ""
-    assert not roots[0]["model"].exists()
+    assert not ws.model.exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-1"), ("--epochs", "two"),
-                                         ("--image-size", "0")])
-def test_bad_numbers_are_rejected_by_the_parser(capsys, roots, flag, value):
-    result = run_in_process(capsys, flag, value, *roots[1])
-    assert_argparse_error(result, flag)
-    assert "positive whole number" in result.stderr
+@pytest.mark.parametrize("flag, value, wording", [
+    ("--epochs", "0", "positive whole number"), ("--batch-size", "-1", "positive whole number"),
+    ("--epochs", "two", "positive whole number"), ("--image-size", "0", "positive whole number"),
+    ("--lr", "-1", "a number > 0"), ("--lr", "nan", "a number > 0")])
+def test_bad_numbers_are_rejected_by_the_parser(capsys, empty_workspace, flag, value, wording):
+    result = train(capsys, flag, value, *empty_workspace.flags("train"))
+    assert_usage_error(result, f"argument {flag}", wording)
 
 
 def test_help_exits_0(capsys):
-    result = run_in_process(capsys, "--help")
+    result = train(capsys, "--help")
     assert result.returncode == 0
     for flag in ("--datasets", "--models", "--bugs", "--epochs", "--force", "--data-root", "--model-root", "--mode"):
         assert flag in result.stdout
@@ -96,15 +75,14 @@ def test_help_exits_0(capsys):
 # a real tiny training run
 # ---------------------------------------------------------------------------------------------
 
-def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(capsys, roots, one_thread_scripts,
-                                                                            digits):
-    folders, flags = roots
-    result = run_script(SCRIPT, *TINY_RUN, *flags)
+def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(capsys, empty_workspace, digits):
+    flags = [*empty_workspace.flags("train"), "--quiet"]
+    result = run_script("train", *TINY_RUN, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "squeezenet_DIGITS" in result.stdout and "trained" in result.stdout
 
-    model_root = folders["model"]
+    model_root = empty_workspace.model
     checkpoint = model_root / "squeezenet_DIGITS.pth"
     metadata_file = model_root / "squeezenet_DIGITS.json"
     assert checkpoint.is_file() and metadata_file.is_file()
@@ -131,22 +109,22 @@ def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(cap
     assert val_acc == pytest.approx(metadata["val_acc"], abs=1.5 / 288)  # the weights it was measured with
 
     mtime = checkpoint.stat().st_mtime_ns
-    rerun = run_in_process(capsys, *TINY_RUN, *flags)  # in process: saves a second interpreter start-up
+    rerun = train(capsys, *TINY_RUN, *flags)  # in process: saves a second interpreter start-up
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "skipped" in rerun.stdout
     assert checkpoint.stat().st_mtime_ns == mtime
     assert json.loads(metadata_file.read_text()) == metadata
 
 
-def test_force_retrains(capsys, roots, monkeypatch, make_subset):
+def test_force_retrains(capsys, empty_workspace, monkeypatch, make_subset):
     """In process on a few DIGITS images: a rerun keeps a (planted) checkpoint, --force replaces it."""
     create_dataset = DatasetManager.create_dataset
     monkeypatch.setattr(DatasetManager, "create_dataset", lambda *a, **k: make_subset(create_dataset(*a, **k)))
-    folders, flags = roots
-    checkpoint = folders["model"] / "squeezenet_DIGITS.pth"
-    metadata_file = folders["model"] / "squeezenet_DIGITS.json"
+    flags = [*empty_workspace.flags("train"), "--quiet"]
+    checkpoint = empty_workspace.checkpoint()
+    metadata_file = empty_workspace.metadata()
 
-    first = run_in_process(capsys, *TINY_RUN, "--device", "cpu", *flags)
+    first = train(capsys, *TINY_RUN, "--device", "cpu", *flags)
     assert first.returncode == 0, first.stderr
     trained = torch.load(checkpoint, weights_only=True)
     metadata = json.loads(metadata_file.read_text())
@@ -155,11 +133,11 @@ def test_force_retrains(capsys, roots, monkeypatch, make_subset):
     # plant a different checkpoint and metadata: a plain rerun must keep them
     torch.save({k: torch.zeros_like(v) for k, v in trained.items()}, checkpoint)
     metadata_file.write_text(json.dumps(dict(metadata, val_acc=0.123456)))
-    rerun = run_in_process(capsys, *TINY_RUN, "--device", "cpu", *flags)
+    rerun = train(capsys, *TINY_RUN, "--device", "cpu", *flags)
     assert rerun.returncode == 0 and "skipped" in rerun.stdout and "0.1235" in rerun.stdout
     assert all(v.count_nonzero() == 0 for v in torch.load(checkpoint, weights_only=True).values())
 
-    forced = run_in_process(capsys, *TINY_RUN, "--device", "cpu", "--force", *flags)
+    forced = train(capsys, *TINY_RUN, "--device", "cpu", "--force", *flags)
     assert forced.returncode == 0, forced.stderr
     assert "trained" in forced.stdout and "skipped" not in forced.stdout
     retrained = torch.load(checkpoint, weights_only=True)

@@ -1,0 +1,82 @@
+"""Every default of the pipeline, declared once, and the typed settings a command line becomes.
+
+A script turns its flags into these frozen objects once and hands them whole to the jobs,
+``ModelManager.create_model``, the trainer and the attacker: nothing further down reads a flag or
+repeats a default. Paths and the four roots are ``layout.py``'s; a dataset's training recipe is
+declared by its ``mydataset`` class as a :class:`TrainingRecipe`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+#: the one seed of the pipeline: splits, faults, training, input sampling and bootstrap intervals start from it
+SEED = 42
+#: inputs attacked together by the fit, cache and real-time steps (``--batch-size`` there); finished inputs
+#: leave the batch, so a larger one is cheaper per input
+ATTACK_BATCH = 128
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How a network is trained: the paper's recipe (Adam, lr 1e-4, weight decay 1e-4, 30 epochs, StepLR
+    30/×0.1, batch 256) unless a dataset or an architecture declares its own."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    step_size: int = 30
+    gamma: float = 0.1
+
+
+PAPER_RECIPE = TrainingRecipe()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What a command line asks of training; ``None`` keeps the dataset's recipe for the architecture."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int = SEED
+    image_size: int | None = None
+    #: bfloat16 mixed precision (None: the architecture's policy on CUDA, off elsewhere)
+    amp: bool | None = None
+
+    def recipe(self, defaults: TrainingRecipe) -> TrainingRecipe:
+        """The dataset's recipe with what was asked for put in."""
+        return replace(defaults, epochs=self.epochs or defaults.epochs, lr=self.lr or defaults.lr,
+                       batch_size=self.batch_size or defaults.batch_size)
+
+    def recorded(self, defaults: TrainingRecipe) -> dict:
+        """What a version's metadata records as its ``settings`` (and a rerun compares to decide on retraining)."""
+        recipe = self.recipe(defaults)
+        return {"epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size, "seed": self.seed,
+                "image_size": self.image_size}
+
+
+DEFAULT_TRAINING = TrainSettings()
+
+
+@dataclass(frozen=True)
+class DeepFoolSettings:
+    """foolbox 3's ``L2DeepFoolAttack`` parameters; its defaults are the paper's."""
+
+    steps: int = 50
+    candidates: int = 10
+    overshoot: float = 0.02
+
+
+DEEPFOOL = DeepFoolSettings()
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """How the fit, cache and real-time steps attack a version's validation or test inputs."""
+
+    batch_size: int = ATTACK_BATCH
+    #: at most this many validation and test inputs per version (a stratified sample; None: all)
+    max_inputs: int | None = None
+    deepfool: DeepFoolSettings = field(default=DEEPFOOL)
