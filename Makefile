@@ -28,7 +28,7 @@ demo: $(VENV)/.runtime
 	$(PY) main_test_DeepFailGuard_from_cached.py $(DEMO)
 
 test: $(VENV)/.dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup tests
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_attacker.py

@@ -89,9 +89,20 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # the flags, in pieces: each script's parser takes the pieces it uses, and nothing else
 # ---------------------------------------------------------------------------------------------
 
+class _ScriptParser(argparse.ArgumentParser):
+    """argparse's parser, pointing to ``--help`` when a flag is not one of the script's."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments"):
+            message += f" ({self.prog} does not use them: run it with --help to see the flags it takes)"
+        super().error(message)
+
+
 def new_parser(doc: str) -> argparse.ArgumentParser:
-    """A script's parser, described by the first line of its docstring."""
-    return argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=_DefaultsHelpFormatter)
+    """A script's parser, described by the first line of its docstring. Flags are spelt out in full: an
+    abbreviation could silently stand for another flag than the one meant (``--mode`` for ``--models``)."""
+    return _ScriptParser(description=doc.splitlines()[0], formatter_class=_DefaultsHelpFormatter,
+                         allow_abbrev=False)
 
 
 def add_grid_flags(parser: argparse.ArgumentParser) -> None:

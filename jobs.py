@@ -170,6 +170,9 @@ def run_train(job: Job) -> Outcome:
         raise UsageError(f"{job.key} needs the healthy version's checkpoint {healthy}, which does not exist (did its "
                          "train job fail?)")
     reason = ModelManager.training_status(roots.model, job.model, job.dataset, job.bug, s.training)
+    if job.step == "derive" and s.mode == "train" and reason not in (None, "missing"):
+        raise UsageError(f"{job.key} reuses the healthy version's weights, trained with other settings ({reason}); "
+                         "train the healthy version with these settings first (did its train job fail?)")
     if s.mode == "train" and not s.force and reason is None:
         model = ModelManager.create_model(job.model, job.dataset, "load", job.bug, device="cpu", roots=roots)
         return _skipped(job, **_train_cells(model))

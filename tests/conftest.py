@@ -91,10 +91,11 @@ def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
                                        captured.err + trace)
 
 
-def usage_error_message(result: subprocess.CompletedProcess) -> str:
+def usage_error_message(result: subprocess.CompletedProcess, engine_lines: bool = False) -> str:
     """The one error line of a failed run (asserting the contract), without its ``error:`` prefix.
 
-    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it.
+    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it (and,
+    with ``engine_lines``, what an engine such as Ray logs on the driver's stderr on its own).
     argparse's own: its ``usage:`` lines, then one ``prog: error: argument --flag: ...`` line.
     Either way exit status 2 and no traceback.
     """
@@ -110,13 +111,13 @@ def usage_error_message(result: subprocess.CompletedProcess) -> str:
         return errors[0].split(": error: ", 1)[1]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == lines[-1], lines
-    assert all(line.startswith(("error:", "note:")) for line in lines), lines
+    assert engine_lines or all(line.startswith(("error:", "note:")) for line in lines), lines
     return errors[0][len("error:"):].strip()
 
 
-def assert_usage_error(result: subprocess.CompletedProcess, *fragments) -> str:
+def assert_usage_error(result: subprocess.CompletedProcess, *fragments, engine_lines: bool = False) -> str:
     """Exit status 2, one error line (ours or argparse's), no traceback, naming every one of ``fragments``."""
-    message = usage_error_message(result)
+    message = usage_error_message(result, engine_lines)
     for fragment in fragments:
         assert str(fragment) in message, f"{fragment!r} not named in: {message}"
     return message

@@ -21,17 +21,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error
 
 from jobs import LOCK_FOLDER
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {
-    "train": "main_train_model.py",
-    "fit": "main_train_DeepFailGuard.py",
-    "cache": "main_cache_test_distances.py",
-    "evaluate": "main_test_DeepFailGuard_from_cached.py",
-    "realtime": "main_test_DeepFailGuard.py",
-}
 PARTIAL_MARK = ".partial."  # storage.atomic_path's temporary files: ".{name}.partial.XXXX{ext}"
 #: a message says what to do: a command to run, a flag or value to use, a file to replace, ...
 HINT = re.compile(r"\b(rerun|run|use|delete|remove|replace|choose|get|train|retrain|known|expected|point|add|"
@@ -39,11 +32,11 @@ HINT = re.compile(r"\b(rerun|run|use|delete|remove|replace|choose|get|train|retr
 
 
 def script_env(quiet: bool = True) -> dict:
-    """One thread (much faster on a busy two-core machine), no warnings; progress bars only when asked."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("TQDM_DISABLE", None)
-    if quiet:
-        env["TQDM_DISABLE"] = "1"
+    """The scripts' test environment (``conftest.SCRIPT_ENV``: one thread, no warnings), with progress bars
+    when asked."""
+    env = {**os.environ, **SCRIPT_ENV}
+    if not quiet:
+        env.pop("TQDM_DISABLE")
     return env
 
 
@@ -57,34 +50,9 @@ def start_script(name: str, argv, stdout, stderr, quiet: bool = True) -> subproc
 # the exit contract and "nothing lost"
 # ---------------------------------------------------------------------------------------------
 
-def error_message(result: subprocess.CompletedProcess) -> str:
-    """The one error line of a failed run (asserting the contract), without its ``error:`` prefix.
-
-    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it.
-    argparse's own: its ``usage:`` lines, then one ``prog: error: argument --flag: ...`` line.
-    Either way exit status 2 and no traceback.
-    """
-    stderr = result.stderr
-    assert result.returncode == 2, f"exit status {result.returncode}, expected 2; stderr:\n{stderr[-3000:]}"
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    if lines[0].startswith("usage:"):
-        errors = [line for line in lines if ": error: " in line]
-        assert len(errors) == 1 and errors[0] == lines[-1], lines
-        assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), lines
-        return errors[0].split(": error: ", 1)[1]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1], lines
-    assert all(line.startswith(("error:", "note:")) for line in lines), lines
-    return errors[0][len("error:"):].strip()
-
-
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> str:
     """Exit 2, one error line that names ``fragments`` (the file or argument) and says what to do."""
-    message = error_message(result)
-    for fragment in fragments:
-        assert str(fragment) in message, f"{fragment!r} not named in: {message}"
+    message = assert_usage_error(result, *fragments)
     assert HINT.search(message), f"the message does not say what to do: {message}"
     return message
 

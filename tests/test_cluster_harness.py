@@ -11,6 +11,8 @@ import textwrap
 import pytest
 from cluster import LoopbackNamespace, SlurmCluster, _alive, loopback_available, slurm_available
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
 
 def last_json(text: str):
     return json.loads(text.strip().splitlines()[-1])

@@ -8,7 +8,6 @@ import csv
 import math
 import pickle
 import shutil
-import subprocess
 from collections import Counter
 from itertools import combinations
 from math import comb
@@ -17,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_usage_error, digits_subset, run_script
+from conftest import assert_usage_error, run_in_process, run_script, script_module, write_fake_cache
+from reliability_tools import payload
 from scipy.stats import gaussian_kde, norm
 from sklearn.metrics import roc_auc_score
 
-import cli
 import Evaluator
-import main_cache_test_distances
-import main_test_DeepFailGuard
-import main_test_DeepFailGuard_from_cached
-import main_train_DeepFailGuard
-import ModelManager
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from Evaluator import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
 from kde import GaussianKDE
@@ -51,15 +45,6 @@ def first_best(scores) -> int:
 def read_csv(path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def run_in_process(capsys, main, *args) -> subprocess.CompletedProcess:
-    """A script's entry point (``cli.run_main(main)``) in this process: the same exit-status
-    contract as on the command line, without the start-up cost of a new interpreter."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main, [str(a) for a in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess([main.__module__, *args], exit_info.value.code, captured.out, captured.err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,24 +307,17 @@ def write_paper_cache(info: Path, seed: int = 7) -> dict:
     """The paper's files for three healthy CIFAR10 versions: distances and labels (no softmax), the
     ground truth, and pickled ``scipy.stats.gaussian_kde`` failure models. Returns what was written."""
     rng = np.random.default_rng(seed)
-    cached, kdes = info / "test_information_cached", info / "kde_results"
-    cached.mkdir(parents=True)
-    kdes.mkdir(parents=True)
     truth = rng.integers(0, 10, N_TEST)
-    np.save(cached / "CIFAR10_ground_truth.npy", truth)
     written = {"truth": truth, "versions": {}}
     for model, test_accuracy in zip(PAPER_MODELS, (0.75, 0.65, 0.6)):
         right = rng.random(N_TEST) < test_accuracy
         labels = np.where(right, truth, (truth + rng.integers(1, 10, N_TEST)) % 10)
         distances = np.where(right, rng.gamma(6.0, 0.05, N_TEST), rng.gamma(3.0, 0.04, N_TEST))
         distances = np.clip(distances, 0.03, 0.6).astype(np.float32)  # the paper's caches are float32
-        np.save(cached / f"CIFAR10_{model}_bug0_distances.npy", distances)
-        np.save(cached / f"CIFAR10_{model}_bug0_dnn_labels.npy", labels)
         correct_kde = gaussian_kde(rng.gamma(6.0, 0.05, 60))
         wrong_kde = gaussian_kde(rng.gamma(3.0, 0.04, 25))
-        (kdes / f"{model}_CIFAR10_correct.pkl").write_bytes(pickle.dumps(correct_kde))
-        (kdes / f"{model}_CIFAR10_wrong.pkl").write_bytes(pickle.dumps(wrong_kde))
         written["versions"][model] = (labels, distances, correct_kde, wrong_kde)
+    write_fake_cache(info, "CIFAR10", truth, {(model, 0): v for model, v in written["versions"].items()})
     return written
 
 
@@ -533,7 +511,7 @@ def test_bad_cache_is_a_usage_error_and_writes_nothing(tmp_path, capsys, single_
     info, output = tmp_path / "info", tmp_path / "output"
     write_paper_cache(info)
     fragments = spoil(info)
-    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, *PAPER_ARGS, "--info-root", info,
+    result = run_in_process(capsys, "evaluate", *PAPER_ARGS, "--info-root", info,
                             "--model-root", tmp_path / "model", "--output", output, "--quiet")
     assert_usage_error(result, *fragments)
     assert not any(output.rglob("*.csv")) and not (output / "figures").exists()
@@ -548,30 +526,20 @@ def test_two_versions_of_one_architecture_make_no_set(tmp_path, capsys, single_t
         shutil.copy(cached / f"CIFAR10_resnet_bug0_{what}.npy", cached / f"CIFAR10_resnet_bug1_{what}.npy")
     for which in ("correct", "wrong"):
         shutil.copy(kdes / f"resnet_CIFAR10_{which}.pkl", kdes / f"resnet_CIFAR10_bug1_{which}.pkl")
-    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, "--datasets", "CIFAR10", "--models",
+    result = run_in_process(capsys, "evaluate", "--datasets", "CIFAR10", "--models",
                             "resnet", "--bugs", "0", "1", "--info-root", info, "--model-root", tmp_path / "model",
                             "--output", output, "--quiet")
     assert_usage_error(result, "CIFAR10: no set of two or more versions")
     assert not any(output.rglob("*.csv"))
 
 
-class RunsCode:
-    """Unpickling this object runs ``exec`` (it writes ``marker``)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
-
-
 def hostile_pickle(marker):
-    return RunsCode(marker)
+    return payload("exec", marker)
 
 
 def kde_carrying_hostile_state(marker):
     kde = gaussian_kde([0.1, 0.2, 0.4])
-    kde.extra = RunsCode(marker)  # a real gaussian_kde whose state smuggles the payload
+    kde.extra = payload("exec", marker)  # a real gaussian_kde whose state smuggles the payload
     return kde
 
 
@@ -582,19 +550,19 @@ def test_kde_pickle_that_would_run_code_is_refused(tmp_path, capsys, single_thre
     marker = tmp_path / "marker"
     hostile = info / "kde_results" / "alexnet_CIFAR10_wrong.pkl"
     hostile.write_bytes(pickle.dumps(payload(marker)))
-    result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, *PAPER_ARGS, "--info-root", info,
+    result = run_in_process(capsys, "evaluate", *PAPER_ARGS, "--info-root", info,
                             "--model-root", tmp_path / "model", "--output", output, "--quiet")
     assert_usage_error(result, "refused", str(hostile))
     assert not marker.exists()
     assert not any(output.rglob("*.csv"))
     # the payload is real: an ordinary unpickler would have run it
     pickle.loads(hostile.read_bytes())
-    assert marker.read_text() == "ran"
+    assert marker.exists()
 
 
 def test_unknown_dataset_or_model_is_a_usage_error(tmp_path, capsys):
     for flag, value, fragment in (("--datasets", "MNIST", "unknown dataset"), ("--models", "lenet", "unknown model")):
-        result = run_in_process(capsys, main_test_DeepFailGuard_from_cached.main, flag, value, "--info-root",
+        result = run_in_process(capsys, "evaluate", flag, value, "--info-root",
                                 tmp_path / "info", "--output", tmp_path / "output", "--quiet")
         assert_usage_error(result, fragment)
     assert not any((tmp_path).rglob("*.csv"))
@@ -654,63 +622,50 @@ def test_format_summary_one_line_per_dataset_and_n():
 # d. real time against cached: the same decisions and metrics on the same data
 # ---------------------------------------------------------------------------------------------
 
-N_INPUTS = 10  # validation and test inputs attacked per version (a stratified sample: one per class)
-REALTIME_GRID = ["--datasets", "DIGITS", "--models", "squeezenet", "densenet", "--bugs", "0",
-                 "--max-inputs", str(N_INPUTS), "--device", "cpu", "--quiet"]
-
-
 @pytest.fixture(scope="module")
-def evaluated_both_ways(tmp_path_factory, digits):
-    """Two DIGITS versions (squeezenet, densenet) trained briefly on a training subset (settings
-    picked so that both answer better than chance in a few seconds), their failure models and test
-    cache, then both evaluations. What each evaluation script hands to ``run_evaluation`` (its
-    version records: labels, distances, softmax, failure models) is kept for comparison.
-
-    The scripts run in this process through their entry points (``cli.run_main(main)``), one
-    thread: on a busy two-core machine every new interpreter costs seconds and threads contend."""
+def evaluated_both_ways(pipeline, tmp_path_factory):
+    """The session pipeline evaluated again from its cache and in real time (into fresh output folders,
+    in process, one thread), keeping what each evaluation script hands to ``run_evaluation`` (its version
+    records: labels, distances, softmax, failure models)."""
     base = tmp_path_factory.mktemp("realtime")
-    roots = ["--model-root", base / "model", "--info-root", base / "info"]
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     outputs, records = {}, {}
     evaluate = Evaluator.run_evaluation
 
     def keep_records(name):
-        def run_evaluation(records_by_dataset, truths_by_dataset, *rest):
+        def run_evaluation(records_by_dataset, truths_by_dataset, *rest, **options):
             records[name] = (records_by_dataset["DIGITS"], truths_by_dataset["DIGITS"])
-            return evaluate(records_by_dataset, truths_by_dataset, *rest)
+            return evaluate(records_by_dataset, truths_by_dataset, *rest, **options)
         return run_evaluation
 
     try:
-        for model, n_train, epochs, lr, batch_size in (("squeezenet", 512, 3, 3e-4, 16),
-                                                       ("densenet", 256, 2, 1e-3, 32)):
-            ModelManager.create_model(model, digits_subset(digits, n_train=n_train, n_val=100, n_test=64), "train", 0,
-                                      device="cpu", model_root=base / "model", epochs=epochs, lr=lr,
-                                      batch_size=batch_size, progress=False)
-        for name, main in (("fit", main_train_DeepFailGuard.main), ("cache", main_cache_test_distances.main),
-                           ("cached", main_test_DeepFailGuard_from_cached.main),
-                           ("realtime", main_test_DeepFailGuard.main)):
+        for name, script in (("cached", "evaluate"), ("realtime", "realtime")):
             outputs[name] = base / name
-            with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
+            with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(Evaluator, "run_evaluation", keep_records(name))
-                cli.run_main(main, [str(a) for a in (*REALTIME_GRID, *roots, "--output", outputs[name])])
-            assert exit_info.value.code == 0, name
+                assert script_module(script).main(pipeline.argv(script, "--output", outputs[name])) == 0, name
     finally:
         torch.set_num_threads(previous)
-    return base, outputs, records
+    return pipeline, outputs, records
 
 
-def test_realtime_and_cached_results_are_identical(evaluated_both_ways):
-    _, outputs, _ = evaluated_both_ways
+def test_realtime_and_cached_results_are_identical(pipeline):
+    """The session pipeline's two evaluations of the same grid: one from the cache, one attacking live."""
     for name in ("results.csv", "failure_prediction.csv", "summary.csv"):
-        assert read_csv(outputs["cached"] / name) == read_csv(outputs["realtime"] / name), name
-        assert (outputs["cached"] / name).read_text() == (outputs["realtime"] / name).read_text(), name
-    rows = read_csv(outputs["cached"] / "results.csv")
-    # one set (squeezenet, densenet), every method (softmax probabilities are cached too)
-    assert [(row["models"], row["method"]) for row in rows] == [("squeezenet-densenet", m) for m in Evaluator.METHODS]
-    failure = read_csv(outputs["cached"] / "failure_prediction.csv")
-    assert [(row["model"], row["n_test"]) for row in failure] == [("densenet", str(N_INPUTS)),
-                                                                 ("squeezenet", str(N_INPUTS))]
+        assert read_csv(pipeline.out / name) == read_csv(pipeline.realtime / name), name
+        assert (pipeline.out / name).read_text() == (pipeline.realtime / name).read_text(), name
+    rows = read_csv(pipeline.out / "results.csv")
+    sets = list(dict.fromkeys((row["models"], row["bug_ids"]) for row in rows))
+    assert ("squeezenet-densenet", "0-0") in sets and ("squeezenet-densenet", "10-10") in sets
+    assert ("squeezenet-densenet", "1-0") in sets  # fault 1 carried by one version (densenet's is not trained)
+    # every method on every set (softmax probabilities are cached too)
+    assert [(row["models"], row["bug_ids"], row["method"]) for row in rows] == [
+        (*members, method) for members in sets for method in Evaluator.METHODS]
+    failure = read_csv(pipeline.out / "failure_prediction.csv")
+    assert [(row["model"], row["bug_id"], row["n_test"]) for row in failure] == [
+        ("densenet", "0", "20"), ("squeezenet", "0", "20"), ("squeezenet", "1", "20"), ("densenet", "10", "20"),
+        ("squeezenet", "10", "20")]
 
 
 def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
@@ -718,32 +673,42 @@ def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
     for bit, hence the same P(correct) and the same DeepFailGuard decision on every input."""
     from layout import cache_path
 
-    base, _, records = evaluated_both_ways
+    pipeline, outputs, records = evaluated_both_ways
     cached, cached_truth = records["cached"]
     live, live_truth = records["realtime"]
-    assert sorted(cached) == sorted(live) == [("densenet", 0), ("squeezenet", 0)]
+    assert sorted(cached) == sorted(live) == [("densenet", 0), ("densenet", 10), ("squeezenet", 0),
+                                              ("squeezenet", 1), ("squeezenet", 10)]
     np.testing.assert_array_equal(cached_truth[""], live_truth[""])
-    np.testing.assert_array_equal(cached_truth[""], np.load(base / "info" / "test_information_cached" /
-                                                            "DIGITS_ground_truth.npy"))
+    np.testing.assert_array_equal(cached_truth[""], np.load(pipeline.truth))
     for key in cached:
-        model = key[0]
-        np.testing.assert_array_equal(live[key].labels, np.load(cache_path(base / "info", model, "DIGITS", 0,
+        model, bug = key
+        np.testing.assert_array_equal(live[key].labels, np.load(cache_path(pipeline.info, model, "DIGITS", bug,
                                                                            "dnn_labels")))
         np.testing.assert_array_equal(live[key].distances, cached[key].distances)
         np.testing.assert_array_equal(live[key].labels, cached[key].labels)
         np.testing.assert_array_equal(live[key].probabilities, cached[key].probabilities)
         assert live[key].val_acc == cached[key].val_acc
         np.testing.assert_array_equal(live[key].confidence, cached[key].confidence)
-    order = [("squeezenet", 0), ("densenet", 0)]
-    decisions = {}
-    for name, versions in (("cached", cached), ("realtime", live)):
-        decisions[name] = DeepFailGuard.select(np.stack([versions[k].confidence for k in order]),
-                                               np.stack([versions[k].labels for k in order]))
-    np.testing.assert_array_equal(decisions["cached"][0], decisions["realtime"][0])
-    np.testing.assert_array_equal(decisions["cached"][1], decisions["realtime"][1])
-    # not a degenerate case: the versions answer differently and each of them is chosen somewhere
-    assert (live[order[0]].labels != live[order[1]].labels).any()
-    assert set(decisions["realtime"][1]) == {0, 1}
-    # and these decisions are the ones the results report
-    dfg = next(row for row in read_csv(base / "realtime" / "results.csv") if row["method"] == "dfg")
-    assert float(dfg["accuracy"]) == pytest.approx(np.mean(decisions["realtime"][0] == live_truth[""]), abs=1e-6)
+    both_chosen = []
+    for order in combinations(sorted(live), 2):
+        decisions = {}
+        for name, versions in (("cached", cached), ("realtime", live)):
+            decisions[name] = DeepFailGuard.select(np.stack([versions[k].confidence for k in order]),
+                                                   np.stack([versions[k].labels for k in order]))
+        np.testing.assert_array_equal(decisions["cached"][0], decisions["realtime"][0])
+        np.testing.assert_array_equal(decisions["cached"][1], decisions["realtime"][1])
+        if set(decisions["realtime"][1]) == {0, 1} and (live[order[0]].labels != live[order[1]].labels).any():
+            both_chosen.append((order, decisions["realtime"][0]))
+    # not a degenerate case: somewhere two versions answer differently and each of them is chosen
+    assert both_chosen
+    # and these decisions are the ones the results report, on every set
+    checked = set()
+    for row in read_csv(outputs["realtime"] / "results.csv"):
+        if row["method"] != "dfg":
+            continue
+        members = tuple(zip(row["models"].split("-"), map(int, row["bug_ids"].split("-"))))
+        labels, _ = DeepFailGuard.select(np.stack([live[k].confidence for k in members]),
+                                         np.stack([live[k].labels for k in members]))
+        assert float(row["accuracy"]) == pytest.approx(np.mean(labels == live_truth[""]), abs=1e-6), members
+        checked.add(tuple(sorted(members)))
+    assert checked & {order for order, _ in both_chosen}

@@ -1,10 +1,11 @@
 """Launchers on real engines (no mocks): ``local``, ``ray`` and ``slurm`` leave the same files.
 
 The tiny grid: DIGITS, squeezenet (by far the fastest architecture to train) healthy, with fault 1
-(trained) and with fault 10 (derived from the healthy weights), one epoch, 12 attacked inputs per
-split, through the three per-version steps: train (+ derive), fit, cache. ``local`` runs it once per
-module, in process with one thread (the reference); every other run is compared with it file by file
-(checkpoint tensors, metadata without timings, KDE arrays, cache arrays and figures byte for byte).
+(trained) and with fault 10 (derived from the healthy weights), one epoch, 20 attacked inputs per
+split, through the three per-version steps: train (+ derive), fit, cache. The session's reference
+pipeline (``conftest.pipeline``, in process with one thread) ran the same grid with ``local``; every
+other run is compared with it file by file (checkpoint tensors, metadata without timings, KDE arrays,
+cache arrays and figures byte for byte).
 
 Ray and Slurm run inside the session's loopback-only network namespace (``tests/cluster.py``,
 fixtures ``ray_cluster`` and ``slurm_cluster``), and so do the drivers under test. Where an engine is
@@ -27,48 +28,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from cluster import kill_pid
-from conftest import assert_usage_error
+from conftest import REPO, SCRIPT_ENV, Workspace, assert_usage_error
 from reliability_tools import assert_same_file, is_partial
 
-REPO = Path(__file__).resolve().parents[1]
-STEPS = ("main_train_model.py", "main_train_DeepFailGuard.py", "main_cache_test_distances.py")
-GRID = ["--datasets", "DIGITS", "--models", "squeezenet", "--bugs", "0", "1", "10", "--epochs", "1",
-        "--max-inputs", "12", "--device", "cpu", "--quiet"]
+pytestmark = pytest.mark.xdist_group("cluster")
+
+STEPS = ("train", "fit", "cache")
 VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bug10")
-#: one thread per process (deterministic and fastest on a busy two-core machine), no progress bars
-SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+SQUEEZENETS = ["--models", "squeezenet", "--bugs", "0", "1", "10"]
+GRID = {"train": [*SQUEEZENETS, "--epochs", "1"], "fit": SQUEEZENETS, "cache": SQUEEZENETS}
+TRAINED = ["--models", "squeezenet", "--bugs", "0", "1"]  # the two trained versions: one job per CPU of the cluster
 RAY_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0.25", "--cpus-per-job", "1"]
 #: no GPUs: Ray reuses a worker process for the next job (with GPUs every job gets a fresh process)
 RAY_CPU_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0", "--cpus-per-job", "1"]
 WALL_TIMES: dict[str, float] = {}
 
 
-class Workspace:
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def flags(self) -> list[str]:
-        return ["--model-root", self.root / "model", "--info-root", self.root / "info", "--output",
-                self.root / "output"]
-
-    def files(self) -> list[str]:
-        """What the steps wrote (relative paths), without lock files and engine logs."""
-        found = []
-        for path in self.root.rglob("*"):
-            rel = path.relative_to(self.root)
-            if path.is_file() and ".locks" not in rel.parts and rel.parts[:2] != ("output", "logs"):
-                found.append(str(rel))
-        return sorted(found)
-
-    def checkpoint(self, bug: int) -> Path:
-        return self.root / "model" / f"squeezenet_DIGITS{'' if bug == 0 else f'_bug{bug}'}.pth"
+def launched(rel: str) -> bool:
+    """A file the tiny grid's three steps write (the reference pipeline holds more)."""
+    return "squeezenet" in Path(rel).name or Path(rel).name == "DIGITS_ground_truth.npy"
 
 
 def assert_same_as(ws: Workspace, reference: Workspace, only: tuple[str, ...] = ()) -> None:
-    """``ws`` holds the reference's files (those under ``only``, if given), each equal, and no temporary file."""
-    want = [rel for rel in reference.files() if not only or rel.startswith(only)]
+    """``ws`` holds the reference's files of the tiny grid (those under ``only``, if given), each equal, and no
+    temporary file."""
+    want = [rel for rel in reference.files() if launched(rel) and (not only or rel.startswith(only))]
     got = [rel for rel in ws.files() if not only or rel.startswith(only)]
     assert not [rel for rel in got if is_partial(Path(rel).name)], got
     assert got == want
@@ -77,19 +62,23 @@ def assert_same_as(ws: Workspace, reference: Workspace, only: tuple[str, ...] = 
 
 
 def copy_models(reference: Workspace, destination: Path) -> Workspace:
-    """A workspace with the reference's trained versions only (checkpoints, metadata, loss curves)."""
-    shutil.copytree(reference.root / "model", destination / "model", ignore=shutil.ignore_patterns(".locks"))
+    """A workspace with the reference's trained squeezenet versions only (checkpoints, metadata, loss curves)."""
+    shutil.copytree(reference.model, destination / "model",
+                    ignore=shutil.ignore_patterns(".locks", "densenet*"))
     return Workspace(destination)
 
 
 def run_in_ns(ns, script: str, args, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    return ns.run([sys.executable, REPO / script, *args], env={**SCRIPT_ENV, **env}, timeout=timeout, cwd=REPO)
+    from conftest import script_file
+
+    return ns.run([sys.executable, REPO / script_file(script), *args], env={**SCRIPT_ENV, **env}, timeout=timeout,
+                  cwd=REPO)
 
 
 def run_grid(ns, ws: Workspace, launcher_flags, env: dict) -> list[subprocess.CompletedProcess]:
     results = []
     for script in STEPS:
-        result = run_in_ns(ns, script, [*GRID, *ws.flags(), *launcher_flags], env)
+        result = run_in_ns(ns, script, [*ws.argv(script, grid=GRID[script]), *launcher_flags], env)
         assert result.returncode == 0, f"{script}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         results.append(result)
     return results
@@ -105,27 +94,10 @@ def statuses(stdout: str) -> dict[str, str]:
     return table
 
 
-# ---------------------------------------------------------------------------------------------
-# the reference: local, in process
-# ---------------------------------------------------------------------------------------------
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Workspace:
-    ws = Workspace(tmp_path_factory.mktemp("local"))
-    modules = [importlib.import_module(Path(script).stem) for script in STEPS]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    started = time.monotonic()
-    try:
-        for module in modules:
-            assert module.main([str(a) for a in [*GRID, *ws.flags()]]) == 0, module.__name__
-    finally:
-        torch.set_num_threads(previous)
-    WALL_TIMES["local"] = time.monotonic() - started
-    print(f"\ntiny grid, --launcher local (in process): {WALL_TIMES['local']:.1f} s")
-    assert {Path(rel).name for rel in ws.files() if rel.startswith("model/")} >= {
-        f"{v}.{ext}" for v in VERSIONS for ext in ("json",)}
-    return ws
+def reference(pipeline) -> Workspace:
+    """The local run of the tiny grid: the session's pipeline (which ran it in process, with more)."""
+    return pipeline
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,18 +117,18 @@ def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
 
 def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_path):
     ws = copy_models(reference, tmp_path / "corrupt")
-    ws.checkpoint(1).unlink()
-    ws.checkpoint(1).write_bytes(b"not a checkpoint" * 64)
-    result = run_in_ns(loopback_ns, "main_train_DeepFailGuard.py",
-                       [*GRID, *ws.flags(), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address], {})
+    ws.checkpoint(bug=1).unlink()
+    ws.checkpoint(bug=1).write_bytes(b"not a checkpoint" * 64)
+    result = run_in_ns(loopback_ns, "fit",
+                       [*ws.argv("fit", grid=GRID["fit"]), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address], {})
     print(f"\ncorrupt checkpoint, fit step with --launcher ray (exit {result.returncode}):\n{result.stdout}"
           f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
-    assert_usage_error(result, "squeezenet_DIGITS_bug1.pth")
+    assert_usage_error(result, "squeezenet_DIGITS_bug1.pth", engine_lines=True)
     table = statuses(result.stdout)
     assert table[VERSIONS[0]] == "fitted" and table[VERSIONS[1]].startswith("FAILED: ")
     assert "squeezenet_DIGITS_bug1.pth" in table[VERSIONS[1]]
     assert_same_as(ws, reference, only=("info/kde_results/squeezenet_DIGITS_c", "info/kde_results/squeezenet_DIGITS_w",
-                                        "output/figures/kde_squeezenet_DIGITS.png"))
+                                        "out/figures/kde_squeezenet_DIGITS.png"))
     assert not list((ws.root / "info" / "kde_results").glob("squeezenet_DIGITS_bug1_*"))
 
 
@@ -164,12 +136,14 @@ REAL_BUG_DRIVER = textwrap.dedent("""
     import argparse, sys
     sys.path.insert(0, {repo!r})
     import cli
-    from jobs import Job, Roots
+    from jobs import Job, JobSettings, Roots
+    from settings import AttackSettings
 
     out = sys.argv[2]
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
     # a setting no command line can produce: the dataset sampler raises TypeError, a real bug
-    jobs = [Job("cache", "DIGITS", "squeezenet", 0, roots, dict(max_inputs="twelve", quiet=True))]
+    settings = JobSettings(quiet=True, attack=AttackSettings(max_inputs="twelve"))
+    jobs = [Job("cache", "DIGITS", "squeezenet", 0, roots, settings)]
     args = argparse.Namespace(launcher=sys.argv[1], quiet=True, cpus_per_job=1, gpus_per_job=0,
                               slurm_time=5, slurm_cpus_per_job=1, slurm_gpus_per_job=0,
                               slurm_partition=None, slurm_array_parallelism=None, slurm_sbatch_option=[],
@@ -248,9 +222,8 @@ def _ray_task_processes(root_pid: int) -> list[int]:
 
 def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluster, tmp_path):
     ws = copy_models(reference, tmp_path / "killed")
-    shutil.copytree(reference.root / "info" / "kde_results", ws.root / "info" / "kde_results")
-    grid = [a for a in GRID if a != "10"]  # two jobs, one per CPU of the cluster
-    command = [sys.executable, REPO / "main_cache_test_distances.py", *grid, *ws.flags(), *RAY_CPU_FLAGS,
+    shutil.copytree(reference.kdes, ws.kdes)
+    command = [sys.executable, REPO / "main_cache_test_distances.py", *ws.argv("cache", grid=TRAINED), *RAY_CPU_FLAGS,
                "--ray-address", ray_cluster.address]
     process = loopback_ns.popen(command, env=SCRIPT_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -293,11 +266,11 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
     print(f"\ntiny grid, --launcher slurm: {WALL_TIMES['slurm']:.1f} s")
     assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
     assert_same_as(ws, reference)
-    assert list((ws.root / "output" / "logs" / "slurm").iterdir())  # submitit's folders, one per job
+    assert list((ws.out / "logs" / "slurm").iterdir())  # submitit's folders, one per job
 
     # --no-wait: submitted, ids printed, exit 0; the array is then cancelled by its id
-    result = run_in_ns(loopback_ns, "main_cache_test_distances.py",
-                       [*GRID, *ws.flags(), *slurm_flags(slurm_cluster), "--no-wait"], slurm_cluster.env)
+    result = run_in_ns(loopback_ns, "cache", [*ws.argv("cache", grid=GRID["cache"]), *slurm_flags(slurm_cluster),
+                                              "--no-wait"], slurm_cluster.env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = statuses(result.stdout)
     assert set(rows) == set(VERSIONS) and all(s.startswith("submitted: Slurm job ") for s in rows.values()), rows
@@ -324,8 +297,8 @@ def test_slurm_job_raising_is_a_bug(loopback_ns, slurm_cluster, tmp_path):
 def test_two_local_launches_train_each_version_once(reference, tmp_path):
     pytest.importorskip("filelock", reason="the per-version lock needs filelock (requirements-cluster.txt)")
     ws = Workspace(tmp_path / "twice")
-    grid = [a for a in GRID if a != "10"]  # the two trained versions
-    command = [sys.executable, REPO / "main_train_model.py", *grid, *ws.flags(), "--launcher", "local"]
+    command = [sys.executable, REPO / "main_train_model.py", *ws.argv("train", "--epochs", "1", grid=TRAINED),
+               "--launcher", "local"]
     env = {**os.environ, **SCRIPT_ENV}
     with ThreadPoolExecutor(2) as pool:
         runs = list(pool.map(lambda _: subprocess.run([str(c) for c in command], env=env, cwd=REPO, text=True,
@@ -336,7 +309,7 @@ def test_two_local_launches_train_each_version_once(reference, tmp_path):
     print(f"\ntwo local launches at once: {table}")
     assert sorted(table) == ["skipped (up to date)"] * 2 + ["trained"] * 2, [run.stdout for run in runs]
     for bug in (0, 1):
-        assert_same_file(ws.checkpoint(bug), reference.checkpoint(bug))
+        assert_same_file(ws.checkpoint(bug=bug), reference.checkpoint(bug=bug))
 
 
 @pytest.mark.parametrize("launcher, module", [("ray", "ray"), ("slurm", "submitit")])

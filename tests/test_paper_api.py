@@ -180,7 +180,8 @@ def test_batch_infer_cached_reads_the_paper_cache_files(paper_pipeline):
         np.save(folder / f"{stem}_distances.npy", np.array(distances.tolist()))
         np.save(folder / f"{stem}_dnn_labels.npy", np.array(labels.tolist()))
     outputs, all_module_dnn_labels = dfg.batch_infer_cached([data, data], info_root=info)
-    expected = dfg.batch_infer_cached([d for d, _ in paper_pipeline["attacks"]], [lab for _, lab in paper_pipeline["attacks"]])
+    attacks = paper_pipeline["attacks"]
+    expected = dfg.batch_infer_cached([d for d, _ in attacks], [lab for _, lab in attacks])
     np.testing.assert_array_equal(outputs, expected.labels)
     np.testing.assert_array_equal(all_module_dnn_labels, expected.version_labels)
     module, (distances, _) = dfg.modules[1], paper_pipeline["attacks"][1]

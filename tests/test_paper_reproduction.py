@@ -12,12 +12,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import assert_usage_error
+from conftest import assert_usage_error, run_in_process, write_fake_cache
 from scipy.stats import gaussian_kde, mode
 
-import cli
 import layout
-import main_test_DeepFailGuard_from_cached
 import paper
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from kde import GaussianKDE
@@ -43,10 +41,6 @@ def write_cache(info, seed: int = 11) -> dict:
     ground truth, pickled ``gaussian_kde`` failure models. Returns the versions' (labels, distances, KDEs)."""
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 10, N_TEST)
-    path = layout.ground_truth_path(info, "CIFAR10", 0)
-    path.parent.mkdir(parents=True)
-    np.save(path, truth)
-    (info / layout.KDE_SUBDIR).mkdir(parents=True)
     far_version = rng.integers(0, len(VERSIONS), len(ONE_FAR))
     versions = {}
     for index, (model, bug) in enumerate(VERSIONS):
@@ -57,14 +51,10 @@ def write_cache(info, seed: int = 11) -> dict:
         for i, v in zip(ONE_FAR, far_version):
             if v == index:
                 distances[i] = rng.uniform(3.0, 40.0)
-        np.save(layout.cache_path(info, model, "CIFAR10", bug, "distances"), distances.astype(np.float64))
-        np.save(layout.cache_path(info, model, "CIFAR10", bug, "dnn_labels"), labels)
         kdes = (gaussian_kde(rng.gamma(6.0, 0.05, int(rng.integers(40, 90)))),
                 gaussian_kde(rng.gamma(3.0, 0.04, int(rng.integers(15, 40)))))
-        for which, kde in zip(("correct", "wrong"), kdes):
-            key = layout.version_key(model, "CIFAR10", bug)
-            (info / layout.KDE_SUBDIR / f"{key}_{which}.pkl").write_bytes(pickle.dumps(kde))
-        versions[(model, bug)] = (labels, distances, *kdes)
+        versions[(model, bug)] = (labels, distances.astype(np.float64), *kdes)
+    write_fake_cache(info, "CIFAR10", truth, versions)
     return {"truth": truth, "versions": versions}
 
 
@@ -166,10 +156,7 @@ def write_published(path, written) -> list[dict]:
 
 def run(capsys, *args) -> subprocess.CompletedProcess:
     """The cached evaluation's entry point under the exit-status contract, in this process."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_main(main_test_DeepFailGuard_from_cached.main, [str(a) for a in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exit_info.value.code, captured.out, captured.err)
+    return run_in_process(capsys, "evaluate", *args)
 
 
 def agreement(stdout: str, predictor: str) -> list[str]:
