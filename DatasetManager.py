@@ -28,10 +28,7 @@ VALIDATION_FRACTION = 0.2
 
 def get_dataset(dataset_name: str) -> mydataset.MyDataset:
     """The dataset object for a name (case-insensitive); an unknown name is a UsageError."""
-    cls = DATASETS.get(str(dataset_name).upper())
-    if cls is None:
-        raise UsageError(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASETS)}")
-    return cls()
+    return DATASETS.get_class(dataset_name)()
 
 
 def paper_datasets() -> tuple[str, ...]:

@@ -42,10 +42,8 @@ MODES = ("load", "train", "evaluate")
 
 
 def get_model_class(model_name: str) -> type[mymodel.MyModel]:
-    cls = MODELS.get(str(model_name).lower())
-    if cls is None:
-        raise UsageError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
-    return cls
+    """The registered architecture of a name, in any case (an unknown name is a UsageError)."""
+    return MODELS.get_class(model_name)
 
 
 def build_version(model_name: str, num_classes: int, structure_fault: int = 0) -> mymodel.MyModel:

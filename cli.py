@@ -105,6 +105,16 @@ def new_parser(doc: str) -> argparse.ArgumentParser:
                          allow_abbrev=False)
 
 
+def attack_step_parser(doc: str) -> argparse.ArgumentParser:
+    """The start of the parsers of the steps that attack versions (fit, cache, real-time evaluation): what
+    to run, how to attack, where."""
+    parser = new_parser(doc)
+    add_grid_flags(parser)
+    add_attack_flags(parser)
+    add_device_flag(parser)
+    return parser
+
+
 def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
     from DatasetManager import DATASETS

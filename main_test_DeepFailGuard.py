@@ -24,10 +24,7 @@ from DeepFailGuard import DeepFailGuardModule
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
-    cli.add_attack_flags(parser)
-    cli.add_device_flag(parser)
+    parser = cli.attack_step_parser(__doc__)
     paper.add_posterior_flag(parser)
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "data", "model", "info", "output")

@@ -17,10 +17,7 @@ import FaultInjector
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
-    cli.add_attack_flags(parser)
-    cli.add_device_flag(parser)
+    parser = cli.attack_step_parser(__doc__)
     cli.add_run_flags(parser)
     cli.add_root_flags(parser, "data", "model", "info", "output",
                        output_help="folder of the failure models' figures (figures/) and the launchers' logs")

@@ -8,6 +8,7 @@ architecture, a fault, the attacker or the failure predictor lives in its own mo
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,6 +19,35 @@ class UsageError(Exception):
 
     Scripts turn it into one line on stderr and exit status 2; anything else is a real bug.
     """
+
+
+class Registry(dict):
+    """Classes by their ``name``, in registration order: ``register`` is the decorator a class enters with,
+    ``get_class`` the lookup that turns an unknown name into a UsageError listing the known ones.
+
+    ``spelling`` is the names' one case (``str.lower`` for architectures, ``str.upper`` for datasets);
+    lookups accept any case.
+    """
+
+    def __init__(self, what: str, spelling: Callable[[str], str]):
+        super().__init__()
+        self.what, self.spelling = what, spelling
+
+    def register(self, cls: type) -> type:
+        name = getattr(cls, "name", "")
+        if not name or name != self.spelling(name):
+            raise ValueError(f"{cls.__name__}.name must be a non-empty {self.spelling.__name__}-case name, got "
+                             f"{name!r}")
+        if self.get(name, cls) is not cls:
+            raise ValueError(f"{self.what} {name!r} is registered twice ({self[name].__name__}, {cls.__name__})")
+        self[name] = cls
+        return cls
+
+    def get_class(self, name) -> type:
+        cls = self.get(self.spelling(str(name)))
+        if cls is None:
+            raise UsageError(f"unknown {self.what} {name!r}; known: {', '.join(self)}")
+        return cls
 
 
 def choose_device(device: str | int | torch.device | None = None) -> torch.device:

@@ -34,6 +34,7 @@ import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
 from layout import Roots  # noqa: E402
+from settings import DEEPFOOL  # noqa: E402
 from utils import choose_device  # noqa: E402
 
 
@@ -42,7 +43,8 @@ def foolbox_attack(network, images: torch.Tensor, device) -> tuple[np.ndarray, n
 
     model = foolbox.PyTorchModel(network, bounds=(0.0, 1.0), device=device)
     labels = network(images).argmax(dim=1)
-    attack = foolbox.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02, loss="logits")
+    attack = foolbox.attacks.L2DeepFoolAttack(steps=DEEPFOOL.steps, candidates=DEEPFOOL.candidates,
+                                              overshoot=DEEPFOOL.overshoot, loss="logits")
     raw, _, success = attack(model, images, labels, epsilons=None)
     return (raw - images).flatten(1).norm(dim=1).detach().cpu().numpy(), success.cpu().numpy()
 

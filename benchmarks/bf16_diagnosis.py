@@ -51,7 +51,7 @@ import ModelManager  # noqa: E402
 from DatasetManager import MyData, create_dataset  # noqa: E402
 from layout import Roots  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from settings import TrainSettings  # noqa: E402
+from settings import SEED, TrainSettings  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="squeezenet", help="architecture (the head variant needs .classifier)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[SEED, SEED + 1])
     parser.add_argument("--epochs", type=cli.positive_int, default=None, help="default: DIGITS' for the model (24)")
     parser.add_argument("--max-train", type=cli.positive_int, default=None, help="first N training images only")
     parser.add_argument("--max-eval", type=cli.positive_int, default=None,

@@ -28,6 +28,7 @@ from bf16_diagnosis import accuracy, amp_dtype, dead_classes, describe_device, s
 
 import cli  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
+from settings import SEED  # noqa: E402
 from utils import choose_device  # noqa: E402
 
 PRECISIONS = {"bf16": True, "fp32": False}
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", nargs="+", default=["squeezenet", "resnet"])
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[SEED, SEED + 1])
     parser.add_argument("--epochs", type=cli.positive_int, default=None, help="default: DIGITS' for each model")
     parser.add_argument("--image-size", type=cli.positive_int, default=None, help="default: DIGITS' size (32)")
     parser.add_argument("--max-train", type=cli.positive_int, default=None, help="first N training images only")

@@ -11,20 +11,12 @@ import torch
 
 import FaultInjector
 from settings import PAPER_RECIPE, TrainingRecipe
-from utils import UsageError
+from utils import Registry, UsageError
 
 #: every dataset, by (upper-case) name, in registration order; presets and ``--datasets`` read it
-DATASETS: dict[str, type["MyDataset"]] = {}
-
-
-def register_dataset(cls: type["MyDataset"]) -> type["MyDataset"]:
-    """Class decorator: enter a dataset in :data:`DATASETS` under its ``name`` (one name, one class)."""
-    if not cls.name or cls.name != cls.name.upper():
-        raise ValueError(f"{cls.__name__}.name must be a non-empty upper-case name, got {cls.name!r}")
-    if DATASETS.get(cls.name, cls) is not cls:
-        raise ValueError(f"dataset {cls.name!r} is registered twice ({DATASETS[cls.name].__name__}, {cls.__name__})")
-    DATASETS[cls.name] = cls
-    return cls
+DATASETS = Registry("dataset", str.upper)
+#: class decorator: enter a dataset in ``DATASETS`` under its ``name``
+register_dataset = DATASETS.register
 
 
 @dataclass

@@ -7,21 +7,13 @@ from typing import Callable
 
 import torch.nn as nn
 
-from utils import UsageError
+from utils import Registry, UsageError
 
-#: every architecture, by name, in registration order (the grid's order: it orders the version sets and
-#: breaks DeepFailGuard's ties); presets, ``--help`` and the tests read it
-MODELS: dict[str, type["MyModel"]] = {}
-
-
-def register_model(cls: type["MyModel"]) -> type["MyModel"]:
-    """Class decorator: enter an architecture in :data:`MODELS` under its ``name`` (one name, one class)."""
-    if not cls.name or cls.name != cls.name.lower():
-        raise ValueError(f"{cls.__name__}.name must be a non-empty lower-case name, got {cls.name!r}")
-    if MODELS.get(cls.name, cls) is not cls:
-        raise ValueError(f"architecture {cls.name!r} is registered twice ({MODELS[cls.name].__name__}, {cls.__name__})")
-    MODELS[cls.name] = cls
-    return cls
+#: every architecture, by (lower-case) name, in registration order (the grid's order: it orders the version
+#: sets and breaks DeepFailGuard's ties); presets, ``--help`` and the tests read it
+MODELS = Registry("model", str.lower)
+#: class decorator: enter an architecture in ``MODELS`` under its ``name``
+register_model = MODELS.register
 
 
 class MyModel:
