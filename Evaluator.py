@@ -245,9 +245,11 @@ def check_record_lengths(record: VersionRecord, truth: np.ndarray, where: str) -
 # records from the cache, and writing the results
 # ---------------------------------------------------------------------------------------------
 
-def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int) -> VersionRecord | None:
-    """A version's cached test answers and failure model; None when its cache does not exist."""
-    answers = layout.read_version_cache(info_root, model, dataset, bug)
+def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int,
+                       num_classes: int | None = None) -> VersionRecord | None:
+    """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model;
+    None when its cache does not exist."""
+    answers = layout.read_version_cache(info_root, model, dataset, bug, num_classes)
     if answers is None:
         return None
     module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug)

@@ -155,7 +155,7 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
     model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
                           weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=settings.seed,
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
-                          device=str(device), amp=trainer.amp,
+                          device=str(device), threads=torch.get_num_threads(), amp=trainer.amp,
                           amp_float32_modules=list(trainer.float32_modules) if trainer.amp else [], history=history)
     _measure_into_metadata(model, data, device, progress)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}

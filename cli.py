@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import torch
+
 import FaultInjector
 import layout
 import storage
@@ -21,7 +23,7 @@ import utils
 from jobs import Job, JobSettings
 from layout import version_key
 from mydataset import Digits
-from settings import ATTACK_BATCH, SEED, AttackSettings
+from settings import ATTACK_BATCH, SEED, THREADS, AttackSettings
 from utils import UsageError
 
 
@@ -61,8 +63,10 @@ def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
     for item in items:
         try:
             if "-" in item[1:]:
-                low, high = item.split("-", 1)
-                bugs.extend(range(int(low), int(high) + 1))
+                low, high = (int(end) for end in item.split("-", 1))
+                if high < low:
+                    raise UsageError(f"--bugs: {item} is an empty range; use {high}-{low} (the smaller id first)")
+                bugs.extend(range(low, high + 1))
             else:
                 bugs.append(int(item))
         except ValueError:
@@ -148,9 +152,12 @@ def add_root_flags(parser: argparse.ArgumentParser, *roots: str, output_help: st
 
 
 def add_run_flags(parser: argparse.ArgumentParser, force: bool = True) -> None:
-    """``--quiet``, and ``--force`` for the scripts that skip finished work."""
+    """``--threads``, ``--quiet``, and ``--force`` for the scripts that skip finished work."""
     if force:
         parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
+    parser.add_argument("--threads", type=positive_int, default=THREADS,
+                        help="CPU threads each job computes with, on every launcher (results depend on it: float "
+                             "rounding; Ray and Slurm reserve as many CPUs per job unless told otherwise)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -279,12 +286,15 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
 
 def prepare(args: argparse.Namespace, writable=()):
     """The checks a script makes before any work: names, device, datasets present, output folders
-    writable. Returns ``(grid, device)`` (device None for a script without ``--device``).
+    writable; then the run's thread count is set. Returns ``(grid, device)`` (device None for a script
+    without ``--device``).
 
     A script's parser holds only the flags it uses, so the flags present say what to check: a
     ``--device`` is checked where the jobs run, a ``--data-root`` for the datasets' files.
     """
+    check_roots(args)
     grid = resolve_grid(args)
+    torch.set_num_threads(args.threads)  # the driver's own work (and local jobs) with the run's thread count
     device = None
     if "device" in vars(args):
         if getattr(args, "launcher", "local") == "local":
@@ -296,6 +306,23 @@ def prepare(args: argparse.Namespace, writable=()):
     for folder in writable:
         storage.check_writable(folder)
     return grid, device
+
+
+ROOT_FLAGS = {"data_root": "--data-root", "model_root": "--model-root", "info_root": "--info-root",
+              "output": "--output"}
+
+
+def check_roots(args: argparse.Namespace) -> None:
+    """A root that exists must be a folder: a file there is refused naming its flag, before it is read as an
+    empty folder (nothing found) or written into."""
+    from pathlib import Path
+
+    for name, flag in ROOT_FLAGS.items():
+        if name not in vars(args):
+            continue
+        path = Path(vars(args)[name])
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path} is not a folder; point {flag} at a folder (or a path not yet there)")
 
 
 def _parse_device(device):
@@ -357,13 +384,15 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     engines.add_argument("--ray-address", default=None,
                          help="join this running Ray cluster (host:port; default: $RAY_ADDRESS, else start a "
                               "local one)")
-    engines.add_argument("--cpus-per-job", type=positive_float, default=1.0, help="CPUs Ray reserves per job")
+    engines.add_argument("--cpus-per-job", type=positive_float, default=None,
+                         help="CPUs Ray reserves per job (default: --threads)")
     engines.add_argument("--gpus-per-job", type=non_negative_float, default=None,
                          help="GPUs Ray reserves per job, fractions allowed (default: 1 where this machine has CUDA, "
                               "else 0)")
     engines.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the cluster's default)")
     engines.add_argument("--slurm-time", type=positive_int, default=240, help="time limit of each Slurm job, minutes")
-    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=1, help="CPUs per Slurm job")
+    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=None,
+                         help="CPUs per Slurm job (default: --threads)")
     engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=0,
                          help="GPUs per Slurm job (gres; default: 0)")
     engines.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
@@ -386,8 +415,8 @@ def _launcher_with_engine(name: str) -> str:
 
 def roots_of(args: argparse.Namespace) -> layout.Roots:
     """The roots a command line names; those its script has no flag for keep their defaults."""
-    names = {"data": "data_root", "model": "model_root", "info": "info_root", "output": "output"}
-    return layout.Roots(**{root: getattr(args, flag) for root, flag in names.items() if flag in vars(args)})
+    fields = {"data_root": "data", "model_root": "model", "info_root": "info", "output": "output"}
+    return layout.Roots(**{root: getattr(args, name) for name, root in fields.items() if name in vars(args)})
 
 
 def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
@@ -397,7 +426,7 @@ def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
 
 def job_settings(args: argparse.Namespace, **fields) -> JobSettings:
     """The settings every job of a per-version script shares, with the step's own ``fields``."""
-    return JobSettings(device=args.device, force=args.force, quiet=args.quiet, **fields)
+    return JobSettings(device=args.device, force=args.force, quiet=args.quiet, threads=args.threads, **fields)
 
 
 def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettings) -> list[Job]:

@@ -26,7 +26,7 @@ import numpy as np
 import FaultInjector
 import layout
 from layout import Roots
-from settings import AttackSettings, TrainSettings
+from settings import THREADS, AttackSettings, TrainSettings
 from storage import is_fresh
 from utils import UsageError
 
@@ -51,6 +51,8 @@ class JobSettings:
     device: str | None = None
     force: bool = False
     quiet: bool = False
+    #: CPU threads the job computes with, wherever it runs (``--threads``)
+    threads: int = THREADS
     #: the train step's ``--mode``: train missing versions, or re-measure existing ones ("evaluate")
     mode: str = "train"
     training: TrainSettings = field(default_factory=TrainSettings)
@@ -107,7 +109,11 @@ def step_of(bug: int) -> str:
 
 
 def run_job(job: Job) -> Outcome:
-    """Run one job in this process under its version's lock; a UsageError becomes a failed outcome."""
+    """Run one job in this process, with its thread count, under its version's lock; a UsageError becomes a
+    failed outcome."""
+    import torch
+
+    torch.set_num_threads(job.settings.threads)
     started = time.perf_counter()
     try:
         with version_lock(job):

@@ -32,6 +32,7 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,8 @@ REPO = Path(__file__).resolve().parent
 CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
 #: how often Ray reruns a job whose worker process died (killed, out of memory, node lost)
 RAY_MAX_RETRIES = 3
+#: seconds a Ray address has to accept a connection before the launch is refused
+RAY_CONNECT_TIMEOUT_S = 10.0
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here
 #: seconds between two looks at the Slurm queue while waiting
 SLURM_POLL_S = 1.0
@@ -140,6 +143,8 @@ def _connect_ray(ray, address: str | None) -> None:
     settings = dict(runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath()}}, log_to_driver=False,
                     logging_level=logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
     try:
         if address:
             ray.init(address=address, **settings)
@@ -151,8 +156,30 @@ def _connect_ray(ray, address: str | None) -> None:
                          "(`ray status` on the head node prints it)") from None
 
 
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse an address where nothing answers, at once: ``ray.init`` would retry it for minutes.
+
+    ``auto`` (a cluster on this machine, found by Ray) is left to Ray; ``host:port`` and ``ray://host:port``
+    must accept a TCP connection within ``timeout`` seconds.
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379); `ray status` on the "
+                         "head node prints the address")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--ray-address {address}: nothing answers there ({reason}); start the cluster "
+                         "(`ray start --head` on its head node) or check the address (`ray status` prints it)"
+                         ) from None
+
+
 def _run_ray_tasks(ray, jobs: list[Job], options) -> list[Outcome]:
-    cpus = float(_option(options, "cpus_per_job", 1.0))
+    cpus = float(_option(options, "cpus_per_job", jobs[0].settings.threads))
     gpus = _option(options, "gpus_per_job")
     gpus = default_gpus_per_job() if gpus is None else float(gpus)
     settings = dict(num_cpus=cpus, num_gpus=gpus, max_retries=RAY_MAX_RETRIES, retry_exceptions=False)
@@ -231,7 +258,7 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
         needs = [array_of_step[s] for s in array_of_step
                  if any(jobs[i].depends_on(other) for i in indices for other in jobs if other.step == s)]
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(**_slurm_parameters(step, options, needs))
+        executor.update_parameters(**_slurm_parameters(step, options, needs, jobs[0].settings.threads))
         try:
             submitted = executor.map_array(run_job, [jobs[i] for i in indices])
         except Exception as exc:  # noqa: BLE001 - sbatch refused the array: its message is what matters
@@ -253,13 +280,13 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
         raise
 
 
-def _slurm_parameters(step: str, options, needs: list[str]) -> dict:
+def _slurm_parameters(step: str, options, needs: list[str], threads: int) -> dict:
     extra = dict(_option(options, "slurm_sbatch_option", None) or [])
     if needs:
         after = "afterany:" + ":".join(needs)
         extra["dependency"] = f"{extra['dependency']},{after}" if extra.get("dependency") else after
     parameters = dict(name=f"dfg-{step}", timeout_min=int(_option(options, "slurm_time", 240)),
-                      cpus_per_task=int(_option(options, "slurm_cpus_per_job", 1)),
+                      cpus_per_task=int(_option(options, "slurm_cpus_per_job", threads)),
                       slurm_setup=[f"export PYTHONPATH={_worker_pythonpath()}"],
                       slurm_additional_parameters=extra)
     gpus = int(_option(options, "slurm_gpus_per_job", 0))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import FaultInjector
-from storage import atomic_save_npy, load_array
+from storage import atomic_save_npy, load_array, read_json
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -188,8 +188,13 @@ def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: i
         atomic_save_npy(paths[what], getattr(result, "labels" if what == "dnn_labels" else what))
 
 
-def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> CachedAnswers | None:
-    """A version's cached answers, checked; None when the version has no cache (no distances or labels)."""
+def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+                       num_classes: int | None = None) -> CachedAnswers | None:
+    """A version's cached answers, checked; None when the version has no cache (no distances or labels).
+
+    Labels must be classes of the dataset (below ``num_classes`` where known, and below the width of the
+    cached probabilities), and probabilities a softmax: rows in [0, 1] that sum to 1.
+    """
     paths = cache_paths(info_root, model_name, dataset_name, bug_id)
     if not (paths["distances"].is_file() and paths["dnn_labels"].is_file()):
         return None
@@ -197,14 +202,31 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
     if distances.ndim != 1:
         raise UsageError(f"{paths['distances']}: expected a 1-D array of distances, got shape {distances.shape}; "
                          f"{CACHE_REMEDY}")
-    labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"])
     probabilities = None
     if paths["probabilities"].is_file():
-        probabilities = load_array(paths["probabilities"])
-        if probabilities.ndim != 2 or not np.isfinite(probabilities).all():
-            raise UsageError(f"{paths['probabilities']}: expected a finite (inputs × classes) array of softmax "
-                             f"probabilities; {CACHE_REMEDY}")
+        probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
+        num_classes = min(num_classes or probabilities.shape[1], probabilities.shape[1])
+    labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes)
     return CachedAnswers(labels, distances, probabilities)
+
+
+#: how far a cached softmax row may sum from 1 (float32 rounding over a few hundred classes stays far below)
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def check_probabilities(probabilities: np.ndarray, path) -> np.ndarray:
+    """A softmax: a finite (inputs × classes) array, each entry in [0, 1], each row summing to 1."""
+    if probabilities.ndim != 2 or not np.issubdtype(probabilities.dtype, np.floating) \
+            or not np.isfinite(probabilities).all():
+        raise UsageError(f"{path}: expected a finite (inputs × classes) array of softmax probabilities, got "
+                         f"{probabilities.dtype} {probabilities.shape}; {CACHE_REMEDY}")
+    sums = probabilities.sum(axis=1, dtype=np.float64)
+    outside = int(((probabilities < 0) | (probabilities > 1)).any(axis=1).sum())
+    unnormalised = int((np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE).sum())
+    if outside or unnormalised:
+        raise UsageError(f"{path}: not softmax probabilities ({outside} row(s) with values outside [0, 1], "
+                         f"{unnormalised} not summing to 1: logits saved as probabilities?); {CACHE_REMEDY}")
+    return probabilities
 
 
 def write_ground_truth(info_root, dataset_name: str, bug_id: int | None, labels: np.ndarray) -> Path:
@@ -248,9 +270,29 @@ def check_distances(distances, name="") -> np.ndarray:
     return distances
 
 
-def check_labels(labels: np.ndarray, path) -> np.ndarray:
-    """Class indices: 1-D, integer, non-negative (a negative one would corrupt the vote counts)."""
+def check_labels(labels: np.ndarray, path, num_classes: int | None = None) -> np.ndarray:
+    """Class indices: 1-D, integer, non-negative (a negative one would corrupt the vote counts) and, where
+    the number of classes is known, below it (another dataset's labels, or a damaged file)."""
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
         raise UsageError(f"{path}: expected a 1-D array of non-negative integer labels, got {labels.dtype} "
                          f"{labels.shape}; {CACHE_REMEDY}")
+    if num_classes is not None and labels.size and int(labels.max()) >= num_classes:
+        raise UsageError(f"{path}: label {int(labels.max())} is not one of the dataset's {num_classes} classes "
+                         f"(0-{num_classes - 1}); {CACHE_REMEDY}")
     return labels
+
+
+def recorded_num_classes(info_root, model_root, dataset_name: str) -> int | None:
+    """How many classes a dataset has, as its files say: a version's metadata, else the largest label of its
+    ground truth files plus one (the paper's release has no metadata); None when neither exists."""
+    dataset_name = dataset_name.upper()
+    for path in sorted(Path(model_root).glob(f"*_{dataset_name}*.json")):
+        try:
+            count = read_json(path).get("num_classes")
+        except UsageError:
+            continue  # a damaged metadata file is reported where it is read for its version
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            return count
+    truths = sorted((Path(info_root) / CACHE_SUBDIR).glob(f"{dataset_name}*_ground_truth.npy"))
+    largest = [int(labels.max()) for labels in (check_labels(load_array(p), p) for p in truths) if labels.size]
+    return max(largest) + 1 if largest else None

@@ -57,8 +57,9 @@ def main(argv=None) -> int:
                 continue
             versions = needed[dataset]
         records, missing = {}, []
+        num_classes = layout.recorded_num_classes(args.info_root, args.model_root, dataset)
         for model, bug in versions:
-            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug)
+            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes)
             if record is None:
                 missing.append(f"{model}/bug{bug}")
             else:

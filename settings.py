@@ -15,6 +15,11 @@ SEED = 42
 #: inputs attacked together by the fit, cache and real-time steps (``--batch-size`` there); finished inputs
 #: leave the batch, so a larger one is cheaper per input
 ATTACK_BATCH = 128
+#: CPU threads a job (and an evaluation) computes with (``--threads``). The thread count changes float rounding,
+#: so it is one of a run's settings, the same on every launcher: one thread by default, because it is what a
+#: Ray or Slurm job gets without asking for more, gives results that do not depend on the machine's core count,
+#: and is the fastest per core for the DIGITS networks on a busy machine; raise it for big CPU-only training.
+THREADS = 1
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 The tiny grid: DIGITS, squeezenet (by far the fastest architecture to train) healthy, with fault 1
 (trained) and with fault 10 (derived from the healthy weights), one epoch, 20 attacked inputs per
 split, through the three per-version steps: train (+ derive), fit, cache. The session's reference
-pipeline (``conftest.pipeline``, in process with one thread) ran the same grid with ``local``; every
-other run is compared with it file by file (checkpoint tensors, metadata without timings, KDE arrays,
-cache arrays and figures byte for byte).
+pipeline (``conftest.pipeline``, in process) ran the same grid with ``local``; every other run is
+compared with it file by file (checkpoint tensors, metadata without timings, KDE arrays, cache arrays
+and figures byte for byte). Every run uses default flags (but the pretend GPUs a Ray job asks for):
+no thread count is forced anywhere; each job computes with ``--threads``, the same on every launcher.
 
 Ray and Slurm run inside the session's loopback-only network namespace (``tests/cluster.py``,
 fixtures ``ray_cluster`` and ``slurm_cluster``), and so do the drivers under test. Where an engine is
@@ -39,9 +40,10 @@ VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bu
 SQUEEZENETS = ["--models", "squeezenet", "--bugs", "0", "1", "10"]
 GRID = {"train": [*SQUEEZENETS, "--epochs", "1"], "fit": SQUEEZENETS, "cache": SQUEEZENETS}
 TRAINED = ["--models", "squeezenet", "--bugs", "0", "1"]  # the two trained versions: one job per CPU of the cluster
-RAY_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0.25", "--cpus-per-job", "1"]
+#: default flags but the (pretend) GPUs: a quarter each, so that the cluster's four run jobs side by side
+RAY_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0.25"]
 #: no GPUs: Ray reuses a worker process for the next job (with GPUs every job gets a fresh process)
-RAY_CPU_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0", "--cpus-per-job", "1"]
+RAY_CPU_FLAGS = ["--launcher", "ray", "--gpus-per-job", "0"]
 WALL_TIMES: dict[str, float] = {}
 
 
@@ -50,15 +52,16 @@ def launched(rel: str) -> bool:
     return "squeezenet" in Path(rel).name or Path(rel).name == "DIGITS_ground_truth.npy"
 
 
-def assert_same_as(ws: Workspace, reference: Workspace, only: tuple[str, ...] = ()) -> None:
+def assert_same_as(ws: Workspace, reference: Workspace, only: tuple[str, ...] = ()) -> list[str]:
     """``ws`` holds the reference's files of the tiny grid (those under ``only``, if given), each equal, and no
-    temporary file."""
+    temporary file; returns them."""
     want = [rel for rel in reference.files() if launched(rel) and (not only or rel.startswith(only))]
     got = [rel for rel in ws.files() if not only or rel.startswith(only)]
     assert not [rel for rel in got if is_partial(Path(rel).name)], got
     assert got == want
     for rel in want:
         assert_same_file(ws.root / rel, reference.root / rel)
+    return want
 
 
 def copy_models(reference: Workspace, destination: Path) -> Workspace:
@@ -112,7 +115,8 @@ def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     print(f"\ntiny grid, --launcher ray ({ray_cluster.address}): {WALL_TIMES['ray']:.1f} s")
     assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
     assert set(statuses(results[2].stdout).values()) == {"cached"}
-    assert_same_as(ws, reference)
+    equal = assert_same_as(ws, reference)
+    print(f"equal to local, file by file ({len(equal)}): {' '.join(equal)}")
 
 
 def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_path):
@@ -130,6 +134,22 @@ def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_
     assert_same_as(ws, reference, only=("info/kde_results/squeezenet_DIGITS_c", "info/kde_results/squeezenet_DIGITS_w",
                                         "out/figures/kde_squeezenet_DIGITS.png"))
     assert not list((ws.root / "info" / "kde_results").glob("squeezenet_DIGITS_bug1_*"))
+
+
+def test_unreachable_ray_address_is_one_line_at_once(reference, loopback_ns, tmp_path):
+    """Nothing listens at the address: one ``error:`` line naming ``--ray-address``, exit 2, within seconds (Ray
+    itself would retry for minutes), and nothing written."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray not installed: pip install -r envs_requirements/requirements-cluster.txt")
+    ws = copy_models(reference, tmp_path / "unreachable")
+    started = time.monotonic()
+    result = run_in_ns(loopback_ns, "cache", [*ws.argv("cache", grid=GRID["cache"]), "--launcher", "ray",
+                                              "--ray-address", "127.0.0.1:9"], {"RAY_ADDRESS": None}, timeout=120)
+    elapsed = time.monotonic() - started
+    message = assert_usage_error(result, "--ray-address 127.0.0.1:9", "nothing answers there", engine_lines=True)
+    print(f"\nunreachable --ray-address: exit {result.returncode} after {elapsed:.1f} s: error: {message}")
+    assert elapsed < 30
+    assert not ws.cached.exists() or not any(ws.cached.iterdir())
 
 
 REAL_BUG_DRIVER = textwrap.dedent("""
@@ -253,7 +273,7 @@ def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluste
 
 def slurm_flags(cluster) -> list[str]:
     return ["--launcher", "slurm", "--slurm-partition", cluster.partition, "--slurm-time", "10",
-            "--slurm-cpus-per-job", "1", "--slurm-gpus-per-job", "1"]
+            "--slurm-gpus-per-job", "1"]
 
 
 def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path):
@@ -265,7 +285,8 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
     WALL_TIMES["slurm"] = time.monotonic() - started
     print(f"\ntiny grid, --launcher slurm: {WALL_TIMES['slurm']:.1f} s")
     assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
-    assert_same_as(ws, reference)
+    equal = assert_same_as(ws, reference)
+    print(f"equal to local, file by file ({len(equal)}): {' '.join(equal)}")
     assert list((ws.out / "logs" / "slurm").iterdir())  # submitit's folders, one per job
 
     # --no-wait: submitted, ids printed, exit 0; the array is then cancelled by its id

@@ -115,6 +115,8 @@ COMMAND_LINE_CASES = [
     pytest.param(["--models", "lenet"], ["lenet"], id="unknown-model"),
     pytest.param(["--bugs", "13"], ["--bugs", "13"], id="unknown-fault"),
     pytest.param(["--bugs", "x"], ["--bugs", "'x'"], id="fault-not-a-number"),
+    pytest.param(["--bugs", "5-1"], ["--bugs", "5-1", "empty range"], id="reversed-fault-range"),
+    pytest.param(["--threads", "0"], ["--threads", "'0'"], id="zero-threads"),
     pytest.param(["--bugs", "11"], ["fault 11", "DIGITS"], id="fault-not-applicable-to-dataset"),
     pytest.param(["--bugs", "0", "12"], ["fault 12", "DIGITS"], id="fault-12-not-applicable"),
     pytest.param(["--epochs", "0"], ["--epochs", "'0'"], id="zero-epochs"),
@@ -325,7 +327,11 @@ CACHE_DEFECTS: dict[str, tuple[str, Callable | None, list]] = {
     "labels-two-dimensional": ("dnn_labels", lambda a: a[:, None], []),
     "probabilities-nan": ("probabilities", lambda a: a * np.nan, []),
     "probabilities-too-few": ("probabilities", lambda a: a[:-1], [MISMATCH, "probabilities"]),
-    "probabilities-other-class-count": ("probabilities", lambda a: a[:, :5], [MISMATCH, "classes"]),
+    "probabilities-other-class-count": ("probabilities", lambda a: np.pad(a, ((0, 0), (0, 2))), [MISMATCH, "classes"]),
+    "probabilities-are-logits": ("probabilities", lambda a: np.log(a + 1e-12), ["not softmax probabilities"]),
+    "probabilities-above-one": ("probabilities", lambda a: a * 2, ["not softmax probabilities"]),
+    "labels-outside-the-classes": ("dnn_labels", lambda a: np.where(np.arange(len(a)) == 3, 99, a),
+                                   ["label 99", "10 classes"]),
     "ground-truth-missing": ("ground_truth", lambda a: None, []),
     "ground-truth-garbage": ("ground_truth", lambda a: GARBAGE, []),
     "ground-truth-too-few": ("ground_truth", lambda a: a[:-1], [MISMATCH, "ground truth"]),
@@ -337,6 +343,8 @@ CACHE_DEFECTS: dict[str, tuple[str, Callable | None, list]] = {
 def test_bad_cache_file(capsys, ws, defect):
     which, change, named = CACHE_DEFECTS[defect]
     path = ws.truth if which == "ground_truth" else ws.cache(which)
+    if named and not named[0].startswith(MISMATCH):  # a defect found in the file itself: the message names it
+        named = [*named, path]
     if change is None:
         truncate(path)
     else:
@@ -424,6 +432,18 @@ def test_read_only_output_folder(capsys, ws, script, flag):
         expect_refusal(capsys, ws, script, [flag, target], fragments=[target])
     finally:
         target.chmod(0o700)
+
+
+ROOTS = {"--data-root": ("train", "fit", "cache", "realtime"), "--model-root": tuple(SCRIPTS),
+         "--info-root": ("fit", "cache", "evaluate", "realtime"), "--output": tuple(SCRIPTS)}
+
+
+@pytest.mark.parametrize("script, flag", [(script, flag) for flag, scripts in ROOTS.items() for script in scripts])
+def test_a_root_that_is_a_file(capsys, ws, script, flag):
+    """A root pointing at a file is refused naming its flag, not read as an empty folder ("0 versions")."""
+    assert flag in script_flags(script)
+    target = replace_file(ws.root / "a-file", b"not a folder")
+    expect_refusal(capsys, ws, script, [flag, target], fragments=[flag, target, "not a folder"])
 
 
 def test_unwritable_subfolder_found_only_when_writing(capsys, ws):

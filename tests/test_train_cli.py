@@ -93,6 +93,7 @@ def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(cap
     metadata = json.loads(metadata_file.read_text())
     assert metadata["model"] == "squeezenet" and metadata["dataset"] == "DIGITS" and metadata["bug"] == 0
     assert metadata["epochs"] == 1 and metadata["image_size"] == 32 and metadata["batch_size"] == 32
+    assert metadata["threads"] == 1  # --threads' default, whatever the machine's core count
     assert metadata["num_val"] == 288 and metadata["num_test"] == 360
     for key in ("val_acc", "test_acc"):
         assert isinstance(metadata[key], float) and 0.0 <= metadata[key] <= 1.0
@@ -114,6 +115,16 @@ def test_tiny_training_run_writes_a_loadable_version_and_is_skipped_on_rerun(cap
     assert "skipped" in rerun.stdout
     assert checkpoint.stat().st_mtime_ns == mtime
     assert json.loads(metadata_file.read_text()) == metadata
+
+
+def test_the_thread_count_is_a_setting_recorded_with_the_version(capsys, empty_workspace, monkeypatch, make_subset):
+    """``--threads`` is what training computes with (whatever the process had before), and it is recorded."""
+    create_dataset = DatasetManager.create_dataset
+    monkeypatch.setattr(DatasetManager, "create_dataset", lambda *a, **k: make_subset(create_dataset(*a, **k)))
+    torch.set_num_threads(1)
+    result = train(capsys, *TINY_RUN, "--threads", "2", *empty_workspace.flags("train"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(empty_workspace.metadata().read_text())["threads"] == 2
 
 
 def test_force_retrains(capsys, empty_workspace, monkeypatch, make_subset):
