@@ -140,15 +140,25 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
 
 
+#: the four roots: ``layout.Roots`` field -> (its flag, its default, what it holds)
+ROOT_FLAGS = {
+    "data": ("--data-root", layout.DEFAULT_DATA_ROOT, "folder of the datasets"),
+    "model": ("--model-root", layout.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
+    "info": ("--info-root", layout.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
+    "output": ("--output", layout.DEFAULT_OUTPUT, "folder of result CSVs and figures"),
+}
+
+
+def _destination(flag: str) -> str:
+    """argparse's attribute for a flag: ``--data-root`` -> ``data_root``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
 def add_root_flags(parser: argparse.ArgumentParser, *roots: str, output_help: str | None = None) -> None:
     """The roots a script reads or writes, of ``data``, ``model``, ``info`` and ``output``."""
-    flags = {"data": ("--data-root", layout.DEFAULT_DATA_ROOT, "folder of the datasets"),
-             "model": ("--model-root", layout.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
-             "info": ("--info-root", layout.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
-             "output": ("--output", layout.DEFAULT_OUTPUT, output_help or "folder of result CSVs and figures")}
     for root in roots:
-        flag, default, text = flags[root]
-        parser.add_argument(flag, default=default, help=text)
+        flag, default, text = ROOT_FLAGS[root]
+        parser.add_argument(flag, default=default, help=output_help if root == "output" and output_help else text)
 
 
 def add_run_flags(parser: argparse.ArgumentParser, force: bool = True) -> None:
@@ -308,19 +318,15 @@ def prepare(args: argparse.Namespace, writable=()):
     return grid, device
 
 
-ROOT_FLAGS = {"data_root": "--data-root", "model_root": "--model-root", "info_root": "--info-root",
-              "output": "--output"}
-
-
 def check_roots(args: argparse.Namespace) -> None:
     """A root that exists must be a folder: a file there is refused naming its flag, before it is read as an
     empty folder (nothing found) or written into."""
     from pathlib import Path
 
-    for name, flag in ROOT_FLAGS.items():
-        if name not in vars(args):
+    for flag, _, _ in ROOT_FLAGS.values():
+        if _destination(flag) not in vars(args):
             continue
-        path = Path(vars(args)[name])
+        path = Path(vars(args)[_destination(flag)])
         if path.exists() and not path.is_dir():
             raise UsageError(f"{flag} {path} is not a folder; point {flag} at a folder (or a path not yet there)")
 
@@ -415,8 +421,8 @@ def _launcher_with_engine(name: str) -> str:
 
 def roots_of(args: argparse.Namespace) -> layout.Roots:
     """The roots a command line names; those its script has no flag for keep their defaults."""
-    fields = {"data_root": "data", "model_root": "model", "info_root": "info", "output": "output"}
-    return layout.Roots(**{root: getattr(args, name) for name, root in fields.items() if name in vars(args)})
+    given = {root: vars(args).get(_destination(flag)) for root, (flag, _, _) in ROOT_FLAGS.items()}
+    return layout.Roots(**{root: path for root, path in given.items() if path is not None})
 
 
 def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
