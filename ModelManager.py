@@ -119,6 +119,14 @@ def _dataset(dataset, bug_id: int, roots: Roots) -> DatasetManager.MyData:
     return DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=roots.data)
 
 
+def _healthy_data(dataset, roots: Roots) -> DatasetManager.MyData:
+    """The dataset's healthy splits, read only (class count, stored size): a ``MyData`` handed in, or the
+    process's cached copy, so that loading a version never reads a dataset's files twice."""
+    if isinstance(dataset, DatasetManager.MyData):
+        return dataset
+    return DatasetManager.shared_cache(str(roots.data)).get(dataset)
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
@@ -244,10 +252,10 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *,
     if meta_file.is_file():
         metadata = read_json(meta_file)
         structure_fault = int(metadata.get("structure_fault", 0))
-        num_classes = int(metadata.get("num_classes") or _dataset(dataset, FaultInjector.HEALTHY, roots).num_classes)
+        num_classes = int(metadata.get("num_classes") or _healthy_data(dataset, roots).num_classes)
     else:
         structure_fault = FaultInjector.paper_structure_fault(bug_id)
-        num_classes = _dataset(dataset, FaultInjector.HEALTHY, roots).num_classes
+        num_classes = _healthy_data(dataset, roots).num_classes
         metadata = {}
     model = build_version(model_name, num_classes, structure_fault)
     _check_state_fits(state, model.model_structure, ckpt, model_name, num_classes, structure_fault)
@@ -262,8 +270,7 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *,
         _describe(model, dataset_name, bug_id, structure_fault, origin="paper")
         model.metadata.update(paper_accuracy(dataset_name, model_name, bug_id))
     if not model.metadata.get("image_size"):
-        model.metadata["image_size"] = model.input_size(source.image_size
-                                                        or _dataset(dataset, FaultInjector.HEALTHY, roots).native_size)
+        model.metadata["image_size"] = model.input_size(source.image_size or _healthy_data(dataset, roots).native_size)
     return model
 
 
