@@ -51,10 +51,12 @@ class AttackResult:
     probabilities: np.ndarray
     #: the loader's labels, when its batches are (images, labels) pairs
     targets: np.ndarray | None = None
+    #: the clean logits (for the temperature-scaled and energy-based methods)
+    logits: np.ndarray | None = None
 
     @classmethod
     def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
-        fields = ("distances", "labels", "success", "probabilities", "targets")
+        fields = ("distances", "labels", "success", "probabilities", "targets", "logits")
         return cls(*(None if any(getattr(p, f) is None for p in parts)
                      else np.concatenate([getattr(p, f) for p in parts])
                      for f in fields))
@@ -121,7 +123,7 @@ class Attacker:
         if not parts:
             empty = np.zeros(0, dtype=np.float32)
             return AttackResult(empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
-                                np.zeros((0, 0), np.float32), np.zeros(0, dtype=np.int64))
+                                np.zeros((0, 0), np.float32), np.zeros(0, dtype=np.int64), np.zeros((0, 0), np.float32))
         return AttackResult.concatenate(parts)
 
     def attack(self, images: torch.Tensor) -> AttackResult:
@@ -143,7 +145,7 @@ class Attacker:
                 success = self.model(x_adv).argmax(dim=1) != labels
         distances = (x_adv - x0).flatten(1).norm(dim=1)
         return AttackResult(distances.cpu().numpy(), labels.cpu().numpy(), success.cpu().numpy(),
-                            clean_logits.softmax(dim=1).cpu().numpy())
+                            clean_logits.softmax(dim=1).cpu().numpy(), logits=clean_logits.cpu().numpy())
 
     # -----------------------------------------------------------------------------------------
     # the attack

@@ -10,8 +10,8 @@ nothing but files.
 |---|---|---|
 | ``train`` (faults 0-9) | the dataset | checkpoint + metadata |
 | ``derive`` (faults 10-12) | the healthy version's checkpoint | metadata measured on the faulty test set |
-| ``fit`` | the version's checkpoint | the two KDE files + figure |
-| ``cache`` | the version's checkpoint | the version's cache arrays + ground truth |
+| ``fit`` | the version's checkpoint | the two KDE files + figure + the validation outputs |
+| ``cache`` | the version's checkpoint | its cache (labels, success, softmax, logits, distances) + ground truth |
 """
 
 from __future__ import annotations
@@ -209,7 +209,9 @@ def _load_for_attack(job: Job, bug: int):
 
 
 def run_fit(job: Job) -> Outcome:
-    """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure."""
+    """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure; keep
+    what the version answered on validation (labels, softmax, logits, distances, truth) for the methods that fit
+    on it."""
     import ModelManager
     import plotting
     from DeepFailGuard import DeepFailGuardTrainer
@@ -219,9 +221,10 @@ def run_fit(job: Job) -> Outcome:
     figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug)
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug)]
+    validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug).values()
     s = job.settings
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    if not s.force and is_fresh([correct_path, wrong_path], sources) and \
+    if not s.force and is_fresh([correct_path, wrong_path, *validation_paths], sources) and \
             _fitted_inputs(correct_path, wrong_path) == len(data.y_val):
         if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
             _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
@@ -230,6 +233,7 @@ def run_fit(job: Job) -> Outcome:
     trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
     loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
     fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
+    layout.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets)
     plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),

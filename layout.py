@@ -9,6 +9,7 @@ caches drop in unchanged.
 | checkpoint, metadata, loss curve | ``{model_root}/{key}.pth``, ``{key}.json``, ``{key}_loss.png`` |
 | failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
 | test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
+| validation outputs | ``{info_root}/val_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
 | results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` (+ ``paper_comparison.csv``) |
 | figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}.png`` |
@@ -34,12 +35,17 @@ DEFAULT_OUTPUT = "dfg_results"
 DEFAULT_REALTIME_OUTPUT = "dfg_results/realtime"
 KDE_SUBDIR = "kde_results"
 CACHE_SUBDIR = "test_information_cached"
+VALIDATION_SUBDIR = "val_information_cached"
 #: the paper's published figures, shipped with the project
 PAPER_ACCURACIES = REPO / "mymodel" / "paper_version_accuracies.csv"
 PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
-#: what a version's test cache holds (the paper's release has the first two); distances are written last,
-#: so their presence means the version is complete
-CACHE_FILES = ("dnn_labels", "success", "probabilities", "distances")
+#: what a version's test cache holds (the paper's release has labels and distances only); distances are written
+#: last, so their presence means the version is complete
+CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
+#: what the fit step keeps of a version's validation answers, for the methods that fit on them; distances last
+VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
+#: the step whose run writes a missing kind of output, for the notes that name it
+PRODUCER = {"validation": "main_train_DeepFailGuard.py", "test": "main_cache_test_distances.py"}
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV)
 #: what ``--configurations paper`` adds beside them
@@ -174,11 +180,21 @@ def ground_truth_path(info_root, dataset_name: str, bug_id: int | None) -> Path:
 
 @dataclass
 class CachedAnswers:
-    """What a version answered on its test set, as read from the cache."""
+    """What a version answered on a split (its test set, or its validation split with the true labels)."""
 
     labels: np.ndarray
     distances: np.ndarray
     probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    #: the split's true labels (kept for the validation split, whose truth the methods fit on)
+    truth: np.ndarray | None = None
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Which inputs the version answered right (validation only: the test truth is never here)."""
+        if self.truth is None:
+            raise ValueError("these answers carry no ground truth")
+        return self.labels == self.truth
 
 
 def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None, result) -> None:
@@ -186,6 +202,73 @@ def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: i
     paths = cache_paths(info_root, model_name, dataset_name, bug_id)
     for what in CACHE_FILES:
         atomic_save_npy(paths[what], getattr(result, "labels" if what == "dnn_labels" else what))
+
+
+# ---------------------------------------------------------------------------------------------
+# what the fit step measured on the validation split, kept for the methods that fit on it
+# ---------------------------------------------------------------------------------------------
+
+def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str) -> Path:
+    """A version's validation output in the test cache's naming, e.g. ``CIFAR10_resnet_bug3_logits.npy``; a
+    test-data fault's version answers validation with the healthy weights, so it shares the healthy files."""
+    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{FaultInjector.checkpoint_fault(bug_id)}_{what}.npy"
+    return Path(info_root) / VALIDATION_SUBDIR / name
+
+
+def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> dict[str, Path]:
+    return {what: validation_path(info_root, model_name, dataset_name, bug_id, what) for what in VALIDATION_FILES}
+
+
+def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
+                             truth: np.ndarray) -> None:
+    """A version's validation attack result and the labels it answered; distances last."""
+    paths = validation_paths(info_root, model_name, dataset_name, bug_id)
+    arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels,
+              "probabilities": result.probabilities, "logits": result.logits, "distances": result.distances}
+    for what in VALIDATION_FILES:
+        atomic_save_npy(paths[what], arrays[what])
+
+
+def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+                            num_classes: int | None = None) -> CachedAnswers | None:
+    """A version's validation outputs, checked as the test cache is; None when the fit step has not written them
+    (the paper's release, or a fit from before they were kept)."""
+    paths = validation_paths(info_root, model_name, dataset_name, bug_id)
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
+    num_classes = min(num_classes or probabilities.shape[1], probabilities.shape[1])
+    answers = CachedAnswers(check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes),
+                            _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),
+                                             paths["distances"]),
+                            probabilities, check_logits(load_array(paths["logits"]), paths["logits"], probabilities),
+                            check_labels(load_array(paths["ground_truth"]), paths["ground_truth"], num_classes))
+    _check_lengths(answers, paths["distances"].parent, version_key(model_name, dataset_name, bug_id),
+                   remedy="rerun main_train_DeepFailGuard.py --force")
+    return answers
+
+
+def _one_dimensional(distances: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
+    if distances.ndim != 1:
+        raise UsageError(f"{path}: expected a 1-D array of distances, got shape {distances.shape}; {remedy}")
+    return distances
+
+
+def _check_lengths(answers: CachedAnswers, folder, key: str, remedy: str = CACHE_REMEDY) -> None:
+    """Every array of one version's answers covers the same inputs."""
+    lengths = {name: len(array) for name, array in vars(answers).items() if array is not None}
+    if len(set(lengths.values())) > 1:
+        raise UsageError(f"{folder}: {key}'s files cover different numbers of inputs {lengths}; {remedy}")
+
+
+def check_logits(logits: np.ndarray, path, probabilities: np.ndarray | None) -> np.ndarray:
+    """Clean logits: a finite (inputs × classes) float array, as wide as the softmax kept beside it."""
+    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all() or \
+            (probabilities is not None and logits.shape != probabilities.shape):
+        expected = "" if probabilities is None else f" of shape {probabilities.shape} like its probabilities"
+        raise UsageError(f"{path}: expected a finite (inputs × classes) float array of logits{expected}, got "
+                         f"{logits.dtype} {logits.shape}; {CACHE_REMEDY}")
+    return logits
 
 
 def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None,
@@ -198,16 +281,16 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
     paths = cache_paths(info_root, model_name, dataset_name, bug_id)
     if not (paths["distances"].is_file() and paths["dnn_labels"].is_file()):
         return None
-    distances = check_distances(load_array(paths["distances"]), paths["distances"])
-    if distances.ndim != 1:
-        raise UsageError(f"{paths['distances']}: expected a 1-D array of distances, got shape {distances.shape}; "
-                         f"{CACHE_REMEDY}")
-    probabilities = None
+    distances = _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),
+                                 paths["distances"])
+    probabilities = logits = None
     if paths["probabilities"].is_file():
         probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
         num_classes = min(num_classes or probabilities.shape[1], probabilities.shape[1])
+    if paths["logits"].is_file():
+        logits = check_logits(load_array(paths["logits"]), paths["logits"], probabilities)
     labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes)
-    return CachedAnswers(labels, distances, probabilities)
+    return CachedAnswers(labels, distances, probabilities, logits)
 
 
 #: how far a cached softmax row may sum from 1 (float32 rounding over a few hundred classes stays far below)

@@ -1,7 +1,8 @@
 """Step 4b: evaluate DeepFailGuard in real time: load versions and KDEs, attack the test inputs, select.
 
 Same version sets, methods and CSV schema as the cached evaluation (step 4a), but every distance is
-computed now by running DeepFool against the live networks; nothing is read from the test cache.
+computed now by running DeepFool against the live networks; nothing is read from the test cache (the
+validation outputs the fit step kept are read, for the methods that learn from them).
 
 Examples:
     python main_test_DeepFailGuard.py --output dfg_results/realtime
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
         test_set = layout.test_set_of(bug)
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
-            dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities)
+            dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
+            result.logits, layout.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes))
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
                                   progress=not args.quiet)

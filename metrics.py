@@ -52,12 +52,18 @@ def error_breakdown(version_labels: np.ndarray, truth: np.ndarray,
     no input has k wrong versions.
     """
     wrong = (np.asarray(version_labels) != truth).sum(axis=0)
-    right = np.asarray(predictions) == truth
-    rows = []
-    for k in range(np.asarray(version_labels).shape[0] + 1):
-        mask = wrong == k
-        rows.append((float(mask.mean()), float(right[mask].mean()) if mask.any() else None))
-    return rows
+    return error_breakdown_of(wrong, np.asarray(predictions) == truth, np.asarray(version_labels).shape[0])
+
+
+def error_breakdown_of(wrong_versions: np.ndarray, right: np.ndarray,
+                       n_versions: int) -> list[tuple[float, float | None]]:
+    """:func:`error_breakdown` from the number of wrong versions per input and whether the method is right: one
+    count per k, so that a set's many methods share the first."""
+    inputs = np.bincount(wrong_versions, minlength=n_versions + 1)
+    hits = np.bincount(wrong_versions, weights=right, minlength=n_versions + 1)
+    total = max(len(wrong_versions), 1)
+    return [(float(inputs[k] / total) if len(wrong_versions) else float("nan"),
+             float(hits[k] / inputs[k]) if inputs[k] else None) for k in range(n_versions + 1)]
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
@@ -71,6 +77,26 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     if positives.all() or not positives.any():
         return None
     return float(roc_auc_score(positives, np.asarray(scores, dtype=np.float64)))
+
+
+def aurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    """Area under the risk-coverage curve (Geifman et al., 2019): inputs accepted in decreasing order of
+    ``scores``; the mean, over coverages 1/n .. n/n, of the error rate among the accepted. Lower is better.
+
+    Tied scores are accepted together in no particular order: each coverage inside a tie counts the expected
+    errors over the tie's orderings (the tie's error rate per accepted input). None for no input.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    if not scores.size:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_wrong = scores[order], wrong[order].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    tie_rate = np.add.reduceat(sorted_wrong, starts) / np.diff(np.r_[starts, scores.size])
+    expected_wrong = np.repeat(tie_rate, np.diff(np.r_[starts, scores.size]))
+    risks = np.cumsum(expected_wrong) / np.arange(1, scores.size + 1)
+    return float(risks.mean())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

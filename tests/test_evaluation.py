@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 import Evaluator
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from Evaluator import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
+from selection import METHODS
 from kde import GaussianKDE
 
 FIVE = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
@@ -188,12 +189,22 @@ def reference_row(method, predictions, models, bugs, setting="one") -> dict:
     return row
 
 
+PAPER_SIX = ("dfg", "distance_only", "val_acc_only", "voting", "soft_voting", "max_softmax")
+
+
+def methods_needing_at_most(*available) -> list[str]:
+    """The registered methods a set can run when its members have only ``available`` beyond labels, distances and
+    failure models, in registry order."""
+    return [name for name, method in METHODS.items() if set(method.needs) <= set(available)]
+
+
 def test_evaluate_set_hand_built_rows(hand_built):
     rows = evaluate_set("DIGITS", "one", hand_built, TRUTH)
-    assert [row["method"] for row in rows] == ["dfg", "distance_only", "val_acc_only", "voting", "soft_voting",
-                                               "max_softmax"]
+    assert [row["method"] for row in rows] == methods_needing_at_most("probabilities")
+    assert set(PAPER_SIX) <= set(methods_needing_at_most("probabilities"))
     for row in rows:
         assert set(row) <= set(RESULT_COLUMNS)
+    rows = [row for row in rows if row["method"] in PAPER_SIX]
 
     # DeepFailGuard by hand: P = a·fc / (a·fc + (1 − a)·fw), the version with the highest P answers
     fc = np.array([[mixture_pdf(CORRECT_POINTS, d) for d in version] for version in DISTANCES])
@@ -220,8 +231,10 @@ def test_evaluate_set_hand_built_rows(hand_built):
     expected = [reference_row(method, predictions, models, bugs) for method, predictions in (
         ("dfg", dfg), ("distance_only", distance_only), ("val_acc_only", val_acc_only), ("voting", voting),
         ("soft_voting", soft_voting), ("max_softmax", max_softmax))]
-    significance = ("mcnemar_p", "abs_improvement_low", "abs_improvement_high")
+    significance = ("mcnemar_p", "abs_improvement_low", "abs_improvement_high", "dfg_accuracy", "mcnemar_p_dfg")
     assert [{k: v for k, v in row.items() if k not in significance} for row in rows] == expected
+    assert all(row["dfg_accuracy"] == 0.625 for row in rows)
+    assert [row["mcnemar_p_dfg"] for row in rows][0] == 1.0  # DeepFailGuard against itself
     # significance by hand: dfg is right where voting is wrong on inputs 3 and 4 (truth 3, 3), wrong where
     # voting is right on input 5... McNemar counts only such discordant inputs, two-sided exact binomial
     for row, (_, predictions) in zip(rows, [("dfg", dfg), ("distance_only", distance_only),
@@ -253,7 +266,8 @@ def test_evaluate_set_hand_built_rows(hand_built):
 def test_evaluate_set_without_probabilities_has_no_softmax_baselines(hand_built):
     hand_built[1].probabilities = None
     rows = evaluate_set("DIGITS", "one", hand_built, TRUTH)
-    assert [row["method"] for row in rows] == ["dfg", "distance_only", "val_acc_only", "voting"]
+    assert [row["method"] for row in rows] == methods_needing_at_most()
+    assert {"dfg", "distance_only", "val_acc_only", "voting"} <= set(methods_needing_at_most())
 
 
 def test_evaluate_set_without_headroom_has_no_relative_improvement(hand_built):
@@ -271,7 +285,7 @@ def test_evaluate_grid_skips_incomplete_sets_and_refuses_mixed_test_sets(hand_bu
     assert sorted({(row["setting"], row["models"], row["bug_ids"]) for row in rows}) == [
         ("healthy", "alexnet-densenet", "0-0"), ("one", "resnet-alexnet", "3-0"),
         ("one", "resnet-alexnet-densenet", "3-0-0"), ("one", "resnet-densenet", "3-0")]
-    assert len(rows) == 4 * 6
+    assert len(rows) == 4 * len(methods_needing_at_most("probabilities"))
     hand_built[2].test_set = "bug11"
     with pytest.raises(Evaluator.UsageError, match="different test sets"):
         Evaluator.evaluate_grid("CIFAR10", records, {"": TRUTH, "bug11": TRUTH}, ["resnet", "alexnet", "densenet"],
@@ -348,8 +362,8 @@ def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
     assert list(rows[0]) == RESULT_COLUMNS
     sets = [list(pair) for pair in combinations(PAPER_MODELS, 2)] + [PAPER_MODELS]
     assert [row["models"] for row in rows if row["method"] == "dfg"] == ["-".join(s) for s in sets]
-    assert {row["method"] for row in rows} == {"dfg", "distance_only", "val_acc_only", "voting"}  # no softmax cached
-    assert len(rows) == 4 * len(sets)
+    assert [row["method"] for row in rows[:len(methods_needing_at_most())]] == methods_needing_at_most()  # no softmax
+    assert len(rows) == len(methods_needing_at_most()) * len(sets)
     dfg_beats_voting = 0
     for members in sets:
         got = {row["method"]: row for row in rows if row["models"] == "-".join(members)}
@@ -398,7 +412,7 @@ def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
     summary = read_csv(output / "summary.csv")
     assert [(row["n_versions"], row["method"], row["configurations"]) for row in summary] == [
         (n, method, configurations) for n, configurations in (("2", "3"), ("3", "1"))
-        for method in ("dfg", "distance_only", "val_acc_only", "voting")]
+        for method in methods_needing_at_most()]
     dfg_pairs = [float(row["accuracy"]) for row in rows if row["method"] == "dfg" and row["n_versions"] == "2"]
     assert float(summary[0]["accuracy"]) == pytest.approx(np.mean(dfg_pairs), abs=2e-6)
     assert (output / "figures" / "methods_CIFAR10.png").is_file()
@@ -603,18 +617,19 @@ def test_summarize_means_wins_and_losses():
     assert summary[2]["accuracy"] == pytest.approx(0.55) and summary[2]["wins_over_voting"] == 1
 
 
-def test_format_summary_one_line_per_dataset_and_n():
+def test_format_summary_one_line_per_method_columns_per_n():
     text = format_summary(summarize(summary_input()))
-    lines = text.splitlines()
-    assert len(lines) == 1 + 3  # a header, then CIFAR10 N=2, DIGITS N=2, DIGITS N=3
-    header = lines[0].split()
-    assert header == ["dataset", "N", "sets", "dfg", "voting", "max_softmax", "upper", "dfg>vote"]
-    cifar, digits2, digits3 = (line.split() for line in lines[1:])
-    assert cifar == ["CIFAR10", "2", "1", "0.6000", "0.5000", "0.5500", "0.9000", "1/1"]
-    assert digits2[:5] == ["DIGITS", "2", "3", f"{(0.7 + 0.4 + 0.8) / 3:.4f}", f"{(0.6 + 0.5 + 0.8) / 3:.4f}"]
-    assert digits2[-2:] == [f"{(0.9 + 0.7 + 0.8) / 3:.4f}", "1/3"]  # DIGITS has no max_softmax: a blank cell
-    assert len(digits2) == 7
-    assert digits3 == ["DIGITS", "3", "1", "0.9000", "0.7000", "0.9500", "1/1"]
+    cifar, digits = (block.splitlines() for block in text.split("\n\n"))
+    assert cifar[0].split() == ["CIFAR10", "N=2", "(1", "sets)"]
+    assert [line.split()[0] for line in cifar[2:]] == ["dfg", "voting", "max_softmax", "upper"]
+    assert cifar[2].split() == ["dfg", "0.6000", "1/1"]
+    assert cifar[4].split() == ["max_softmax", "0.5500", "1/1"]
+    assert cifar[5].split() == ["upper", "limit", "0.9000"]
+    assert digits[0].split() == ["DIGITS", "N=2", "(3", "sets)", "N=3", "(1", "sets)"]
+    assert digits[2].split() == ["dfg", f"{(0.7 + 0.4 + 0.8) / 3:.4f}", "1/3", "0.9000", "1/1"]
+    assert digits[3].split() == ["voting", f"{(0.6 + 0.5 + 0.8) / 3:.4f}", "0/3", "0.7000", "0/1"]
+    assert digits[4].split() == ["upper", "limit", f"{(0.9 + 0.7 + 0.8) / 3:.4f}", "0.9500"]
+    assert len(digits) == 5  # DIGITS has no max_softmax: no line for it
 
 
 # ---------------------------------------------------------------------------------------------

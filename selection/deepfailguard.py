@@ -1,0 +1,98 @@
+"""DeepFailGuard's scores: its P(correct), the paper's ablations, and DeepFailGuard+ (distance and softmax).
+
+Each is selected like DeepFailGuard: per input, the member with the highest score answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from selection.base import Score, register_score
+
+
+@register_score
+class PCorrect(Score):
+    """DeepFailGuard: P(correct | d) from the version's two KDEs and its validation accuracy."""
+
+    name = "dfg"
+    probability = True
+
+    def compute(self, state, answers, version):
+        return version.assess(answers).confidence
+
+
+@register_score
+class DensityMargin(Score):
+    """The paper's "distance only" ablation: f_c(d) − f_w(d), no prior."""
+
+    name = "distance_only"
+
+    def compute(self, state, answers, version):
+        return version.assess(answers).margin
+
+
+@register_score
+class Distance(Score):
+    """The raw DeepFool distance: the farther from its decision boundary, the more likely right."""
+
+    name = "distance"
+
+    def compute(self, state, answers, version):
+        return np.asarray(answers.distances, dtype=np.float64)
+
+
+def _features(answers, form: str) -> np.ndarray:
+    """DeepFailGuard+'s inputs: log distance and the top softmax probability (raw, or as its logit)."""
+    log_distance = np.log(np.asarray(answers.distances, dtype=np.float64) + DISTANCE_FLOOR)
+    top = np.clip(np.asarray(answers.probabilities, dtype=np.float64).max(axis=1), PROBABILITY_FLOOR,
+                  1.0 - PROBABILITY_FLOOR)
+    columns = {"linear": (log_distance, top),
+               "logit": (log_distance, np.log(top) - np.log1p(-top)),
+               "logit_interaction": (log_distance, np.log(top) - np.log1p(-top),
+                                     log_distance * (np.log(top) - np.log1p(-top)))}[form]
+    return np.column_stack(columns)
+
+
+#: a distance of 0 (an input on its boundary) keeps a finite logarithm
+DISTANCE_FLOOR = 1e-6
+#: float32 softmax saturates at 1: the logit of the top probability stays finite
+PROBABILITY_FLOOR = 1e-7
+#: DeepFailGuard+'s candidate models, chosen per version by cross-validated validation AUROC
+FORMS = ("linear", "logit", "logit_interaction")
+FOLDS = 3
+
+
+@register_score
+class DeepFailGuardPlus(Score):
+    """DeepFailGuard+: P(correct) from the distance *and* the softmax, one logistic model per version.
+
+    DeepFailGuard reads only the distance; the top softmax probability carries other evidence (an input far
+    from a boundary the network is unsure about, or the reverse). A two-feature logistic regression on log
+    distance and top softmax is fitted on the version's validation outputs; of :data:`FORMS` (the softmax raw,
+    as its logit, and with an interaction term) the one with the best ``FOLDS``-fold cross-validated AUROC on
+    validation is kept, refitted on all of it. A version without both right and wrong validation answers (or
+    too few of either for the folds) keeps DeepFailGuard's P(correct).
+    """
+
+    name = "dfg_plus"
+    needs = ("probabilities", "validation")
+    probability = True
+
+    def fit(self, version):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        correct = version.validation.correct
+        if min(int(correct.sum()), int((~correct).sum())) < FOLDS:
+            return None
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
+        quality = {form: cross_val_score(LogisticRegression(), _features(version.validation, form), correct,
+                                         cv=folds, scoring="roc_auc").mean() for form in FORMS}
+        form = max(FORMS, key=lambda f: (quality[f], -FORMS.index(f)))  # the simpler one on ties
+        return form, LogisticRegression().fit(_features(version.validation, form), correct)
+
+    def compute(self, state, answers, version):
+        if state is None:
+            return version.assess(answers).confidence
+        form, model = state
+        return model.predict_proba(_features(answers, form))[:, list(model.classes_).index(True)]
