@@ -14,6 +14,7 @@ healthy (each member in turn; not for 11 and 12, whose shifted test set is the w
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import combinations
@@ -35,9 +36,9 @@ from metrics import (
     expected_calibration_error,
     improvements,
     lower_limit,
-    mcnemar_exact,
+    mcnemar_exact_many,
     mean_interval,
-    paired_difference_interval,
+    paired_difference_intervals,
     sign_test,
     upper_limit,
 )
@@ -142,28 +143,40 @@ def version_sets(models: list[str], bugs: list[int]) -> list[tuple[str, tuple[tu
     return sets
 
 
+@dataclass
+class MethodLog:
+    """What the methods could not run for want of which outputs (for the notes), and the seconds each took
+    to fit and predict (for the benchmark), over the sets of a dataset."""
+
+    unmet: dict[str, set] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 def predict_set(members: list[VersionRecord], context: SetContext,
-                unmet: dict | None = None) -> dict[str, np.ndarray]:
+                log: MethodLog | None = None) -> dict[str, np.ndarray]:
     """Every registered method's labels for one set, fitted on the members' validation outputs only; a method
-    whose needs a member (or the context) cannot meet is left out, and its unmet needs added to ``unmet``."""
+    whose needs a member (or the context) cannot meet is left out, and logged."""
+    log = log if log is not None else MethodLog()
     predictions = {}
     for name, method_class in METHODS.items():
         method = method_class()
         missing = unmet_needs(method.needs, members, context)
         if missing:
-            if unmet is not None:
-                unmet.setdefault(name, set()).update(missing)
+            log.unmet.setdefault(name, set()).update(missing)
             continue
+        started = time.perf_counter()
         predictions[name] = np.asarray(method.predict(method.fit(members, context), members, context))
+        log.seconds[name] = log.seconds.get(name, 0.0) + time.perf_counter() - started
     return predictions
 
 
 def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth: np.ndarray,
-                 context: SetContext | None = None, unmet: dict | None = None) -> list[dict]:
-    """One row per method for one set of versions: its accuracy, against voting and against DeepFailGuard."""
+                 context: SetContext | None = None, log: MethodLog | None = None, workers: int = 1) -> list[dict]:
+    """One row per method for one set of versions: its accuracy, against voting and against DeepFailGuard
+    (bootstrap intervals drawn on ``workers`` threads; they do not depend on it)."""
     labels = np.stack([m.labels for m in members])
     context = context or SetContext(int(max(labels.max(), truth.max())) + 1)
-    predictions = predict_set(members, context, unmet)
+    predictions = predict_set(members, context, log)
     voting_right = predictions["voting"] == truth
     dfg_right = predictions[DEEPFAILGUARD] == truth
     voting, dfg = accuracy(predictions["voting"], truth), accuracy(predictions[DEEPFAILGUARD], truth)
@@ -175,15 +188,18 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
         "version_accuracies": "-".join(f"{accuracy(m.labels, truth):.4f}" for m in members), "dfg_accuracy": dfg,
     }
     wrong_versions = (labels != truth).sum(axis=0)
+    rights = np.stack([predicted == truth for predicted in predictions.values()])
+    p_voting, p_dfg = mcnemar_exact_many(rights, voting_right), mcnemar_exact_many(rights, dfg_right)
+    intervals = paired_difference_intervals(rights, voting_right, workers)
     rows = []
-    for method, predicted in predictions.items():
-        right = predicted == truth
+    for index, (method, predicted) in enumerate(predictions.items()):
+        right = rights[index]
         method_accuracy = accuracy(predicted, truth)
         absolute, relative = improvements(method_accuracy, voting, upper)
-        low, high = paired_difference_interval(right, voting_right)
+        low, high = intervals[index]
         row = dict(common, method=method, accuracy=method_accuracy, abs_improvement=absolute,
-                   rel_improvement=relative, mcnemar_p=mcnemar_exact(right, voting_right),
-                   abs_improvement_low=low, abs_improvement_high=high, mcnemar_p_dfg=mcnemar_exact(right, dfg_right))
+                   rel_improvement=relative, mcnemar_p=float(p_voting[index]), abs_improvement_low=low,
+                   abs_improvement_high=high, mcnemar_p_dfg=float(p_dfg[index]))
         for k, (share, right_share) in enumerate(error_breakdown_of(wrong_versions, right, len(members))):
             row[f"e{k}"], row[f"acc_e{k}"] = share, right_share
         rows.append(row)
@@ -191,34 +207,43 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
 
 
 def evaluate_grid(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
-                  models: list[str], bugs: list[int], progress: bool = False, unmet: dict | None = None) -> list[dict]:
+                  models: list[str], bugs: list[int], progress: bool = False,
+                  log: MethodLog | None = None) -> list[dict]:
     """Rows for every set whose versions are all available (the others are left out)."""
-    return evaluate_sets(dataset, records, truths, version_sets(models, bugs), progress, unmet)
+    return evaluate_sets(dataset, records, truths, version_sets(models, bugs), progress, log)
 
 
 def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
-                  sets, progress: bool = False, unmet: dict | None = None) -> list[dict]:
+                  sets, progress: bool = False, log: MethodLog | None = None) -> list[dict]:
     """Rows for each ``(setting, ((model, bug), ...))`` whose versions are all available, members in the
     order given (the grid's sets, or the paper's published configurations); the others are left out.
 
     What the methods may know of the dataset (its number of classes, the region of competence of each test
-    set) is computed once here; the methods a set cannot run are added to ``unmet``."""
+    set) is computed once here; the methods a set cannot run are logged in ``log``."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
     num_classes = dataset_classes(records, truths)
+    workers = torch.get_num_threads()  # the job's --threads
     regions = {}
     rows = []
-    for setting, members in tqdm(sets, desc=f"{dataset} version sets", unit="set", disable=not progress,
-                                 leave=False):
-        if not all(member in records for member in members):
-            continue
-        chosen = [records[member] for member in members]
-        test_sets = {r.test_set for r in chosen}
-        if len(test_sets) != 1:
-            raise UsageError(f"{dataset}: versions {members} answer different test sets {sorted(test_sets)}")
-        test_set = test_sets.pop()
-        if test_set not in regions:
-            regions[test_set] = region_of(dataset, records, test_set)
-        rows.extend(evaluate_set(dataset, setting, chosen, truths[test_set], SetContext(num_classes, regions[test_set]),
-                                 unmet))
+    # BLAS and OpenMP on one thread: the methods' fits then give the same numbers whatever --threads is, and
+    # their idle threads do not spin on the cores the bootstrap intervals are drawn on (measured on 150 sets of
+    # the synthetic grid, 2 cores: 7.3 s with both on two threads, 5.7 s like this)
+    with threadpool_limits(limits=1):
+        for setting, members in tqdm(sets, desc=f"{dataset} version sets", unit="set", disable=not progress,
+                                     leave=False):
+            if not all(member in records for member in members):
+                continue
+            chosen = [records[member] for member in members]
+            test_sets = {r.test_set for r in chosen}
+            if len(test_sets) != 1:
+                raise UsageError(f"{dataset}: versions {members} answer different test sets {sorted(test_sets)}")
+            test_set = test_sets.pop()
+            if test_set not in regions:
+                regions[test_set] = region_of(dataset, records, test_set)
+            rows.extend(evaluate_set(dataset, setting, chosen, truths[test_set],
+                                     SetContext(num_classes, regions[test_set]), log, workers))
     return rows
 
 
@@ -395,18 +420,18 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
             raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
                              f"{widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
         check_validation_splits(dataset, records)
-        unmet = {}
+        log = MethodLog()
         if sets_by_dataset is not None:
             dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets_by_dataset.get(dataset, []),
-                                         progress, unmet)
+                                         progress, log)
         else:
             dataset_rows = evaluate_grid(dataset, records, truths_by_dataset[dataset], models, bugs_by_dataset[dataset],
-                                         progress, unmet)
+                                         progress, log)
         if not dataset_rows:
             skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
             continue
-        if unmet:
-            print(f"note: {unmet_note(dataset, unmet)}", file=sys.stderr)
+        if log.unmet:
+            print(f"note: {unmet_note(dataset, log.unmet)}", file=sys.stderr)
         rows.extend(dataset_rows)
         failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
     if not rows:

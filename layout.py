@@ -262,10 +262,11 @@ def _check_lengths(answers: CachedAnswers, folder, key: str, remedy: str = CACHE
 
 
 def check_logits(logits: np.ndarray, path, probabilities: np.ndarray | None) -> np.ndarray:
-    """Clean logits: a finite (inputs × classes) float array, as wide as the softmax kept beside it."""
+    """Clean logits: a finite (inputs × classes) float array, as wide as the softmax kept beside it (how many
+    inputs each file covers is checked against the ground truth, which names the version)."""
     if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all() or \
-            (probabilities is not None and logits.shape != probabilities.shape):
-        expected = "" if probabilities is None else f" of shape {probabilities.shape} like its probabilities"
+            (probabilities is not None and logits.shape[1] != probabilities.shape[1]):
+        expected = "" if probabilities is None else f" over {probabilities.shape[1]} classes like its probabilities"
         raise UsageError(f"{path}: expected a finite (inputs × classes) float array of logits{expected}, got "
                          f"{logits.dtype} {logits.shape}; {CACHE_REMEDY}")
     return logits

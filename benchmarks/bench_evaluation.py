@@ -1,8 +1,9 @@
 """Benchmark: the cached evaluation over a paper-sized synthetic grid, against the paper's way.
 
 Synthetic cache: 10,000 test inputs, 5 architectures, 13 fault settings (0-12), each version's
-KDEs fitted on 10,000 validation distances. Ours computes P(correct) once per version (exact
-log-density, chunked log-sum-exp) and evaluates every set of versions with array operations. The
+KDEs fitted on 10,000 validation distances, its validation outputs (labels, softmax, logits, distances)
+kept for the methods that learn from them. Ours computes every registered score once per version
+and evaluates every registered method on every set of versions (the cost of each is printed). The
 paper's way recomputes P(correct) for every (version, set) pair, calling each ``gaussian_kde`` once
 per input; it is timed on a sample of pairs and extrapolated to the grid (running it in full takes
 hours). Decisions of both are compared on whole sets, wherever the paper's densities do not
@@ -36,24 +37,39 @@ import Evaluator  # noqa: E402
 import layout  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from kde import GaussianKDE  # noqa: E402
+from selection import METHODS, SCORES  # noqa: E402
 
 MODELS = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 NUM_CLASSES = 10
 
 
-def synthetic_version(rng, model: str, bug: int, n_inputs: int, n_points: int, truth: np.ndarray, folder: Path):
-    """A version whose wrong answers sit closer to its decision boundary, as real ones do."""
+def synthetic_answers(rng, accuracy: float, truth: np.ndarray) -> layout.CachedAnswers:
+    """Answers whose wrong ones sit closer to the decision boundary and carry a flatter softmax, as real ones do."""
+    n = len(truth)
+    correct = rng.random(n) < accuracy
+    labels = np.where(correct, truth, (truth + rng.integers(1, NUM_CLASSES, n)) % NUM_CLASSES)
+    distances = np.where(correct, rng.gamma(4.0, 0.25, n), rng.gamma(1.5, 0.2, n))
+    logits = rng.normal(0.0, 1.0, (n, NUM_CLASSES))
+    logits[np.arange(n), labels] += np.where(correct, rng.gamma(6.0, 0.6, n), rng.gamma(2.0, 0.6, n))
+    logits = logits.astype(np.float32)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return layout.CachedAnswers(logits.argmax(axis=1), distances, probabilities, logits, None)
+
+
+def synthetic_version(rng, model: str, bug: int, truth: np.ndarray, validation_truth: np.ndarray, folder: Path):
+    """A version with its KDEs fitted on its validation distances, and its test and validation answers."""
     accuracy = rng.uniform(0.6, 0.95)
-    val_correct = rng.random(n_points) < accuracy
-    val_distances = np.where(val_correct, rng.gamma(4.0, 0.25, n_points), rng.gamma(1.5, 0.2, n_points))
+    validation = synthetic_answers(rng, accuracy, validation_truth)
+    validation.truth = validation_truth
+    val_correct = validation.correct
     correct_path, wrong_path = folder / f"{model}_{bug}_correct.npz", folder / f"{model}_{bug}_wrong.npz"
-    GaussianKDE.fit(val_distances[val_correct]).save(correct_path)
-    GaussianKDE.fit(val_distances[~val_correct]).save(wrong_path)
-    test_correct = rng.random(n_inputs) < accuracy
-    labels = np.where(test_correct, truth, (truth + rng.integers(1, NUM_CLASSES, n_inputs)) % NUM_CLASSES)
-    distances = np.where(test_correct, rng.gamma(4.0, 0.25, n_inputs), rng.gamma(1.5, 0.2, n_inputs))
+    GaussianKDE.fit(validation.distances[val_correct]).save(correct_path)
+    GaussianKDE.fit(validation.distances[~val_correct]).save(wrong_path)
+    test = synthetic_answers(rng, accuracy, truth)
     module = DeepFailGuardModule(None, correct_path, wrong_path, float(val_correct.mean()), name=f"{model}_bug{bug}")
-    return Evaluator.VersionRecord("SYNTHETIC", model, bug, labels, distances, module, layout.test_set_of(bug))
+    return Evaluator.VersionRecord("SYNTHETIC", model, bug, test.labels, test.distances, module, layout.test_set_of(bug),
+                                   test.probabilities, test.logits, validation)
 
 
 def paper_confidence(record: Evaluator.VersionRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -123,23 +139,36 @@ def main(argv=None) -> int:
     bugs = list(range(13))
     truths = {"": rng.integers(0, NUM_CLASSES, args.inputs)}
     truths.update({f"bug{b}": rng.integers(0, NUM_CLASSES, args.inputs) for b in (11, 12)})
+    validation_truth = rng.integers(0, NUM_CLASSES, args.kde_points)
     with tempfile.TemporaryDirectory() as folder:
-        records = {(m, b): synthetic_version(rng, m, b, args.inputs, args.kde_points,
-                                             truths[layout.test_set_of(b)], Path(folder))
+        records = {(m, b): synthetic_version(rng, m, b, truths[layout.test_set_of(b)], validation_truth, Path(folder))
                    for m in MODELS for b in bugs}
     sets = Evaluator.version_sets(MODELS, bugs)
     pairs = sum(len(members) for _, members in sets)
-    print(f"synthetic grid: {len(records)} versions, {args.inputs} test inputs, KDEs on {args.kde_points} points, "
-          f"{len(sets)} version sets, {pairs} (version, set) pairs")
+    print(f"synthetic grid: {len(records)} versions, {args.inputs} test inputs, {args.kde_points} validation inputs "
+          f"per version (KDEs on their distances), {len(sets)} version sets, {pairs} (version, set) pairs, "
+          f"{len(METHODS)} methods, {len(SCORES)} scores")
 
     started = time.perf_counter()
-    for record in records.values():
-        record.confidence, record.margin  # noqa: B018 - computed once, cached on the record
-    confidence_seconds = time.perf_counter() - started
-    rows = Evaluator.evaluate_grid("SYNTHETIC", records, truths, MODELS, bugs)
+    score_seconds = {}
+    for name in SCORES:  # each score once per version (fitted on its validation outputs), cached on the record
+        score_started = time.perf_counter()
+        for record in records.values():
+            record.score(name)
+        score_seconds[name] = time.perf_counter() - score_started
+    scores_done = time.perf_counter()
+    log = Evaluator.MethodLog()
+    rows = Evaluator.evaluate_grid("SYNTHETIC", records, truths, MODELS, bugs, log=log)
     ours = time.perf_counter() - started
-    print(f"ours: {ours:.1f} s for the whole grid ({confidence_seconds:.1f} s computing P(correct) and the ablation "
-          f"score of {len(records)} versions once, {ours - confidence_seconds:.1f} s for {len(rows)} result rows)")
+    method_seconds = sum(log.seconds.values())
+    print(f"ours: {ours:.1f} s for the whole grid: {scores_done - started:.1f} s for {len(SCORES)} scores of "
+          f"{len(records)} versions, {method_seconds:.1f} s fitting and running {len(METHODS)} methods on "
+          f"{len(sets)} sets, {ours - (scores_done - started) - method_seconds:.1f} s for the rest (regions of "
+          f"competence, statistics of {len(rows)} result rows)")
+    print("per score (all versions, once):  " + ", ".join(f"{name} {seconds:.2f} s"
+                                                          for name, seconds in score_seconds.items()))
+    print("per method (all sets; selection by a score counts only the argmax):  "
+          + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in log.seconds.items()))
 
     pair_seconds, agreements, compared = [], [], 0
     for members in [members for _, members in sets if len(members) == 2][:args.paper_sets]:

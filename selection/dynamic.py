@@ -21,7 +21,8 @@ set shares, cheap to search (5 × classes dimensions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from selection.base import Method, register_method, weighted_vote
 NEIGHBOURS = 7
 
 
+_tokens = itertools.count()
+
+
 @dataclass
 class Region:
     """Per test input, its ``NEIGHBOURS`` nearest validation inputs (nearest first) and the validation truth."""
@@ -40,6 +44,8 @@ class Region:
     validation_truth: np.ndarray
     #: the versions whose outputs span the space, for the notes
     reference: tuple[str, ...] = ()
+    #: names this region in the versions' caches of what they computed on it
+    token: int = field(default_factory=lambda: next(_tokens))
 
 
 def competence_region(validation_features: np.ndarray, test_features: np.ndarray, validation_truth: np.ndarray,
@@ -53,13 +59,25 @@ def competence_region(validation_features: np.ndarray, test_features: np.ndarray
     return Region(neighbours, np.asarray(validation_truth), reference)
 
 
+def hits(version, region: Region) -> np.ndarray:
+    """Whether the version answered each test input's neighbours right: (test inputs × k), once per version."""
+    return version.fitted(f"hits on region {region.token}",
+                          lambda v: v.validation.correct[region.neighbours])
+
+
 class DynamicSelection(Method):
-    """The members' validation hits on each test input's region: (members × test inputs × k) booleans."""
+    """Competence per member and test input, from the member's hits on the region: each member's is computed
+    once (it depends on the member alone) and shared by every set it joins."""
 
     needs = ("validation", "region")
 
+    def competence(self, version, region: Region) -> np.ndarray:
+        raise NotImplementedError
+
     def fit(self, members, context):
-        return np.stack([member.validation.correct for member in members])[:, context.region.neighbours]
+        region = context.region
+        return np.stack([member.fitted(f"{self.name} competence on region {region.token}",
+                                       lambda v: self.competence(v, region)) for member in members])
 
     @staticmethod
     def _answer_of_most_competent(competence: np.ndarray, members) -> np.ndarray:
@@ -74,8 +92,11 @@ class OverallLocalAccuracy(DynamicSelection):
 
     name = "ola"
 
-    def predict(self, hits, members, context):
-        return self._answer_of_most_competent(hits.mean(axis=2), members)
+    def competence(self, version, region):
+        return hits(version, region).mean(axis=1)
+
+    def predict(self, competence, members, context):
+        return self._answer_of_most_competent(competence, members)
 
 
 @register_method
@@ -85,12 +106,13 @@ class LocalClassAccuracy(DynamicSelection):
 
     name = "lca"
 
-    def predict(self, hits, members, context):
-        labels = np.stack([member.labels for member in members])
-        same_class = context.region.validation_truth[context.region.neighbours][None, :, :] == labels[:, :, None]
-        counted = same_class.sum(axis=2)
-        right = (hits & same_class).sum(axis=2)
-        competence = np.divide(right, counted, out=np.zeros(right.shape), where=counted > 0)
+    def competence(self, version, region):
+        same_class = region.validation_truth[region.neighbours] == version.labels[:, None]
+        counted = same_class.sum(axis=1)
+        right = (hits(version, region) & same_class).sum(axis=1)
+        return np.divide(right, counted, out=np.zeros(right.shape), where=counted > 0)
+
+    def predict(self, competence, members, context):
         return self._answer_of_most_competent(competence, members)
 
 
@@ -102,8 +124,10 @@ class KnoraEliminate(DynamicSelection):
 
     name = "knora_e"
 
-    def predict(self, hits, members, context):
-        run = np.cumprod(hits, axis=2).sum(axis=2)
+    def competence(self, version, region):
+        return np.cumprod(hits(version, region), axis=1).sum(axis=1)
+
+    def predict(self, run, members, context):
         selected = run == run.max(axis=0, keepdims=True)
         return weighted_vote(np.stack([member.labels for member in members]), selected, context.num_classes)
 
@@ -118,9 +142,11 @@ class KnoraUnion(DynamicSelection):
 
     name = "knora_u"
 
-    def predict(self, hits, members, context):
+    def competence(self, version, region):
+        return hits(version, region).sum(axis=1)
+
+    def predict(self, weights, members, context):
         labels = np.stack([member.labels for member in members])
-        weights = hits.sum(axis=2)
         answer = weighted_vote(labels, weights, context.num_classes)
         nobody = weights.sum(axis=0) == 0
         if nobody.any():

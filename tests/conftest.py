@@ -294,12 +294,13 @@ def write_fake_cache(info, dataset: str, truth, versions: dict) -> None:
 
 @pytest.fixture
 def restore_registries():
-    """Architectures, datasets and faults registered by the test are gone after it."""
+    """Architectures, datasets, faults, scores and selection methods registered by the test are gone after it."""
     import FaultInjector
     import mydataset
     import mymodel
+    import selection
 
-    registries = (mymodel.MODELS, mydataset.DATASETS, FaultInjector.FAULTS)
+    registries = (mymodel.MODELS, mydataset.DATASETS, FaultInjector.FAULTS, selection.SCORES, selection.METHODS)
     saved = [dict(registry) for registry in registries]
     yield
     for registry, entries in zip(registries, saved):

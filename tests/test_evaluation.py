@@ -24,8 +24,8 @@ from sklearn.metrics import roc_auc_score
 import Evaluator
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from Evaluator import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
-from selection import METHODS
 from kde import GaussianKDE
+from selection import METHODS
 
 FIVE = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 
