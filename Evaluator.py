@@ -414,11 +414,11 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
             continue
         for record in records.values():
             check_record_lengths(record, truths_by_dataset[dataset][record.test_set], dataset)
-        widths = {f"{r.model} bug {r.bug}": r.probabilities.shape[1] for r in records.values()
-                  if r.probabilities is not None}
+        widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in records.values()
+                  for where, array in (("", r.probabilities), (" logits", r.logits)) if array is not None}
         if len(set(widths.values())) > 1:
-            raise UsageError(f"{dataset}: the versions' softmax probabilities have different numbers of classes "
-                             f"{widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
+            raise UsageError(f"{dataset}: the versions' softmax probabilities (and logits) have different numbers of "
+                             f"classes {widths}; the cache is inconsistent, rerun main_cache_test_distances.py --force")
         check_validation_splits(dataset, records)
         log = MethodLog()
         if sets_by_dataset is not None:

@@ -241,10 +241,13 @@ def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_i
     answers = CachedAnswers(check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes),
                             _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),
                                              paths["distances"]),
-                            probabilities, check_logits(load_array(paths["logits"]), paths["logits"], probabilities),
+                            probabilities, check_logits(load_array(paths["logits"]), paths["logits"]),
                             check_labels(load_array(paths["ground_truth"]), paths["ground_truth"], num_classes))
-    _check_lengths(answers, paths["distances"].parent, version_key(model_name, dataset_name, bug_id),
-                   remedy="rerun main_train_DeepFailGuard.py --force")
+    key, remedy = version_key(model_name, dataset_name, bug_id), "rerun main_train_DeepFailGuard.py --force"
+    _check_lengths(answers, paths["distances"].parent, key, remedy)
+    if answers.logits.shape[1] != probabilities.shape[1]:
+        raise UsageError(f"{paths['logits'].parent}: {key}'s validation logits and softmax have different numbers "
+                         f"of classes ({answers.logits.shape[1]}, {probabilities.shape[1]}); {remedy}")
     return answers
 
 
@@ -261,14 +264,12 @@ def _check_lengths(answers: CachedAnswers, folder, key: str, remedy: str = CACHE
         raise UsageError(f"{folder}: {key}'s files cover different numbers of inputs {lengths}; {remedy}")
 
 
-def check_logits(logits: np.ndarray, path, probabilities: np.ndarray | None) -> np.ndarray:
-    """Clean logits: a finite (inputs × classes) float array, as wide as the softmax kept beside it (how many
-    inputs each file covers is checked against the ground truth, which names the version)."""
-    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all() or \
-            (probabilities is not None and logits.shape[1] != probabilities.shape[1]):
-        expected = "" if probabilities is None else f" over {probabilities.shape[1]} classes like its probabilities"
-        raise UsageError(f"{path}: expected a finite (inputs × classes) float array of logits{expected}, got "
-                         f"{logits.dtype} {logits.shape}; {CACHE_REMEDY}")
+def check_logits(logits: np.ndarray, path) -> np.ndarray:
+    """Clean logits: a finite (inputs × classes) float array (its inputs and classes are checked against the
+    ground truth and the softmax where the version is evaluated, which names it)."""
+    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all():
+        raise UsageError(f"{path}: expected a finite (inputs × classes) float array of logits, got {logits.dtype} "
+                         f"{logits.shape}; {CACHE_REMEDY}")
     return logits
 
 
@@ -289,7 +290,7 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
         probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
         num_classes = min(num_classes or probabilities.shape[1], probabilities.shape[1])
     if paths["logits"].is_file():
-        logits = check_logits(load_array(paths["logits"]), paths["logits"], probabilities)
+        logits = check_logits(load_array(paths["logits"]), paths["logits"])
     labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes)
     return CachedAnswers(labels, distances, probabilities, logits)
 

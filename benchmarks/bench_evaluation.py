@@ -68,8 +68,8 @@ def synthetic_version(rng, model: str, bug: int, truth: np.ndarray, validation_t
     GaussianKDE.fit(validation.distances[~val_correct]).save(wrong_path)
     test = synthetic_answers(rng, accuracy, truth)
     module = DeepFailGuardModule(None, correct_path, wrong_path, float(val_correct.mean()), name=f"{model}_bug{bug}")
-    return Evaluator.VersionRecord("SYNTHETIC", model, bug, test.labels, test.distances, module, layout.test_set_of(bug),
-                                   test.probabilities, test.logits, validation)
+    return Evaluator.VersionRecord("SYNTHETIC", model, bug, test.labels, test.distances, module,
+                                   layout.test_set_of(bug), test.probabilities, test.logits, validation)
 
 
 def paper_confidence(record: Evaluator.VersionRecord) -> tuple[np.ndarray, np.ndarray]:

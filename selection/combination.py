@@ -8,8 +8,8 @@ from functools import lru_cache
 import numpy as np
 
 from metrics import majority_vote
-from settings import SEED
 from selection.base import Method, register_method
+from settings import SEED
 
 
 def _labels(members) -> np.ndarray:

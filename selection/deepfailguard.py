@@ -41,18 +41,6 @@ class Distance(Score):
         return np.asarray(answers.distances, dtype=np.float64)
 
 
-def _features(answers, form: str) -> np.ndarray:
-    """DeepFailGuard+'s inputs: log distance and the top softmax probability (raw, or as its logit)."""
-    log_distance = np.log(np.asarray(answers.distances, dtype=np.float64) + DISTANCE_FLOOR)
-    top = np.clip(np.asarray(answers.probabilities, dtype=np.float64).max(axis=1), PROBABILITY_FLOOR,
-                  1.0 - PROBABILITY_FLOOR)
-    columns = {"linear": (log_distance, top),
-               "logit": (log_distance, np.log(top) - np.log1p(-top)),
-               "logit_interaction": (log_distance, np.log(top) - np.log1p(-top),
-                                     log_distance * (np.log(top) - np.log1p(-top)))}[form]
-    return np.column_stack(columns)
-
-
 #: a distance of 0 (an input on its boundary) keeps a finite logarithm
 DISTANCE_FLOOR = 1e-6
 #: float32 softmax saturates at 1: the logit of the top probability stays finite
@@ -60,6 +48,20 @@ PROBABILITY_FLOOR = 1e-7
 #: DeepFailGuard+'s candidate models, chosen per version by cross-validated validation AUROC
 FORMS = ("linear", "logit", "logit_interaction")
 FOLDS = 3
+
+
+def _features(answers, form: str) -> np.ndarray:
+    """DeepFailGuard+'s inputs: log distance and the top softmax probability (raw, or as its logit, or its logit
+    with the product of the two)."""
+    log_distance = np.log(np.asarray(answers.distances, dtype=np.float64) + DISTANCE_FLOOR)
+    top = np.clip(np.asarray(answers.probabilities, dtype=np.float64).max(axis=1), PROBABILITY_FLOOR,
+                  1.0 - PROBABILITY_FLOOR)
+    if form == "linear":
+        return np.column_stack([log_distance, top])
+    logit = np.log(top) - np.log1p(-top)
+    if form == "logit":
+        return np.column_stack([log_distance, logit])
+    return np.column_stack([log_distance, logit, log_distance * logit])
 
 
 @register_score

@@ -11,7 +11,7 @@ from conftest import assert_usage_error, run_script
 from scipy.stats import gaussian_kde
 
 from kde import GaussianKDE
-from layout import cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
+from layout import CACHE_FILES, cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
 from utils import UsageError
 
 INFO = Path("input_information")
@@ -112,7 +112,7 @@ def test_pipeline_writes_the_papers_files(pipeline, digits):
     versions = [("squeezenet", 0), ("squeezenet", 1), ("squeezenet", 10), ("densenet", 0), ("densenet", 10)]
     assert sorted(p.name for p in cached.iterdir()) == sorted(
         ["DIGITS_ground_truth.npy"] + [f"DIGITS_{model}_bug{bug}_{what}.npy" for model, bug in versions
-                                       for what in ("distances", "dnn_labels", "success", "probabilities")])
+                                       for what in CACHE_FILES])
     # one failure model per checkpoint: fault 10 uses the healthy squeezenet's
     assert sorted(p.name for p in (info / "kde_results").iterdir()) == sorted(
         f"{key}_{which}.npz" for key in ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "densenet_DIGITS")

@@ -79,7 +79,9 @@ from reliability_tools import (
 )
 from scipy.stats import gaussian_kde
 
+import layout
 import ModelManager
+from layout import CACHE_FILES, VALIDATION_FILES
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),
               pytest.mark.xdist_group("reliability")]  # its background fixture starts the whole module's subprocesses
@@ -538,11 +540,14 @@ def test_fit_replaces_a_corrupt_kde_file(capsys, ws, pipeline):
     result = run_in_process(capsys, "fit", *ws.argv("fit"))
     assert result.returncode == 0, result.stderr
     after = snapshot(ws.root)
-    refit = {str(ws.kde(w).relative_to(ws.root)) for w in ("correct", "wrong")}
+    validation = [layout.validation_path(ws.info, "squeezenet", "DIGITS", 0, what) for what in VALIDATION_FILES]
+    refit = {str(path.relative_to(ws.root)) for path in [ws.kde("correct"), ws.kde("wrong"), *validation]}
     refit.add("out/figures/kde_squeezenet_DIGITS.png")
     assert {rel for rel in before if before[rel] != after.get(rel)} == refit  # nothing else touched
     for which in ("correct", "wrong"):
         assert_same_file(ws.kde(which), pipeline.kde(which))
+    for path in validation:  # the version's validation outputs, measured again, are the same
+        assert_same_file(path, pipeline.root / path.relative_to(ws.root))
     assert not [rel for rel in after if is_partial(rel)]
 
 
@@ -682,6 +687,7 @@ class Chain:
 
 
 CACHED = "info/test_information_cached"
+VALIDATION = "info/val_information_cached"
 CHAINS = {
     "train": Chain(
         "train", [*SQUEEZENETS, "--epochs", "1"], (), ("model",),
@@ -691,21 +697,23 @@ CHAINS = {
         {key: [f"model/{key}.pth", f"model/{key}.json", f"model/{key}_loss.png"]
          for key in ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1")}),
     "fit": Chain(
-        "fit", SQUEEZENETS, ("model",), ("info/kde_results", "out/figures"),
+        "fit", SQUEEZENETS, ("model",), ("info/kde_results", VALIDATION, "out/figures"),
         (KillPoint("mid-write of the first version's figure (its KDEs written)",
                    when_file("kde_squeezenet_DIGITS.png", prefix=False)),
          KillPoint("after the second version's KDEs, before its figure",
                    when_file("squeezenet_DIGITS_bug1_wrong.npz", partial=False))),
-        {key: [f"info/kde_results/{key}_correct.npz", f"info/kde_results/{key}_wrong.npz",
-               f"out/figures/kde_{key}.png"] for key in ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1")}),
+        {f"bug{bug}": [f"info/kde_results/{key}_correct.npz", f"info/kde_results/{key}_wrong.npz",
+                       f"out/figures/kde_{key}.png", *(f"{VALIDATION}/DIGITS_squeezenet_bug{bug}_{what}.npy"
+                                                      for what in VALIDATION_FILES)]
+         for bug, key in ((0, "squeezenet_DIGITS"), (1, "squeezenet_DIGITS_bug1"))}),
     "cache": Chain(
         "cache", SQUEEZENETS, ("model",), (CACHED,),
         (KillPoint("mid-attack of the second version", when_stderr("squeezenet_DIGITS_bug1")),
-         KillPoint("after three of the second version's four arrays",
+         KillPoint("after three of the second version's five arrays",
                    when_file("DIGITS_squeezenet_bug1_probabilities.npy", partial=False))),
         {"ground truth": [f"{CACHED}/DIGITS_ground_truth.npy"],
          **{f"bug{bug}": [f"{CACHED}/DIGITS_squeezenet_bug{bug}_{what}.npy"
-                          for what in ("dnn_labels", "success", "probabilities", "distances")] for bug in (0, 1)}}),
+                          for what in CACHE_FILES] for bug in (0, 1)}}),
     "realtime": Chain(
         "realtime", None, ("model", "info"), ("out/realtime",),
         (KillPoint("mid-attack of the second version", when_stderr("DeepFool densenet_DIGITS")),

@@ -478,3 +478,26 @@ def test_failure_prediction_columns_come_from_the_registry(versions):
             assert row[f"aurc_{name}"] == pytest.approx(metrics.aurc(record.score(name), correct))
             assert (f"ece_{name}" in row) == score.probability == (f"brier_{name}" in row)
     assert confidence.RelativeUncertainty.name in SCORES and dynamic.NEIGHBOURS == 7
+
+
+@pytest.mark.parametrize("defect", ["nan-logits", "truncated-distances", "other-split", "fewer-inputs"])
+def test_damaged_validation_outputs_are_one_line_errors(pipeline_copy, capsys, defect):
+    from conftest import assert_usage_error
+
+    ws = pipeline_copy
+    path = layout.validation_path(ws.info, "squeezenet", "DIGITS", 1, {"nan-logits": "logits",
+                                                                       "truncated-distances": "distances",
+                                                                       "other-split": "ground_truth",
+                                                                       "fewer-inputs": "probabilities"}[defect])
+    array = np.load(path)
+    path.unlink()
+    if defect == "truncated-distances":
+        path.write_bytes(b"\x93NUMPY truncated")
+    else:
+        np.save(path, {"nan-logits": lambda a: a * np.nan, "other-split": lambda a: a[::-1].copy(),
+                       "fewer-inputs": lambda a: a[:-1]}[defect](array))
+    result = run_in_process(capsys, "evaluate", *ws.argv("evaluate", "--output", ws.root / "damaged"))
+    fragments = {"nan-logits": [path], "truncated-distances": [path], "other-split": ["different validation splits"],
+                 "fewer-inputs": ["squeezenet_DIGITS_bug1", "main_train_DeepFailGuard.py"]}[defect]
+    assert_usage_error(result, *fragments)
+    assert not (ws.root / "damaged" / layout.RESULTS_CSV).exists()
