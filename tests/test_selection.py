@@ -501,3 +501,12 @@ def test_damaged_validation_outputs_are_one_line_errors(pipeline_copy, capsys, d
                  "fewer-inputs": ["squeezenet_DIGITS_bug1", "main_train_DeepFailGuard.py"]}[defect]
     assert_usage_error(result, *fragments)
     assert not (ws.root / "damaged" / layout.RESULTS_CSV).exists()
+
+
+def test_accuracy_weighted_voting_by_loops(versions):
+    records, _ = versions
+    members = [records["resnet", 1], records["alexnet", 0], records["densenet", 1]]
+    weights = [math.log((CLASSES - 1) * m.val_acc / (1 - m.val_acc)) for m in members]
+    predictions = Evaluator.predict_set(members, SetContext(CLASSES))
+    expected = [vote([int(m.labels[j]) for m in members], weights) for j in range(len(members[0].labels))]
+    assert list(predictions["weighted_voting"]) == expected
