@@ -45,23 +45,21 @@ class Distance(Score):
 DISTANCE_FLOOR = 1e-6
 #: float32 softmax saturates at 1: the logit of the top probability stays finite
 PROBABILITY_FLOOR = 1e-7
-#: DeepFailGuard+'s candidate models, chosen per version by cross-validated validation AUROC
-FORMS = ("linear", "logit", "logit_interaction")
+#: DeepFailGuard+'s candidate models, simplest first, chosen per version by cross-validated validation AUROC
+FORMS = ("distance", "softmax", "linear", "logit", "logit_interaction")
 FOLDS = 3
 
 
 def _features(answers, form: str) -> np.ndarray:
-    """DeepFailGuard+'s inputs: log distance and the top softmax probability (raw, or as its logit, or its logit
-    with the product of the two)."""
+    """DeepFailGuard+'s inputs: log distance alone, the logit of the top softmax probability alone, or both (the
+    probability raw or as its logit, the latter also with the product of the two)."""
     log_distance = np.log(np.asarray(answers.distances, dtype=np.float64) + DISTANCE_FLOOR)
     top = np.clip(np.asarray(answers.probabilities, dtype=np.float64).max(axis=1), PROBABILITY_FLOOR,
                   1.0 - PROBABILITY_FLOOR)
-    if form == "linear":
-        return np.column_stack([log_distance, top])
     logit = np.log(top) - np.log1p(-top)
-    if form == "logit":
-        return np.column_stack([log_distance, logit])
-    return np.column_stack([log_distance, logit, log_distance * logit])
+    columns = {"distance": [log_distance], "softmax": [logit], "linear": [log_distance, top],
+               "logit": [log_distance, logit], "logit_interaction": [log_distance, logit, log_distance * logit]}
+    return np.column_stack(columns[form])
 
 
 @register_score
@@ -69,11 +67,12 @@ class DeepFailGuardPlus(Score):
     """DeepFailGuard+: P(correct) from the distance *and* the softmax, one logistic model per version.
 
     DeepFailGuard reads only the distance; the top softmax probability carries other evidence (an input far
-    from a boundary the network is unsure about, or the reverse). A two-feature logistic regression on log
-    distance and top softmax is fitted on the version's validation outputs; of :data:`FORMS` (the softmax raw,
-    as its logit, and with an interaction term) the one with the best ``FOLDS``-fold cross-validated AUROC on
-    validation is kept, refitted on all of it. A version without both right and wrong validation answers (or
-    too few of either for the folds) keeps DeepFailGuard's P(correct).
+    from a boundary the network is unsure about, or the reverse). A logistic regression on log distance and
+    the top softmax is fitted on the version's validation outputs; of :data:`FORMS` (either feature alone,
+    both with the softmax raw or as its logit, and with an interaction term) the one with the best
+    ``FOLDS``-fold cross-validated AUROC on validation is kept (the simplest on ties), refitted on all of it.
+    Either way its output is a calibrated P(correct), comparable across the members as DeepFailGuard's is.
+    A version with fewer right or wrong validation answers than folds keeps DeepFailGuard's P(correct).
     """
 
     name = "dfg_plus"

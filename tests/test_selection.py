@@ -151,10 +151,11 @@ def test_dfg_plus_picks_its_form_by_cross_validated_validation_auroc(versions):
                                      cv=folds, scoring="roc_auc").mean() for form in deepfailguard.FORMS}
     best = max(quality.values())
     chosen, model = record.fitted("score dfg_plus", SCORES["dfg_plus"]().fit)
-    assert quality[chosen] == best
+    assert quality[chosen] == best and chosen == next(f for f in deepfailguard.FORMS if quality[f] == best)
     # the form's features by hand: log distance, then the top softmax raw or as its logit
     top = record.probabilities.max(axis=1)
-    raw = {"linear": np.column_stack([np.log(record.distances + 1e-6), top]),
+    raw = {"distance": np.log(record.distances + 1e-6)[:, None], "softmax": np.log(top / (1 - top))[:, None],
+           "linear": np.column_stack([np.log(record.distances + 1e-6), top]),
            "logit": np.column_stack([np.log(record.distances + 1e-6), np.log(top / (1 - top))])}
     raw["logit_interaction"] = np.column_stack([raw["logit"], raw["logit"][:, 0] * raw["logit"][:, 1]])
     expected = LogisticRegression().fit(deepfailguard._features(record.validation, chosen), correct)
