@@ -127,10 +127,9 @@ def two_sided_half_p(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
     outcomes at most as likely as the observed one are the two tails, ``min(1, 2·P(X <= min(k, n − k)))``;
     1.0 where there are no trials.
 
-    scipy.stats.binomtest gives the same values (tests/test_statistics.py checks it) but searches for the
-    other tail: 0.85 ms per call, measured in the evaluation's profile (two tests per result row, 20,672 rows
-    on the paper-sized grid of benchmarks/bench_evaluation.py: 35 s); one vectorised ``binom.cdf`` per set is
-    about a hundred times cheaper.
+    scipy.stats.binomtest gives the same values (tests/test_selection.py checks it) but searches for the
+    other tail: 0.4-0.85 ms per call (two tests per result row, 21,760 rows on the paper-sized grid of
+    benchmarks/bench_evaluation.py: 17-37 s); one vectorised ``binom.cdf`` per set costs 11 µs per test.
     """
     from scipy.stats import binom
 
