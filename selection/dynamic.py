@@ -16,8 +16,8 @@ dataset's own (fault 10's noise is injected in a faulty version's own input pipe
 received the input) or the shifted test set of faults 11 and 12, answered by the healthy weights. Pixels
 would need the images at evaluation time, which a cached evaluation does not load, and are a poor metric for
 images; the members' own outputs would make the region differ per set (1,088 searches on the paper's grid
-instead of 7-9) and let a faulty member choose its own judges. The healthy versions' outputs are a learned representation every
-set shares, cheap to search (5 × classes dimensions).
+instead of 7-9) and let a faulty member choose its own judges. The healthy versions' outputs are a learned
+representation every set shares, cheap to search (5 × classes dimensions).
 """
 
 from __future__ import annotations
