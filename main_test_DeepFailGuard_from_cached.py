@@ -1,9 +1,10 @@
 """Step 4a: evaluate DeepFailGuard from the cached test distances (ours or the paper's release).
 
 Every combination of 2-5 distinct architectures, fault settings "all versions carry fault i" and
-"one carries fault i, the rest are healthy"; methods: DeepFailGuard, its two ablations, majority
-voting, soft voting and max softmax. Writes ``{output}/results.csv``, ``summary.csv``,
-``failure_prediction.csv`` and ``figures/methods_{DATASET}.png``; prints the summary.
+"one carries fault i, the rest are healthy"; methods: every registered one (``selection``: DeepFailGuard,
+its ablations and DeepFailGuard+, voting, soft voting, stacking, the softmax scores, dynamic selection).
+Writes ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` and
+``figures/methods_{DATASET}.png``; prints the summary.
 
 ``--configurations paper`` (implied by ``--preset paper``) evaluates exactly the configurations the paper
 published and compares them with its figures in ``paper_comparison.csv``; ``--posterior paper`` uses
