@@ -68,7 +68,7 @@ class Attacker:
     def __init__(self, pytorch_model: nn.Module, device=None, steps: int = DEEPFOOL.steps,
                  candidates: int = DEEPFOOL.candidates, overshoot: float = DEEPFOOL.overshoot,
                  bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, first_order: bool = False):
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
                              f"(got {steps}, {candidates}, {overshoot})")
@@ -82,6 +82,8 @@ class Attacker:
         self.dtype = attack_dtype(self.model)
         self.steps = steps
         self.candidates = candidates
+        #: the distance of the first linearisation only (``settings.DeepFoolSettings.first_order``)
+        self.first_order = first_order
         self.overshoot = overshoot
         self.bounds = bounds
         self.image_size = image_size  # inputs of another size are resized first (distances live at this size)
@@ -95,7 +97,7 @@ class Attacker:
                       **options) -> "Attacker":
         """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it."""
         return cls(pytorch_model, device, steps=deepfool.steps, candidates=deepfool.candidates,
-                   overshoot=deepfool.overshoot, **options)
+                   overshoot=deepfool.overshoot, first_order=deepfool.first_order, **options)
 
     # -----------------------------------------------------------------------------------------
     # public API
@@ -140,10 +142,13 @@ class Attacker:
         classes = clean_logits.argsort(dim=1, descending=True, stable=True)[:, :candidates]
         labels = classes[:, 0]
         with full_float32_convolutions():
-            x_adv = self._deepfool(x0, classes)
+            if self.first_order:
+                distances, x_adv = self._first_order(x0, classes)
+            else:
+                x_adv = self._deepfool(x0, classes)
+                distances = (x_adv - x0).flatten(1).norm(dim=1)
             with torch.no_grad():
                 success = self.model(x_adv).argmax(dim=1) != labels
-        distances = (x_adv - x0).flatten(1).norm(dim=1)
         return AttackResult(distances.cpu().numpy(), labels.cpu().numpy(), success.cpu().numpy(),
                             clean_logits.softmax(dim=1).cpu().numpy(), logits=clean_logits.cpu().numpy())
 
@@ -174,6 +179,22 @@ class Attacker:
             perturbation[active] += scale.view(-1, *[1] * (x.ndim - 1)) * best_grad
             x[active] = (x0[active] + (1.0 + self.overshoot) * perturbation[active]).clamp(low, high)
         return x
+
+    def _first_order(self, x0: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first linearisation's distance to the nearest candidate boundary, min_k |l_k − l_0| /
+        ‖∇(l_k − l_0)‖ (foolbox's guard against a zero gradient in the division), and the point DeepFool's
+        first step reaches (with overshoot, clipped), whose label says whether that step alone succeeds."""
+        step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
+        losses, grads, _ = step(x0, classes)
+        grad_norms = grads.flatten(2).norm(dim=2)
+        boundary = losses.abs() / (grad_norms + NORM_EPSILON)
+        best = boundary.argmin(dim=1, keepdim=True)
+        distances = boundary.gather(1, best).squeeze(1)
+        best_grad = grads[torch.arange(len(x0), device=x0.device), best.squeeze(1)]
+        scale = (distances + STEP_STABILISER) / (grad_norms.gather(1, best).squeeze(1) + NORM_EPSILON)
+        low, high = self.bounds
+        x_step = (x0 + (1.0 + self.overshoot) * scale.view(-1, *[1] * (x0.ndim - 1)) * best_grad).clamp(low, high)
+        return distances, x_step
 
     def _candidate_gradients(self, x: torch.Tensor, classes: torch.Tensor):
         """Logit differences ``l_k - l_0`` (n, K-1), their input gradients (n, K-1, C, H, W), and which

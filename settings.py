@@ -67,14 +67,38 @@ DEFAULT_TRAINING = TrainSettings()
 
 @dataclass(frozen=True)
 class DeepFoolSettings:
-    """foolbox 3's ``L2DeepFoolAttack`` parameters; its defaults are the paper's."""
+    """foolbox 3's ``L2DeepFoolAttack`` parameters; its defaults are the paper's. ``first_order`` replaces the
+    iteration by its first linearisation: the distance is min over the top ``candidates`` classes k of
+    |l_k − l_0| / ‖∇(l_k − l_0)‖ (one forward and candidates − 1 input gradients), a cheaper estimate."""
 
     steps: int = 50
     candidates: int = 10
     overshoot: float = 0.02
+    first_order: bool = False
+
+    @property
+    def mode(self) -> str:
+        """The distance mode's name (``--distance``): ``deepfool``, ``deepfool:K``, ``first-order[:K]``."""
+        name = FIRST_ORDER if self.first_order else DEEPFOOL_MODE
+        return name if self.candidates == DEFAULT_CANDIDATES else f"{name}:{self.candidates}"
 
 
+DEEPFOOL_MODE, FIRST_ORDER = "deepfool", "first-order"
+DEFAULT_CANDIDATES = 10
 DEEPFOOL = DeepFoolSettings()
+
+
+def distance_mode(text: str) -> DeepFoolSettings:
+    """The settings of a distance mode named on the command line: ``deepfool`` (the paper's: 10 candidate
+    classes, up to 50 steps), ``deepfool:K`` (the top K classes, K >= 2, foolbox's ``candidates``),
+    ``first-order`` or ``first-order:K`` (one linearisation, no iteration)."""
+    from utils import UsageError
+
+    name, colon, count = str(text).strip().lower().partition(":")
+    if name not in (DEEPFOOL_MODE, FIRST_ORDER) or (colon and not (count.isdigit() and int(count) >= 2)):
+        raise UsageError(f"unknown distance mode {text!r}: use deepfool, deepfool:K or first-order[:K] with an "
+                         "integer K >= 2 (candidate classes)")
+    return DeepFoolSettings(candidates=int(count) if count else DEFAULT_CANDIDATES, first_order=name == FIRST_ORDER)
 
 
 @dataclass(frozen=True)

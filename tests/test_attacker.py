@@ -474,3 +474,73 @@ def test_cuda_graph_step_gives_the_eager_step_distances(n):
         np.testing.assert_array_equal(got.labels, want.labels)
     assert graphed.cuda_graphs and graphed._graphs, "no graph was captured"
     assert all(key[0] & (key[0] - 1) == 0 for key in graphed._graphs)  # buckets are powers of two
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) distance modes: deepfool:K and first-order
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, candidates, first_order", [
+    ("deepfool", 10, False), ("deepfool:2", 2, False), ("DeepFool:7", 7, False), ("first-order", 10, True),
+    ("first-order:3", 3, True)])
+def test_distance_modes_parse_and_name_themselves(text, candidates, first_order):
+    from settings import DEEPFOOL, distance_mode
+
+    settings = distance_mode(text)
+    assert (settings.candidates, settings.first_order) == (candidates, first_order)
+    assert (settings.steps, settings.overshoot) == (DEEPFOOL.steps, DEEPFOOL.overshoot)
+    assert distance_mode(settings.mode) == settings and settings.mode == text.lower()
+    assert distance_mode("deepfool") == DEEPFOOL
+
+
+@pytest.mark.parametrize("text", ["deepfool:1", "deepfool:x", "first-order:", "fgsm", "deepfool:2:3", ""])
+def test_unknown_distance_modes_are_usage_errors(text):
+    from settings import distance_mode
+
+    with pytest.raises(UsageError, match="distance mode"):
+        distance_mode(text)
+
+
+@pytest.mark.parametrize("candidates", [10, 3])
+def test_first_order_is_the_closed_form_on_a_float64_linear_model(candidates):
+    """One linearisation is exact for a linear classifier: min over the top candidates k of
+    |l_k − l_0| / ‖w_k − w_0‖ (with foolbox's guard on the norm), in float64 to 1e-12."""
+    from settings import distance_mode
+
+    model = linear_model().double()
+    x = 0.5 + 0.05 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    attacker = Attacker.from_settings(model, distance_mode(f"first-order:{candidates}"), "cpu")
+    result = attacker.attack(x)
+
+    layer = model[1]
+    weight = layer.weight.detach()
+    logits = x.flatten(1) @ weight.T + layer.bias.detach()
+    expected = []
+    for row in logits:
+        order = torch.argsort(row, descending=True, stable=True)[:candidates]
+        clean = order[0]
+        expected.append(min(float((row[clean] - row[k]).abs() / ((weight[k] - weight[clean]).norm() + NORM_EPSILON))
+                            for k in order[1:]))
+    np.testing.assert_allclose(result.distances, expected, rtol=1e-12, atol=0)
+    assert result.distances.dtype == np.float64
+    assert result.success.all()  # the step with overshoot crosses the (linear) boundary
+    # on a linear model the full DeepFool takes the same single step, with overshoot and its stabiliser
+    full = Attacker.from_settings(model, distance_mode(f"deepfool:{candidates}"), "cpu").attack(x)
+    np.testing.assert_allclose(full.distances, 1.02 * (result.distances + STEP_STABILISER), rtol=1e-6)
+
+
+def test_first_order_on_a_cnn_is_an_estimate_that_ranks_like_deepfool():
+    """On a non-linear network the first linearisation is an estimate: finite, non-negative, the same labels
+    and softmax as the full attack, and it ranks inputs much as the full distance does."""
+    from scipy.stats import spearmanr
+
+    from settings import distance_mode
+
+    model = small_cnn(10)
+    x = images(32)
+    first = Attacker.from_settings(model, distance_mode("first-order"), "cpu").attack(x)
+    full = Attacker.from_settings(model, distance_mode("deepfool"), "cpu").attack(x)
+    np.testing.assert_array_equal(first.labels, full.labels)
+    np.testing.assert_allclose(first.probabilities, full.probabilities)
+    assert np.isfinite(first.distances).all() and (first.distances >= 0).all()
+    assert spearmanr(first.distances, full.distances).statistic > 0.8
