@@ -19,7 +19,7 @@ import torch
 from Attacker import Attacker, AttackResult
 from kde import GaussianKDE
 from layout import DEFAULT_INFO_ROOT, cache_path, check_distances, find_kde_files, read_version_cache, version_key
-from settings import DEEPFOOL, DeepFoolSettings
+from settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings
 from utils import UsageError
 
 
@@ -68,8 +68,8 @@ class DeepFailGuardTrainer:
         if result.targets is None:
             raise UsageError("the validation loader must yield (images, labels) batches")
         fit = self.fit(result, result.targets)
-        fit.correct_kde.save(correct_kde_path)
-        fit.wrong_kde.save(wrong_kde_path)
+        fit.correct_kde.save(correct_kde_path, distance=self.deepfool.mode)
+        fit.wrong_kde.save(wrong_kde_path, distance=self.deepfool.mode)
         return fit
 
     @staticmethod
@@ -110,10 +110,16 @@ class DeepFailGuardModule:
         accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances."""
         from ModelManager import recorded_validation_accuracy
 
-        correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug)
+        correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug, deepfool.mode)
         val_acc, source = recorded_validation_accuracy(model_root, model_name, dataset, bug)
-        return cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
-                   deepfool=deepfool, accuracy_source=source)
+        module = cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
+                     deepfool=deepfool, accuracy_source=source)
+        for path, kde in ((correct_kde, module.correct_kde), (wrong_kde, module.wrong_kde)):
+            fitted_on = kde.distance or DEEPFOOL_MODE
+            if fitted_on != deepfool.mode:
+                raise UsageError(f"{path} was fitted on {fitted_on} distances, but this run measures {deepfool.mode} "
+                                 f"distances; refit with main_train_DeepFailGuard.py --distance {deepfool.mode}")
+        return module
 
     @staticmethod
     def load_kde(path) -> GaussianKDE:

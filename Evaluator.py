@@ -43,6 +43,7 @@ from metrics import (
     upper_limit,
 )
 from selection import METHODS, NEEDS, SCORES, SetContext, unmet_needs
+from settings import DEEPFOOL, DeepFoolSettings
 from storage import atomic_write_table
 from utils import UsageError
 
@@ -355,17 +356,17 @@ def check_record_lengths(record: VersionRecord, truth: np.ndarray, where: str) -
 # records from the cache, and writing the results
 # ---------------------------------------------------------------------------------------------
 
-def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int,
-                       num_classes: int | None = None) -> VersionRecord | None:
-    """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model;
-    None when its cache does not exist."""
-    answers = layout.read_version_cache(info_root, model, dataset, bug, num_classes)
+def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int, num_classes: int | None = None,
+                       deepfool: DeepFoolSettings = DEEPFOOL) -> VersionRecord | None:
+    """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model, in
+    ``deepfool``'s distance mode; None when its cache does not exist."""
+    answers = layout.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode)
     if answers is None:
         return None
-    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug)
+    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool)
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
-                         layout.read_validation_outputs(info_root, model, dataset, bug, num_classes))
+                         layout.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode))
 
 
 def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,

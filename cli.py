@@ -23,7 +23,7 @@ import utils
 from jobs import Job, JobSettings
 from layout import version_key
 from mydataset import Digits
-from settings import ATTACK_BATCH, SEED, THREADS, AttackSettings
+from settings import ATTACK_BATCH, DEEPFOOL, SEED, THREADS, AttackSettings, DeepFoolSettings, distance_mode
 from utils import UsageError
 
 
@@ -194,6 +194,23 @@ def add_attack_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inputs", type=positive_int, default=None,
                         help="attack at most this many validation and test inputs per version (a stratified "
                              "sample; default: all, or the preset's)")
+    add_distance_flag(parser)
+
+
+def add_distance_flag(parser: argparse.ArgumentParser) -> None:
+    """Which boundary distance the failure models are fitted on and the versions are judged by."""
+    parser.add_argument("--distance", type=distance_flag, default=DEEPFOOL,
+                        help="the boundary distance: deepfool (default, the paper's: 10 candidate classes, up to 50 "
+                             "steps), deepfool:K (the top K classes), first-order[:K] (one linearisation, no "
+                             "iteration: cheaper); each mode's failure models and caches live beside the others'")
+
+
+def distance_flag(text: str) -> DeepFoolSettings:
+    """``--distance``'s value as ``settings.DeepFoolSettings`` (argparse turns the error into exit status 2)."""
+    try:
+        return distance_mode(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
@@ -427,7 +444,7 @@ def roots_of(args: argparse.Namespace) -> layout.Roots:
 
 def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
     """The attack a fit, cache or real-time command line asks for (``--max-inputs`` or the preset's)."""
-    return AttackSettings(batch_size=args.batch_size, max_inputs=grid.max_inputs)
+    return AttackSettings(batch_size=args.batch_size, max_inputs=grid.max_inputs, deepfool=args.distance)
 
 
 def job_settings(args: argparse.Namespace, **fields) -> JobSettings:

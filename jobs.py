@@ -216,13 +216,13 @@ def run_fit(job: Job) -> Outcome:
     import plotting
     from DeepFailGuard import DeepFailGuardTrainer
 
-    roots = job.roots
-    correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug)
-    figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug)
+    roots, s = job.roots, job.settings
+    mode = s.attack.deepfool.mode
+    correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug, mode)
+    figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug, mode)
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug)]
-    validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug).values()
-    s = job.settings
+    validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug, mode).values()
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
     if not s.force and is_fresh([correct_path, wrong_path, *validation_paths], sources) and \
             _fitted_inputs(correct_path, wrong_path) == len(data.y_val):
@@ -233,7 +233,7 @@ def run_fit(job: Job) -> Outcome:
     trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
     loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
     fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
-    layout.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets)
+    layout.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets, mode)
     plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
@@ -274,14 +274,15 @@ def run_cache(job: Job) -> Outcome:
     # up to date: newer than the checkpoint, its metadata and the ground truth it answers
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug), truth_path]
-    outputs = layout.cache_paths(roots.info, job.model, job.dataset, job.bug).values()
+    mode = s.attack.deepfool.mode
+    outputs = layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode).values()
     if not s.force and is_fresh(outputs, sources):
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
     loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
     attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
     result = attacker.attack_loader(loader, progress=not s.quiet, description=job.key)
-    layout.write_version_cache(roots.info, job.model, job.dataset, job.bug, result)
+    layout.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode)
     accuracy = float((result.labels == data.y_test.numpy()).mean())
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
                                "median_d": f"{np.median(result.distances):.4f}"}, note="cached")

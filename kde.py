@@ -122,8 +122,14 @@ class GaussianKDE:
     # files
     # -----------------------------------------------------------------------------------------
 
-    def save(self, path) -> None:
-        atomic_save_npz(path, points=self.points, weights=self.weights, bandwidth=np.float64(self.bandwidth))
+    #: the distance mode whose distances the KDE was fitted on (``settings.DeepFoolSettings.mode``), as its file
+    #: records it; None for a file that does not say (the paper's pickles and older files: DeepFool's)
+    distance: str | None = None
+
+    def save(self, path, distance: str | None = None) -> None:
+        """Write the KDE, recording the distance mode its points were measured with where given."""
+        extra = {} if distance is None else {"distance": np.array(distance)}
+        atomic_save_npz(path, points=self.points, weights=self.weights, bandwidth=np.float64(self.bandwidth), **extra)
 
     @classmethod
     def load(cls, path) -> "GaussianKDE":
@@ -135,7 +141,10 @@ class GaussianKDE:
             return cls._from_pickle(path)
         try:
             with np.load(path, allow_pickle=False) as archive:
-                return cls(archive["points"], float(archive["bandwidth"]), archive["weights"])
+                kde = cls(archive["points"], float(archive["bandwidth"]), archive["weights"])
+                if "distance" in archive.files:
+                    kde.distance = str(archive["distance"])
+                return kde
         # TypeError: the file holds a single .npy array, which is no context manager
         except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
             raise UsageError(f"corrupt KDE file {path} ({exc}); "

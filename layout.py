@@ -8,6 +8,7 @@ caches drop in unchanged.
 |---|---|
 | checkpoint, metadata, loss curve | ``{model_root}/{key}.pth``, ``{key}.json``, ``{key}_loss.png`` |
 | failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
+| another distance mode | ``{key}_{mode}_{correct,wrong}.npz``, ``…_{success,distances}_{mode}.npy`` |
 | test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | validation outputs | ``{info_root}/val_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import FaultInjector
+from settings import DEEPFOOL_MODE
 from storage import atomic_save_npy, load_array, read_json
 from utils import UsageError
 
@@ -44,6 +46,8 @@ PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
 #: what the fit step keeps of a version's validation answers, for the methods that fit on them; distances last
 VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
+#: the arrays that depend on the distance mode (``--distance``); labels, softmax and logits are the same in every mode
+MODE_DEPENDENT = ("success", "distances")
 #: the step whose run writes a missing kind of output, for the notes that name it
 PRODUCER = {"validation": "main_train_DeepFailGuard.py", "test": "main_cache_test_distances.py"}
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
@@ -124,47 +128,74 @@ def loss_curve_path(model_root, model_name: str, dataset_name: str, bug_id: int 
     return Path(model_root) / f"{version_key(model_name, dataset_name, bug_id)}_loss.png"
 
 
-def kde_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> tuple[Path, Path]:
-    """``(correct, wrong)`` KDE files of a version, ours (``.npz``)."""
-    key = version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))
+def mode_tag(distance: str = DEEPFOOL_MODE) -> str:
+    """How a distance mode appears in file names: not at all for the paper's DeepFool (its names are kept), else
+    the mode without its colon (``first-order``, ``deepfool2``), so that every mode's files live side by side."""
+    return "" if distance == DEEPFOOL_MODE else distance.replace(":", "")
+
+
+def _with_tag(stem: str, distance: str) -> str:
+    tag = mode_tag(distance)
+    return f"{stem}_{tag}" if tag else stem
+
+
+def kde_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+              distance: str = DEEPFOOL_MODE) -> tuple[Path, Path]:
+    """``(correct, wrong)`` KDE files of a version, ours (``.npz``), for a distance mode."""
+    key = _with_tag(version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id)), distance)
     folder = Path(info_root) / KDE_SUBDIR
     return folder / f"{key}_correct.npz", folder / f"{key}_wrong.npz"
 
 
-def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> tuple[Path, Path]:
-    """The ``(correct, wrong)`` KDE files a version uses: ours (``.npz``) or the paper's (``.pkl``).
+def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+                   distance: str = DEEPFOOL_MODE) -> tuple[Path, Path]:
+    """The ``(correct, wrong)`` KDE files a version uses: ours (``.npz``) or, for the paper's DeepFool, the paper's
+    (``.pkl``).
 
     The version's own files come first, then the healthy version's for test-data faults (10-12).
-    A version with none is a UsageError naming the files looked for.
+    A version with none is a UsageError naming the files looked for (and the mode it has files for).
     """
     folder = Path(info_root) / KDE_SUBDIR
     keys = dict.fromkeys([version_key(model_name, dataset_name, bug_id),
                           version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))])
+    suffixes = (".npz", ".pkl") if distance == DEEPFOOL_MODE else (".npz",)
     for key in keys:
-        for suffix in (".npz", ".pkl"):
-            pair = (folder / f"{key}_correct{suffix}", folder / f"{key}_wrong{suffix}")
+        for suffix in suffixes:
+            stem = _with_tag(key, distance)
+            pair = (folder / f"{stem}_correct{suffix}", folder / f"{stem}_wrong{suffix}")
             if pair[0].is_file() and pair[1].is_file():
                 return pair
-    wanted = folder / f"{next(iter(keys))}_{{correct,wrong}}.npz"
-    raise UsageError(f"missing KDE files {wanted} (or .pkl): run main_train_DeepFailGuard.py for this version first")
+    wanted = folder / f"{_with_tag(next(iter(keys)), distance)}_{{correct,wrong}}.npz"
+    if distance == DEEPFOOL_MODE:
+        raise UsageError(f"missing KDE files {wanted} (or .pkl): run main_train_DeepFailGuard.py for this version "
+                         "first")
+    has_default = any((folder / f"{key}_correct{suffix}").is_file() for key in keys for suffix in (".npz", ".pkl"))
+    other = f" (it has a failure model fitted on {DEEPFOOL_MODE} distances, not on {distance} ones)" \
+        if has_default else ""
+    raise UsageError(f"missing KDE files {wanted}{other}: run main_train_DeepFailGuard.py --distance {distance} "
+                     "for this version first")
 
 
-def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
-    return figure_path(output, f"kde_{version_key(model_name, dataset_name, bug_id)}.png")
+def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | None,
+                    distance: str = DEEPFOOL_MODE) -> Path:
+    return figure_path(output, f"kde_{_with_tag(version_key(model_name, dataset_name, bug_id), distance)}.png")
 
 
 # ---------------------------------------------------------------------------------------------
 # the test cache, in the paper's layout
 # ---------------------------------------------------------------------------------------------
 
-def cache_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str) -> Path:
-    """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug0_distances.npy``."""
-    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{bug_id or 0}_{what}.npy"
-    return Path(info_root) / CACHE_SUBDIR / name
+def cache_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str,
+               distance: str = DEEPFOOL_MODE) -> Path:
+    """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug3_distances.npy`` (another distance mode's
+    distances and success flags: ``…_distances_first-order.npy``)."""
+    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{bug_id or 0}_{what}"
+    return Path(info_root) / CACHE_SUBDIR / f"{_with_tag(name, distance) if what in MODE_DEPENDENT else name}.npy"
 
 
-def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> dict[str, Path]:
-    return {what: cache_path(info_root, model_name, dataset_name, bug_id, what) for what in CACHE_FILES}
+def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+                distance: str = DEEPFOOL_MODE) -> dict[str, Path]:
+    return {what: cache_path(info_root, model_name, dataset_name, bug_id, what, distance) for what in CACHE_FILES}
 
 
 def test_set_of(bug_id: int | None) -> str:
@@ -197,9 +228,10 @@ class CachedAnswers:
         return self.labels == self.truth
 
 
-def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None, result) -> None:
+def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
+                        distance: str = DEEPFOOL_MODE) -> None:
     """A version's attack result (an ``AttackResult``) as its cache files; distances last."""
-    paths = cache_paths(info_root, model_name, dataset_name, bug_id)
+    paths = cache_paths(info_root, model_name, dataset_name, bug_id, distance)
     for what in CACHE_FILES:
         atomic_save_npy(paths[what], getattr(result, "labels" if what == "dnn_labels" else what))
 
@@ -208,21 +240,24 @@ def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: i
 # what the fit step measured on the validation split, kept for the methods that fit on it
 # ---------------------------------------------------------------------------------------------
 
-def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str) -> Path:
+def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str,
+                    distance: str = DEEPFOOL_MODE) -> Path:
     """A version's validation output in the test cache's naming, e.g. ``CIFAR10_resnet_bug3_logits.npy``; a
     test-data fault's version answers validation with the healthy weights, so it shares the healthy files."""
-    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{FaultInjector.checkpoint_fault(bug_id)}_{what}.npy"
-    return Path(info_root) / VALIDATION_SUBDIR / name
+    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{FaultInjector.checkpoint_fault(bug_id)}_{what}"
+    return Path(info_root) / VALIDATION_SUBDIR / f"{_with_tag(name, distance) if what in MODE_DEPENDENT else name}.npy"
 
 
-def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None) -> dict[str, Path]:
-    return {what: validation_path(info_root, model_name, dataset_name, bug_id, what) for what in VALIDATION_FILES}
+def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
+                     distance: str = DEEPFOOL_MODE) -> dict[str, Path]:
+    return {what: validation_path(info_root, model_name, dataset_name, bug_id, what, distance)
+            for what in VALIDATION_FILES}
 
 
 def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
-                             truth: np.ndarray) -> None:
+                             truth: np.ndarray, distance: str = DEEPFOOL_MODE) -> None:
     """A version's validation attack result and the labels it answered; distances last."""
-    paths = validation_paths(info_root, model_name, dataset_name, bug_id)
+    paths = validation_paths(info_root, model_name, dataset_name, bug_id, distance)
     arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels,
               "probabilities": result.probabilities, "logits": result.logits, "distances": result.distances}
     for what in VALIDATION_FILES:
@@ -230,10 +265,10 @@ def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_
 
 
 def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None,
-                            num_classes: int | None = None) -> CachedAnswers | None:
+                            num_classes: int | None = None, distance: str = DEEPFOOL_MODE) -> CachedAnswers | None:
     """A version's validation outputs, checked as the test cache is; None when the fit step has not written them
     (the paper's release, or a fit from before they were kept)."""
-    paths = validation_paths(info_root, model_name, dataset_name, bug_id)
+    paths = validation_paths(info_root, model_name, dataset_name, bug_id, distance)
     if not all(path.is_file() for path in paths.values()):
         return None
     probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
@@ -274,13 +309,13 @@ def check_logits(logits: np.ndarray, path) -> np.ndarray:
 
 
 def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None,
-                       num_classes: int | None = None) -> CachedAnswers | None:
+                       num_classes: int | None = None, distance: str = DEEPFOOL_MODE) -> CachedAnswers | None:
     """A version's cached answers, checked; None when the version has no cache (no distances or labels).
 
     Labels must be classes of the dataset (below ``num_classes`` where known, and below the width of the
     cached probabilities), and probabilities a softmax: rows in [0, 1] that sum to 1.
     """
-    paths = cache_paths(info_root, model_name, dataset_name, bug_id)
+    paths = cache_paths(info_root, model_name, dataset_name, bug_id, distance)
     if not (paths["distances"].is_file() and paths["dnn_labels"].is_file()):
         return None
     distances = _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
-            result.logits, layout.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes))
+            result.logits, layout.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
+                                                          attack.deepfool.mode))
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
                                   progress=not args.quiet)

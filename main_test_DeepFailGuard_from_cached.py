@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_grid_flags(parser)
     paper.add_configuration_flags(parser)
     paper.add_posterior_flag(parser)
+    cli.add_distance_flag(parser)
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "model", "info", "output")
     return parser
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
         records, missing = {}, []
         num_classes = layout.recorded_num_classes(args.info_root, args.model_root, dataset)
         for model, bug in versions:
-            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes)
+            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes,
+                                                  args.distance)
             if record is None:
                 missing.append(f"{model}/bug{bug}")
             else:
