@@ -1,4 +1,4 @@
-"""Deployment latency of real-time DeepFailGuard against majority voting, per input (issue 11, item 4).
+"""Deployment latency of real-time DeepFailGuard against majority voting, per input and per distance mode.
 
 Three versions (default: the demo's SqueezeNet, DenseNet-121, ResNet-50 on DIGITS): loaded from
 ``--model-root`` where a healthy checkpoint is there, else trained for ``--train-epochs`` epochs
@@ -14,9 +14,12 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
   vote   majority voting: the three networks' forward passes under ``torch.no_grad`` and the vote,
          in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
 
-and prints milliseconds per input, the ratio dfg/vote, and each version's attack alone at the batch size.
+and prints, for each distance mode of ``--distances`` (``settings.distance_mode``: the paper's ``deepfool``,
+``deepfool:K``, ``first-order[:K]``), milliseconds per input, the ratio dfg/vote, and each version's attack
+alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
 
     python benchmarks/bench_latency.py --device cuda [--model-root DIR] [--image-size 128] [--batch 64]
+    python benchmarks/bench_latency.py --device cpu --image-size 32 --distances deepfool deepfool:2 first-order
     python benchmarks/bench_latency.py --device cpu --image-size 32 --batch 4 --repeats 2 --train-epochs 0  # dry
 """
 
@@ -45,7 +48,7 @@ from DatasetManager import create_dataset, resize_batch  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from kde import GaussianKDE  # noqa: E402
 from layout import Roots  # noqa: E402
-from settings import TrainSettings  # noqa: E402
+from settings import TrainSettings, distance_mode  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 
@@ -102,6 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=cli.positive_int, default=64, help="the batched measurement's size")
     parser.add_argument("--repeats", type=cli.positive_int, default=20)
     parser.add_argument("--kde-points", type=cli.positive_int, default=360, help="DIGITS' validation size")
+    parser.add_argument("--distances", nargs="+", type=cli.distance_flag,
+                        default=[distance_mode(m) for m in ("deepfool", "deepfool:2", "first-order", "first-order:2")],
+                        help="distance modes to time (default: deepfool deepfool:2 first-order first-order:2)")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     data = create_dataset("DIGITS")
@@ -109,18 +115,16 @@ def main(argv=None) -> int:
         data = data.at(image_size=args.image_size)
     with tempfile.TemporaryDirectory(prefix="bench_latency_") as scratch_name:
         scratch = Path(scratch_name)
-        modules, networks, sizes = [], [], []
+        versions, networks, sizes, kdes = [], [], [], []
         for model_name in args.models:
             model, origin = get_version(model_name, data, device, args, scratch)
             size = args.image_size or model.metadata["image_size"]
-            correct_kde, wrong_kde = synthetic_kdes(scratch, model_name, args.kde_points)
-            modules.append(DeepFailGuardModule(model, correct_kde, wrong_kde, 0.95, device=device, name=model_name,
-                                               image_size=size))
+            versions.append(model)
+            kdes.append(synthetic_kdes(scratch, model_name, args.kde_points))
             networks.append(model.model_structure.to(device).eval())
             sizes.append(size)
             print(f"{model_name}: {origin}, input {size}x{size}, test accuracy {model.metadata.get('test_acc')}",
                   flush=True)
-        guard = DeepFailGuard(modules)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} thr)"
         print(f"latency on {where}, torch {torch.__version__}; median of {args.repeats}; KDEs of {args.kde_points} "
               "synthetic distances")
@@ -133,31 +137,41 @@ def main(argv=None) -> int:
                                       for net, size in zip(networks, sizes)])
             return torch.mode(labels, dim=0).values.cpu().numpy()
 
-        single = iter(range(10 ** 9))
+        vote_ms = {}
+        for batch_size in (1, args.batch):
+            vote(images[:batch_size])  # warm-up: cuDNN autotuning, allocator
+            vote_ms[batch_size] = 1000 * median_seconds(vote, images[:batch_size], device, args.repeats) / batch_size
+        rows, alone = [], {}
+        for deepfool in args.distances:
+            modules = [DeepFailGuardModule(model, *paths, 0.95, device=device, name=model.model_name,
+                                           image_size=size, deepfool=deepfool)
+                       for model, paths, size in zip(versions, kdes, sizes)]
+            guard = DeepFailGuard(modules)
+            single = iter(range(10 ** 9))
 
-        def dfg_single(batch):
-            return guard.infer(images[next(single) % len(images)])
+            def dfg_single(batch, guard=guard, single=single):
+                return guard.infer(images[next(single) % len(images)])
 
-        def dfg_batch(batch):
-            return guard.batch_infer([[(batch, torch.zeros(len(batch)))]] * len(modules))
+            def dfg_batch(batch, guard=guard, modules=modules):
+                return guard.batch_infer([[(batch, torch.zeros(len(batch)))]] * len(modules))
 
-        rows = []
-        for batch_size, dfg in ((1, dfg_single), (args.batch, dfg_batch)):
-            batch = images[:batch_size]
-            dfg(batch)
-            vote(batch)  # warm-up: cuDNN autotuning, allocator
-            dfg_s = median_seconds(dfg, batch, device, args.repeats)
-            vote_s = median_seconds(vote, batch, device, args.repeats)
-            rows.append((batch_size, 1000 * dfg_s / batch_size, 1000 * vote_s / batch_size))
-        print(f"{'batch':>5} {'dfg_ms/input':>12} {'vote_ms/input':>13} {'dfg/vote':>9}")
-        for batch_size, dfg_ms, vote_ms in rows:
-            print(f"{batch_size:>5} {dfg_ms:>12.3f} {vote_ms:>13.4f} {dfg_ms / vote_ms:>8.1f}x")
-        batch = images[:args.batch]
+            for batch_size, dfg in ((1, dfg_single), (args.batch, dfg_batch)):
+                batch = images[:batch_size]
+                dfg(batch)  # warm-up
+                rows.append((deepfool.mode, batch_size,
+                             1000 * median_seconds(dfg, batch, device, args.repeats) / batch_size))
+            batch = images[:args.batch]
+            for module in modules:
+                module.attack(batch)
+                alone[deepfool.mode, module.name] = \
+                    1000 * median_seconds(module.attack, batch, device, args.repeats) / len(batch)
+        print(f"{'distance':<15} {'batch':>5} {'dfg_ms/input':>12} {'vote_ms/input':>13} {'dfg/vote':>9}")
+        for mode, batch_size, dfg_ms in rows:
+            print(f"{mode:<15} {batch_size:>5} {dfg_ms:>12.3f} {vote_ms[batch_size]:>13.4f} "
+                  f"{dfg_ms / vote_ms[batch_size]:>8.1f}x")
         print(f"each version's attack alone at batch {args.batch} (ms/input):")
-        for module in modules:
-            module.attack(batch)
-            seconds = median_seconds(module.attack, batch, device, args.repeats)
-            print(f"  {module.name:<11} {1000 * seconds / len(batch):.3f}")
+        for (mode, name), ms in alone.items():
+            print(f"  {mode:<15} {name:<11} {ms:.3f}")
     return 0
 
 
