@@ -94,6 +94,9 @@ class DeepFailGuardModule:
     def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
                  image_size: int | None = None, deepfool: DeepFoolSettings = DEEPFOOL, accuracy_source: str = ""):
         self.model = model
+        #: which entry of a device list this version was given (``--devices``): versions with distinct slots
+        #: may run side by side even on the CPU (:func:`attack_concurrently`)
+        self.device_slot = None
         self.correct_kde = self.load_kde(correct_kde_path)
         self.wrong_kde = self.load_kde(wrong_kde_path)
         self.val_acc = check_accuracy(val_acc, accuracy_source or name or str(correct_kde_path))
@@ -282,17 +285,18 @@ class DeepFailGuard:
         chosen_labels, chosen = self.select(confidences, labels)
         return Decision(chosen_labels, chosen, labels, confidences, distances)
 
-    def batch_infer(self, loaders, progress: bool = False) -> Decision:
+    def batch_infer(self, loaders, progress: bool = False, concurrent: bool = True) -> Decision:
         """Run every version's attacker over the test inputs, then decide.
 
         ``loaders``: one loader per version (the same inputs in the same order), or a single loader
-        shared by all; each batch is resized to the size its version sees.
+        shared by all; each batch is resized to the size its version sees. Versions on different devices
+        (each module's ``device``) are attacked at the same time (:func:`attack_concurrently`).
         """
         if not isinstance(loaders, (list, tuple)):
             loaders = [loaders] * len(self.modules)
         if len(loaders) != len(self.modules):
             raise UsageError(f"{len(self.modules)} versions but {len(loaders)} loaders")
-        results = [module.attack_loader(loader, progress=progress) for module, loader in zip(self.modules, loaders)]
+        results = attack_concurrently(list(zip(self.modules, loaders)), progress=progress, concurrent=concurrent)
         decision = self.batch_infer_cached([r.distances for r in results], [r.labels for r in results])
         decision.extras["probabilities"] = np.stack([r.probabilities for r in results])
         return decision
@@ -303,3 +307,46 @@ class DeepFailGuard:
         results = [module.attack(batch) for module in self.modules]
         decision = self.batch_infer_cached([r.distances for r in results], [r.labels for r in results])
         return int(decision.labels[0])
+
+
+def attack_concurrently(work: list, progress: bool = False, concurrent: bool = True) -> list[AttackResult]:
+    """``module.attack_loader(loader)`` for every ``(module, loader)`` of ``work``, in its order, with one thread
+    per device slot, so that the latency approaches the slowest slot's rather than the sum of the versions'.
+
+    A slot is the entry of the device list a version was given (``module.device_slot``, ``--devices``); versions
+    of one slot run one after another on its thread. Without slots, every CUDA version is a slot of its own
+    (versions sharing a GPU each get a stream, so their kernels may overlap where the device has room) and the
+    CPU versions share one: they run in turn, said once on stderr, since they would only contend for the same
+    cores. Results do not depend on the concurrency: a version's attack is the same computation on any thread.
+    """
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    slots: dict = {}
+    for index, (module, _) in enumerate(work):
+        device = module.attacker.device if module.attacker is not None else None
+        key = module.device_slot if module.device_slot is not None else \
+            (("cuda", index) if device is not None and device.type == "cuda" else "cpu")
+        slots.setdefault(key, []).append(index)
+    if not concurrent or len(slots) < 2:
+        if concurrent and len(work) > 1:
+            print("note: the versions share one CPU device, so their attacks run one after another (name the CPU "
+                  "once per slot, e.g. --devices cpu cpu cpu, to run them side by side)", file=sys.stderr)
+        return [module.attack_loader(loader, progress=progress) for module, loader in work]
+
+    results: list = [None] * len(work)
+
+    def run_slot(indices: list[int]) -> None:
+        for index in indices:
+            module, loader = work[index]
+            device = module.attacker.device if module.attacker is not None else None
+            if device is not None and device.type == "cuda":
+                with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+                    results[index] = module.attack_loader(loader, progress=progress)
+                    torch.cuda.current_stream(device).synchronize()
+            else:
+                results[index] = module.attack_loader(loader, progress=progress)
+
+    with ThreadPoolExecutor(len(slots), thread_name_prefix="attack") as pool:
+        list(pool.map(run_slot, slots.values()))  # list(): a slot's exception is raised here
+    return results

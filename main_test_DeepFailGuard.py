@@ -4,8 +4,11 @@ Same version sets, methods and CSV schema as the cached evaluation (step 4a), bu
 computed now by running DeepFool against the live networks; nothing is read from the test cache (the
 validation outputs the fit step kept are read, for the methods that learn from them).
 
+``--devices`` gives each version a device of its own (in turn), and their attacks run side by side.
+
 Examples:
     python main_test_DeepFailGuard.py --output dfg_results/realtime
+    python main_test_DeepFailGuard.py --devices cuda:0 cuda:1 cuda:2 --distance first-order
     python main_test_DeepFailGuard.py --models resnet densenet --bugs 0 8 --device cuda
 """
 
@@ -20,13 +23,17 @@ import Evaluator
 import layout
 import ModelManager
 import paper
+import utils
 from DatasetManager import DatasetCache
-from DeepFailGuard import DeepFailGuardModule
+from DeepFailGuard import DeepFailGuardModule, attack_concurrently
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.attack_step_parser(__doc__)
     paper.add_posterior_flag(parser)
+    parser.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                        help="one device per version, in turn (e.g. cuda:0 cuda:1 cuda:2, or cpu cpu cpu): the "
+                             "versions' attacks then run side by side (default: every version on --device)")
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "data", "model", "info", "output")
     parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
@@ -39,17 +46,25 @@ def main(argv=None) -> int:
     attack = cli.attack_settings(args, grid)
     roots = cli.roots_of(args)
     versions = cli.trained_versions(grid, roots.model)
+    devices = [utils.choose_device(d) for d in args.devices] if args.devices else [device]
     datasets = DatasetCache(roots.data)
+    loaded = []
+    for index, (dataset, model_name, bug) in enumerate(tqdm(versions, desc="loading versions", unit="version",
+                                                            disable=args.quiet)):
+        version_device = devices[index % len(devices)]
+        model = ModelManager.load_version(model_name, dataset, bug, version_device, roots=roots)
+        module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
+                                                device=version_device, deepfool=attack.deepfool)
+        module.posterior_rule = paper.posterior_rule(args.posterior)
+        module.device_slot = index % len(devices) if args.devices else None
+        data = datasets.get(dataset, bug, attack.max_inputs)
+        loaded.append((dataset, model_name, bug, module, data,
+                       ModelManager.loader_for(model, data, "test", attack.batch_size)))
+    results = attack_concurrently([(module, loader) for *_, module, _, loader in loaded], progress=not args.quiet,
+                                  concurrent=bool(args.devices))
     records_by_dataset = {d: {} for d in grid.datasets}
     truths_by_dataset = {d: {} for d in grid.datasets}
-    for dataset, model_name, bug in tqdm(versions, desc="real-time versions", unit="version", disable=args.quiet):
-        model = ModelManager.load_version(model_name, dataset, bug, device, roots=roots)
-        module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
-                                                device=device, deepfool=attack.deepfool)
-        module.posterior_rule = paper.posterior_rule(args.posterior)
-        data = datasets.get(dataset, bug, attack.max_inputs)
-        result = module.attack_loader(ModelManager.loader_for(model, data, "test", attack.batch_size),
-                                      progress=not args.quiet)
+    for (dataset, model_name, bug, module, data, _), result in zip(loaded, results):
         test_set = layout.test_set_of(bug)
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(

@@ -63,3 +63,30 @@ def test_a_mode_without_its_failure_model_names_the_step_and_the_flag(pipeline_c
     result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--distance", "deepfool:2"))
     assert_usage_error(result, "deepfool2_{correct,wrong}.npz", "fitted on deepfool distances, not on deepfool:2",
                        "main_train_DeepFailGuard.py --distance deepfool:2")
+
+
+def test_versions_on_devices_of_their_own_decide_as_on_one(pipeline_copy, capsys):
+    """Three CPU "devices": the versions' attacks run side by side, on threads, and every result is the one of
+    the reference pipeline's real-time run on one device (same flags, same thread count)."""
+    ws = pipeline_copy
+    result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--devices", "cpu", "cpu", "cpu",
+                                                         "--output", ws.root / "three"))
+    assert result.returncode == 0, result.stderr
+    assert "one after another" not in result.stderr
+    for name in (layout.RESULTS_CSV, layout.FAILURE_PREDICTION_CSV):
+        pd.testing.assert_frame_equal(pd.read_csv(ws.root / "three" / name), pd.read_csv(ws.realtime / name))
+
+
+def test_one_cpu_device_for_every_version_says_they_run_in_turn(pipeline_copy, capsys):
+    ws = pipeline_copy
+    result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--devices", "cpu", "--output", ws.root / "one"))
+    assert result.returncode == 0, result.stderr
+    assert "run one after another" in result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(ws.root / "one" / layout.RESULTS_CSV),
+                                  pd.read_csv(ws.realtime / layout.RESULTS_CSV))
+
+
+def test_an_unknown_device_in_the_list_is_a_usage_error(pipeline_copy, capsys):
+    ws = pipeline_copy
+    result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--devices", "cpu", "tpu:9"))
+    assert_usage_error(result, "tpu:9")
