@@ -316,8 +316,8 @@ def attack_concurrently(work: list, progress: bool = False, concurrent: bool = T
     A slot is the entry of the device list a version was given (``module.device_slot``, ``--devices``); versions
     of one slot run one after another on its thread. Without slots, every CUDA version is a slot of its own
     (versions sharing a GPU each get a stream, so their kernels may overlap where the device has room) and the
-    CPU versions share one: they run in turn, said once on stderr, since they would only contend for the same
-    cores. Results do not depend on the concurrency: a version's attack is the same computation on any thread.
+    CPU versions share one: they run in turn (said on stderr where a device list asked for more), since they
+    would only contend for the same cores. Results do not depend on the concurrency: a version's attack is the same computation on any thread.
     """
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -329,7 +329,7 @@ def attack_concurrently(work: list, progress: bool = False, concurrent: bool = T
             (("cuda", index) if device is not None and device.type == "cuda" else "cpu")
         slots.setdefault(key, []).append(index)
     if not concurrent or len(slots) < 2:
-        if concurrent and len(work) > 1:
+        if concurrent and len(work) > 1 and any(module.device_slot is not None for module, _ in work):
             print("note: the versions share one CPU device, so their attacks run one after another (name the CPU "
                   "once per slot, e.g. --devices cpu cpu cpu, to run them side by side)", file=sys.stderr)
         return [module.attack_loader(loader, progress=progress) for module, loader in work]
