@@ -317,7 +317,8 @@ def attack_concurrently(work: list, progress: bool = False, concurrent: bool = T
     of one slot run one after another on its thread. Without slots, every CUDA version is a slot of its own
     (versions sharing a GPU each get a stream, so their kernels may overlap where the device has room) and the
     CPU versions share one: they run in turn (said on stderr where a device list asked for more), since they
-    would only contend for the same cores. Results do not depend on the concurrency: a version's attack is the same computation on any thread.
+    would only contend for the same cores. Results do not depend on the concurrency: a version's attack is the
+    same computation on any thread.
     """
     import sys
     from concurrent.futures import ThreadPoolExecutor
