@@ -544,3 +544,21 @@ def test_first_order_on_a_cnn_is_an_estimate_that_ranks_like_deepfool():
     np.testing.assert_allclose(first.probabilities, full.probabilities)
     assert np.isfinite(first.distances).all() and (first.distances >= 0).all()
     assert spearmanr(first.distances, full.distances).statistic > 0.8
+
+
+@pytest.mark.parametrize("mode", ["deepfool:2", "deepfool:4"])
+def test_deepfool_k_mode_is_foolbox_with_k_candidates(mode):
+    fb = pytest.importorskip("foolbox")
+    from settings import distance_mode
+
+    model, x = small_cnn(10), images(16)
+    settings = distance_mode(mode)
+    ours = Attacker.from_settings(model, settings, "cpu").attack(x)
+    attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=settings.candidates, overshoot=0.02)
+    clean = model(x).argmax(dim=1)
+    raw, _, fb_success = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.Misclassification(clean),
+                                epsilons=None)
+    fb_distances = (raw - x).flatten(1).norm(dim=1).numpy()
+    assert np.mean(ours.success == fb_success.numpy()) >= 0.99 and ours.success.mean() > 0.9
+    relative = np.abs(ours.distances - fb_distances) / np.maximum(fb_distances, 1e-12)
+    assert np.median(relative) <= 1e-4, relative
