@@ -48,8 +48,6 @@ CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
 VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
 #: the arrays that depend on the distance mode (``--distance``); labels, softmax and logits are the same in every mode
 MODE_DEPENDENT = ("success", "distances")
-#: the step whose run writes a missing kind of output, for the notes that name it
-PRODUCER = {"validation": "main_train_DeepFailGuard.py", "test": "main_cache_test_distances.py"}
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV)
 #: what ``--configurations paper`` adds beside them

@@ -80,6 +80,11 @@ class SetContext:
     region: object | None = None
 
 
+def stacked_labels(members) -> np.ndarray:
+    """The members' test labels as one (members × inputs) array."""
+    return np.stack([member.labels for member in members])
+
+
 class SelectBy(Method):
     """Per input, the member whose score is highest answers (the first such member on ties)."""
 
@@ -87,7 +92,7 @@ class SelectBy(Method):
 
     def predict(self, state, members, context) -> np.ndarray:
         scores = np.stack([member.score(self.score) for member in members])
-        labels = np.stack([member.labels for member in members])
+        labels = stacked_labels(members)
         chosen = np.argmax(scores, axis=0)
         return np.take_along_axis(labels, chosen[None, :], axis=0)[0]
 

@@ -8,12 +8,12 @@ from functools import lru_cache
 import numpy as np
 
 from metrics import majority_vote
-from selection.base import Method, register_method
+from selection.base import Method, register_method, stacked_labels
 from settings import SEED
 
 
 def _labels(members) -> np.ndarray:
-    return np.stack([member.labels for member in members])
+    return stacked_labels(members)
 
 
 @register_method
@@ -33,7 +33,7 @@ class Voting(Method):
     name = "voting"
 
     def predict(self, state, members, context):
-        return majority_vote(_labels(members), context.num_classes)
+        return majority_vote(stacked_labels(members), context.num_classes)
 
 
 @register_method

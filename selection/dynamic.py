@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from metrics import majority_vote
-from selection.base import Method, register_method, weighted_vote
+from selection.base import Method, register_method, stacked_labels, weighted_vote
 
 #: the size of the region of competence (DESlib's default)
 NEIGHBOURS = 7
@@ -83,7 +83,7 @@ class DynamicSelection(Method):
     @staticmethod
     def _answer_of_most_competent(competence: np.ndarray, members) -> np.ndarray:
         """DESlib's DCS "best": the most competent member answers (the first one on ties)."""
-        labels = np.stack([member.labels for member in members])
+        labels = stacked_labels(members)
         return np.take_along_axis(labels, np.argmax(competence, axis=0)[None, :], axis=0)[0]
 
 
@@ -130,7 +130,7 @@ class KnoraEliminate(DynamicSelection):
 
     def predict(self, run, members, context):
         selected = run == run.max(axis=0, keepdims=True)
-        return weighted_vote(np.stack([member.labels for member in members]), selected, context.num_classes)
+        return weighted_vote(stacked_labels(members), selected, context.num_classes)
 
 
 @register_method
@@ -147,7 +147,7 @@ class KnoraUnion(DynamicSelection):
         return hits(version, region).sum(axis=1)
 
     def predict(self, weights, members, context):
-        labels = np.stack([member.labels for member in members])
+        labels = stacked_labels(members)
         answer = weighted_vote(labels, weights, context.num_classes)
         nobody = weights.sum(axis=0) == 0
         if nobody.any():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from selection.base import Method, register_method, weighted_vote
+from selection.base import Method, register_method, stacked_labels, weighted_vote
 
 #: keeps the log-odds of a version that is always (or never) right on validation finite
 ACCURACY_CLIP = 1e-3
@@ -20,5 +20,5 @@ class AccuracyWeightedVoting(Method):
     def predict(self, state, members, context):
         accuracy = np.clip([member.val_acc for member in members], ACCURACY_CLIP, 1 - ACCURACY_CLIP)
         weights = np.log((context.num_classes - 1) * accuracy / (1 - accuracy))
-        labels = np.stack([member.labels for member in members])
+        labels = stacked_labels(members)
         return weighted_vote(labels, np.repeat(weights[:, None], labels.shape[1], axis=1), context.num_classes)
