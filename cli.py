@@ -397,7 +397,7 @@ def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
 
 def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     """``--launcher`` and its engines' options (the per-version scripts)."""
-    from launchers import LAUNCHERS, parse_sbatch_option
+    from launchers import AUTO_JOBS_PER_TASK, LAUNCHERS, jobs_per_task_flag, parse_sbatch_option
 
     parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local", type=_launcher_with_engine,
                         help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays "
@@ -413,13 +413,17 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
                          help="GPUs Ray reserves per job, fractions allowed (default: 1 where this machine has CUDA, "
                               "else 0)")
     engines.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the cluster's default)")
-    engines.add_argument("--slurm-time", type=positive_int, default=240, help="time limit of each Slurm job, minutes")
+    engines.add_argument("--slurm-time", type=positive_int, default=240,
+                         help="time limit of each Slurm array task (all of its jobs), minutes")
+    engines.add_argument("--slurm-jobs-per-task", type=jobs_per_task_flag, default=None, metavar="N|auto",
+                         help="jobs one Slurm array task runs one after another in one process, paying the start-up "
+                              f"once (default: auto: up to {AUTO_JOBS_PER_TASK}, but a training alone)")
     engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=None,
-                         help="CPUs per Slurm job (default: --threads)")
+                         help="CPUs per Slurm array task (default: --threads)")
     engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=0,
-                         help="GPUs per Slurm job (gres; default: 0)")
+                         help="GPUs per Slurm array task (gres; default: 0)")
     engines.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
-                         help="at most this many jobs of one array run at once (default: Slurm's limit)")
+                         help="at most this many tasks of one array run at once (default: Slurm's limit)")
     engines.add_argument("--slurm-sbatch-option", type=parse_sbatch_option, action="append", default=[],
                          metavar="KEY=VALUE",
                          help="extra sbatch option, repeatable (e.g. account=myproject; default: none)")

@@ -101,6 +101,11 @@ class Outcome:
     log: str = ""  # where the failure's full output is (launchers that keep logs)
     seconds: float = 0.0
     usage_error: bool = False  # bad input (exit 2) rather than a bug (exit 1)
+    #: the traceback of an exception the job raised, or the engine's word on a worker that died under it: the job
+    #: did not finish, so the jobs that need it are not run (the launcher writes it to the failure's log)
+    trace: str = ""
+    #: where it ran (host, process, the GPUs that process may see), set by the engines' workers
+    worker: str = ""
 
 
 def step_of(bug: int) -> str:
@@ -148,6 +153,16 @@ def version_lock(job: Job):
     name = f"{job.step if job.step in ('fit', 'cache') else 'train'}_{layout.version_key(job.model, job.dataset, bug)}"
     with FileLock(os.path.join(folder, f"{name}.lock")):
         yield
+
+
+def import_step_modules() -> None:
+    """Import what the steps import when they first run: an engine's worker calls this when it starts, so that
+    its first job does not pay the imports (torchvision's alone take seconds) and every job's time is its own."""
+    import Attacker  # noqa: F401
+    import DeepFailGuard  # noqa: F401
+    import kde  # noqa: F401
+    import ModelManager  # noqa: F401
+    import plotting  # noqa: F401
 
 
 def _datasets(data_root: str):

@@ -1,21 +1,29 @@
 """Launchers: each takes the same list of jobs and runs them, here or on an engine.
 
 A launcher holds no algorithm: it places jobs and collects their outcomes; what a job does is
-``jobs.run_job``. Every launcher leaves the same files as ``local``.
+``jobs.run_job``. Every launcher leaves the same files as ``local``. The engines pay a worker's start-up
+(an interpreter, the torch import, a CUDA context, the dataset) once per worker, not once per job.
 
 - ``local``: in this process, one job after another, in the order given (dependencies come first).
-- ``ray``: one Ray task per job (``--cpus-per-job``, ``--gpus-per-job``; fractions allowed). A job that
-  needs another job of the same launch (``Job.depends_on``: a derived version needs its healthy
-  checkpoint) gets that job's result as an argument, so Ray starts it only after. A worker that dies
-  mid-job is retried (``RAY_MAX_RETRIES``; every write is atomic and every step skips finished work,
-  so a rerun is safe); an exception raised by a job is a failure, not retried. ``--ray-address`` joins
-  a running cluster, otherwise a local one is started for the launch and shut down after it. Inside a
-  job with GPUs, Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned, which the default device
-  (``auto``) then uses. The workers import this repository's modules from ``PYTHONPATH`` (set to the
-  repository's folder for them): on a multi-node cluster the repository and the four roots must be on
-  a filesystem every node mounts at the same path; nothing is uploaded.
-- ``slurm``: one submitit job array per step (``--slurm-*`` flags). A later step's array waits for the
-  arrays of the steps it needs (``afterany``: it runs even if some of them failed, and its jobs then
+- ``ray``: a pool of long-lived Ray actors (``JobWorker``), one per device slot: as many as the cluster
+  has room for at ``--cpus-per-job`` and ``--gpus-per-job`` each (fractions allowed), never more than
+  there are jobs. Each actor holds its CPUs and GPUs for the whole launch (Ray sets its
+  ``CUDA_VISIBLE_DEVICES`` to the GPUs it was given, which the default device ``auto`` then uses) and
+  keeps its imports, CUDA context and dataset cache from one job to the next. Jobs go to free actors in
+  the order given, a job only after the jobs of this launch it needs (``Job.depends_on``: a derived version
+  needs its healthy checkpoint). An actor that dies mid-job (killed, out of memory, node lost) is restarted
+  by Ray and the job retried on it, up to ``RAY_MAX_RETRIES`` times (every write is atomic and every step
+  skips finished work, so a rerun is safe); an exception raised by a job is a failure, not retried, and
+  the actor it raised in is replaced (the exception may have left its CUDA context unusable).
+  ``--ray-address`` joins a running cluster, otherwise a local one is started for the launch and shut
+  down after it. The workers import this repository's modules from ``PYTHONPATH`` (set to the
+  repository's folder for them): on a multi-node cluster the repository and the four roots must be on a
+  filesystem every node mounts at the same path; nothing is uploaded.
+- ``slurm``: submitit job arrays whose elements (array tasks) each run several jobs in one process, in
+  order (``--slurm-jobs-per-task``; by default a training alone, other jobs eight to a task, a healthy
+  training together with the derived versions that need it). A job that fails is reported for itself
+  and the others of its task still run. Jobs that need a job of another task go to a later array,
+  which waits for the arrays it needs (``afterany``: it runs even if some of them failed, and its jobs then
   fail fast on their missing inputs rather than wait forever). The driver waits with a progress bar,
   or with ``--no-wait`` submits, prints the job ids and returns. Logs: ``{output}/logs/slurm/``. The
   repository and the roots must be on a filesystem shared with the compute nodes, and the nodes must
@@ -36,6 +44,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -46,13 +55,13 @@ from utils import UsageError
 
 REPO = Path(__file__).resolve().parent
 CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
-#: how often Ray reruns a job whose worker process died (killed, out of memory, node lost)
+#: how often Ray reruns a job whose actor process died (killed, out of memory, node lost)
 RAY_MAX_RETRIES = 3
 #: seconds a Ray address has to accept a connection before the launch is refused
 RAY_CONNECT_TIMEOUT_S = 10.0
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here
 #: seconds between two looks at the Slurm queue while waiting
-SLURM_POLL_S = 1.0
+SLURM_POLL_S = 0.25  # a look is a few stat() calls
 SLURM_QUEUE_CHECK_S = 20.0
 
 
@@ -106,6 +115,24 @@ def _worker_pythonpath() -> str:
     return os.pathsep.join(parts)
 
 
+def worker_identity() -> str:
+    """Where this process runs: host, process id, and the GPUs it may see (when an engine restricted them)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{socket.gethostname()} pid {os.getpid()}" + (f" GPUs {devices}" if devices is not None else "")
+
+
+def run_guarded(job: Job) -> Outcome:
+    """``run_job`` in an engine's worker: an exception the job raises (a bug; bad input is already a failed
+    outcome) becomes a failed outcome carrying the traceback, so the worker lives on to run the next job."""
+    try:
+        outcome = run_job(job)
+    except Exception as exc:  # noqa: BLE001 - any bug of one job must not take the other jobs down
+        outcome = _failed(job, f"{type(exc).__name__}: {exc}")
+        outcome.trace = traceback.format_exc()
+    outcome.worker = worker_identity()
+    return outcome
+
+
 # ---------------------------------------------------------------------------------------------
 # ray
 # ---------------------------------------------------------------------------------------------
@@ -117,13 +144,36 @@ def default_gpus_per_job() -> float:
     return 1.0 if torch.cuda.is_available() else 0.0
 
 
-def _run_after(job: Job, *upstream) -> Outcome:
-    """The Ray task: ``upstream`` (the results of the jobs it needs) only orders it after them."""
-    return run_job(job)
+class JobWorker:
+    """A Ray actor that runs jobs one after another in one long-lived process (its device slot)."""
+
+    def __init__(self):
+        from jobs import import_step_modules
+
+        import_step_modules()
+
+    def ready(self) -> str:
+        return worker_identity()
+
+    def run(self, job: Job) -> Outcome:
+        outcome = run_guarded(job)
+        _release_device_memory()
+        return outcome
+
+
+def _release_device_memory() -> None:
+    """Give the GPU memory a finished job's tensors held back to the device: another actor may share it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def run_ray(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
-    """One Ray task per job on a running cluster (``--ray-address``) or a local one started here."""
+    """A pool of long-lived actors on a running cluster (``--ray-address``) or a local one started here."""
     import ray
 
     if not jobs:
@@ -132,7 +182,7 @@ def run_ray(jobs: list[Job], options: argparse.Namespace | None = None) -> list[
     if started_here:
         _connect_ray(ray, _option(options, "ray_address"))
     try:
-        return _run_ray_tasks(ray, jobs, options)
+        return RayPool(ray, jobs, options).run()
     finally:
         if started_here:
             ray.shutdown()
@@ -178,56 +228,130 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> N
                          ) from None
 
 
-def _run_ray_tasks(ray, jobs: list[Job], options) -> list[Outcome]:
-    cpus = float(_option(options, "cpus_per_job", jobs[0].settings.threads))
-    gpus = _option(options, "gpus_per_job")
-    gpus = default_gpus_per_job() if gpus is None else float(gpus)
-    settings = dict(num_cpus=cpus, num_gpus=gpus, max_retries=RAY_MAX_RETRIES, retry_exceptions=False)
-    if gpus > 0:  # a fresh process per GPU job: CUDA binds a process to the GPUs it first saw
-        settings["max_calls"] = 1
-    task = ray.remote(**settings)(_run_after)
-    refs = []
-    for index, job in enumerate(jobs):
-        refs.append(task.remote(job, *(refs[i] for i in _upstream(jobs, index))))
-    position = {ref: index for index, ref in enumerate(refs)}
-    outcomes: list[Outcome | None] = [None] * len(jobs)
-    errors: dict[int, BaseException] = {}
-    pending = list(refs)
-    with tqdm(total=len(jobs), desc="jobs (ray)", unit="job", disable=bool(_option(options, "quiet"))) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                index = position[ref]
-                try:
-                    outcomes[index] = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    errors[index] = exc
-                bar.update(1)
-    for index in sorted(errors):
-        outcomes[index] = _ray_failure(jobs, index, errors, ray)
-    return outcomes
+def pool_size(resources: dict, cpus: float, gpus: float, jobs: int) -> int:
+    """How many actors of ``cpus`` CPUs and ``gpus`` GPUs the cluster's ``resources`` hold at once, at most
+    ``jobs``; a UsageError (one line) where not even one fits."""
+    fits = [resources.get("CPU", 0.0) / cpus] if cpus > 0 else []
+    if gpus > 0:
+        fits.append(resources.get("GPU", 0.0) / gpus)
+    slots = int(min(fits) + 1e-9) if fits else jobs
+    if slots < 1:
+        raise UsageError(f"no job fits the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} "
+                         f"GPUs) at --cpus-per-job {cpus:g} --gpus-per-job {gpus:g}; ask for less per job")
+    return min(slots, jobs)
 
 
-def _ray_failure(jobs, index: int, errors: dict, ray) -> Outcome:
-    """A task that raised or whose worker died after every retry: one line, the full text in a log file."""
-    job, error = jobs[index], errors[index]
-    failed_upstream = [jobs[i] for i in _upstream(jobs, index) if i in errors]  # Ray passed their error on
-    if failed_upstream:
-        return _failed(job, f"not run: {failed_upstream[0].name} failed")
-    if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
-        cause = error.cause
-        reason = f"{type(cause).__name__}: {cause}"
-    elif isinstance(error, ray.exceptions.WorkerCrashedError):
-        reason = f"its Ray worker died {RAY_MAX_RETRIES + 1} times (killed or out of memory?)"
-    else:
-        reason = f"{type(error).__name__}: {error}"
-    log = log_folder(job.roots.output, "ray") / f"{job.step}_{job.key}.log"
-    try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"{job.name}\n\n{error}\n")
-    except OSError:
-        log = ""
-    return _failed(job, reason, str(log))
+class RayPool:
+    """One launch's jobs on a pool of ``JobWorker`` actors: each job to a free actor once the jobs it needs
+    have finished, in the order given."""
+
+    def __init__(self, ray, jobs: list[Job], options):
+        self.ray, self.jobs, self.options = ray, jobs, options
+        cpus = float(_option(options, "cpus_per_job", jobs[0].settings.threads))
+        gpus = _option(options, "gpus_per_job")
+        gpus = default_gpus_per_job() if gpus is None else float(gpus)
+        self.size = pool_size(ray.cluster_resources(), cpus, gpus, len(jobs))
+        # an actor is restarted whenever its process dies, and the job it was running retried on it; a job's
+        # own exception is returned as a failed outcome (run_guarded), never retried
+        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
+                                      max_task_retries=RAY_MAX_RETRIES)(JobWorker)
+        self.upstream = [_upstream(jobs, index) for index in range(len(jobs))]
+        self.outcomes: list[Outcome | None] = [None] * len(jobs)
+        self.starting: dict = {}  # ready() reference -> actor
+        self.running: dict = {}  # run() reference -> (job index, actor)
+        self.idle: list = []
+        self.actors: list = []
+        #: what each actor that started said of itself (``worker_identity``), in the order they were ready
+        self.workers: list[str] = []
+        self.start_failure = ""
+
+    def run(self) -> list[Outcome]:
+        for _ in range(self.size):
+            self._start_actor()
+        waiting = list(range(len(self.jobs)))
+        with tqdm(total=len(self.jobs), desc="jobs (ray)", unit="job",
+                  disable=bool(_option(self.options, "quiet"))) as self.bar:
+            try:
+                while waiting or self.running:
+                    waiting = self._dispatch(waiting)
+                    if not self.running and not self.starting:
+                        for index in waiting:  # no actor could start
+                            self._finish(index, _failed(self.jobs[index], "not run: no Ray worker could start: "
+                                                        f"{self.start_failure}"))
+                        break
+                    if self.running or self.starting:
+                        done, _ = self.ray.wait([*self.running, *self.starting], num_returns=1)
+                        self._collect(done[0])
+            finally:
+                for actor in self.actors:
+                    self.ray.kill(actor, no_restart=True)
+        for outcome in self.outcomes:
+            if outcome.trace:
+                outcome.log = self._write_log(outcome)
+        return self.outcomes
+
+    def _start_actor(self) -> None:
+        actor = self.actor_class.remote()
+        self.actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+
+    def _dispatch(self, waiting: list[int]) -> list[int]:
+        """Send every job that may start (the jobs it needs finished) to a free actor; the rest keep waiting."""
+        still = []
+        for index in waiting:
+            upstream = self.upstream[index]
+            if not self.idle or any(self.outcomes[i] is None for i in upstream):
+                still.append(index)
+                continue
+            broken = [self.jobs[i] for i in upstream if self.outcomes[i].trace]
+            if broken:
+                self._finish(index, _failed(self.jobs[index], f"not run: {broken[0].name} failed"))
+                continue
+            actor = self.idle.pop(0)
+            self.running[actor.run.remote(self.jobs[index])] = (index, actor)
+        return still
+
+    def _collect(self, ref) -> None:
+        errors = self.ray.exceptions
+        if ref in self.starting:
+            actor = self.starting.pop(ref)
+            try:
+                self.workers.append(self.ray.get(ref))
+                self.idle.append(actor)
+            except errors.RayError as exc:
+                self.start_failure = self.start_failure or _one_line(exc)
+            return
+        index, actor = self.running.pop(ref)
+        try:
+            outcome = self.ray.get(ref)
+        except errors.RayError as exc:  # the actor died under the job, once more than it may be retried
+            outcome = _failed(self.jobs[index], f"its Ray worker died {RAY_MAX_RETRIES + 1} times (killed or out of "
+                              "memory?)")
+            outcome.trace = str(exc)
+            self.idle.append(actor)  # restarted by Ray (max_restarts=-1)
+        else:
+            if outcome.trace:  # the job raised: its process may be unusable (a CUDA error), start a new one
+                self.ray.kill(actor, no_restart=True)
+                if sum(o is None for o in self.outcomes) > len(self.running) + 1:  # jobs are left for it
+                    self._start_actor()
+            else:
+                self.idle.append(actor)
+        self._finish(index, outcome)
+
+    def _finish(self, index: int, outcome: Outcome) -> None:
+        self.outcomes[index] = outcome
+        self.bar.update(1)
+
+    def _write_log(self, outcome: Outcome) -> str:
+        """The failure's full text in ``{output}/logs/ray/{step}_{key}.log``; its path, or "" if unwritable."""
+        job = outcome.job
+        log = log_folder(job.roots.output, "ray") / f"{job.step}_{job.key}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{job.name}\n{outcome.worker}\n\n{outcome.trace}\n")
+        except OSError:
+            return ""
+        return str(log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,49 +367,155 @@ def parse_sbatch_option(text: str) -> tuple[str, str]:
     return key.replace("-", "_"), value
 
 
+#: ``--slurm-jobs-per-task``'s default: jobs per array task, but a training (minutes to hours) runs alone
+AUTO_JOBS_PER_TASK = 8
+
+
+def jobs_per_task_flag(text: str) -> int | None:
+    """``--slurm-jobs-per-task``: a positive count, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of jobs or 'auto', got {text!r}")
+    return int(text)
+
+
+def _is_training(job: Job) -> bool:
+    return job.step == "train" and getattr(job.settings, "mode", "train") == "train"
+
+
+def pack_tasks(jobs: list[Job], per_task: int | None = None) -> list[list[int]]:
+    """The launch's jobs grouped into array tasks, each a list of job indices in the order given.
+
+    Jobs that depend on each other (a healthy training and the versions derived from it) are kept in one
+    task where the limit allows, so that they need no second array. ``per_task``: at most that many jobs per
+    task; None (``auto``): at most ``AUTO_JOBS_PER_TASK`` jobs, of which at most one is a training.
+    """
+    limit = per_task or AUTO_JOBS_PER_TASK
+    trainings = per_task or 1
+
+    def fits(task: list[int], more: list[int]) -> bool:
+        together = task + more
+        return len(together) <= limit and sum(_is_training(jobs[i]) for i in together) <= max(trainings, 1)
+
+    tasks: list[list[int]] = []
+    current: list[int] = []
+    for group in _dependency_groups(jobs):
+        if current and not fits(current, group):
+            tasks.append(current)
+            current = []
+        if fits(current, group):
+            current += group
+            continue
+        for index in group:  # a group too big for one task: split in order, later parts wait for earlier ones
+            if current and not fits(current, [index]):
+                tasks.append(current)
+                current = []
+            current.append(index)
+    if current:
+        tasks.append(current)
+    return [sorted(task) for task in tasks]  # the order given (which puts every job after those it needs)
+
+
+def _dependency_groups(jobs: list[Job]) -> list[list[int]]:
+    """The jobs joined by ``depends_on`` (connected), each group in the order given, groups by first job."""
+    group_of = list(range(len(jobs)))
+
+    def root(i: int) -> int:
+        while group_of[i] != i:
+            i = group_of[i]
+        return i
+
+    for index in range(len(jobs)):
+        for earlier in _upstream(jobs, index):
+            group_of[root(index)] = root(earlier)
+    groups: dict[int, list[int]] = {}
+    for index in range(len(jobs)):
+        groups.setdefault(root(index), []).append(index)
+    return sorted(groups.values(), key=lambda group: group[0])
+
+
+def task_needs(jobs: list[Job], tasks: list[list[int]]) -> list[set[int]]:
+    """Per task, the other tasks holding a job that one of its jobs needs."""
+    task_of = {index: t for t, task in enumerate(tasks) for index in task}
+    return [{task_of[i] for index in task for i in _upstream(jobs, index)} - {t} for t, task in enumerate(tasks)]
+
+
+def array_waves(needs: list[set[int]]) -> list[int]:
+    """Per task, the array (0, 1, ...) it is submitted in: the one after every array holding a task it needs
+    (tasks come in dependency order, so a task needs only earlier ones)."""
+    wave: list[int] = []
+    for needed in needs:
+        wave.append(1 + max((wave[t] for t in needed), default=-1))
+    return wave
+
+
+def run_packed(jobs: list[Job]) -> list[Outcome]:
+    """One Slurm array task: its jobs in order in this one process. A job that raises is reported for itself
+    (its traceback on this task's stderr) and the others still run, but those that need it."""
+    outcomes: list[Outcome] = []
+    for index, job in enumerate(jobs):
+        broken = [jobs[i] for i in _upstream(jobs, index) if outcomes[i].trace]
+        if broken:
+            outcome = _failed(job, f"not run: {broken[0].name} failed")
+            outcome.worker = worker_identity()
+        else:
+            outcome = run_guarded(job)
+        if outcome.trace:
+            print(f"{job.name} failed:\n{outcome.trace}", file=sys.stderr, flush=True)
+        outcomes.append(outcome)
+    return outcomes
+
+
 def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
-    """One submitit job array per step; later steps' arrays start after the arrays they need."""
+    """Array tasks of several jobs each (``pack_tasks``); a task needing another task's job goes to a later
+    array that starts after the arrays it needs."""
     import submitit
 
     if not jobs:
         return []
-    steps = list(dict.fromkeys(job.step for job in jobs))
+    tasks = pack_tasks(jobs, _option(options, "slurm_jobs_per_task"))
+    needs = task_needs(jobs, tasks)
+    waves = array_waves(needs)
     folder = log_folder(Path(jobs[0].roots.output).resolve(), "slurm") / "%j"
-    handles: list = [None] * len(jobs)
-    array_of_step: dict[str, str] = {}
-    for step in steps:
-        indices = [i for i, job in enumerate(jobs) if job.step == step]
-        needs = [array_of_step[s] for s in array_of_step
-                 if any(jobs[i].depends_on(other) for i in indices for other in jobs if other.step == s)]
+    handles: list = [None] * len(tasks)
+    arrays: list[str] = []
+    labels: list[str] = []
+    for wave in range(max(waves) + 1):
+        members = [t for t in range(len(tasks)) if waves[t] == wave]
+        after = sorted({arrays[waves[n]] for t in members for n in needs[t]})
+        steps = "+".join(dict.fromkeys(jobs[i].step for t in members for i in tasks[t]))
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(**_slurm_parameters(step, options, needs, jobs[0].settings.threads))
+        executor.update_parameters(**_slurm_parameters(steps, options, after, jobs[0].settings.threads))
         try:
-            submitted = executor.map_array(run_job, [jobs[i] for i in indices])
+            submitted = executor.map_array(run_packed, [[jobs[i] for i in tasks[t]] for t in members])
         except Exception as exc:  # noqa: BLE001 - sbatch refused the array: its message is what matters
-            raise UsageError(f"sbatch refused the {step} array: {_one_line(exc)}") from None
-        for i, handle in zip(indices, submitted):
-            handles[i] = handle
-        array_of_step[step] = submitted[0].job_id.split("_")[0]
+            raise UsageError(f"sbatch refused the {steps} array: {_one_line(exc)}") from None
+        for t, handle in zip(members, submitted):
+            handles[t] = handle
+        arrays.append(submitted[0].job_id.split("_")[0])
+        labels.append(f"{steps} {arrays[-1]}")
     if _option(options, "no_wait", False):
-        print("submitted Slurm job array(s): " + ", ".join(f"{step} {job_id}" for step, job_id in
-                                                           array_of_step.items()) + f"; logs in {folder.parent}",
-              file=sys.stderr)
-        return [Outcome(job, SUBMITTED, note=f"submitted: Slurm job {handle.job_id}")
-                for job, handle in zip(jobs, handles)]
+        print(f"submitted Slurm job array(s): {', '.join(labels)} ({len(tasks)} task(s) for {len(jobs)} job(s)); "
+              f"logs in {folder.parent}", file=sys.stderr)
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        for task, handle in zip(tasks, handles):
+            for index in task:
+                outcomes[index] = Outcome(jobs[index], SUBMITTED, note=f"submitted: Slurm job {handle.job_id}")
+        return outcomes
     try:
-        return _wait_slurm(jobs, handles, list(array_of_step.values()), options)
+        return _wait_slurm(jobs, tasks, handles, arrays, options)
     except KeyboardInterrupt:
-        print(f"the Slurm job arrays keep running; stop them with: scancel {' '.join(array_of_step.values())}",
-              file=sys.stderr)
+        print(f"the Slurm job arrays keep running; stop them with: scancel {' '.join(arrays)}", file=sys.stderr)
         raise
 
 
-def _slurm_parameters(step: str, options, needs: list[str], threads: int) -> dict:
+def _slurm_parameters(steps: str, options, needs: list[str], threads: int) -> dict:
     extra = dict(_option(options, "slurm_sbatch_option", None) or [])
     if needs:
         after = "afterany:" + ":".join(needs)
         extra["dependency"] = f"{extra['dependency']},{after}" if extra.get("dependency") else after
-    parameters = dict(name=f"dfg-{step}", timeout_min=int(_option(options, "slurm_time", 240)),
+    parameters = dict(name=f"dfg-{steps}", timeout_min=int(_option(options, "slurm_time", 240)),
                       cpus_per_task=int(_option(options, "slurm_cpus_per_job", threads)),
                       slurm_setup=[f"export PYTHONPATH={_worker_pythonpath()}"],
                       slurm_additional_parameters=extra)
@@ -299,36 +529,43 @@ def _slurm_parameters(step: str, options, needs: list[str], threads: int) -> dic
     return parameters
 
 
-def _wait_slurm(jobs: list[Job], handles: list, arrays: list[str], options) -> list[Outcome]:
+def _wait_slurm(jobs: list[Job], tasks: list[list[int]], handles: list, arrays: list[str],
+                options) -> list[Outcome]:
     """Poll until every task has written its result; a task that left the queue without one (time limit,
-    cancelled, node failure) is a failure, not a hang. Only the result files and ``squeue`` are read:
+    cancelled, node failure) fails its jobs, rather than hang. Only the result files and ``squeue`` are read:
     submitit's own ``done()`` asks ``sacct``, which clusters without accounting answer with an error on
     the terminal at every poll, and which never tells such a task from a pending one there."""
     outcomes: list[Outcome | None] = [None] * len(jobs)
+    finished = [False] * len(tasks)
     missing_since: dict[int, float] = {}
     last_queue_check = time.monotonic()
+
+    def finish(t: int, results: list[Outcome]) -> None:
+        finished[t] = True
+        for index, outcome in zip(tasks[t], results):
+            outcomes[index] = outcome
+        bar.update(len(tasks[t]))
+
     with tqdm(total=len(jobs), desc="jobs (slurm)", unit="job", disable=bool(_option(options, "quiet"))) as bar:
-        while any(outcome is None for outcome in outcomes):
-            for index, handle in enumerate(handles):
-                if outcomes[index] is None and handle.paths.result_pickle.exists():
-                    outcomes[index] = _slurm_outcome(jobs[index], handle)
-                    bar.update(1)
-            if all(outcome is not None for outcome in outcomes):
+        while not all(finished):
+            for t, handle in enumerate(handles):
+                if not finished[t] and handle.paths.result_pickle.exists():
+                    finish(t, _slurm_results([jobs[i] for i in tasks[t]], handle))
+            if all(finished):
                 break
             if time.monotonic() - last_queue_check > SLURM_QUEUE_CHECK_S:
                 last_queue_check = time.monotonic()
                 queued = _slurm_queue(arrays)
-                for index, handle in enumerate(handles):
-                    if outcomes[index] is not None or queued is None or handle.job_id in queued:
-                        missing_since.pop(index, None)
+                for t, handle in enumerate(handles):
+                    if finished[t] or queued is None or handle.job_id in queued:
+                        missing_since.pop(t, None)
                         continue
-                    first_seen = missing_since.setdefault(index, last_queue_check)
+                    first_seen = missing_since.setdefault(t, last_queue_check)
                     if last_queue_check - first_seen >= SLURM_QUEUE_CHECK_S and \
                             not handle.paths.result_pickle.exists():
-                        outcomes[index] = _failed(jobs[index], f"Slurm job {handle.job_id} left the queue without "
-                                                  "a result (time limit, cancelled or node failure?)",
-                                                  str(handle.paths.stderr))
-                        bar.update(1)
+                        reason = (f"Slurm job {handle.job_id} left the queue without a result (time limit, cancelled "
+                                  "or node failure?)")
+                        finish(t, [_failed(jobs[i], reason, str(handle.paths.stderr)) for i in tasks[t]])
             time.sleep(SLURM_POLL_S)
     return outcomes
 
@@ -346,11 +583,17 @@ def _slurm_queue(arrays: list[str]) -> set[str] | None:
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
-def _slurm_outcome(job: Job, handle) -> Outcome:
+def _slurm_results(jobs: list[Job], handle) -> list[Outcome]:
+    """A finished task's outcomes (a failure's log: the task's stderr, where ``run_packed`` wrote its traceback);
+    if the task itself failed (its process could not run the jobs), each of its jobs failed for that reason."""
     try:
-        return handle.result()
+        outcomes = handle.result()
     except Exception as exc:  # noqa: BLE001 - the task's own exception, reported by submitit as text
-        return _failed(job, _exception_line(str(exc)), str(handle.paths.stderr))
+        return [_failed(job, _exception_line(str(exc)), str(handle.paths.stderr)) for job in jobs]
+    for outcome in outcomes:
+        if outcome.trace:
+            outcome.log = str(handle.paths.stderr)
+    return outcomes
 
 
 def _exception_line(message: str) -> str:

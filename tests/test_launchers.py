@@ -17,6 +17,7 @@ printed (``pytest -s``) and kept in ``WALL_TIMES``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -219,8 +220,12 @@ def test_ray_local_cluster_job_raising_is_a_bug(loopback_ns, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+#: the title Ray gives a pool actor's process while it runs a job (``ray::<class>.<method>``)
+RUNNING_ACTOR = "ray::JobWorker.run"
+
+
 def _ray_task_processes(root_pid: int) -> list[int]:
-    """Processes descended from ``root_pid`` whose title says they run our task (Ray's ``ray::<function>``)."""
+    """Processes descended from ``root_pid`` whose title says they run a job (a pool actor in ``run``)."""
     parents, titles = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -237,34 +242,93 @@ def _ray_task_processes(root_pid: int) -> list[int]:
                 return True
         return False
 
-    return [pid for pid, title in titles.items() if title.startswith("ray::_run_after") and descends(pid)]
+    return [pid for pid, title in titles.items() if title.startswith(RUNNING_ACTOR) and descends(pid)]
 
 
 def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluster, tmp_path):
+    """SIGKILL a pool actor while it runs a job: Ray restarts the actor, the job is retried on it and the cache
+    step ends as if nothing happened, its files equal to local's."""
     ws = copy_models(reference, tmp_path / "killed")
     shutil.copytree(reference.kdes, ws.kdes)
     command = [sys.executable, REPO / "main_cache_test_distances.py", *ws.argv("cache", grid=TRAINED), *RAY_CPU_FLAGS,
                "--ray-address", ray_cluster.address]
     process = loopback_ns.popen(command, env=SCRIPT_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-    killed, seen = None, {}
+    killed, seen, after = None, {}, []
     deadline = time.monotonic() + 120
-    while killed is None and process.poll() is None and time.monotonic() < deadline:
+    while process.poll() is None and time.monotonic() < deadline:
         for pid in _ray_task_processes(ray_cluster.process.pid):
             first = seen.setdefault(pid, time.monotonic())
-            if time.monotonic() - first > 1.0:  # the job runs (imports done, attacking): kill its worker
+            if killed is None and time.monotonic() - first > 1.0:  # the job runs (attacking): kill its actor
                 os.kill(pid, signal.SIGKILL)
-                killed = pid
+                killed, before = pid, set(seen)
                 break
+            if killed is not None and pid != killed and pid not in after:
+                after.append(pid)
         time.sleep(0.05)
     stdout, stderr = process.communicate(timeout=240)
-    print(f"\nSIGKILLed Ray worker {killed} mid-job; the cache step (exit {process.returncode}):\n{stdout}")
+    print(f"\nSIGKILLed the Ray actor {killed} mid-job; jobs ran afterwards in actor process(es) {after}; the cache "
+          f"step (exit {process.returncode}):\n{stdout}")
     assert killed is not None, "no running job found to kill"
+    assert set(after) - before, "no restarted actor ran the job again"
     assert process.returncode == 0, stdout + stderr[-3000:]
     assert statuses(stdout) == {VERSIONS[0]: "cached", VERSIONS[1]: "cached"}
     cached = "info/test_information_cached/DIGITS_"
     assert_same_as(ws, reference,
                    only=(f"{cached}ground_truth", f"{cached}squeezenet_bug0_", f"{cached}squeezenet_bug1_"))
+
+
+ISOLATION_DRIVER = textwrap.dedent("""
+    import argparse, json, sys
+    sys.path.insert(0, {repo!r})
+    import ray
+    import launchers
+    from jobs import Job, JobSettings, Roots
+
+    out = {out!r}
+    roots = Roots(model=out + "/model", info=out + "/info", output=out)
+    jobs = [Job("cache", "DIGITS", "squeezenet", bug, roots, JobSettings(quiet=True)) for bug in range(8)]
+    launchers._connect_ray(ray, None)
+    report = {{}}
+    for gpus in (1.0, 2.0, 0.5):
+        options = argparse.Namespace(quiet=True, cpus_per_job=0.5, gpus_per_job=gpus)
+        pool = launchers.RayPool(ray, jobs, options)
+        outcomes = pool.run()
+        report[str(gpus)] = dict(size=pool.size, workers=pool.workers, ran=[o.worker for o in outcomes])
+    ray.shutdown()
+    print(json.dumps(report))
+""")
+
+
+def _gpus_of(identity: str) -> tuple[str, frozenset]:
+    """``(pid, GPUs)`` from ``launchers.worker_identity()``'s text."""
+    assert " GPUs " in identity, identity
+    where, gpus = identity.split(" GPUs ")
+    return where, frozenset(gpus.split(","))
+
+
+def test_ray_actors_see_only_their_gpus(loopback_ns, ray_cluster, tmp_path):
+    """Pool actors on the cluster's four pretend GPUs, at 1, 2 and 0.5 GPUs per job: every actor sees exactly the
+    GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``, read in the job's own process); with whole GPUs no two actors share
+    one, with halves no GPU is seen by more than two; every job ran in one of the pool's actors."""
+    result = loopback_ns.python(ISOLATION_DRIVER.format(repo=str(REPO), out=str(tmp_path / "out")),
+                                env={**SCRIPT_ENV, **ray_cluster.env}, timeout=240)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print("\nRay pool actors on 4 pretend GPUs (2 CPUs, 0.5 CPU per job):")
+    for gpus, seen in report.items():
+        print(f"  --gpus-per-job {gpus}: {seen['size']} actors: " + "; ".join(seen["workers"]))
+        actors = dict(_gpus_of(identity) for identity in seen["workers"])
+        assert len(actors) == seen["size"] == {"1.0": 4, "2.0": 2, "0.5": 4}[gpus]
+        assert {_gpus_of(identity) for identity in seen["ran"]} <= set(actors.items())
+        assert all(devices <= {"0", "1", "2", "3"} for devices in actors.values())
+        if gpus == "0.5":
+            assert all(len(devices) == 1 for devices in actors.values())
+            per_gpu = [sum(gpu in devices for devices in actors.values()) for gpu in "0123"]
+            assert max(per_gpu) <= 2, per_gpu
+        else:
+            assert all(len(devices) == int(float(gpus)) for devices in actors.values())
+            together = [gpu for devices in actors.values() for gpu in devices]
+            assert len(together) == len(set(together)) == 4, actors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +359,8 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     rows = statuses(result.stdout)
     assert set(rows) == set(VERSIONS) and all(s.startswith("submitted: Slurm job ") for s in rows.values()), rows
-    arrays = {s.rsplit(" ", 1)[1].split("_")[0] for s in rows.values()}
-    assert len(arrays) == 1 and f"cache {arrays.pop()}" in result.stderr, result.stderr[-2000:]
+    arrays = {s.rsplit(" ", 1)[1] for s in rows.values()}  # the three jobs share one array task (auto packing)
+    assert len(arrays) == 1 and f"cache {arrays.pop().split('_')[0]}" in result.stderr, result.stderr[-2000:]
     ids = sorted({s.rsplit(" ", 1)[1].split("_")[0] for s in rows.values()})
     loopback_ns.run(["scancel", *ids], env=slurm_cluster.env, check=True)
     deadline = time.monotonic() + 60
@@ -305,10 +369,47 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
         time.sleep(0.5)
 
 
-def test_slurm_job_raising_is_a_bug(loopback_ns, slurm_cluster, tmp_path):
+PACKED_DRIVER = textwrap.dedent("""
+    import argparse, sys
+    sys.path.insert(0, {repo!r})
+    import cli
+    from jobs import Job, JobSettings, Roots
+    from settings import AttackSettings
+
+    out = {out!r}
+    roots = Roots(model=out + "/model", info=out + "/info", output=out)
+    # first a job that raises (a setting no command line can produce: the dataset sampler raises TypeError, a
+    # real bug), then two that work, all three in one array task
+    broken = JobSettings(quiet=True, attack=AttackSettings(max_inputs="twelve"))
+    working = JobSettings(quiet=True, attack=AttackSettings(max_inputs=20), device="cpu")
+    jobs = [Job("cache", "DIGITS", "squeezenet", 10, roots, broken),
+            *(Job("cache", "DIGITS", "squeezenet", bug, roots, working) for bug in (0, 1))]
+    args = argparse.Namespace(launcher="slurm", quiet=True, slurm_time=5, slurm_cpus_per_job=1, slurm_gpus_per_job=0,
+                              slurm_partition=None, slurm_array_parallelism=None, slurm_sbatch_option=[],
+                              slurm_jobs_per_task=3, no_wait=False)
+    sys.exit(cli.launch_and_report(jobs, args))
+""")
+
+
+def test_slurm_packed_task_reports_each_job(reference, loopback_ns, slurm_cluster, tmp_path):
+    """Three jobs in one array task, the first raising: that job's row says why (the exception's line, the task's
+    log, which holds the traceback), exit 1; the two after it still ran, their files equal to local's."""
     if importlib.util.find_spec("submitit") is None:
         pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
-    run_real_bug(loopback_ns, "slurm", slurm_cluster.env, tmp_path)
+    ws = copy_models(reference, tmp_path / "packed")
+    result = loopback_ns.python(PACKED_DRIVER.format(repo=str(REPO), out=str(ws.root)),
+                                env={**SCRIPT_ENV, **slurm_cluster.env}, timeout=180, check=False)
+    print(f"\none Slurm array task, three jobs, the first raising (exit {result.returncode}):\n{result.stdout}")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    table = statuses(result.stdout)
+    assert table[VERSIONS[0]] == table[VERSIONS[1]] == "cached", table
+    assert table[VERSIONS[2]].startswith("FAILED: TypeError: ") and " [log: " in table[VERSIONS[2]], table
+    log = Path(table[VERSIONS[2]].split("[log: ", 1)[1].rstrip("]"))
+    assert log.is_file() and "Traceback" in log.read_text() and "TypeError" in log.read_text()
+    assert len(list(log.parent.parent.rglob("*_result.pkl"))) == 1  # one array task ran the three jobs
+    cached = "info/test_information_cached/DIGITS_"
+    assert_same_as(ws, reference,
+                   only=(f"{cached}ground_truth", f"{cached}squeezenet_bug0_", f"{cached}squeezenet_bug1_"))
 
 
 # ---------------------------------------------------------------------------------------------
