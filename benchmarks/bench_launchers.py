@@ -21,6 +21,9 @@ per-job overhead
 
 where ``slots`` is how many jobs the launcher can run at once here (1 for ``local``, the cluster's 2 CPUs at
 one CPU per job otherwise): the wall time a job costs beyond its share of the work, start-up included.
+Then the cache step is run again twice, everything up to date (a job is a freshness check of milliseconds),
+for the first version alone and for all of them: the difference of the two launch times per extra job is the
+marginal overhead, what a job costs once the launch's workers are up.
 Medians over ``--rounds`` rounds (launchers interleaved within a round); ``--json`` keeps every round.
 
 ``--repo`` measures another checkout's launchers with this harness (its scripts, its ``launchers.launch``):
@@ -89,27 +92,39 @@ def launcher_flags(name: str, ray: RayCluster | None, slurm: SlurmCluster | None
              "--slurm-gpus-per-job", "1"], slurm.env, CLUSTER_CPUS)
 
 
+def run_step(ns: LoopbackNamespace, repo: Path, workspace: Path, step: int, bugs, flags: list[str],
+             env: dict) -> dict:
+    """One script of the grid in ``workspace``: its process wall time and what its launch measured."""
+    script, step_flags, roots = STEPS[step]
+    record = workspace / f"{script}.json"
+    root_flags = [a for root in roots for a in (f"--{root}-root", str(workspace / root))]
+    argv = ["--models", "squeezenet", "--bugs", *bugs, *step_flags, *root_flags, "--output", str(workspace / "out"),
+            "--device", "cpu", "--quiet", *flags]
+    started = time.monotonic()
+    result = ns.run([sys.executable, "-c", DRIVER, repo, script, record, *argv], env={**SCRIPT_ENV, **env},
+                    timeout=900, cwd=repo)
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(flags)} exited {result.returncode}:\n{result.stdout[-2000:]}"
+                           f"\n{result.stderr[-3000:]}")
+    measured = json.loads(record.read_text())
+    if measured["failed"]:
+        raise RuntimeError(f"{script}: jobs failed: {measured['failed']}")
+    return dict(measured, wall_s=wall)
+
+
 def run_grid(ns: LoopbackNamespace, repo: Path, workspace: Path, bugs, flags: list[str], env: dict) -> dict:
-    """The three scripts in ``workspace``; their summed process wall time, launch time, jobs' time and jobs."""
+    """The three scripts in ``workspace`` (summed: process wall time, launch time, jobs' time, jobs); then the
+    cache step again, all of it up to date, for one version and for all: the launch time a job adds once
+    workers are up (``marginal_s``)."""
     total = {"wall_s": 0.0, "launch_s": 0.0, "jobs_s": 0.0, "jobs": 0}
-    for script, step_flags, roots in STEPS:
-        grid = ["--models", "squeezenet", "--bugs", *bugs, *step_flags]
-        record = workspace / f"{script}.json"
-        root_flags = [a for root in roots for a in (f"--{root}-root", str(workspace / root))]
-        argv = [*grid, *root_flags, "--output", str(workspace / "out"), "--device", "cpu", "--quiet", *flags]
-        started = time.monotonic()
-        result = ns.run([sys.executable, "-c", DRIVER, repo, script, record, *argv], env={**SCRIPT_ENV, **env},
-                        timeout=900, cwd=repo)
-        wall = time.monotonic() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"{script} {' '.join(flags)} exited {result.returncode}:\n{result.stdout[-2000:]}"
-                               f"\n{result.stderr[-3000:]}")
-        measured = json.loads(record.read_text())
-        if measured["failed"]:
-            raise RuntimeError(f"{script}: jobs failed: {measured['failed']}")
-        total["wall_s"] += wall
-        for key in ("launch_s", "jobs_s", "jobs"):
+    for step in range(len(STEPS)):
+        measured = run_step(ns, repo, workspace, step, bugs, flags, env)
+        for key in total:
             total[key] += measured[key]
+    one = run_step(ns, repo, workspace, len(STEPS) - 1, bugs[:1], flags, env)
+    every = run_step(ns, repo, workspace, len(STEPS) - 1, bugs, flags, env)
+    total["marginal_s"] = (every["launch_s"] - one["launch_s"]) / (every["jobs"] - one["jobs"])
     return total
 
 
@@ -165,14 +180,15 @@ def main(argv=None) -> int:
 def print_table(rows: dict[str, list[dict]]) -> None:
     reference = rows["local"]
     print(f"\n{'launcher':<9} {'grid s':>7} {'x local':>8} {'launch s':>9} {'jobs s':>7} {'jobs':>5} "
-          f"{'overhead/job s':>15}   (medians)")
+          f"{'overhead/job s':>15} {'marginal/job s':>15}   (medians)")
     for name, runs in rows.items():
         ratio = statistics.median(run["wall_s"] / ref["wall_s"] for run, ref in zip(runs, reference))
         overhead = statistics.median((run["launch_s"] - ref["jobs_s"] / run["slots"]) / run["jobs"]
                                      for run, ref in zip(runs, reference))
         median = {key: statistics.median(run[key] for run in runs) for key in ("wall_s", "launch_s", "jobs_s")}
+        marginal = statistics.median(run["marginal_s"] for run in runs)
         print(f"{name:<9} {median['wall_s']:7.1f} {ratio:8.2f} {median['launch_s']:9.1f} {median['jobs_s']:7.1f} "
-              f"{runs[0]['jobs']:5d} {overhead:15.2f}")
+              f"{runs[0]['jobs']:5d} {overhead:15.2f} {marginal:15.3f}")
 
 
 if __name__ == "__main__":
