@@ -243,7 +243,8 @@ def pool_size(resources: dict, cpus: float, gpus: float, jobs: int) -> int:
 
 class RayPool:
     """One launch's jobs on a pool of ``JobWorker`` actors: each job to a free actor once the jobs it needs
-    have finished, in the order given."""
+    have finished, in the order given. (Ray's ``ActorPool`` hands out work in submission order only: it knows
+    neither dependencies nor replacing an actor.)"""
 
     def __init__(self, ray, jobs: list[Job], options):
         self.ray, self.jobs, self.options = ray, jobs, options
