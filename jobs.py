@@ -1,7 +1,7 @@
 """The grid's per-version work as small picklable jobs, and the one function that runs any of them.
 
 A job is a description — step, dataset, model, fault, settings, the four roots — that any process
-can run: in the driver (``local``), on a Ray worker or as a Slurm array task (``launchers.py``).
+can run: in the driver (``local``), on a Ray worker or as a Slurm array task (``launchers/``).
 Each step checks freshness (a finished version is skipped), checks its inputs (a missing upstream
 file fails fast with one line instead of waiting), does the work and writes atomically. Jobs share
 nothing but files.

@@ -282,17 +282,17 @@ ISOLATION_DRIVER = textwrap.dedent("""
     import argparse, json, sys
     sys.path.insert(0, {repo!r})
     import ray
-    import launchers
+    from launchers import ray_pool
     from jobs import Job, JobSettings, Roots
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
     jobs = [Job("cache", "DIGITS", "squeezenet", bug, roots, JobSettings(quiet=True)) for bug in range(8)]
-    launchers._connect_ray(ray, None)
+    ray_pool._connect_ray(ray, None)
     report = {{}}
     for gpus in (1.0, 2.0, 0.5):
         options = argparse.Namespace(quiet=True, cpus_per_job=0.5, gpus_per_job=gpus)
-        pool = launchers.RayPool(ray, jobs, options)
+        pool = ray_pool.RayPool(ray, jobs, options)
         outcomes = pool.run()
         report[str(gpus)] = dict(size=pool.size, workers=pool.workers, ran=[o.worker for o in outcomes])
     ray.shutdown()
@@ -301,7 +301,7 @@ ISOLATION_DRIVER = textwrap.dedent("""
 
 
 def _gpus_of(identity: str) -> tuple[str, frozenset]:
-    """``(pid, GPUs)`` from ``launchers.worker_identity()``'s text."""
+    """``(pid, GPUs)`` from ``launchers.common.worker_identity()``'s text."""
     assert " GPUs " in identity, identity
     where, gpus = identity.split(" GPUs ")
     return where, frozenset(gpus.split(","))

@@ -1,0 +1,56 @@
+"""What every launcher shares: reading its options, the failed outcome, a job's place among the jobs it needs,
+and how an engine's worker runs a job (``run_guarded``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+from jobs import FAILED, Job, Outcome, run_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def option(options, name: str, default=None):
+    value = getattr(options, name, None) if options is not None else None
+    return default if value is None else value
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def failed(job: Job, reason: str, log: str = "") -> Outcome:
+    return Outcome(job, FAILED, reason=one_line(reason), log=log)
+
+
+def upstream(jobs: list[Job], index: int) -> list[int]:
+    """Indices of the earlier jobs of this launch that job ``index`` needs."""
+    return [i for i in range(index) if jobs[index].depends_on(jobs[i])]
+
+
+def worker_pythonpath() -> str:
+    """The repository first, then whatever the driver had: the workers import our modules by name."""
+    parts = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+    return os.pathsep.join(parts)
+
+
+def worker_identity() -> str:
+    """Where this process runs: host, process id, and the GPUs it may see (when an engine restricted them)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{socket.gethostname()} pid {os.getpid()}" + (f" GPUs {devices}" if devices is not None else "")
+
+
+def run_guarded(job: Job) -> Outcome:
+    """``run_job`` in an engine's worker: an exception the job raises (a bug; bad input is already a failed
+    outcome) becomes a failed outcome carrying the traceback, so the worker lives on to run the next job."""
+    try:
+        outcome = run_job(job)
+    except Exception as exc:  # noqa: BLE001 - any bug of one job must not take the other jobs down
+        outcome = failed(job, f"{type(exc).__name__}: {exc}")
+        outcome.trace = traceback.format_exc()
+    outcome.worker = worker_identity()
+    return outcome

@@ -1,0 +1,238 @@
+"""The ``ray`` launcher: a pool of long-lived actors, one per device slot, that run the launch's jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+from tqdm.auto import tqdm
+
+from jobs import Job, Outcome
+from launchers.common import failed, one_line, option, run_guarded, upstream, worker_identity, worker_pythonpath
+from layout import log_folder
+from utils import UsageError
+
+#: how often Ray reruns a job whose actor process died (killed, out of memory, node lost)
+RAY_MAX_RETRIES = 3
+#: seconds a Ray address has to accept a connection before the launch is refused
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def default_gpus_per_job() -> float:
+    """One GPU per job where this machine has CUDA, none elsewhere."""
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+class JobWorker:
+    """A Ray actor that runs jobs one after another in one long-lived process (its device slot)."""
+
+    def __init__(self):
+        from jobs import import_step_modules
+
+        import_step_modules()
+
+    def ready(self) -> str:
+        return worker_identity()
+
+    def run(self, job: Job) -> Outcome:
+        outcome = run_guarded(job)
+        _release_device_memory()
+        return outcome
+
+
+def _release_device_memory() -> None:
+    """Give the GPU memory a finished job's tensors held back to the device: another actor may share it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def run_ray(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
+    """A pool of long-lived actors on a running cluster (``--ray-address``) or a local one started here."""
+    import ray
+
+    if not jobs:
+        return []
+    started_here = not ray.is_initialized()
+    if started_here:
+        _connect_ray(ray, option(options, "ray_address"))
+    try:
+        return RayPool(ray, jobs, options).run()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _connect_ray(ray, address: str | None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    settings = dict(runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}}, log_to_driver=False,
+                    logging_level=logging.ERROR)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    try:
+        if address:
+            ray.init(address=address, **settings)
+        else:  # a cluster of this machine alone, for this launch
+            ray.init(include_dashboard=False, **settings)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise UsageError(f"cannot connect to {where}: {one_line(exc)}; check --ray-address "
+                         "(`ray status` on the head node prints it)") from None
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse an address where nothing answers, at once: ``ray.init`` would retry it for minutes.
+
+    ``auto`` (a cluster on this machine, found by Ray) is left to Ray; ``host:port`` and ``ray://host:port``
+    must accept a TCP connection within ``timeout`` seconds.
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379); `ray status` on the "
+                         "head node prints the address")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--ray-address {address}: nothing answers there ({reason}); start the cluster "
+                         "(`ray start --head` on its head node) or check the address (`ray status` prints it)"
+                         ) from None
+
+
+def pool_size(resources: dict, cpus: float, gpus: float, jobs: int) -> int:
+    """How many actors of ``cpus`` CPUs and ``gpus`` GPUs the cluster's ``resources`` hold at once, at most
+    ``jobs``; a UsageError (one line) where not even one fits."""
+    fits = [resources.get("CPU", 0.0) / cpus] if cpus > 0 else []
+    if gpus > 0:
+        fits.append(resources.get("GPU", 0.0) / gpus)
+    slots = int(min(fits) + 1e-9) if fits else jobs
+    if slots < 1:
+        raise UsageError(f"no job fits the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} "
+                         f"GPUs) at --cpus-per-job {cpus:g} --gpus-per-job {gpus:g}; ask for less per job")
+    return min(slots, jobs)
+
+
+class RayPool:
+    """One launch's jobs on a pool of ``JobWorker`` actors: each job to a free actor once the jobs it needs
+    have finished, in the order given. (Ray's ``ActorPool`` hands out work in submission order only: it knows
+    neither dependencies nor replacing an actor.)"""
+
+    def __init__(self, ray, jobs: list[Job], options):
+        self.ray, self.jobs, self.options = ray, jobs, options
+        cpus = float(option(options, "cpus_per_job", jobs[0].settings.threads))
+        gpus = option(options, "gpus_per_job")
+        gpus = default_gpus_per_job() if gpus is None else float(gpus)
+        self.size = pool_size(ray.cluster_resources(), cpus, gpus, len(jobs))
+        # an actor is restarted whenever its process dies, and the job it was running retried on it; a job's
+        # own exception is returned as a failed outcome (run_guarded), never retried
+        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
+                                      max_task_retries=RAY_MAX_RETRIES)(JobWorker)
+        self.upstream = [upstream(jobs, index) for index in range(len(jobs))]
+        self.outcomes: list[Outcome | None] = [None] * len(jobs)
+        self.starting: dict = {}  # ready() reference -> actor
+        self.running: dict = {}  # run() reference -> (job index, actor)
+        self.idle: list = []
+        self.actors: list = []
+        #: what each actor that started said of itself (``worker_identity``), in the order they were ready
+        self.workers: list[str] = []
+        self.start_failure = ""
+
+    def run(self) -> list[Outcome]:
+        for _ in range(self.size):
+            self._start_actor()
+        waiting = list(range(len(self.jobs)))
+        with tqdm(total=len(self.jobs), desc="jobs (ray)", unit="job",
+                  disable=bool(option(self.options, "quiet"))) as self.bar:
+            try:
+                while waiting or self.running:
+                    waiting = self._dispatch(waiting)
+                    if not self.running and not self.starting:
+                        for index in waiting:  # no actor could start
+                            self._finish(index, failed(self.jobs[index], "not run: no Ray worker could start: "
+                                                        f"{self.start_failure}"))
+                        break
+                    if self.running or self.starting:
+                        done, _ = self.ray.wait([*self.running, *self.starting], num_returns=1)
+                        self._collect(done[0])
+            finally:
+                for actor in self.actors:
+                    self.ray.kill(actor, no_restart=True)
+        for outcome in self.outcomes:
+            if outcome.trace:
+                outcome.log = self._write_log(outcome)
+        return self.outcomes
+
+    def _start_actor(self) -> None:
+        actor = self.actor_class.remote()
+        self.actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+
+    def _dispatch(self, waiting: list[int]) -> list[int]:
+        """Send every job that may start (the jobs it needs finished) to a free actor; the rest keep waiting."""
+        still = []
+        for index in waiting:
+            needed = self.upstream[index]
+            if not self.idle or any(self.outcomes[i] is None for i in needed):
+                still.append(index)
+                continue
+            broken = [self.jobs[i] for i in needed if self.outcomes[i].trace]
+            if broken:
+                self._finish(index, failed(self.jobs[index], f"not run: {broken[0].name} failed"))
+                continue
+            actor = self.idle.pop(0)
+            self.running[actor.run.remote(self.jobs[index])] = (index, actor)
+        return still
+
+    def _collect(self, ref) -> None:
+        errors = self.ray.exceptions
+        if ref in self.starting:
+            actor = self.starting.pop(ref)
+            try:
+                self.workers.append(self.ray.get(ref))
+                self.idle.append(actor)
+            except errors.RayError as exc:
+                self.start_failure = self.start_failure or one_line(exc)
+            return
+        index, actor = self.running.pop(ref)
+        try:
+            outcome = self.ray.get(ref)
+        except errors.RayError as exc:  # the actor died under the job, once more than it may be retried
+            outcome = failed(self.jobs[index], f"its Ray worker died {RAY_MAX_RETRIES + 1} times (killed or out of "
+                              "memory?)")
+            outcome.trace = str(exc)
+            self.idle.append(actor)  # restarted by Ray (max_restarts=-1)
+        else:
+            if outcome.trace:  # the job raised: its process may be unusable (a CUDA error), start a new one
+                self.ray.kill(actor, no_restart=True)
+                if sum(o is None for o in self.outcomes) > len(self.running) + 1:  # jobs are left for it
+                    self._start_actor()
+            else:
+                self.idle.append(actor)
+        self._finish(index, outcome)
+
+    def _finish(self, index: int, outcome: Outcome) -> None:
+        self.outcomes[index] = outcome
+        self.bar.update(1)
+
+    def _write_log(self, outcome: Outcome) -> str:
+        """The failure's full text in ``{output}/logs/ray/{step}_{key}.log``; its path, or "" if unwritable."""
+        job = outcome.job
+        log = log_folder(job.roots.output, "ray") / f"{job.step}_{job.key}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{job.name}\n{outcome.worker}\n\n{outcome.trace}\n")
+        except OSError:
+            return ""
+        return str(log)
