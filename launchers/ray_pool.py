@@ -45,12 +45,11 @@ class JobWorker:
 
 
 def _release_device_memory() -> None:
-    """Give the GPU memory a finished job's tensors held back to the device: another actor may share it."""
-    import gc
-
+    """Give the GPU memory a finished job's tensors held back to the device: another actor may share it.
+    (No ``gc.collect()``: with torch and torchvision imported it takes 0.2 s, measured, and a job's tensors
+    are freed as it returns.)"""
     import torch
 
-    gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
