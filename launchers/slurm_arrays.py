@@ -19,7 +19,9 @@ SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is 
 #: seconds between two looks at the Slurm queue while waiting
 SLURM_POLL_S = 0.25  # a look is a few stat() calls
 SLURM_QUEUE_CHECK_S = 20.0
-def parse_sbatchoption(text: str) -> tuple[str, str]:
+
+
+def parse_sbatch_option(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` (e.g. ``account=abc``, ``qos=high``): an sbatch option without its dashes."""
     key, sep, value = text.partition("=")
     key = key.strip().lstrip("-")
