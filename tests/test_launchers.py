@@ -259,7 +259,8 @@ def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluste
     while process.poll() is None and time.monotonic() < deadline:
         for pid in _ray_task_processes(ray_cluster.process.pid):
             first = seen.setdefault(pid, time.monotonic())
-            if killed is None and time.monotonic() - first > 1.0:  # the job runs (attacking): kill its actor
+            # the actor imported everything before its first job, so a job running for 0.2 s is under way
+            if killed is None and time.monotonic() - first > 0.2:
                 os.kill(pid, signal.SIGKILL)
                 killed, before = pid, set(seen)
                 break
@@ -293,8 +294,13 @@ ISOLATION_DRIVER = textwrap.dedent("""
     for gpus in (1.0, 2.0, 0.5):
         options = argparse.Namespace(quiet=True, cpus_per_job=0.5, gpus_per_job=gpus)
         pool = ray_pool.RayPool(ray, jobs, options)
-        outcomes = pool.run()
-        report[str(gpus)] = dict(size=pool.size, workers=pool.workers, ran=[o.worker for o in outcomes])
+        # the pool's actors all up at once (in a launch, fast jobs may all be done before the last actor is)
+        actors = [pool.actor_class.remote() for _ in range(pool.size)]
+        together = ray.get([actor.ready.remote() for actor in actors])
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        outcomes = pool.run()  # then a launch: where each job ran
+        report[str(gpus)] = dict(size=pool.size, together=together, ran=[o.worker for o in outcomes])
     ray.shutdown()
     print(json.dumps(report))
 """)
@@ -307,28 +313,32 @@ def _gpus_of(identity: str) -> tuple[str, frozenset]:
     return where, frozenset(gpus.split(","))
 
 
+def assert_isolated(actors: dict, gpus: float) -> None:
+    """Each actor (pid -> GPUs it sees) sees its share: whole GPUs never shared, a half GPU by at most two."""
+    assert all(devices <= {"0", "1", "2", "3"} for devices in actors.values()), actors
+    assert all(len(devices) == max(1, int(gpus)) for devices in actors.values()), actors
+    per_gpu = [sum(gpu in devices for devices in actors.values()) for gpu in "0123"]
+    assert max(per_gpu) <= (2 if gpus < 1 else 1), actors
+
+
 def test_ray_actors_see_only_their_gpus(loopback_ns, ray_cluster, tmp_path):
-    """Pool actors on the cluster's four pretend GPUs, at 1, 2 and 0.5 GPUs per job: every actor sees exactly the
-    GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``, read in the job's own process); with whole GPUs no two actors share
-    one, with halves no GPU is seen by more than two; every job ran in one of the pool's actors."""
+    """A pool's actors on the cluster's four pretend GPUs, at 1, 2 and 0.5 GPUs per job: all of them up at once,
+    each sees exactly the GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``, read in the actor's process), whole GPUs
+    never shared, a half GPU by at most two; then in a launch every job ran in an actor so isolated."""
     result = loopback_ns.python(ISOLATION_DRIVER.format(repo=str(REPO), out=str(tmp_path / "out")),
-                                env={**SCRIPT_ENV, **ray_cluster.env}, timeout=240)
+                                env={**SCRIPT_ENV, **ray_cluster.env}, timeout=300)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     print("\nRay pool actors on 4 pretend GPUs (2 CPUs, 0.5 CPU per job):")
     for gpus, seen in report.items():
-        print(f"  --gpus-per-job {gpus}: {seen['size']} actors: " + "; ".join(seen["workers"]))
-        actors = dict(_gpus_of(identity) for identity in seen["workers"])
-        assert len(actors) == seen["size"] == {"1.0": 4, "2.0": 2, "0.5": 4}[gpus]
-        assert {_gpus_of(identity) for identity in seen["ran"]} <= set(actors.items())
-        assert all(devices <= {"0", "1", "2", "3"} for devices in actors.values())
-        if gpus == "0.5":
-            assert all(len(devices) == 1 for devices in actors.values())
-            per_gpu = [sum(gpu in devices for devices in actors.values()) for gpu in "0123"]
-            assert max(per_gpu) <= 2, per_gpu
-        else:
-            assert all(len(devices) == int(float(gpus)) for devices in actors.values())
-            together = [gpu for devices in actors.values() for gpu in devices]
-            assert len(together) == len(set(together)) == 4, actors
+        print(f"  --gpus-per-job {gpus}: {seen['size']} actors up at once: " + "; ".join(seen["together"]))
+        together = dict(_gpus_of(identity) for identity in seen["together"])
+        assert len(together) == seen["size"] == {"1.0": 4, "2.0": 2, "0.5": 4}[gpus]
+        assert_isolated(together, float(gpus))
+        ran = dict(_gpus_of(identity) for identity in seen["ran"])
+        print("    a launch of 8 jobs ran in: " + "; ".join(f"{pid} GPUs {','.join(sorted(devices))}"
+                                                          for pid, devices in ran.items()))
+        assert len(ran) <= seen["size"]
+        assert_isolated(ran, float(gpus))
 
 
 # ---------------------------------------------------------------------------------------------
