@@ -44,7 +44,7 @@ def jobs_per_task_flag(text: str) -> int | None:
 
 
 def _is_training(job: Job) -> bool:
-    return job.step == "train" and getattr(job.settings, "mode", "train") == "train"
+    return job.step == "train" and job.settings.mode == "train"
 
 
 def pack_tasks(jobs: list[Job], per_task: int | None = None) -> list[list[int]]:
