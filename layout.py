@@ -49,7 +49,9 @@ VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "di
 #: the arrays that depend on the distance mode (``--distance``); labels, softmax and logits are the same in every mode
 MODE_DEPENDENT = ("success", "distances")
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
-RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV)
+#: what produced the tables: every method and score that ran, with its class, parameters and tie rule
+METHODS_JSON = "methods.json"
+RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV, METHODS_JSON)
 #: what ``--configurations paper`` adds beside them
 PAPER_COMPARISON_CSV = "paper_comparison.csv"
 FIGURES_SUBDIR = "figures"
@@ -80,7 +82,7 @@ DEFAULT_ROOTS = Roots()
 # ---------------------------------------------------------------------------------------------
 
 def result_path(output, name: str) -> Path:
-    """One of the evaluation's tables (``RESULT_FILES``, ``PAPER_COMPARISON_CSV``) in ``output``."""
+    """One of the evaluation's files (``RESULT_FILES``, ``PAPER_COMPARISON_CSV``) in ``output``."""
     return Path(output) / name
 
 

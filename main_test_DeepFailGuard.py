@@ -19,7 +19,7 @@ import argparse
 from tqdm.auto import tqdm
 
 import cli
-import Evaluator
+import evaluation
 import layout
 import ModelManager
 import paper
@@ -67,12 +67,12 @@ def main(argv=None) -> int:
     for (dataset, model_name, bug, module, data, _), result in zip(loaded, results):
         test_set = layout.test_set_of(bug)
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
-        records_by_dataset[dataset][(model_name, bug)] = Evaluator.VersionRecord(
+        records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
             result.logits, layout.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
                                                           attack.deepfool.mode))
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
-    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
+    evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
                                   progress=not args.quiet)
     return 0
 

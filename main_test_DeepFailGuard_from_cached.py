@@ -22,7 +22,7 @@ import argparse
 import sys
 
 import cli
-import Evaluator
+import evaluation
 import layout
 import paper
 from DatasetManager import get_dataset
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         records, missing = {}, []
         num_classes = layout.recorded_num_classes(args.info_root, args.model_root, dataset)
         for model, bug in versions:
-            record = Evaluator.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes,
+            record = evaluation.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes,
                                                   args.distance)
             if record is None:
                 missing.append(f"{model}/bug{bug}")
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,
                                    progress=not args.quiet)
         return 0
-    Evaluator.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
+    evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
                                   progress=not args.quiet)
     return 0
 

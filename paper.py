@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import Evaluator
+import evaluation
 import layout
 from DatasetManager import paper_datasets
 from DeepFailGuard import Assessment, DeepFailGuard
@@ -234,12 +234,12 @@ def evaluate_and_compare(published: pd.DataFrame, records_by_dataset: dict, trut
         raise UsageError(f"none of the {len(published)} published configurations has all its versions in the "
                          "cache (distances and dnn_labels in test_information_cached/, KDEs in kde_results/); "
                          "check --info-root")
-    evaluation = Evaluator.evaluate_datasets(records_by_dataset, truths_by_dataset, [], {},
+    evaluated = evaluation.evaluate_datasets(records_by_dataset, truths_by_dataset, [], {},
                                              sets_by_dataset(published), progress)
-    comparison = compare(published, evaluation.rows, records_by_dataset, posterior)
-    summary = Evaluator.write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
+    comparison = compare(published, evaluated.rows, records_by_dataset, posterior)
+    summary = evaluation.write_evaluation(evaluated, records_by_dataset, truths_by_dataset, output)
     atomic_write_table(layout.result_path(output, layout.PAPER_COMPARISON_CSV), comparison, COMPARISON_COLUMNS)
-    print(Evaluator.format_summary(summary))
+    print(evaluation.format_summary(summary))
     print(format_comparison(comparison))
     print(f"results in {output}/{', '.join((*layout.RESULT_FILES, layout.PAPER_COMPARISON_CSV))}")
     return comparison

@@ -34,20 +34,31 @@ class Registry(dict):
         self.what, self.spelling = what, spelling
 
     def register(self, cls: type) -> type:
-        name = getattr(cls, "name", "")
-        if not name or name != self.spelling(name):
-            raise ValueError(f"{cls.__name__}.name must be a non-empty {self.spelling.__name__}-case name, got "
-                             f"{name!r}")
-        if self.get(name, cls) is not cls:
-            raise ValueError(f"{self.what} {name!r} is registered twice ({self[name].__name__}, {cls.__name__})")
-        self[name] = cls
+        """Class decorator: enter ``cls`` under its ``name``."""
+        self.add(getattr(cls, "name", ""), cls)
         return cls
+
+    def add(self, name: str, entry) -> None:
+        """Enter ``entry`` (a class, or a configured instance) under ``name``; a second entry under one name is
+        refused, naming both."""
+        if not isinstance(name, str) or not name or name != self.spelling(name):
+            raise ValueError(f"a {self.what}'s name must be a non-empty {self.spelling.__name__}-case string, got "
+                             f"{name!r} ({_label(entry)})")
+        if name in self and self[name] is not entry and self[name] != entry:
+            raise ValueError(f"{self.what} {name!r} is registered twice ({_label(self[name])}, {_label(entry)}); "
+                             "choose another name")
+        self[name] = entry
 
     def get_class(self, name) -> type:
         cls = self.get(self.spelling(str(name)))
         if cls is None:
             raise UsageError(f"unknown {self.what} {name!r}; known: {', '.join(self)}")
         return cls
+
+
+def _label(entry) -> str:
+    """A registry entry as messages name it: its class's name."""
+    return entry.__name__ if isinstance(entry, type) else type(entry).__name__
 
 
 def choose_device(device: str | int | torch.device | None = None) -> torch.device:

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
-import Evaluator  # noqa: E402
+import evaluation  # noqa: E402
 import layout  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from kde import GaussianKDE  # noqa: E402
@@ -68,11 +68,11 @@ def synthetic_version(rng, model: str, bug: int, truth: np.ndarray, validation_t
     GaussianKDE.fit(validation.distances[~val_correct]).save(wrong_path)
     test = synthetic_answers(rng, accuracy, truth)
     module = DeepFailGuardModule(None, correct_path, wrong_path, float(val_correct.mean()), name=f"{model}_bug{bug}")
-    return Evaluator.VersionRecord("SYNTHETIC", model, bug, test.labels, test.distances, module,
+    return evaluation.VersionRecord("SYNTHETIC", model, bug, test.labels, test.distances, module,
                                    layout.test_set_of(bug), test.probabilities, test.logits, validation)
 
 
-def paper_confidence(record: Evaluator.VersionRecord) -> tuple[np.ndarray, np.ndarray]:
+def paper_confidence(record: evaluation.VersionRecord) -> tuple[np.ndarray, np.ndarray]:
     """The paper's way: SciPy KDE objects called once per input; returns P(correct) and an underflow mask."""
     from scipy.stats import gaussian_kde
 
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         records = {(m, b): synthetic_version(rng, m, b, truths[layout.test_set_of(b)], validation_truth, Path(folder))
                    for m in MODELS for b in bugs}
-    sets = Evaluator.version_sets(MODELS, bugs)
+    sets = evaluation.version_sets(MODELS, bugs)
     pairs = sum(len(members) for _, members in sets)
     print(f"synthetic grid: {len(records)} versions, {args.inputs} test inputs, {args.kde_points} validation inputs "
           f"per version (KDEs on their distances), {len(sets)} version sets, {pairs} (version, set) pairs, "
@@ -157,8 +157,8 @@ def main(argv=None) -> int:
             record.score(name)
         score_seconds[name] = time.perf_counter() - score_started
     scores_done = time.perf_counter()
-    log = Evaluator.MethodLog()
-    rows = Evaluator.evaluate_grid("SYNTHETIC", records, truths, MODELS, bugs, log=log)
+    log = evaluation.MethodLog()
+    rows = evaluation.evaluate_sets("SYNTHETIC", records, truths, sets, log=log)
     ours = time.perf_counter() - started
     method_seconds = sum(log.seconds.values())
     print(f"ours: {ours:.1f} s for the whole grid: {scores_done - started:.1f} s for {len(SCORES)} scores of "

@@ -1,9 +1,11 @@
 """The evaluation's two registries: per-version failure scores (``SCORES``) and per-input selection methods
-(``METHODS``), DeepFailGuard among them.
+(``METHODS``), DeepFailGuard among them; the contract they follow is documented in ``selection/base.py``.
 
 To add one, write a module here with a :class:`Score` subclass decorated ``@register_score`` (which also adds the
 method selecting by it) or a :class:`Method` subclass decorated ``@register_method``: every module of this
-package is imported below, and the results, summary, failure-prediction table and figures read the registries.
+package is imported below, and the results, summary, failure-prediction table, ``methods.json`` and figures
+read the registries. ``register_method(KnoraEliminate, name="knora_e15", k=15)`` registers a class again under
+another name with other parameters.
 """
 
 import importlib
@@ -17,6 +19,8 @@ from selection.base import (
     Score,
     SelectBy,
     SetContext,
+    describe,
+    preference_by_validation_accuracy,
     register_method,
     register_score,
     unmet_needs,
@@ -32,5 +36,5 @@ from selection import deepfailguard, combination, confidence, dynamic  # noqa: F
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "NEEDS", "SCORES", "Method", "Score", "SelectBy", "SetContext", "register_method",
-           "register_score", "unmet_needs", "weighted_vote"]
+__all__ = ["METHODS", "NEEDS", "SCORES", "Method", "Score", "SelectBy", "SetContext", "describe",
+           "preference_by_validation_accuracy", "register_method", "register_score", "unmet_needs", "weighted_vote"]

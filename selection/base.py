@@ -1,20 +1,43 @@
-"""What a failure score and a selection method are, and the two registries they enter.
+"""The plugin contract of the evaluation: what a failure score and a selection method are, and the two
+registries they enter.
 
-A **score** gives, per version and input, how likely the version is to be right (higher = more likely); it
-may learn from the version's validation outputs (``fit``), never from its test answers. Registering a score
-also registers the selection method of the same name: per input, the member with the highest score answers
-(the first such member on ties), as DeepFailGuard does with its P(correct).
+**A score** gives, per version and input, how likely the version is to be right (higher = more likely). It may
+learn from the version's validation outputs (:meth:`Score.fit`), never from its test answers. Registering a
+score also registers the selection method of the same name: per input, the member with the highest score
+answers, as DeepFailGuard does with its P(correct).
 
-A **method** turns a set's members into one label per test input. It may learn from the members' validation
-outputs (``fit``, once per set), never from the test truth, which it is never given.
+**A method** turns a set's members into one label per test input. It may learn from the members' validation
+outputs (:meth:`Method.fit`, once per set), never from the test truth, which it is never given.
 
-Both declare the outputs they need (:data:`NEEDS`); where a member lacks one, the evaluation skips the method
-for that set and says so once per dataset.
+The contract, for both:
+
+- *Hyper-parameters are dataclass fields with declared defaults.* Every subclass is made a frozen dataclass
+  when it is defined (do not decorate it yourself): ``k: int = 7`` is a parameter. Class attributes without
+  an annotation are not: ``name`` (the default registered name), ``needs`` (keys of :data:`NEEDS`: what it
+  reads beyond labels, distances and failure models), ``ties`` (its tie rule in words) and, for scores,
+  ``probability`` (it estimates P(correct): calibration is reported) and ``selects`` (False: a failure
+  predictor only).
+- *Registration takes a name and optional field values*: ``@register_method`` enters the class under its
+  ``name`` with its defaults; ``register_method(KnoraEliminate, name="knora_e15", k=15)`` enters it again under
+  another name with other values. The registries hold the configured instances; :func:`describe` is what the
+  evaluation writes to ``methods.json`` for every score and method that ran.
+- *Members come in one canonical order* (the architectures' registry order, then the fault id), never in the
+  order flags were typed. Where a method must choose between members that tie, it prefers the member
+  ``SetContext.preference`` puts first: the higher validation accuracy, then the canonical order (the
+  evaluation's rule; the paper's published configurations keep their own order, first listed first, so that
+  the paper's figures are reproduced). Ties between *classes* (a vote) go to the smallest class index.
+- *Per-version work goes through* ``version.fitted(key, fit)``, keyed by the registered name, so that the sets
+  a version joins share it.
+
+Where a member lacks an output a score or method needs, the evaluation skips it for that set and says so once
+per dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -30,21 +53,41 @@ NEEDS = {
                "main_train_DeepFailGuard.py and main_cache_test_distances.py for the healthy versions"),
 }
 
+#: configured score instances by registered name, in registration order (the failure-prediction columns' order)
 SCORES = Registry("failure score", str.lower)
+#: configured method instances by registered name, in registration order (the order of the tables' rows)
 METHODS = Registry("selection method", str.lower)
 
+#: the tie rule of every method that picks one member's answer
+PREFERRED_MEMBER = "the member SetContext.preference puts first (higher validation accuracy, then canonical order)"
+#: the tie rule of the methods that pick a class from summed votes, weights or probabilities
+SMALLEST_CLASS = "the smallest class index"
 
-class Score:
-    """A per-version, per-input failure score. Subclasses set ``name``, ``needs``, ``probability`` and
-    implement :meth:`compute` (and :meth:`fit` when the score learns from validation outputs)."""
 
-    name = ""
-    #: keys of :data:`NEEDS`
-    needs: tuple[str, ...] = ()
+class Plugin:
+    """What scores and methods share: their parameters are dataclass fields, their name is the registered one."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+    ties: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True)(cls)
+
+    def parameters(self) -> dict:
+        """The values of this entry's hyper-parameters (its dataclass fields)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+class Score(Plugin):
+    """A per-version, per-input failure score. Subclasses set ``name`` (and ``needs``, ``probability``) and
+    implement :meth:`compute`, and :meth:`fit` when the score learns from validation outputs."""
+
     #: the score estimates P(correct): calibration (ECE, Brier) is reported for it
-    probability = False
+    probability: ClassVar[bool] = False
     #: False for a score that is only a failure predictor, not a selector
-    selects = True
+    selects: ClassVar[bool] = True
 
     def fit(self, version):
         """What the score learns from ``version.validation`` (and its failure model); None: nothing."""
@@ -55,12 +98,9 @@ class Score:
         raise NotImplementedError
 
 
-class Method:
-    """A per-input selection method over a set of versions. Subclasses set ``name``, ``needs`` and implement
-    :meth:`predict` (and :meth:`fit` when the method learns from the members' validation outputs)."""
-
-    name = ""
-    needs: tuple[str, ...] = ()
+class Method(Plugin):
+    """A per-input selection method over a set of versions. Subclasses set ``name``, ``needs`` and ``ties`` and
+    implement :meth:`predict`, and :meth:`fit` when the method learns from the members' validation outputs."""
 
     def fit(self, members, context: "SetContext"):
         """What the method learns for this set from its members' validation outputs; None: nothing."""
@@ -73,11 +113,24 @@ class Method:
 
 @dataclass
 class SetContext:
-    """What a method may know beyond its members: the number of classes and, for dynamic selection, the
-    dataset's region of competence (never the test truth)."""
+    """What a method may know beyond its members: the number of classes, the dataset's region of competence
+    (for dynamic selection; never the test truth) and the members' order of preference on ties."""
 
     num_classes: int
     region: object | None = None
+    #: member indices, the one preferred on a tie first (None: the members' own order)
+    preference: tuple[int, ...] | None = None
+
+    def first_preferred_max(self, values: np.ndarray) -> np.ndarray:
+        """Per input (column of ``values``, members × inputs), the index of the member with the largest value,
+        the preferred one among those that tie."""
+        order = np.arange(len(values)) if self.preference is None else np.asarray(self.preference)
+        return order[np.argmax(np.asarray(values)[order], axis=0)]
+
+
+def preference_by_validation_accuracy(members) -> tuple[int, ...]:
+    """The evaluation's tie rule: higher validation accuracy first, then the members' (canonical) order."""
+    return tuple(sorted(range(len(members)), key=lambda i: (-float(members[i].val_acc), i)))
 
 
 def stacked_labels(members) -> np.ndarray:
@@ -85,32 +138,75 @@ def stacked_labels(members) -> np.ndarray:
     return np.stack([member.labels for member in members])
 
 
-class SelectBy(Method):
-    """Per input, the member whose score is highest answers (the first such member on ties)."""
+def answer_of(chosen: np.ndarray, members) -> np.ndarray:
+    """Per input, the label of member ``chosen[i]``."""
+    return np.take_along_axis(stacked_labels(members), np.asarray(chosen)[None, :], axis=0)[0]
 
-    score = ""
+
+class SelectBy(Method):
+    """Per input, the member whose score is highest answers."""
+
+    ties: ClassVar[str] = PREFERRED_MEMBER
+    score: str = ""
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return SCORES[self.score].needs
 
     def predict(self, state, members, context) -> np.ndarray:
-        scores = np.stack([member.score(self.score) for member in members])
-        labels = stacked_labels(members)
-        chosen = np.argmax(scores, axis=0)
-        return np.take_along_axis(labels, chosen[None, :], axis=0)[0]
+        return answer_of(context.first_preferred_max(np.stack([member.score(self.score) for member in members])),
+                         members)
 
 
-def register_method(cls: type) -> type:
-    """Class decorator: enter a :class:`Method` in :data:`METHODS` by its ``name``."""
-    return METHODS.register(cls)
+def _configure(cls: type, registry_name: str | None, values: dict, base: type):
+    """An instance of ``cls`` with ``values`` for its fields, carrying the name it is registered under."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
+    unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
+    if unknown:
+        known = ", ".join(field.name for field in dataclasses.fields(cls)) or "none"
+        raise TypeError(f"{cls.__name__} has no parameter(s) {', '.join(unknown)} (its parameters: {known})")
+    instance = cls(**values)
+    object.__setattr__(instance, "name", registry_name or cls.name)  # frozen: the one place a name is set
+    return instance
 
 
-def register_score(cls: type) -> type:
-    """Class decorator: enter a :class:`Score` in :data:`SCORES` and, unless ``selects`` is False, the method
-    that selects by it in :data:`METHODS`, under the same name."""
-    SCORES.register(cls)
-    if cls.selects:
-        METHODS.register(type(f"SelectBy_{cls.name}", (SelectBy,),
-                              {"name": cls.name, "score": cls.name, "needs": cls.needs,
-                               "__doc__": f"Selection by the {cls.name} score."}))
-    return cls
+def register_method(cls: type | None = None, /, *, name: str | None = None, **values):
+    """Enter a :class:`Method` in :data:`METHODS`: as a class decorator under its ``name`` with its defaults
+    (``@register_method``), or called with another ``name`` and parameter values
+    (``register_method(KnoraEliminate, name="knora_e15", k=15)``). Returns the class."""
+    def enter(cls: type) -> type:
+        method = _configure(cls, name, values, Method)
+        METHODS.add(method.name, method)
+        return cls
+
+    return enter if cls is None else enter(cls)
+
+
+def register_score(cls: type | None = None, /, *, name: str | None = None, **values):
+    """Enter a :class:`Score` in :data:`SCORES` (as :func:`register_method` does) and, unless it only predicts
+    failures (``selects = False``), the method selecting by it in :data:`METHODS`, under the same name."""
+    def enter(cls: type) -> type:
+        score = _configure(cls, name, values, Score)
+        SCORES.add(score.name, score)
+        if score.selects:
+            METHODS.add(score.name, _configure(SelectBy, score.name, {"score": score.name}, Method))
+        return cls
+
+    return enter if cls is None else enter(cls)
+
+
+def describe(entry: Plugin) -> dict:
+    """What ``methods.json`` records of a registered score or method: its class, parameters, needs, tie rule."""
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    described = {"class": f"{type(entry).__module__}.{type(entry).__qualname__}",
+                 "parameters": {key: plain(value) for key, value in entry.parameters().items()},
+                 "needs": list(entry.needs)}
+    if isinstance(entry, Method):
+        described["ties"] = entry.ties
+    return described
 
 
 def unmet_needs(needs, members, context: SetContext | None = None) -> list[str]:

@@ -70,10 +70,6 @@ class Energy(Score):
         return logsumexp(np.asarray(answers.logits, dtype=np.float64), axis=1)
 
 
-#: REL-U's weight of the wrong answers' outer products against the right ones' (its authors' default)
-REL_U_LAMBDA = 0.5
-
-
 @register_score
 class RelativeUncertainty(Score):
     """REL-U (Dadalto et al., ICLR 2024): the uncertainty pᵀDp, where D rewards probability mass shared between
@@ -87,12 +83,14 @@ class RelativeUncertainty(Score):
 
     name = "rel_u"
     needs = ("probabilities", "validation")
+    #: λ, the weight of the wrong answers' outer products against the right ones' (its authors' default)
+    weight: float = 0.5
 
     def fit(self, version):
         probabilities = _probabilities(version.validation)
         correct = version.validation.correct
-        d = REL_U_LAMBDA * _mean_outer(probabilities[~correct]) \
-            - (1 - REL_U_LAMBDA) * _mean_outer(probabilities[correct])
+        d = self.weight * _mean_outer(probabilities[~correct]) \
+            - (1 - self.weight) * _mean_outer(probabilities[correct])
         np.fill_diagonal(d, 0.0)
         d = np.maximum(d, 0.0)
         if not (d > 0).any():

@@ -47,7 +47,6 @@ DISTANCE_FLOOR = 1e-6
 PROBABILITY_FLOOR = 1e-7
 #: DeepFailGuard+'s candidate models, simplest first, chosen per version by cross-validated validation AUROC
 FORMS = ("distance", "softmax", "linear", "logit", "logit_interaction")
-FOLDS = 3
 
 
 def _features(answers, form: str) -> np.ndarray:
@@ -68,28 +67,31 @@ class DeepFailGuardPlus(Score):
 
     DeepFailGuard reads only the distance; the top softmax probability carries other evidence (an input far
     from a boundary the network is unsure about, or the reverse). A logistic regression on log distance and
-    the top softmax is fitted on the version's validation outputs; of :data:`FORMS` (either feature alone,
-    both with the softmax raw or as its logit, and with an interaction term) the one with the best
-    ``FOLDS``-fold cross-validated AUROC on validation is kept (the simplest on ties), refitted on all of it.
-    Either way its output is a calibrated P(correct), comparable across the members as DeepFailGuard's is.
-    A version with fewer right or wrong validation answers than folds keeps DeepFailGuard's P(correct).
+    the top softmax is fitted on the version's validation outputs; of ``forms`` (either feature alone, both
+    with the softmax raw or as its logit, and with an interaction term) the one with the best ``folds``-fold
+    cross-validated AUROC on validation is kept (the simplest on ties), refitted on all of it. Either way its
+    output is a calibrated P(correct), comparable across the members as DeepFailGuard's is. A version with
+    fewer right or wrong validation answers than folds keeps DeepFailGuard's P(correct).
     """
 
     name = "dfg_plus"
     needs = ("probabilities", "validation")
     probability = True
+    #: the candidate models, simplest first (of :data:`FORMS`)
+    forms: tuple[str, ...] = FORMS
+    folds: int = 3
 
     def fit(self, version):
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
         correct = version.validation.correct
-        if min(int(correct.sum()), int((~correct).sum())) < FOLDS:
+        if min(int(correct.sum()), int((~correct).sum())) < self.folds:
             return None
-        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
+        folds = StratifiedKFold(self.folds, shuffle=True, random_state=0)
         quality = {form: cross_val_score(LogisticRegression(), _features(version.validation, form), correct,
-                                         cv=folds, scoring="roc_auc").mean() for form in FORMS}
-        form = max(FORMS, key=lambda f: (quality[f], -FORMS.index(f)))  # the simpler one on ties
+                                         cv=folds, scoring="roc_auc").mean() for form in self.forms}
+        form = max(self.forms, key=lambda f: (quality[f], -self.forms.index(f)))  # the simpler one on ties
         return form, LogisticRegression().fit(_features(version.validation, form), correct)
 
     def compute(self, state, answers, version):

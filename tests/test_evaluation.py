@@ -1,4 +1,4 @@
-"""Fault-tolerance evaluation (Evaluator.py and the two evaluation scripts): version sets, every
+"""Fault-tolerance evaluation (the ``evaluation`` package and the two evaluation scripts): version sets, every
 method on hand-built versions, the paper's cache layout end to end, real time against cached, bad
 input, the summary."""
 
@@ -21,11 +21,13 @@ from reliability_tools import payload
 from scipy.stats import gaussian_kde, norm
 from sklearn.metrics import roc_auc_score
 
-import Evaluator
+import evaluation
+import selection
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
-from Evaluator import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
+from evaluation import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
 from kde import GaussianKDE
 from selection import METHODS
+from utils import UsageError
 
 FIVE = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 
@@ -43,6 +45,11 @@ def first_best(scores) -> int:
     return scores.index(max(scores))
 
 
+def preferred_best(scores, val_accs) -> int:
+    """Index of the highest score, on ties the higher validation accuracy, then the first (the grid's rule)."""
+    return max(range(len(scores)), key=lambda m: (scores[m], val_accs[m], -m))
+
+
 def read_csv(path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -54,7 +61,7 @@ def read_csv(path) -> list[dict]:
 
 def test_version_set_counts_for_five_models():
     sets = version_sets(FIVE, [0, 1, 11])
-    by_setting = Counter((members[0][1], setting) for setting, members in sets)
+    by_setting = Counter((max(bug for _, bug in members), setting) for setting, members in sets)
     assert by_setting == {(0, "healthy"): 26, (1, "all"): 26, (1, "one"): 75, (11, "all"): 26}
     assert len(sets) == 26 + 26 + 75 + 26
     # every N from 2 to 5, as many sets as combinations of N architectures
@@ -68,7 +75,7 @@ def test_version_set_counts_for_five_models():
 
 
 def test_version_sets_members_and_order():
-    sets = version_sets(["resnet", "alexnet", "densenet"], [1, 0])  # faults in any order: sorted
+    sets = version_sets(["resnet", "alexnet", "densenet"], [1, 0])
     assert sets == [
         ("healthy", (("resnet", 0), ("alexnet", 0))),
         ("healthy", (("resnet", 0), ("densenet", 0))),
@@ -76,30 +83,30 @@ def test_version_sets_members_and_order():
         ("healthy", (("resnet", 0), ("alexnet", 0), ("densenet", 0))),
         ("all", (("resnet", 1), ("alexnet", 1))),
         ("one", (("resnet", 1), ("alexnet", 0))),
-        ("one", (("alexnet", 1), ("resnet", 0))),
+        ("one", (("resnet", 0), ("alexnet", 1))),
         ("all", (("resnet", 1), ("densenet", 1))),
         ("one", (("resnet", 1), ("densenet", 0))),
-        ("one", (("densenet", 1), ("resnet", 0))),
+        ("one", (("resnet", 0), ("densenet", 1))),
         ("all", (("alexnet", 1), ("densenet", 1))),
         ("one", (("alexnet", 1), ("densenet", 0))),
-        ("one", (("densenet", 1), ("alexnet", 0))),
+        ("one", (("alexnet", 0), ("densenet", 1))),
         ("all", (("resnet", 1), ("alexnet", 1), ("densenet", 1))),
         ("one", (("resnet", 1), ("alexnet", 0), ("densenet", 0))),
-        ("one", (("alexnet", 1), ("resnet", 0), ("densenet", 0))),
-        ("one", (("densenet", 1), ("resnet", 0), ("alexnet", 0))),
+        ("one", (("resnet", 0), ("alexnet", 1), ("densenet", 0))),
+        ("one", (("resnet", 0), ("alexnet", 0), ("densenet", 1))),
     ]
+    # the order the flags were typed in does not matter: architectures and faults in any order, repeated
+    for models, bugs in ((["densenet", "resnet", "alexnet"], [0, 1]), (["alexnet", "densenet", "resnet"], [1, 0, 1])):
+        assert version_sets(models, bugs) == sets
 
 
-def test_one_fault_sets_put_the_faulty_version_first_and_keep_the_others_in_order():
-    for setting, members in version_sets(FIVE, [7]):
+def test_members_come_in_the_registry_order_and_one_of_them_carries_the_fault():
+    for setting, members in version_sets(FIVE[::-1], [7]):
         assert setting in ("all", "one")
         bugs = [bug for _, bug in members]
-        if setting == "all":
-            assert bugs == [7] * len(members)
-        else:
-            assert bugs == [7] + [0] * (len(members) - 1)
-        rest = [model for model, _ in (members[1:] if setting == "one" else members)]
-        assert rest == sorted(rest, key=FIVE.index)  # the healthy ones in the order of --models
+        assert bugs == [7] * len(members) if setting == "all" else sorted(bugs) == [0] * (len(members) - 1) + [7]
+        models = [model for model, _ in members]
+        assert models == sorted(models, key=FIVE.index)  # the registry's order, not the order given
 
 
 @pytest.mark.parametrize("bug", [11, 12])
@@ -280,21 +287,21 @@ def test_evaluate_set_without_headroom_has_no_relative_improvement(hand_built):
 
 def test_evaluate_grid_skips_incomplete_sets_and_refuses_mixed_test_sets(hand_built):
     records = {("resnet", 3): hand_built[0], ("alexnet", 0): hand_built[1], ("densenet", 0): hand_built[2]}
-    rows = Evaluator.evaluate_grid("DIGITS", records, {"": TRUTH}, ["resnet", "alexnet", "densenet"], [0, 3])
+    three = ["resnet", "alexnet", "densenet"]
+    rows = evaluation.evaluate_sets("DIGITS", records, {"": TRUTH}, version_sets(three, [0, 3]))
     # complete: healthy (alexnet, densenet); one: resnet 3 with alexnet 0, with densenet 0, with both
     assert sorted({(row["setting"], row["models"], row["bug_ids"]) for row in rows}) == [
         ("healthy", "alexnet-densenet", "0-0"), ("one", "resnet-alexnet", "3-0"),
         ("one", "resnet-alexnet-densenet", "3-0-0"), ("one", "resnet-densenet", "3-0")]
     assert len(rows) == 4 * len(methods_needing_at_most("probabilities"))
     hand_built[2].test_set = "bug11"
-    with pytest.raises(Evaluator.UsageError, match="different test sets"):
-        Evaluator.evaluate_grid("CIFAR10", records, {"": TRUTH, "bug11": TRUTH}, ["resnet", "alexnet", "densenet"],
-                                [0, 3])
+    with pytest.raises(UsageError, match="different test sets"):
+        evaluation.evaluate_sets("CIFAR10", records, {"": TRUTH, "bug11": TRUTH}, version_sets(three, [0, 3]))
 
 
 def test_failure_prediction_rows_hand_built(hand_built):
     records = {("resnet", 3): hand_built[0], ("alexnet", 0): hand_built[1], ("densenet", 0): hand_built[2]}
-    rows = Evaluator.failure_prediction_rows(records, {"": TRUTH})
+    rows = evaluation.failure_prediction_rows(records, {"": TRUTH})
     assert [(row["model"], row["bug_id"]) for row in rows] == [("alexnet", 0), ("densenet", 0), ("resnet", 3)]
     for row, index in zip(rows, (1, 2, 0)):
         correct = LABELS[index] == TRUTH
@@ -368,9 +375,11 @@ def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
     for members in sets:
         got = {row["method"]: row for row in rows if row["models"] == "-".join(members)}
         version_labels = np.stack([labels[m] for m in members])
-        dfg = [version_labels[first_best([confidence[m][i] for m in members]), i] for i in range(N_TEST)]
-        distance_only = [version_labels[first_best([margin[m][i] for m in members]), i] for i in range(N_TEST)]
-        best_prior = first_best([PAPER_VAL_ACC[m] for m in members])
+        accs = [PAPER_VAL_ACC[m] for m in members]
+        dfg = [version_labels[preferred_best([confidence[m][i] for m in members], accs), i] for i in range(N_TEST)]
+        distance_only = [version_labels[preferred_best([margin[m][i] for m in members], accs), i]
+                         for i in range(N_TEST)]
+        best_prior = preferred_best(accs, accs)
         voting = [reference_vote(version_labels[:, i]) for i in range(N_TEST)]
         upper = np.mean([any(labels[m][i] == truth[i] for m in members) for i in range(N_TEST)])
         lower = np.mean([all(labels[m][i] == truth[i] for m in members) for i in range(N_TEST)])
@@ -398,8 +407,8 @@ def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
                for i in range(N_TEST))
 
     failure = read_csv(output / "failure_prediction.csv")
-    assert [(row["model"], row["bug_id"]) for row in failure] == [("alexnet", "0"), ("densenet", "0"),
-                                                                 ("resnet", "0")]
+    assert [(row["model"], row["bug_id"]) for row in failure] == [("resnet", "0"), ("alexnet", "0"),
+                                                                 ("densenet", "0")]  # faults, then canonical
     for row in failure:
         correct = labels[row["model"]] == truth
         assert float(row["val_acc"]) == pytest.approx(PAPER_VAL_ACC[row["model"]], abs=1e-6)
@@ -644,7 +653,7 @@ def evaluated_both_ways(pipeline, tmp_path_factory):
     base = tmp_path_factory.mktemp("realtime")
     previous = torch.get_num_threads()  # each script sets its own (--threads): restored after
     outputs, records = {}, {}
-    evaluate = Evaluator.run_evaluation
+    evaluate = evaluation.run_evaluation
 
     def keep_records(name):
         def run_evaluation(records_by_dataset, truths_by_dataset, *rest, **options):
@@ -656,7 +665,7 @@ def evaluated_both_ways(pipeline, tmp_path_factory):
         for name, script in (("cached", "evaluate"), ("realtime", "realtime")):
             outputs[name] = base / name
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(Evaluator, "run_evaluation", keep_records(name))
+                patch.setattr(evaluation, "run_evaluation", keep_records(name))
                 assert script_module(script).main(pipeline.argv(script, "--output", outputs[name])) == 0, name
     finally:
         torch.set_num_threads(previous)
@@ -670,15 +679,15 @@ def test_realtime_and_cached_results_are_identical(pipeline):
         assert (pipeline.out / name).read_text() == (pipeline.realtime / name).read_text(), name
     rows = read_csv(pipeline.out / "results.csv")
     sets = list(dict.fromkeys((row["models"], row["bug_ids"]) for row in rows))
-    assert ("squeezenet-densenet", "0-0") in sets and ("squeezenet-densenet", "10-10") in sets
-    assert ("squeezenet-densenet", "1-0") in sets  # fault 1 carried by one version (densenet's is not trained)
+    assert ("densenet-squeezenet", "0-0") in sets and ("densenet-squeezenet", "10-10") in sets
+    assert ("densenet-squeezenet", "0-1") in sets  # fault 1 carried by one version (densenet's is not trained)
     # every method on every set (softmax probabilities are cached too)
     assert [(row["models"], row["bug_ids"], row["method"]) for row in rows] == [
-        (*members, method) for members in sets for method in Evaluator.METHODS]
+        (*members, method) for members in sets for method in selection.METHODS]
     failure = read_csv(pipeline.out / "failure_prediction.csv")
     assert [(row["model"], row["bug_id"], row["n_test"]) for row in failure] == [
         ("densenet", "0", "20"), ("squeezenet", "0", "20"), ("squeezenet", "1", "20"), ("densenet", "10", "20"),
-        ("squeezenet", "10", "20")]
+        ("squeezenet", "10", "20")]  # by fault, then in the registry's order
 
 
 def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):

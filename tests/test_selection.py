@@ -16,13 +16,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-import Evaluator
+import evaluation
 import layout
 import metrics
 import selection
 from DeepFailGuard import DeepFailGuardModule
 from kde import GaussianKDE
-from selection import METHODS, NEEDS, SCORES, SetContext, combination, confidence, deepfailguard, dynamic
+from selection import METHODS, NEEDS, SCORES, SetContext, combination, confidence, deepfailguard
+from utils import UsageError
 
 CLASSES = 4
 MODELS = ["resnet", "alexnet", "densenet"]
@@ -55,7 +56,7 @@ def versions(tmp_path):
             GaussianKDE.fit(validation.distances[validation.correct]).save(paths[0])
             GaussianKDE.fit(validation.distances[~validation.correct]).save(paths[1])
             module = DeepFailGuardModule(None, *paths, float(validation.correct.mean()), name=f"{model}{bug}")
-            records[model, bug] = Evaluator.VersionRecord("TOY", model, bug, test.labels, test.distances, module, "",
+            records[model, bug] = evaluation.VersionRecord("TOY", model, bug, test.labels, test.distances, module, "",
                                                           test.probabilities, test.logits, validation)
     return records, test_truth
 
@@ -146,11 +147,11 @@ def test_dfg_plus_picks_its_form_by_cross_validated_validation_auroc(versions):
     records, _ = versions
     record = records["resnet", 1]
     correct = record.validation.correct
-    folds = StratifiedKFold(deepfailguard.FOLDS, shuffle=True, random_state=0)
+    folds = StratifiedKFold(SCORES["dfg_plus"].folds, shuffle=True, random_state=0)
     quality = {form: cross_val_score(LogisticRegression(), deepfailguard._features(record.validation, form), correct,
                                      cv=folds, scoring="roc_auc").mean() for form in deepfailguard.FORMS}
     best = max(quality.values())
-    chosen, model = record.fitted("score dfg_plus", SCORES["dfg_plus"]().fit)
+    chosen, model = record.fitted("score dfg_plus", SCORES["dfg_plus"].fit)
     assert quality[chosen] == best and chosen == next(f for f in deepfailguard.FORMS if quality[f] == best)
     # the form's features by hand: log distance, then the top softmax raw or as its logit
     top = record.probabilities.max(axis=1)
@@ -261,11 +262,11 @@ def des_by_loops(members, healthy, test_truth_count, k=7):
 def test_dynamic_selection_equals_deslibs_definitions(versions):
     records, truth = versions
     healthy = [records[m, 0] for m in MODELS]
-    region = Evaluator.region_of("TOY", records, "")
+    region = evaluation.region_of(records, "")
     assert region.reference == tuple(MODELS)
     for members in ([records["resnet", 1], records["alexnet", 0]], [records[m, 1] for m in MODELS],
                     [records["densenet", 0], records["resnet", 0], records["alexnet", 1]]):
-        predictions = Evaluator.predict_set(members, SetContext(CLASSES, region))
+        predictions = evaluation.predict_set(members, SetContext(CLASSES, region))
         expected = des_by_loops(members, healthy, len(truth))
         for name in ("ola", "lca", "knora_e", "knora_u"):
             assert list(predictions[name]) == expected[name], name
@@ -276,22 +277,22 @@ def test_dynamic_selection_region_of_a_shifted_test_set_is_its_own_healthy_weigh
     for model in MODELS:
         records[model, 0].test_set = "bug11"
         records[model, 11] = records.pop((model, 0))
-    assert Evaluator.region_of("TOY", records, "bug11").reference == tuple(MODELS)
-    assert Evaluator.region_of("TOY", records, "") is None
+    assert evaluation.region_of(records, "bug11").reference == tuple(MODELS)
+    assert evaluation.region_of(records, "") is None
 
 
-def test_stacking_is_a_logistic_regression_on_the_validation_softmax(versions, monkeypatch):
+def test_stacking_is_a_logistic_regression_on_the_validation_softmax(versions):
     records, _ = versions
     members = [records["resnet", 1], records["densenet", 0]]
     features = np.concatenate([m.validation.probabilities for m in members], axis=1)
     expected = LogisticRegression(solver="newton-cg").fit(features, members[0].validation.truth)
     test_features = np.concatenate([m.probabilities for m in members], axis=1)
-    predictions = Evaluator.predict_set(members, SetContext(CLASSES))
+    predictions = evaluation.predict_set(members, SetContext(CLASSES))
     np.testing.assert_array_equal(predictions["stacking"], expected.predict(test_features))
     # a split larger than the cap: a stratified sample of it, the same for every set
-    monkeypatch.setattr(combination, "STACKING_INPUTS", 20)
-    kept = combination.stacking_sample(members[0].validation.truth)
-    assert len(kept) == 20 and np.array_equal(kept, combination.stacking_sample(members[0].validation.truth.copy()))
+    kept = combination.stacking_sample(members[0].validation.truth, 20)
+    assert len(kept) == 20 and np.array_equal(kept, combination.stacking_sample(members[0].validation.truth.copy(),
+                                                                                20))
     assert set(np.bincount(members[0].validation.truth[kept], minlength=CLASSES)) <= {4, 5, 6}
 
 
@@ -313,7 +314,7 @@ def test_temperature_scaled_soft_voting(versions):
         nll = negative_log_likelihood(member.validation.logits, member.validation.truth)
         assert nll(math.log(fitted)) <= min(nll(g) for g in grid) + 1e-6
         temperatures.append(fitted)
-    predictions = Evaluator.predict_set(members, SetContext(CLASSES))
+    predictions = evaluation.predict_set(members, SetContext(CLASSES))
     for j in range(len(members[0].labels)):
         mean = np.zeros(CLASSES)
         for member, temperature in zip(members, temperatures):
@@ -329,13 +330,13 @@ def test_no_test_truth_reaches_any_fit(versions, tmp_path):
     seen = []
 
     def run(test_truth):
-        fresh = {key: Evaluator.VersionRecord(r.dataset, r.model, r.bug, r.labels, r.distances, r.module, r.test_set,
+        fresh = {key: evaluation.VersionRecord(r.dataset, r.model, r.bug, r.labels, r.distances, r.module, r.test_set,
                                               r.probabilities, r.logits, r.validation) for key, r in records.items()}
         members = [fresh[key] for key in members_keys]
-        context = SetContext(CLASSES, Evaluator.region_of("TOY", fresh, ""))
-        states = {name: method().fit(members, context) for name, method in METHODS.items()}
-        rows = Evaluator.evaluate_set("TOY", "one", members, test_truth, context)
-        seen.append((states, Evaluator.predict_set(members, context), [m._cache for m in members], rows))
+        context = SetContext(CLASSES, evaluation.region_of(fresh, ""))
+        states = {name: method.fit(members, context) for name, method in METHODS.items()}
+        rows = evaluation.evaluate_set("TOY", "one", members, test_truth, context)
+        seen.append((states, evaluation.predict_set(members, context), [m._cache for m in members], rows))
 
     run(truth)
     run(np.random.default_rng(0).permutation(truth))
@@ -379,23 +380,23 @@ def test_methods_needing_validation_outputs_are_skipped_with_one_note(versions, 
     records, truth = versions
     for record in records.values():
         record.validation = None
-    evaluation = Evaluator.evaluate_datasets({"TOY": records}, {"TOY": {"": truth}}, MODELS, {"TOY": [0, 1]})
-    methods = {row["method"] for row in evaluation.rows}
+    evaluated = evaluation.evaluate_datasets({"TOY": records}, {"TOY": {"": truth}}, MODELS, {"TOY": [0, 1]})
+    methods = {row["method"] for row in evaluated.rows}
     needing = {name for name, method in METHODS.items() if "validation" in method.needs}
     assert needing and not methods & needing
     assert methods == {name for name, method in METHODS.items() if "validation" not in method.needs}
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1
     assert all(name in notes[0] for name in needing) and "main_train_DeepFailGuard.py" in notes[0]
-    row = evaluation.failure_rows[0]
+    row = evaluated.failure_rows[0]
     assert row["auroc_rel_u"] is None and row["auroc_dfg_plus"] is None and row["auroc_doctor"] is not None
 
 
 def test_validation_outputs_of_different_splits_are_refused(versions):
     records, truth = versions
     records["alexnet", 0].validation.truth = records["alexnet", 0].validation.truth[::-1].copy()
-    with pytest.raises(Evaluator.UsageError, match="different validation splits"):
-        Evaluator.evaluate_datasets({"TOY": records}, {"TOY": {"": truth}}, MODELS, {"TOY": [0, 1]})
+    with pytest.raises(UsageError, match="different validation splits"):
+        evaluation.evaluate_datasets({"TOY": records}, {"TOY": {"": truth}}, MODELS, {"TOY": [0, 1]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +471,7 @@ def test_a_score_and_a_method_added_in_one_file_reach_every_output(pipeline_copy
 
 def test_failure_prediction_columns_come_from_the_registry(versions):
     records, truth = versions
-    rows = Evaluator.failure_prediction_rows(records, {"": truth})
+    rows = evaluation.failure_prediction_rows(records, {"": truth})
     for row in rows:
         record = records[row["model"], row["bug_id"]]
         correct = record.labels == truth
@@ -478,7 +479,7 @@ def test_failure_prediction_columns_come_from_the_registry(versions):
             assert row[f"auroc_{name}"] == pytest.approx(roc_auc_score(correct, record.score(name)))
             assert row[f"aurc_{name}"] == pytest.approx(metrics.aurc(record.score(name), correct))
             assert (f"ece_{name}" in row) == score.probability == (f"brier_{name}" in row)
-    assert confidence.RelativeUncertainty.name in SCORES and dynamic.NEIGHBOURS == 7
+    assert confidence.RelativeUncertainty.name in SCORES and METHODS["ola"].k == 7
 
 
 @pytest.mark.parametrize("defect", ["nan-logits", "truncated-distances", "other-split", "fewer-inputs"])
@@ -508,6 +509,6 @@ def test_accuracy_weighted_voting_by_loops(versions):
     records, _ = versions
     members = [records["resnet", 1], records["alexnet", 0], records["densenet", 1]]
     weights = [math.log((CLASSES - 1) * m.val_acc / (1 - m.val_acc)) for m in members]
-    predictions = Evaluator.predict_set(members, SetContext(CLASSES))
+    predictions = evaluation.predict_set(members, SetContext(CLASSES))
     expected = [vote([int(m.labels[j]) for m in members], weights) for j in range(len(members[0].labels))]
     assert list(predictions["weighted_voting"]) == expected

@@ -1,0 +1,51 @@
+"""The evaluation, in one flow: load (``records``: read and check what each version answered) → compute
+(``compute``: version sets, every registered method and score) → report (``report``: tables, statistics,
+``methods.json``, figures). The two evaluation scripts and the paper's comparison call :func:`run_evaluation`."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+import layout
+from evaluation.compute import (
+    DEEPFAILGUARD,
+    Evaluation,
+    MethodLog,
+    evaluate_datasets,
+    evaluate_set,
+    evaluate_sets,
+    failure_prediction_rows,
+    predict_set,
+    region_of,
+    version_sets,
+)
+from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset, load_cached_record
+from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
+
+__all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Evaluation", "MethodLog", "VersionRecord", "canonical", "canonical_key",
+           "check_dataset", "evaluate_and_report", "evaluate_datasets", "evaluate_set", "evaluate_sets",
+           "failure_prediction_rows", "format_summary", "load_cached_record", "predict_set", "provenance",
+           "region_of", "run_evaluation", "summarize", "version_sets", "write_evaluation"]
+
+
+def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
+                   output, sets_by_dataset: dict | None = None, progress: bool = False) -> pd.DataFrame:
+    """Evaluate every dataset's version sets and write results, summary, failure prediction, ``methods.json``
+    and figures; returns the summary.
+
+    ``sets_by_dataset``: explicit ``(setting, members)`` per dataset (the paper's configurations) instead
+    of the grid of ``models`` × ``bugs_by_dataset``. Everything is computed before anything is written,
+    so a failure leaves no partial CSV.
+    """
+    evaluation = evaluate_datasets(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, sets_by_dataset,
+                                   progress)
+    return write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
+
+
+def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
+                        output, progress: bool = False) -> None:
+    """:func:`run_evaluation`, then the summary table and where the files went, on stdout."""
+    summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output,
+                             progress=progress)
+    print(format_summary(summary))
+    print(f"results in {output}/{', '.join(layout.RESULT_FILES)}")

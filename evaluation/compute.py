@@ -1,0 +1,271 @@
+"""Compute: the version sets, every registered method's answers on each set (against voting and against
+DeepFailGuard), and every registered score's failure prediction per version. Nothing here reads or writes files.
+
+Version sets: every combination of 2-5 distinct architectures, for each fault i: "all" versions carry fault i
+(i = 0 is the healthy set), and "one" version carries fault i while the others are healthy (each member in turn;
+not for 11 and 12, whose shifted test set is the whole system's). Members are in the canonical order
+(``records.canonical``), and the evaluation's tie rule prefers the member with the higher validation accuracy
+(``selection.preference_by_validation_accuracy``); the paper's published configurations keep their own order
+and its rule, first listed first.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import FaultInjector
+from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
+from metrics import (
+    accuracy,
+    aurc,
+    auroc,
+    brier_score,
+    error_breakdown_of,
+    expected_calibration_error,
+    improvements,
+    lower_limit,
+    mcnemar_exact_many,
+    paired_difference_intervals,
+    upper_limit,
+)
+from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validation_accuracy, unmet_needs
+from utils import UsageError
+
+MAX_VERSIONS = 5
+#: the method every other one is also compared with, beside voting
+DEEPFAILGUARD = "dfg"
+
+
+def version_sets(models: list[str], bugs: list[int]) -> list[tuple[str, tuple[tuple[str, int], ...]]]:
+    """``(setting, ((model, bug), ...))`` for every combination and fault setting, members in canonical order;
+    the same list whatever order ``models`` and ``bugs`` come in."""
+    models = [model for model, _ in canonical((model, 0) for model in dict.fromkeys(models))]
+    sets = []
+    for bug in sorted(set(bugs)):
+        for size in range(2, min(MAX_VERSIONS, len(models)) + 1):
+            for combo in combinations(models, size):
+                if bug == 0:
+                    sets.append(("healthy", tuple((m, 0) for m in combo)))
+                    continue
+                sets.append(("all", tuple((m, bug) for m in combo)))
+                if not FaultInjector.replaces_test_set(bug):
+                    for faulty in combo:
+                        sets.append(("one", tuple((m, bug if m == faulty else 0) for m in combo)))
+    return sets
+
+
+@dataclass
+class MethodLog:
+    """What the methods could not run for want of which outputs (for the notes), and the seconds each took to
+    fit and predict (for the benchmark), over the sets of a dataset."""
+
+    unmet: dict[str, set] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def predict_set(members: list[VersionRecord], context: SetContext,
+                log: MethodLog | None = None) -> dict[str, np.ndarray]:
+    """Every registered method's labels for one set, fitted on the members' validation outputs only; a method
+    whose needs a member (or the context) cannot meet is left out, and logged."""
+    log = log if log is not None else MethodLog()
+    predictions = {}
+    for name, method in METHODS.items():
+        missing = unmet_needs(method.needs, members, context)
+        if missing:
+            log.unmet.setdefault(name, set()).update(missing)
+            continue
+        started = time.perf_counter()
+        predictions[name] = np.asarray(method.predict(method.fit(members, context), members, context))
+        log.seconds[name] = log.seconds.get(name, 0.0) + time.perf_counter() - started
+    return predictions
+
+
+def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth: np.ndarray,
+                 context: SetContext | None = None, log: MethodLog | None = None, workers: int = 1) -> list[dict]:
+    """One row per method for one set of versions: its accuracy, against voting and against DeepFailGuard
+    (bootstrap intervals drawn on ``workers`` threads; they do not depend on it)."""
+    labels = np.stack([m.labels for m in members])
+    context = context or SetContext(int(max(labels.max(), truth.max())) + 1)
+    predictions = predict_set(members, context, log)
+    voting_right = predictions["voting"] == truth
+    dfg_right = predictions[DEEPFAILGUARD] == truth
+    voting, dfg = accuracy(predictions["voting"], truth), accuracy(predictions[DEEPFAILGUARD], truth)
+    upper = upper_limit(labels, truth)
+    common = {
+        "dataset": dataset, "n_versions": len(members), "models": "-".join(m.model for m in members),
+        "bug_ids": "-".join(str(m.bug) for m in members), "setting": setting, "voting_accuracy": voting,
+        "upper_limit": upper, "lower_limit": lower_limit(labels, truth),
+        "version_accuracies": "-".join(f"{accuracy(m.labels, truth):.4f}" for m in members), "dfg_accuracy": dfg,
+    }
+    wrong_versions = (labels != truth).sum(axis=0)
+    rights = np.stack([predicted == truth for predicted in predictions.values()])
+    p_voting, p_dfg = mcnemar_exact_many(rights, voting_right), mcnemar_exact_many(rights, dfg_right)
+    intervals = paired_difference_intervals(rights, voting_right, workers)
+    rows = []
+    for index, (method, predicted) in enumerate(predictions.items()):
+        right = rights[index]
+        method_accuracy = accuracy(predicted, truth)
+        absolute, relative = improvements(method_accuracy, voting, upper)
+        low, high = intervals[index]
+        row = dict(common, method=method, accuracy=method_accuracy, abs_improvement=absolute,
+                   rel_improvement=relative, mcnemar_p=float(p_voting[index]), abs_improvement_low=low,
+                   abs_improvement_high=high, mcnemar_p_dfg=float(p_dfg[index]))
+        for k, (share, right_share) in enumerate(error_breakdown_of(wrong_versions, right, len(members))):
+            row[f"e{k}"], row[f"acc_e{k}"] = share, right_share
+        rows.append(row)
+    return rows
+
+
+def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
+                  sets, progress: bool = False, log: MethodLog | None = None, keep_order: bool = False) -> list[dict]:
+    """Rows for each ``(setting, ((model, bug), ...))`` whose versions are all available (the others are left
+    out): members in canonical order and ties to the higher validation accuracy, or, with ``keep_order`` (the
+    paper's published configurations), in the order given and ties to the first.
+
+    What the methods may know of the dataset (its number of classes, the region of competence of each test
+    set) is computed once here; the methods a set cannot run are logged in ``log``."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    num_classes = dataset_classes(records, truths)
+    workers = torch.get_num_threads()  # the job's --threads
+    regions = {}
+    rows = []
+    # BLAS and OpenMP on one thread: the methods' fits then give the same numbers whatever --threads is, and
+    # their idle threads do not spin on the cores the bootstrap intervals are drawn on (measured on 150 sets of
+    # the synthetic grid, 2 cores: 7.3 s with both on two threads, 5.7 s like this)
+    with threadpool_limits(limits=1):
+        for setting, members in tqdm(sets, desc=f"{dataset} version sets", unit="set", disable=not progress,
+                                     leave=False):
+            if not all(member in records for member in members):
+                continue
+            chosen = [records[member] for member in (members if keep_order else canonical(members))]
+            test_sets = {r.test_set for r in chosen}
+            if len(test_sets) != 1:
+                raise UsageError(f"{dataset}: versions {members} answer different test sets {sorted(test_sets)}")
+            test_set = test_sets.pop()
+            if test_set not in regions:
+                regions[test_set] = region_of(records, test_set)
+            preference = None if keep_order else preference_by_validation_accuracy(chosen)
+            rows.extend(evaluate_set(dataset, setting, chosen, truths[test_set],
+                                     SetContext(num_classes, regions[test_set], preference), log, workers))
+    return rows
+
+
+def dataset_classes(records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> int:
+    """The number of classes the dataset's files show: labels, truths and the softmax's width."""
+    widths = [r.probabilities.shape[1] for r in records.values() if r.probabilities is not None]
+    largest = [int(a.max()) for a in [*(r.labels for r in records.values()), *truths.values()] if a.size]
+    return max([*widths, *(x + 1 for x in largest), 1])
+
+
+def reference_bug(test_set: str) -> int:
+    """The healthy weights' version on a test set: the healthy version, or the one answering a shifted test set."""
+    return int(test_set[3:]) if test_set else FaultInjector.HEALTHY
+
+
+def region_of(records: dict[tuple[str, int], VersionRecord], test_set: str):
+    """The region of competence of ``test_set`` (``selection.dynamic``): the healthy weights' validation and test
+    softmax outputs of every architecture that has both, in canonical order; None where none has."""
+    from selection.dynamic import competence_region
+
+    reference = [r for key, r in sorted(records.items(), key=lambda item: canonical_key(item[0]))
+                 if key[1] == reference_bug(test_set) and r.has("validation") and r.has("probabilities")]
+    if not reference:
+        return None
+    return competence_region(np.concatenate([r.validation.probabilities for r in reference], axis=1),
+                             np.concatenate([r.probabilities for r in reference], axis=1),
+                             reference[0].validation.truth, tuple(r.model for r in reference))
+
+
+def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> list[dict]:
+    """How well each registered score predicts its version's own test failures: AUROC and the area under the
+    risk-coverage curve for every score, ECE and Brier score for those that are probabilities (empty where the
+    version lacks what the score needs)."""
+    rows = []
+    for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
+        correct = record.labels == truths[record.test_set]
+        row = {"dataset": record.dataset, "model": model, "bug_id": bug, "n_test": len(correct),
+               "test_accuracy": float(correct.mean()), "val_acc": record.val_acc}
+        available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])]
+        for metric, function in (("auroc", auroc), ("aurc", aurc)):
+            row.update({f"{metric}_{name}": function(record.score(name), correct) if name in available else None
+                        for name in SCORES})
+        probabilities = [name for name, score in SCORES.items() if score.probability]
+        for metric, function in (("ece", expected_calibration_error), ("brier", brier_score)):
+            row.update({f"{metric}_{name}": function(record.probability_score(name), correct) if name in available
+                        else None for name in probabilities})
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Evaluation:
+    """Rows of every evaluated set, failure-prediction rows, the datasets skipped (with why), and the names of
+    the methods and scores that ran."""
+
+    rows: list[dict]
+    failure_rows: list[dict]
+    skipped: dict[str, str]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(row["method"] for row in self.rows))
+
+    @property
+    def scores(self) -> list[str]:
+        return [name for name in SCORES if any(row.get(f"auroc_{name}") is not None or
+                                               row.get(f"aurc_{name}") is not None for row in self.failure_rows)]
+
+
+def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
+                      sets_by_dataset: dict | None = None, progress: bool = False) -> Evaluation:
+    """Every dataset's rows, nothing written: the grid of ``models`` × ``bugs_by_dataset``, or the explicit
+    ``(setting, members)`` of ``sets_by_dataset`` (the paper's configurations, in their order).
+
+    A dataset that cannot be evaluated (fewer than two versions, no complete set) is skipped with a note
+    on stderr (a partial release); only when no dataset can be evaluated is it an error.
+    """
+    rows, failure_rows, skipped = [], [], {}
+    for dataset, records in records_by_dataset.items():
+        if len(records) < 2:
+            skipped[dataset] = (f"{dataset}: {len(records)} version(s) available; DeepFailGuard needs at least two "
+                                "(train and cache more versions, or widen --models/--bugs)")
+            continue
+        check_dataset(dataset, records, truths_by_dataset[dataset])
+        log = MethodLog()
+        if sets_by_dataset is not None:
+            sets, keep_order = sets_by_dataset.get(dataset, []), True
+        else:
+            sets, keep_order = version_sets(models, bugs_by_dataset[dataset]), False
+        dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets, progress, log, keep_order)
+        if not dataset_rows:
+            skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
+            continue
+        if log.unmet:
+            print(f"note: {unmet_note(dataset, log.unmet)}", file=sys.stderr)
+        rows.extend(dataset_rows)
+        failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
+    if not rows:
+        reasons = list(skipped.values()) or ["no dataset to evaluate"]
+        more = f" (and {len(reasons) - 1} more dataset(s) with nothing to evaluate)" if len(reasons) > 1 else ""
+        raise UsageError(reasons[0] + more)
+    for reason in skipped.values():
+        print(f"note: skipped {reason}", file=sys.stderr)
+    return Evaluation(rows, failure_rows, skipped)
+
+
+def unmet_note(dataset: str, unmet: dict[str, set]) -> str:
+    """One line: which methods some sets could not run, for want of what, and which step writes it."""
+    parts = []
+    for need, (what, step) in NEEDS.items():
+        methods = [name for name, needs in unmet.items() if need in needs]
+        if methods:
+            parts.append(f"{', '.join(methods)} need {what} ({step} writes them)")
+    return f"{dataset}: skipped where missing: " + "; ".join(parts)

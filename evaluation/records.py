@@ -1,0 +1,147 @@
+"""Load: what each version answered, read from its caches (or handed in by the real-time evaluation), checked
+before anything is computed, and the one canonical order of versions.
+
+A version contributes its test labels, DeepFool distances (softmax probabilities and logits where cached), its
+failure model and, where the fit step kept them, its validation outputs. What a score or method learns from one
+version is computed once and reused by every set it belongs to. The test truth is never in a record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+import layout
+from DeepFailGuard import Assessment, DeepFailGuardModule
+from layout import CachedAnswers
+from settings import DEEPFOOL, DeepFoolSettings
+from utils import UsageError
+
+#: what rebuilds each kind of file a record is read from
+TEST_CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
+VALIDATION_REMEDY = "rerun main_train_DeepFailGuard.py --force"
+
+
+@dataclass
+class VersionRecord:
+    """What one version answered on a test set (and, where kept, on validation), and its failure model."""
+
+    dataset: str
+    model: str
+    bug: int
+    labels: np.ndarray
+    distances: np.ndarray
+    module: DeepFailGuardModule
+    test_set: str  # which ground truth the labels answer ("" or "bug11"/"bug12")
+    probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    #: what the version answered on validation, with the validation truth (None: not kept, as in the paper's release)
+    validation: CachedAnswers | None = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @cached_property
+    def test(self) -> CachedAnswers:
+        return CachedAnswers(self.labels, self.distances, self.probabilities, self.logits)
+
+    @cached_property
+    def assessment(self) -> Assessment:
+        """P(correct) and the ablation score of every test input: computed once, reused by every set."""
+        return self.module.assess(self.distances)
+
+    def assess(self, answers: CachedAnswers) -> Assessment:
+        """The failure model's scores of ``answers`` (the test answers' are cached)."""
+        return self.assessment if answers is self.test else self.module.assess(answers.distances)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.assessment.confidence
+
+    @property
+    def val_acc(self) -> float:
+        return self.module.val_acc
+
+    def has(self, need: str) -> bool:
+        """Whether this version has an output a score or method needs (``selection.NEEDS``)."""
+        return getattr(self, need, None) is not None
+
+    def fitted(self, key: str, fit):
+        """``fit(self)``, computed once per version and kept: what a score or method learns from this version."""
+        if ("fit", key) not in self._cache:
+            self._cache["fit", key] = fit(self)
+        return self._cache["fit", key]
+
+    def score(self, name: str) -> np.ndarray:
+        """The registered score ``name`` of every test input, fitted on this version's validation outputs."""
+        from selection import SCORES
+
+        if ("score", name) not in self._cache:
+            score = SCORES[name]
+            self._cache["score", name] = score.compute(self.fitted(f"score {name}", score.fit), self.test, self)
+        return self._cache["score", name]
+
+    def probability_score(self, name: str) -> np.ndarray:
+        """A probability score read for calibration: the paper's P(correct) (``--posterior paper``) exceeds 1 in
+        its fallback (``log(1 + d)·a``), so failure prediction and calibration see it clipped to [0, 1],
+        decisions the raw score."""
+        return np.clip(self.score(name), 0.0, 1.0)
+
+
+def canonical_key(version: tuple[str, int]) -> tuple:
+    """Where a ``(model, bug)`` version stands in the canonical order: the architectures' registry order (names
+    not registered after them, alphabetically), then the fault id. Version sets, their members, the region of
+    competence and every table follow it, whatever order the flags were typed in."""
+    from mymodel import MODELS
+
+    model, bug = version
+    names = list(MODELS)
+    return (names.index(model), "", bug) if model in names else (len(names), model, bug)
+
+
+def canonical(versions):
+    """``versions`` (``(model, bug)`` pairs, or records) in the canonical order."""
+    return sorted(versions, key=lambda v: canonical_key((v.model, v.bug) if isinstance(v, VersionRecord) else v))
+
+
+def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int, num_classes: int | None = None,
+                       deepfool: DeepFoolSettings = DEEPFOOL) -> VersionRecord | None:
+    """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model, in
+    ``deepfool``'s distance mode; None when its cache does not exist."""
+    answers = layout.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode)
+    if answers is None:
+        return None
+    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool)
+    return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
+                         answers.probabilities, answers.logits,
+                         layout.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode))
+
+
+def check_dataset(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> None:
+    """Refuse (one line naming the files' step) a dataset whose records cannot be compared: answers of another
+    length than their ground truth, softmax or logits of different widths, validation outputs of different
+    validation splits."""
+    for record in records.values():
+        _check_lengths(record, truths[record.test_set], dataset)
+    widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in records.values()
+              for where, array in (("", r.probabilities), (" logits", r.logits)) if array is not None}
+    if len(set(widths.values())) > 1:
+        raise UsageError(f"{dataset}: the versions' softmax probabilities (and logits) have different numbers of "
+                         f"classes {widths}; the cache is inconsistent, {TEST_CACHE_REMEDY}")
+    kept = {f"{r.model} bug {r.bug}": r.validation.truth for r in canonical(records.values())
+            if r.validation is not None}
+    if kept:
+        first_name, first = next(iter(kept.items()))
+        for name, truth in kept.items():
+            if not np.array_equal(truth, first):
+                raise UsageError(f"{dataset}: the validation outputs of {name} and {first_name} answer different "
+                                 f"validation splits (another --max-inputs?); {VALIDATION_REMEDY}")
+
+
+def _check_lengths(record: VersionRecord, truth: np.ndarray, where: str) -> None:
+    n = len(truth)
+    for what, array in (("labels", record.labels), ("distances", record.distances),
+                        ("probabilities", record.probabilities), ("logits", record.logits)):
+        if array is not None and len(array) != n:
+            raise UsageError(f"{where}: {record.model} bug {record.bug} has {len(array)} {what} but the ground "
+                             f"truth has {n} inputs; the cache is inconsistent, {TEST_CACHE_REMEDY}")

@@ -1,0 +1,125 @@
+"""Report: what the evaluation computed, as tables (results, summary with its statistics, failure prediction),
+``methods.json`` (what produced them), figures, and the text summary the scripts print."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+import layout
+from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, Evaluation
+from evaluation.records import canonical_key
+from metrics import mean_interval, sign_test
+from selection import METHODS, SCORES, describe
+from storage import atomic_write_json, atomic_write_table
+
+RESULT_COLUMNS = (["dataset", "n_versions", "models", "bug_ids", "setting", "method", "accuracy", "voting_accuracy",
+                   "upper_limit", "lower_limit", "abs_improvement", "rel_improvement", "version_accuracies"]
+                  + [f"e{k}" for k in range(MAX_VERSIONS + 1)] + [f"acc_e{k}" for k in range(MAX_VERSIONS + 1)]
+                  + ["mcnemar_p", "abs_improvement_low", "abs_improvement_high", "dfg_accuracy", "mcnemar_p_dfg"])
+#: a configuration's difference from voting (or DeepFailGuard) counts as significant below this McNemar p-value
+SIGNIFICANCE = 0.05
+
+
+def summarize(rows) -> pd.DataFrame:
+    """Per (dataset, number of versions, method): means over the configurations, and whether the method's
+    difference from voting, and from DeepFailGuard, is more than noise.
+
+    ``wins/losses/ties`` against voting and a two-sided sign test over the configurations (ties dropped);
+    the mean accuracy and mean improvement with 95 % t-intervals; how many configurations differ from
+    voting significantly (McNemar p < ``SIGNIFICANCE``) in either direction. The same counts against
+    DeepFailGuard carry the suffix ``_dfg`` (``wins_over_dfg``, ``significant_wins_over_dfg``, ``sign_test_p_dfg``).
+    """
+    table = pd.DataFrame(rows)
+    comparisons = [("voting", "voting_accuracy", "mcnemar_p", "", "")]
+    if "dfg_accuracy" in table:
+        comparisons.append(("dfg", "dfg_accuracy", "mcnemar_p_dfg", "_over_dfg", "_to_dfg"))
+    counts = {}
+    for baseline, column, p_column, over, to in comparisons:
+        wins, losses = table["accuracy"] > table[column], table["accuracy"] < table[column]
+        counts.update({f"wins_over_{baseline}": wins, f"losses_to_{baseline}": losses,
+                       f"ties_with_{baseline}": ~(wins | losses)})
+        if p_column in table:
+            significant = table[p_column] < SIGNIFICANCE
+            counts.update({f"significant_wins{over}": significant & wins,
+                           f"significant_losses{to}": significant & losses})
+    table = table.assign(**counts)
+    groups = table.groupby(["dataset", "n_versions", "method"], sort=False)
+    summary = groups.agg(
+        configurations=("accuracy", "size"), accuracy=("accuracy", "mean"),
+        voting_accuracy=("voting_accuracy", "mean"), upper_limit=("upper_limit", "mean"),
+        abs_improvement=("abs_improvement", "mean"), **{name: (name, "sum") for name in counts}).reset_index()
+    intervals = pd.DataFrame([_group_intervals(group) for _, group in groups])  # the order of agg's groups
+    summary = pd.concat([summary, intervals], axis=1)
+    for baseline, suffix in (("voting", ""), ("dfg", "_dfg")):
+        if f"wins_over_{baseline}" in summary:
+            summary[f"sign_test_p{suffix}"] = [sign_test(w, lo) for w, lo in zip(summary[f"wins_over_{baseline}"],
+                                                                                  summary[f"losses_to_{baseline}"])]
+    order = summary["method"].map(lambda method: list(METHODS).index(method) if method in METHODS else len(METHODS))
+    return summary.assign(_order=order).sort_values(["dataset", "n_versions", "_order"], kind="stable") \
+        .drop(columns="_order").reset_index(drop=True)
+
+
+def _group_intervals(group: pd.DataFrame) -> dict:
+    """95 % t-intervals of a group's mean accuracy and mean improvement over voting (across configurations)."""
+    _, accuracy_low, accuracy_high = mean_interval(group["accuracy"].to_numpy(dtype=float))
+    _, improvement_low, improvement_high = mean_interval(group["abs_improvement"].to_numpy(dtype=float))
+    return {"accuracy_low": accuracy_low, "accuracy_high": accuracy_high,
+            "abs_improvement_low": improvement_low, "abs_improvement_high": improvement_high}
+
+
+def provenance(evaluation: Evaluation) -> dict:
+    """``methods.json``: for every method and score that ran, its class, parameters, needs and tie rule."""
+    return {"methods": {name: describe(METHODS[name]) for name in evaluation.methods if name in METHODS},
+            "scores": {name: describe(SCORES[name]) for name in evaluation.scores}}
+
+
+def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by_dataset: dict, output) -> pd.DataFrame:
+    """Results, summary, failure prediction, ``methods.json`` and figures of an :class:`Evaluation`; returns the
+    summary."""
+    from plotting import save_method_comparison, save_reliability_diagram
+
+    summary = summarize(evaluation.rows)
+    atomic_write_table(layout.result_path(output, layout.RESULTS_CSV), pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
+    atomic_write_table(layout.result_path(output, layout.SUMMARY_CSV), summary)
+    atomic_write_table(layout.result_path(output, layout.FAILURE_PREDICTION_CSV), pd.DataFrame(evaluation.failure_rows))
+    atomic_write_json(layout.result_path(output, layout.METHODS_JSON), provenance(evaluation))
+    for dataset, records in records_by_dataset.items():
+        if dataset in evaluation.skipped:
+            continue
+        save_method_comparison(summary[summary["dataset"] == dataset].to_dict("records"),
+                               layout.methods_figure_path(output, dataset), title=dataset)
+        truths = truths_by_dataset[dataset]
+        curves = {f"{model} bug {bug}": (record.probability_score(DEEPFAILGUARD),
+                                         record.labels == truths[record.test_set])
+                  for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1],
+                                                                                        canonical_key(item[0])))}
+        save_reliability_diagram(curves, layout.reliability_figure_path(output, dataset),
+                                 title=f"{dataset}: calibration of DeepFailGuard's P(correct) on the test set")
+    return summary
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as a text table per dataset: one line per method, its mean accuracy per N and in how many
+    version sets it beats voting; the number of sets in the header, the upper limit in the footer."""
+    width = 20
+    blocks = []
+    for dataset, by_dataset in summary.groupby("dataset", sort=False):
+        per_size = by_dataset.drop_duplicates("n_versions").set_index("n_versions")
+        sizes = list(per_size.index)
+        titles = [f"N={n} ({per_size.at[n, 'configurations']} sets)" for n in sizes]
+        header = "".join(f"{title:>{width}}" for title in titles)
+        lines = [f"{dataset:<16}{header}", f"{'method':<16}" + f"{'accuracy  >voting':>{width}}" * len(sizes)]
+        for method, rows in by_dataset.groupby("method", sort=False):
+            by_size = rows.set_index("n_versions")
+            cells = []
+            for n in sizes:
+                if n not in by_size.index:
+                    cells.append(" " * width)
+                    continue
+                wins = f"{by_size.at[n, 'wins_over_voting']}/{by_size.at[n, 'configurations']}"
+                cells.append(f"{by_size.at[n, 'accuracy']:>{width - 8}.4f}{wins:>8}")
+            lines.append(f"{method:<16}" + "".join(cells))
+        lines.append(f"{'upper limit':<16}" + "".join(f"{per_size.at[n, 'upper_limit']:>{width - 8}.4f}{'':>8}"
+                                                       for n in sizes))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
