@@ -12,6 +12,7 @@ fallback. A thirteenth fault is one function and one ``register_fault(Fault(...)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -47,6 +48,9 @@ class Fault:
     datasets: tuple[str, ...] | None = None
     #: the paper repository's implementation was a no-op, so its released weights have the healthy structure
     paper_no_op: bool = False
+    #: whether an architecture (a ``MyModel`` class) can carry the fault: None where it can, otherwise why not
+    #: (model faults: checked on the architecture's network, built on the meta device, so it costs no memory)
+    unsupported_by: Callable[[type], str | None] | None = None
 
     @property
     def reuses_healthy_checkpoint(self) -> bool:
@@ -132,6 +136,24 @@ def unsupported_faults(dataset_name: str) -> tuple[int, ...]:
     return tuple(fault.id for fault in FAULTS.values() if not fault.applies_to(dataset_name))
 
 
+@lru_cache(maxsize=None)
+def unsupported_reason(bug_id: int | None, architecture: type) -> str | None:
+    """None where the architecture (a ``MyModel`` class) can carry ``bug_id``; otherwise why not, in words.
+
+    Each fault declares what it needs (``Fault.unsupported_by``), checked once per architecture: a default grid
+    drops the pairs that fail, an explicit request for one is refused before any work."""
+    if not bug_id or FAULTS[bug_id].unsupported_by is None:
+        return None
+    return FAULTS[bug_id].unsupported_by(architecture)
+
+
+def check_supported(bug_id: int | None, architecture: type) -> None:
+    """Refuse (a UsageError naming the architecture, the fault and why) a pair that cannot be built."""
+    reason = unsupported_reason(bug_id, architecture)
+    if reason:
+        raise UsageError(f"{architecture.name} cannot carry fault {bug_id} ({FAULTS[bug_id].name}): {reason}")
+
+
 def validate_bug_id(bug_id, dataset=None) -> int:
     """``bug_id`` as a registered fault's id (or 0); with a dataset, refuse faults that do not apply to it."""
     bug_id = 0 if bug_id is None else bug_id
@@ -167,6 +189,7 @@ def inject_model_fault(model, bug_id: int):
         return model
     if isinstance(model, nn.Module):
         return apply(model, None)
+    check_supported(bug_id, type(model))
     model.model_structure = apply(model.model_structure, model)
     return model
 
@@ -207,6 +230,21 @@ def reduce_structure(network: nn.Module, architecture) -> nn.Module:
     return architecture.build_reduced(architecture.num_classes)
 
 
+def without_reduced_variant(architecture: type) -> str | None:
+    """Fault 1 needs the architecture to declare its reduced variant (``build_reduced``)."""
+    from mymodel.base import MyModel
+
+    if architecture.build_reduced is MyModel.build_reduced:
+        return "it declares no reduced variant (MyModel.build_reduced)"
+    return None
+
+
+def widenable(conv: nn.Module) -> bool:
+    """A convolution fault 2 widens: 2-D, stride 1, a kernel above 1×1, no dilation."""
+    return (isinstance(conv, nn.Conv2d) and conv.stride == (1, 1) and conv.kernel_size != (1, 1)
+            and conv.dilation == (1, 1))
+
+
 def widen_filters(network: nn.Module, architecture=None, size: int = 5) -> nn.Module:
     """Fault 2: every stride-1 convolution with a kernel above 1×1 becomes a fresh ``size``×``size`` one.
 
@@ -214,21 +252,82 @@ def widen_filters(network: nn.Module, architecture=None, size: int = 5) -> nn.Mo
     """
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
-            if (isinstance(child, nn.Conv2d) and child.stride == (1, 1) and child.kernel_size != (1, 1)
-                    and child.dilation == (1, 1)):
+            if widenable(child):
                 wide = nn.Conv2d(child.in_channels, child.out_channels, size, stride=1, padding=size // 2,
                                  groups=child.groups, bias=child.bias is not None)
                 setattr(parent, name, wide.to(child.weight.device, child.weight.dtype))
     return network
 
 
+def without_widenable_filters(architecture: type) -> str | None:
+    """Fault 2 needs a stride-1 convolution with a kernel above 1×1 to widen."""
+    if not any(widenable(m) for m in _meta_network(architecture).modules()):
+        return "it has no stride-1 convolution with a kernel above 1x1 to widen"
+    return None
+
+
+#: the activation modules fault 3 removes: every elementwise non-linearity torch.nn has (torchvision's networks
+#: use ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU, GELU, Sigmoid); a shape-changing one (GLU) is not among them
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+               nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+               nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.Threshold)
+#: the same non-linearities called as functions (``F.relu``, ``torch.sigmoid``, ``x.relu_()``), which fault 3
+#: cannot remove: an architecture whose forward pass calls one cannot carry it
+FUNCTIONAL_ACTIVATIONS = frozenset(
+    name + suffix for name in ("relu", "relu6", "hardtanh", "leaky_relu", "prelu", "rrelu", "elu", "selu", "celu",
+                               "gelu", "silu", "mish", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus",
+                               "softsign", "logsigmoid", "tanhshrink", "softshrink", "hardshrink", "threshold")
+    for suffix in ("", "_"))
+
+
 def remove_activations(network: nn.Module, architecture=None) -> nn.Module:
-    """Fault 3: every ReLU module is replaced by the identity (the nets use no functional ReLU)."""
+    """Fault 3: every activation module (``ACTIVATIONS``) is replaced by the identity."""
     for parent in list(network.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
+            if isinstance(child, ACTIVATIONS):
                 setattr(parent, name, nn.Identity())
     return network
+
+
+def functional_activations(network: nn.Module, image_size: int, device: str = "meta") -> list[str]:
+    """The activation functions ``network``'s forward pass calls (on an input of ``image_size``), by name."""
+    from torch.overrides import TorchFunctionMode
+
+    called = []
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in FUNCTIONAL_ACTIVATIONS:
+                called.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Recorder():
+        network.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    return sorted(set(called))
+
+
+def with_functional_activations(architecture: type) -> str | None:
+    """Fault 3 needs every activation to be a module: one the forward pass calls as a function would survive.
+    The forward pass runs on the meta device (no memory), or on the CPU where an operation has no meta kernel."""
+    size = max(architecture.min_input_size, 32)
+    try:
+        left = functional_activations(remove_activations(_meta_network(architecture)), size)
+    except (RuntimeError, NotImplementedError):
+        try:
+            left = functional_activations(remove_activations(architecture(10).model_structure), size, "cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's network is a reason to give
+            return f"its network failed a forward pass on a {size}x{size} input ({type(exc).__name__}: {exc})"
+    if left:
+        return (f"its forward pass calls {', '.join(left)} as a function, which fault 3 cannot remove (use "
+                "activation modules such as nn.ReLU())")
+    return None
+
+
+def _meta_network(architecture: type) -> nn.Module:
+    """The architecture's healthy network on the meta device: its structure, no memory, no initialisation cost."""
+    with torch.device("meta"):
+        return architecture(10).model_structure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,9 +426,10 @@ def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torc
 # ---------------------------------------------------------------------------------------------
 
 FAULT_TABLE: tuple[Fault, ...] = tuple(register_fault(fault) for fault in (
-    Fault(1, "suboptimal structure", "model", reduce_structure),
-    Fault(2, "wrong filter size", "model", widen_filters, paper_no_op=True),
-    Fault(3, "missing activation", "model", remove_activations, paper_no_op=True),
+    Fault(1, "suboptimal structure", "model", reduce_structure, unsupported_by=without_reduced_variant),
+    Fault(2, "wrong filter size", "model", widen_filters, paper_no_op=True, unsupported_by=without_widenable_filters),
+    Fault(3, "missing activation", "model", remove_activations, paper_no_op=True,
+          unsupported_by=with_functional_activations),
     Fault(4, "suboptimal learning rate", "hyper-parameter", raise_learning_rate, paper_no_op=True),
     Fault(5, "too few epochs", "hyper-parameter", cut_epochs),
     Fault(6, "wrong loss function", "hyper-parameter", use_squared_error_loss, paper_no_op=True),

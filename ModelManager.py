@@ -3,7 +3,8 @@
 A version is (architecture, dataset, fault). Its checkpoint ``{key}.pth`` is a plain ``state_dict``
 (loadable with ``weights_only=True``); its metadata ``{key}.json`` holds what was measured on it.
 
-Architectures register themselves (``@register_model`` in ``mymodel``): ``MODELS`` is that registry.
+Architectures register themselves (``@register_model`` in ``mymodel``): ``MODELS`` is that registry. The paper's
+habit works too: a ``register_model(...)`` line (or a decorated ``MyModel`` class) at the end of this file.
 What a training run asks for comes in whole, as a ``settings.TrainSettings`` and a ``layout.Roots``.
 """
 
@@ -32,7 +33,7 @@ from layout import (
     version_key,
 )
 from ModelTrainer import ModelTrainer
-from mymodel import MODELS
+from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
 from plotting import save_loss_curve
 from settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
 from storage import atomic_torch_save, atomic_write_json, is_fresh, read_json, safe_torch_load

@@ -1,9 +1,11 @@
 """Command-line plumbing shared by the five ``main_*`` scripts.
 
 The flags in pieces (each script's parser takes the pieces it uses, as torchvision's reference scripts
-do, so a flag a script would ignore is an argparse error there), the presets, the settings objects a
-command line becomes, parsing of lists (``--models resnet,alexnet`` or ``--models resnet alexnet``) and
-the exit-status contract: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 on a real bug.
+do, so a flag a script would ignore is an argparse error there), the checks made before any work, the
+settings objects a command line becomes (once: ``JobSettings``, ``AttackSettings``, ``LaunchSettings``,
+``layout.Roots``, handed whole to the jobs and launchers), and the exit-status contract: 0 on success, 2 on
+bad input (one line on stderr, no traceback), 1 on a real bug. The grid a command line asks for is
+``grids.py``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import fields
 from typing import Callable, Sequence
 
 import torch
@@ -20,10 +22,19 @@ import FaultInjector
 import layout
 import storage
 import utils
+from grids import PRESETS, Grid, resolve_grid
 from jobs import Job, JobSettings
-from layout import version_key
-from mydataset import Digits
-from settings import ATTACK_BATCH, DEEPFOOL, SEED, THREADS, AttackSettings, DeepFoolSettings, distance_mode
+from settings import (
+    ATTACK_BATCH,
+    DEEPFOOL,
+    DEFAULT_LAUNCH,
+    SEED,
+    THREADS,
+    AttackSettings,
+    DeepFoolSettings,
+    LaunchSettings,
+    distance_mode,
+)
 from utils import UsageError
 
 
@@ -45,39 +56,6 @@ positive_int = _number_parser(int, "a positive whole number", zero_allowed=False
 non_negative_int = _number_parser(int, "a whole number >= 0", zero_allowed=True)
 positive_float = _number_parser(float, "a number > 0", zero_allowed=False)
 non_negative_float = _number_parser(float, "a number >= 0", zero_allowed=True)
-
-
-def split_list(values: Sequence[str] | None) -> list[str] | None:
-    """Accept both ``a,b`` and ``a b`` (and a mix) for list-valued flags."""
-    if values is None:
-        return None
-    return [item for value in values for item in value.split(",") if item]
-
-
-def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
-    """Fault ids: whole numbers (0 = healthy), or ranges such as ``1-10``; each one a registered fault."""
-    items = split_list(values)
-    if items is None:
-        return None
-    bugs: list[int] = []
-    for item in items:
-        try:
-            if "-" in item[1:]:
-                low, high = (int(end) for end in item.split("-", 1))
-                if high < low:
-                    raise UsageError(f"--bugs: {item} is an empty range; use {high}-{low} (the smaller id first)")
-                bugs.extend(range(low, high + 1))
-            else:
-                bugs.append(int(item))
-        except ValueError:
-            raise UsageError(f"--bugs: {item!r} is not a fault id ({FaultInjector.describe_ids()}, or a range "
-                             "like 1-10)") from None
-    for bug in bugs:
-        try:
-            FaultInjector.validate_bug_id(bug)
-        except UsageError as exc:
-            raise UsageError(f"--bugs: {exc}") from None
-    return list(dict.fromkeys(bugs))
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -137,7 +115,18 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--device", type=device_flag, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: best available)")
+
+
+def device_flag(text: str) -> str:
+    """``--device``'s (and ``--devices``') spelling, checked while parsing (``utils.parse_device``); whether
+    this machine has it is checked where the jobs run."""
+    try:
+        utils.parse_device(text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda, cuda:N or mps") from None
+    return text
 
 
 #: the four roots: ``layout.Roots`` field -> (its flag, its default, what it holds)
@@ -226,108 +215,22 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     sys.exit(status or 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# grids of versions
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Preset:
-    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given.
-
-    ``None`` stands for "every one registered", read when the grid is resolved: an architecture, a
-    dataset or a fault added to its registry joins the presets that take them all.
-    """
-
-    description: str
-    #: dataset names (None: the paper's datasets)
-    datasets: tuple[str, ...] | None = None
-    #: architecture names (None: every registered architecture)
-    models: tuple[str, ...] | None = None
-    #: fault ids (None: healthy and every fault; each dataset keeps those that apply to it)
-    bugs: tuple[int, ...] | None = None
-    #: training epochs of some architectures (the others: their dataset's recipe)
-    epochs: dict[str, int] = field(default_factory=dict)
-    #: validation and test inputs attacked per version (None: all)
-    max_inputs: int | None = None
-
-    def resolved(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-        """``(datasets, models, bugs)`` with every ``None`` read from its registry now."""
-        from DatasetManager import paper_datasets
-        from ModelManager import MODELS
-
-        return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
-                self.bugs or FaultInjector.all_bug_ids())
-
-
-PRESETS = {
-    "digits": Preset("DIGITS x every architecture x every fault that applies to it", datasets=(Digits.name,)),
-    # the README's one-command demo, sized for 10 minutes on two CPU cores: three architectures
-    # trained briefly (so they make mistakes worth predicting), a trained fault (5: a third of the
-    # epochs) and a test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is
-    # most of the time)
-    "demo": Preset("DIGITS x squeezenet, densenet, resnet x faults 0, 5, 10, brief training, 40 inputs per split",
-                   datasets=(Digits.name,), models=("squeezenet", "densenet", "resnet"), bugs=(0, 5, 10),
-                   epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
-    "paper": Preset("the paper's datasets x every architecture x every fault that applies"),
-}
-
-
-@dataclass(frozen=True)
-class Grid:
-    datasets: list[str]
-    models: list[str]
-    bugs: list[int]
-    epochs: int | None = None  # --epochs: every architecture
-    preset_epochs: dict[str, int] = field(default_factory=dict)
-    max_inputs: int | None = None
-
-    def versions(self, dataset: str) -> list[tuple[str, int]]:
-        """``(model, bug)`` pairs that apply to ``dataset``, healthy ones first."""
-        from DatasetManager import get_dataset
-
-        unsupported = get_dataset(dataset).unsupported_faults
-        return [(model, bug) for bug in sorted(self.bugs) for model in self.models if bug not in unsupported]
-
-    def epochs_for(self, model: str) -> int | None:
-        return self.epochs or self.preset_epochs.get(model)
-
-
-def resolve_grid(args: argparse.Namespace) -> Grid:
-    """The versions a command line asks for, every name checked before any work starts."""
-    from DatasetManager import get_dataset
-    from ModelManager import get_model_class
-
-    preset = PRESETS[args.preset]
-    preset_datasets, preset_models, preset_bugs = preset.resolved()
-    datasets = [get_dataset(name).name for name in (split_list(args.datasets) or preset_datasets)]
-    models = [get_model_class(name).name for name in (split_list(args.models) or preset_models)]
-    explicit_bugs = parse_bug_ids(args.bugs)
-    if explicit_bugs is not None:
-        for dataset in datasets:
-            for bug in explicit_bugs:
-                FaultInjector.validate_bug_id(bug, get_dataset(dataset))
-    bugs = explicit_bugs if explicit_bugs is not None else list(preset_bugs)
-    return Grid(list(dict.fromkeys(datasets)), list(dict.fromkeys(models)), bugs, getattr(args, "epochs", None),
-                dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs)
-
-
 def prepare(args: argparse.Namespace, writable=()):
-    """The checks a script makes before any work: names, device, datasets present, output folders
-    writable; then the run's thread count is set. Returns ``(grid, device)`` (device None for a script
-    without ``--device``).
+    """The checks a script makes before any work: names and pairs, device, datasets present, output folders
+    writable, launcher flags; then the run's thread count is set. Returns ``(grid, device)`` (device None for a
+    script without ``--device``, or whose jobs run on an engine: only its spelling is checked here).
 
     A script's parser holds only the flags it uses, so the flags present say what to check: a
     ``--device`` is checked where the jobs run, a ``--data-root`` for the datasets' files.
     """
     check_roots(args)
     grid = resolve_grid(args)
+    if "launcher" in vars(args):
+        launch_settings(args)  # engine flags the launcher cannot honour are refused now
     torch.set_num_threads(args.threads)  # the driver's own work (and local jobs) with the run's thread count
     device = None
-    if "device" in vars(args):
-        if getattr(args, "launcher", "local") == "local":
-            device = utils.choose_device(args.device)  # also where no network runs: an unmet request is refused
-        else:  # the jobs run elsewhere (a GPU node, say): only the spelling can be checked on the driver
-            device = _parse_device(args.device)
+    if "device" in vars(args) and getattr(args, "launcher", "local") == "local":
+        device = utils.choose_device(args.device)  # also where no network runs: an unmet request is refused
     if "data_root" in vars(args):
         check_datasets_available(grid.datasets, args.data_root)
     for folder in writable:
@@ -348,17 +251,6 @@ def check_roots(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} {path} is not a folder; point {flag} at a folder (or a path not yet there)")
 
 
-def _parse_device(device):
-    import torch
-
-    if device is None or str(device) == "auto":
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or mps") from exc
-
-
 def check_datasets_available(datasets: Sequence[str], data_root) -> None:
     """Fail before any work when a dataset's files are missing (one line naming them)."""
     from pathlib import Path
@@ -369,63 +261,44 @@ def check_datasets_available(datasets: Sequence[str], data_root) -> None:
         get_dataset(name).check_available(Path(data_root))
 
 
-def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
-    """The grid's ``(dataset, model, bug)`` versions whose checkpoint exists.
-
-    Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
-    requested versions exists, that is a UsageError.
-    """
-    from layout import checkpoint_path
-
-    wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
-    found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]
-    missing = [v for v in wanted if v not in found]
-    if not found:
-        example = checkpoint_path(model_root, wanted[0][1], wanted[0][0], wanted[0][2]) if wanted else model_root
-        raise UsageError(f"no checkpoint found for the requested versions (e.g. {example}); "
-                         "run main_train_model.py with the same --datasets/--models/--bugs first")
-    if missing:
-        names = ", ".join(version_key(m, d, b) for d, m, b in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        print(f"note: skipping {len(missing)} version(s) without a checkpoint: {names}{more}", file=sys.stderr)
-    return found
-
-
 # ---------------------------------------------------------------------------------------------
 # jobs: building them from a command line, launching them, reporting what they did
 # ---------------------------------------------------------------------------------------------
 
 def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
-    """``--launcher`` and its engines' options (the per-version scripts)."""
+    """``--launcher`` and its engines' options (the per-version scripts); defaults are ``LaunchSettings``'."""
     from launchers import AUTO_JOBS_PER_TASK, LAUNCHERS, jobs_per_task_flag, parse_sbatch_option
 
-    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local", type=_launcher_with_engine,
+    default = DEFAULT_LAUNCH
+    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default=default.launcher, type=_launcher_with_engine,
                         help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays "
                              "(ray, slurm: pip install -r envs_requirements/requirements-cluster.txt; the repository "
                              "and the roots on a filesystem the workers share)")
     engines = parser.add_argument_group("--launcher ray / slurm")
-    engines.add_argument("--ray-address", default=None,
+    engines.add_argument("--ray-address", default=default.ray_address,
                          help="join this running Ray cluster (host:port; default: $RAY_ADDRESS, else start a "
                               "local one)")
-    engines.add_argument("--cpus-per-job", type=positive_float, default=None,
+    engines.add_argument("--cpus-per-job", type=positive_float, default=default.cpus_per_job,
                          help="CPUs Ray reserves per job (default: --threads)")
-    engines.add_argument("--gpus-per-job", type=non_negative_float, default=None,
+    engines.add_argument("--gpus-per-job", type=non_negative_float, default=default.gpus_per_job,
                          help="GPUs Ray reserves per job, fractions allowed (default: 1 where this machine has CUDA, "
                               "else 0)")
-    engines.add_argument("--slurm-partition", default=None, help="Slurm partition (default: the cluster's default)")
-    engines.add_argument("--slurm-time", type=positive_int, default=240,
+    engines.add_argument("--slurm-partition", default=default.slurm_partition,
+                         help="Slurm partition (default: the cluster's default)")
+    engines.add_argument("--slurm-time", type=positive_int, default=default.slurm_time,
                          help="time limit of each Slurm array task (all of its jobs), minutes")
-    engines.add_argument("--slurm-jobs-per-task", type=jobs_per_task_flag, default=None, metavar="N|auto",
+    engines.add_argument("--slurm-jobs-per-task", type=jobs_per_task_flag, default=default.slurm_jobs_per_task,
+                         metavar="N|auto",
                          help="jobs one Slurm array task runs one after another in one process, paying the start-up "
                               f"once (default: auto: up to {AUTO_JOBS_PER_TASK}, but a training alone)")
-    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=None,
+    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=default.slurm_cpus_per_job,
                          help="CPUs per Slurm array task (default: --threads)")
-    engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=0,
-                         help="GPUs per Slurm array task (gres; default: 0)")
-    engines.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
+    engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=default.slurm_gpus_per_job,
+                         help="GPUs per Slurm array task (gres)")
+    engines.add_argument("--slurm-array-parallelism", type=positive_int, default=default.slurm_array_parallelism,
                          help="at most this many tasks of one array run at once (default: Slurm's limit)")
-    engines.add_argument("--slurm-sbatch-option", type=parse_sbatch_option, action="append", default=[],
-                         metavar="KEY=VALUE",
+    engines.add_argument("--slurm-sbatch-option", dest="slurm_sbatch_options", type=parse_sbatch_option,
+                         action="append", default=list(default.slurm_sbatch_options), metavar="KEY=VALUE",
                          help="extra sbatch option, repeatable (e.g. account=myproject; default: none)")
     engines.add_argument("--no-wait", action="store_true",
                          help="slurm: submit, print the job ids and exit instead of waiting for the jobs")
@@ -438,6 +311,20 @@ def _launcher_with_engine(name: str) -> str:
     if name in LAUNCHERS:
         check_engine(name)
     return name
+
+
+def launch_settings(args: argparse.Namespace) -> LaunchSettings:
+    """The launch a command line asks for, as one ``LaunchSettings``; an engine flag given to a launcher that
+    cannot honour it (``--cpus-per-job`` with ``--launcher local``, say) is refused naming both."""
+    given = {field.name: vars(args)[field.name] for field in fields(LaunchSettings) if field.name in vars(args)}
+    given["slurm_sbatch_options"] = tuple(given.get("slurm_sbatch_options", ()))
+    settings = LaunchSettings(**given)
+    for name, engine in settings.engine_fields().items():
+        if engine != settings.launcher and getattr(settings, name) != getattr(DEFAULT_LAUNCH, name):
+            flag = "--slurm-sbatch-option" if name == "slurm_sbatch_options" else "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is a --launcher {engine} flag; --launcher {settings.launcher} cannot honour it "
+                             f"(use --launcher {engine}, or leave {flag} out)")
+    return settings
 
 
 def roots_of(args: argparse.Namespace) -> layout.Roots:
@@ -462,7 +349,7 @@ def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettin
     return [Job(step, dataset, model, bug, roots, settings) for dataset, model, bug in versions]
 
 
-def launch_and_report(jobs: list, args: argparse.Namespace) -> int:
+def launch_and_report(jobs: list, settings: LaunchSettings) -> int:
     """Run the jobs with the chosen launcher, print one status table, and return the exit status.
 
     A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
@@ -470,7 +357,7 @@ def launch_and_report(jobs: list, args: argparse.Namespace) -> int:
     """
     from launchers import launch
 
-    outcomes = launch(jobs, args)
+    outcomes = launch(jobs, settings)
     print_outcomes(outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     bugs = [o for o in failed if not o.usage_error]

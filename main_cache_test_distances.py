@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import cli
+import grids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.info_root])
-    versions = cli.trained_versions(grid, args.model_root)
+    versions = grids.trained_versions(grid, args.model_root)
     settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings), args)
+    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings), cli.launch_settings(args))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 import cli
 import evaluation
+import grids
 import layout
 import ModelManager
 import paper
@@ -31,7 +32,7 @@ from DeepFailGuard import DeepFailGuardModule, attack_concurrently
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.attack_step_parser(__doc__)
     paper.add_posterior_flag(parser)
-    parser.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+    parser.add_argument("--devices", nargs="+", type=cli.device_flag, default=None, metavar="DEVICE",
                         help="one device per version, in turn (e.g. cuda:0 cuda:1 cuda:2, or cpu cpu cpu): the "
                              "versions' attacks then run side by side (default: every version on --device)")
     cli.add_run_flags(parser, force=False)
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
     grid, device = cli.prepare(args, writable=[args.output])
     attack = cli.attack_settings(args, grid)
     roots = cli.roots_of(args)
-    versions = cli.trained_versions(grid, roots.model)
-    devices = [utils.choose_device(d) for d in args.devices] if args.devices else [device]
+    versions = grids.trained_versions(grid, roots.model)
+    devices = [utils.choose_device(d, "--devices") for d in args.devices] if args.devices else [device]
     datasets = DatasetCache(roots.data)
     loaded = []
     for index, (dataset, model_name, bug) in enumerate(tqdm(versions, desc="loading versions", unit="version",

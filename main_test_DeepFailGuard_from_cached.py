@@ -25,7 +25,6 @@ import cli
 import evaluation
 import layout
 import paper
-from DatasetManager import get_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +50,8 @@ def main(argv=None) -> int:
                 paper.note(f"{dataset}: the paper published no configuration of it")
     records_by_dataset, truths_by_dataset, bugs_by_dataset = {}, {}, {}
     for dataset in grid.datasets:
-        unsupported = get_dataset(dataset).unsupported_faults
-        bugs = [bug for bug in grid.bugs if bug not in unsupported]
-        versions = [(model, bug) for model in grid.models for bug in bugs]
+        versions = grid.versions(dataset)
+        bugs = sorted({bug for _, bug in versions})
         if published is not None:
             if dataset not in needed:
                 continue

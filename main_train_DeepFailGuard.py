@@ -14,6 +14,7 @@ import argparse
 
 import cli
 import FaultInjector
+import grids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +30,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.info_root, args.output])
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
-    trained = cli.trained_versions(grid, args.model_root)
+    trained = grids.trained_versions(grid, args.model_root)
     versions = list(dict.fromkeys((d, m, FaultInjector.checkpoint_fault(b)) for d, m, b in trained))
     settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return cli.launch_and_report(cli.make_jobs("fit", versions, args, settings), args)
+    return cli.launch_and_report(cli.make_jobs("fit", versions, args, settings), cli.launch_settings(args))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         settings = cli.job_settings(args, mode=args.mode, training=replace(training, epochs=grid.epochs_for(model)))
         jobs += cli.make_jobs(step_of(bug) if args.mode == "train" else "train", [(dataset, model, bug)], args,
                               settings)
-    return cli.launch_and_report(jobs, args)
+    return cli.launch_and_report(jobs, cli.launch_settings(args))
 
 
 def with_healthy_versions(versions: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:

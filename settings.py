@@ -109,3 +109,41 @@ class AttackSettings:
     #: at most this many validation and test inputs per version (a stratified sample; None: all)
     max_inputs: int | None = None
     deepfool: DeepFoolSettings = field(default=DEEPFOOL)
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Where a launch's jobs run and how: ``--launcher`` and its engine's flags, built once from the command line
+    (``cli.launch_settings``) and handed whole to the launcher. ``None`` means the default that depends on the
+    jobs or the machine, stated beside each field."""
+
+    launcher: str = "local"
+    quiet: bool = False
+    #: Ray: join this cluster (None: ``$RAY_ADDRESS``, else a local cluster started for the launch)
+    ray_address: str | None = None
+    #: Ray: CPUs reserved per job (None: the jobs' ``--threads``)
+    cpus_per_job: float | None = None
+    #: Ray: GPUs reserved per job, fractions allowed (None: 1 where this machine has CUDA, else 0)
+    gpus_per_job: float | None = None
+    slurm_partition: str | None = None
+    #: Slurm: time limit of one array task (all of its jobs), minutes
+    slurm_time: int = 240
+    #: Slurm: jobs per array task (None: ``auto``, see ``launchers.slurm_arrays.pack_tasks``)
+    slurm_jobs_per_task: int | None = None
+    #: Slurm: CPUs per array task (None: the jobs' ``--threads``)
+    slurm_cpus_per_job: int | None = None
+    slurm_gpus_per_job: int = 0
+    slurm_array_parallelism: int | None = None
+    #: Slurm: extra sbatch options, ``(key, value)`` pairs
+    slurm_sbatch_options: tuple[tuple[str, str], ...] = ()
+    #: Slurm: submit and return instead of waiting
+    no_wait: bool = False
+
+    def engine_fields(self) -> dict[str, str]:
+        """Each engine flag's field and the launcher it belongs to."""
+        return {name: ("ray" if name in ("ray_address", "cpus_per_job", "gpus_per_job") else "slurm")
+                for name in self.__dataclass_fields__ if name.startswith(("ray_", "cpus_", "gpus_", "slurm_"))
+                or name == "no_wait"}
+
+
+DEFAULT_LAUNCH = LaunchSettings()

@@ -61,8 +61,29 @@ def _label(entry) -> str:
     return entry.__name__ if isinstance(entry, type) else type(entry).__name__
 
 
-def choose_device(device: str | int | torch.device | None = None) -> torch.device:
-    """``None`` picks CUDA, then Apple MPS, then CPU; an explicit request that cannot be met is a UsageError.
+#: the kinds of device the pipeline runs on (``--device``, ``--devices``, the API's ``device=``)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def parse_device(device: str | int | torch.device | None, flag: str = "--device") -> torch.device | None:
+    """The spelling of a device request checked, not whether this machine has it: ``None`` (or ``auto``) for
+    "the best available", else a ``torch.device`` of one of :data:`DEVICE_TYPES`; an int ``n`` (the paper
+    repository's habit) is ``cuda:n``. Anything else is a UsageError naming ``flag``."""
+    if device is None or str(device) == "auto":
+        return None
+    try:
+        parsed = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool)
+                              else device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise UsageError(f"unknown {flag} {device!r}: use cpu, cuda, cuda:N or mps")
+    return parsed
+
+
+def choose_device(device: str | int | torch.device | None = None, flag: str = "--device") -> torch.device:
+    """The device to run on: ``None`` picks CUDA, then Apple MPS, then CPU; an explicit request
+    (:func:`parse_device`) that this machine cannot meet is a UsageError.
 
     An int ``n`` (the paper repository's habit) means ``cuda:n``, or the CPU where there is no CUDA.
     """
@@ -74,17 +95,13 @@ def choose_device(device: str | int | torch.device | None = None) -> torch.devic
         return torch.device("cpu")
     if isinstance(device, int) and not isinstance(device, bool) and not torch.cuda.is_available():
         return torch.device("cpu")
-    try:
-        device = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool)
-                              else device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+    device = parse_device(device, flag)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
+        raise UsageError(f"{flag} {device} requested but CUDA is not available on this machine; use {flag} cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        raise UsageError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) present")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps requested but Apple MPS is not available on this machine; use --device cpu")
+        raise UsageError(f"{flag} mps requested but Apple MPS is not available on this machine; use {flag} cpu")
     return device
 
 

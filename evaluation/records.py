@@ -92,7 +92,7 @@ def canonical_key(version: tuple[str, int]) -> tuple:
     """Where a ``(model, bug)`` version stands in the canonical order: the architectures' registry order (names
     not registered after them, alphabetically), then the fault id. Version sets, their members, the region of
     competence and every table follow it, whatever order the flags were typed in."""
-    from mymodel import MODELS
+    from ModelManager import MODELS  # the registry with what ModelManager.py itself registers
 
     model, bug = version
     names = list(MODELS)
@@ -121,9 +121,9 @@ def check_dataset(dataset: str, records: dict[tuple[str, int], VersionRecord], t
     """Refuse (one line naming the files' step) a dataset whose records cannot be compared: answers of another
     length than their ground truth, softmax or logits of different widths, validation outputs of different
     validation splits."""
-    for record in records.values():
+    for record in canonical(records.values()):
         _check_lengths(record, truths[record.test_set], dataset)
-    widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in records.values()
+    widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in canonical(records.values())
               for where, array in (("", r.probabilities), (" logits", r.logits)) if array is not None}
     if len(set(widths.values())) > 1:
         raise UsageError(f"{dataset}: the versions' softmax probabilities (and logits) have different numbers of "

@@ -37,7 +37,6 @@ refuses a launcher whose engine is missing before any work starts.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import shutil
 
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from jobs import Job, Outcome, run_job
 from launchers.ray_pool import run_ray
 from launchers.slurm_arrays import AUTO_JOBS_PER_TASK, jobs_per_task_flag, parse_sbatch_option, run_slurm
+from settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 __all__ = ["AUTO_JOBS_PER_TASK", "CLUSTER_REQUIREMENTS", "LAUNCHERS", "check_engine", "jobs_per_task_flag", "launch",
@@ -54,10 +54,9 @@ __all__ = ["AUTO_JOBS_PER_TASK", "CLUSTER_REQUIREMENTS", "LAUNCHERS", "check_eng
 CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
 
 
-def run_local(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
+def run_local(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
     """In process, in order: exactly what the scripts did before there were launchers."""
-    quiet = bool(getattr(options, "quiet", False))
-    return [run_job(job) for job in tqdm(jobs, desc="jobs", unit="job", disable=quiet)]
+    return [run_job(job) for job in tqdm(jobs, desc="jobs", unit="job", disable=settings.quiet)]
 
 
 def check_engine(launcher: str) -> None:
@@ -78,6 +77,6 @@ def check_engine(launcher: str) -> None:
 LAUNCHERS = {"local": run_local, "ray": run_ray, "slurm": run_slurm}
 
 
-def launch(jobs: list[Job], options: argparse.Namespace) -> list[Outcome]:
-    """Run ``jobs`` with the launcher ``options.launcher`` names; outcomes in the order of ``jobs``."""
-    return LAUNCHERS[getattr(options, "launcher", "local") or "local"](jobs, options)
+def launch(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
+    """Run ``jobs`` with the launcher ``settings.launcher`` names; outcomes in the order of ``jobs``."""
+    return LAUNCHERS[settings.launcher](jobs, settings)

@@ -1,5 +1,5 @@
-"""What every launcher shares: reading its options, the failed outcome, a job's place among the jobs it needs,
-and how an engine's worker runs a job (``run_guarded``)."""
+"""What every launcher shares: the failed outcome, a job's place among the jobs it needs, and how an engine's
+worker runs a job (``run_guarded``). A launcher's options come whole, as ``settings.LaunchSettings``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from pathlib import Path
 from jobs import FAILED, Job, Outcome, run_job
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def option(options, name: str, default=None):
-    value = getattr(options, name, None) if options is not None else None
-    return default if value is None else value
 
 
 def one_line(text: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -10,8 +9,9 @@ import socket
 from tqdm.auto import tqdm
 
 from jobs import Job, Outcome
-from launchers.common import failed, one_line, option, run_guarded, upstream, worker_identity, worker_pythonpath
+from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
 from layout import log_folder
+from settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 #: how often Ray reruns a job whose actor process died (killed, out of memory, node lost)
@@ -54,7 +54,7 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_ray(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
+def run_ray(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
     """A pool of long-lived actors on a running cluster (``--ray-address``) or a local one started here."""
     import ray
 
@@ -62,9 +62,9 @@ def run_ray(jobs: list[Job], options: argparse.Namespace | None = None) -> list[
         return []
     started_here = not ray.is_initialized()
     if started_here:
-        _connect_ray(ray, option(options, "ray_address"))
+        _connect_ray(ray, settings.ray_address)
     try:
-        return RayPool(ray, jobs, options).run()
+        return RayPool(ray, jobs, settings).run()
     finally:
         if started_here:
             ray.shutdown()
@@ -128,11 +128,10 @@ class RayPool:
     have finished, in the order given. (Ray's ``ActorPool`` hands out work in submission order only: it knows
     neither dependencies nor replacing an actor.)"""
 
-    def __init__(self, ray, jobs: list[Job], options):
-        self.ray, self.jobs, self.options = ray, jobs, options
-        cpus = float(option(options, "cpus_per_job", jobs[0].settings.threads))
-        gpus = option(options, "gpus_per_job")
-        gpus = default_gpus_per_job() if gpus is None else float(gpus)
+    def __init__(self, ray, jobs: list[Job], settings: LaunchSettings):
+        self.ray, self.jobs, self.settings = ray, jobs, settings
+        cpus = float(jobs[0].settings.threads if settings.cpus_per_job is None else settings.cpus_per_job)
+        gpus = default_gpus_per_job() if settings.gpus_per_job is None else float(settings.gpus_per_job)
         self.size = pool_size(ray.cluster_resources(), cpus, gpus, len(jobs))
         # an actor is restarted whenever its process dies, and the job it was running retried on it; a job's
         # own exception is returned as a failed outcome (run_guarded), never retried
@@ -153,7 +152,7 @@ class RayPool:
             self._start_actor()
         waiting = list(range(len(self.jobs)))
         with tqdm(total=len(self.jobs), desc="jobs (ray)", unit="job",
-                  disable=bool(option(self.options, "quiet"))) as self.bar:
+                  disable=self.settings.quiet) as self.bar:
             try:
                 while waiting or self.running:
                     waiting = self._dispatch(waiting)

@@ -11,8 +11,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from jobs import Job, Outcome, import_step_modules
-from launchers.common import failed, one_line, option, run_guarded, upstream, worker_identity, worker_pythonpath
+from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
 from layout import log_folder
+from settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here
@@ -131,14 +132,14 @@ def run_packed(jobs: list[Job]) -> list[Outcome]:
     return outcomes
 
 
-def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> list[Outcome]:
+def run_slurm(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
     """Array tasks of several jobs each (``pack_tasks``); a task needing another task's job goes to a later
     array that starts after the arrays it needs."""
     import submitit
 
     if not jobs:
         return []
-    tasks = pack_tasks(jobs, option(options, "slurm_jobs_per_task"))
+    tasks = pack_tasks(jobs, settings.slurm_jobs_per_task)
     needs = task_needs(jobs, tasks)
     waves = array_waves(needs)
     folder = log_folder(Path(jobs[0].roots.output).resolve(), "slurm") / "%j"
@@ -150,7 +151,7 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
         after = sorted({arrays[waves[n]] for t in members for n in needs[t]})
         steps = "+".join(dict.fromkeys(jobs[i].step for t in members for i in tasks[t]))
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(**_slurm_parameters(steps, options, after, jobs[0].settings.threads))
+        executor.update_parameters(**_slurm_parameters(steps, settings, after, jobs[0].settings.threads))
         try:
             submitted = executor.map_array(run_packed, [[jobs[i] for i in tasks[t]] for t in members])
         except Exception as exc:  # noqa: BLE001 - sbatch refused the array: its message is what matters
@@ -159,7 +160,7 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
             handles[t] = handle
         arrays.append(submitted[0].job_id.split("_")[0])
         labels.append(f"{steps} {arrays[-1]}")
-    if option(options, "no_wait", False):
+    if settings.no_wait:
         print(f"submitted Slurm job array(s): {', '.join(labels)} ({len(tasks)} task(s) for {len(jobs)} job(s)); "
               f"logs in {folder.parent}", file=sys.stderr)
         outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -168,33 +169,32 @@ def run_slurm(jobs: list[Job], options: argparse.Namespace | None = None) -> lis
                 outcomes[index] = Outcome(jobs[index], SUBMITTED, note=f"submitted: Slurm job {handle.job_id}")
         return outcomes
     try:
-        return _wait_slurm(jobs, tasks, handles, arrays, options)
+        return _wait_slurm(jobs, tasks, handles, arrays, settings.quiet)
     except KeyboardInterrupt:
         print(f"the Slurm job arrays keep running; stop them with: scancel {' '.join(arrays)}", file=sys.stderr)
         raise
 
 
-def _slurm_parameters(steps: str, options, needs: list[str], threads: int) -> dict:
-    extra = dict(option(options, "slurm_sbatch_option", None) or [])
+def _slurm_parameters(steps: str, settings: LaunchSettings, needs: list[str], threads: int) -> dict:
+    extra = dict(settings.slurm_sbatch_options)
     if needs:
         after = "afterany:" + ":".join(needs)
         extra["dependency"] = f"{extra['dependency']},{after}" if extra.get("dependency") else after
-    parameters = dict(name=f"dfg-{steps}", timeout_min=int(option(options, "slurm_time", 240)),
-                      cpus_per_task=int(option(options, "slurm_cpus_per_job", threads)),
+    cpus = threads if settings.slurm_cpus_per_job is None else settings.slurm_cpus_per_job
+    parameters = dict(name=f"dfg-{steps}", timeout_min=settings.slurm_time, cpus_per_task=cpus,
                       slurm_setup=[f"export PYTHONPATH={worker_pythonpath()}"],
                       slurm_additional_parameters=extra)
-    gpus = int(option(options, "slurm_gpus_per_job", 0))
-    if gpus:
-        parameters["slurm_gres"] = f"gpu:{gpus}"
-    if option(options, "slurm_partition"):
-        parameters["slurm_partition"] = options.slurm_partition
-    if option(options, "slurm_array_parallelism"):
-        parameters["slurm_array_parallelism"] = int(options.slurm_array_parallelism)
+    if settings.slurm_gpus_per_job:
+        parameters["slurm_gres"] = f"gpu:{settings.slurm_gpus_per_job}"
+    if settings.slurm_partition:
+        parameters["slurm_partition"] = settings.slurm_partition
+    if settings.slurm_array_parallelism:
+        parameters["slurm_array_parallelism"] = settings.slurm_array_parallelism
     return parameters
 
 
 def _wait_slurm(jobs: list[Job], tasks: list[list[int]], handles: list, arrays: list[str],
-                options) -> list[Outcome]:
+                quiet: bool) -> list[Outcome]:
     """Poll until every task has written its result; a task that left the queue without one (time limit,
     cancelled, node failure) fails its jobs, rather than hang. Only the result files and ``squeue`` are read:
     submitit's own ``done()`` asks ``sacct``, which clusters without accounting answer with an error on
@@ -210,7 +210,7 @@ def _wait_slurm(jobs: list[Job], tasks: list[list[int]], handles: list, arrays: 
             outcomes[index] = outcome
         bar.update(len(tasks[t]))
 
-    with tqdm(total=len(jobs), desc="jobs (slurm)", unit="job", disable=bool(option(options, "quiet"))) as bar:
+    with tqdm(total=len(jobs), desc="jobs (slurm)", unit="job", disable=quiet) as bar:
         while not all(finished):
             for t, handle in enumerate(handles):
                 if not finished[t] and handle.paths.result_pickle.exists():

@@ -308,6 +308,23 @@ def restore_registries():
         registry.update(entries)
 
 
+def unused_name(registry, base: str) -> str:
+    """``base``, or ``base2``, ``base3``, … : a name the registry does not hold yet, so that a test's own entry
+    never clashes with one a user added (the README's ``mobilenet``, say)."""
+    name, number = registry.spelling(base), 1
+    while name in registry:
+        number += 1
+        name = registry.spelling(f"{base}{number}")
+    return name
+
+
+def unused_fault_id() -> int:
+    """The first fault id after the registered ones."""
+    import FaultInjector
+
+    return FaultInjector.fault_ids()[-1] + 1
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The healthy DIGITS splits, loaded once; shared, so tests must not modify them."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import SCRIPTS, assert_usage_error, run_in_process, script_flags
 
-import cli
 import FaultInjector
+import grids
 from DatasetManager import paper_datasets
 from ModelManager import MODELS
 from settings import ATTACK_BATCH
@@ -58,8 +58,37 @@ def test_batch_size_help_says_what_it_sets(capsys, script, says):
 
 
 def test_presets_read_the_registries():
-    datasets, models, bugs = cli.PRESETS["paper"].resolved()
+    datasets, models, bugs = grids.PRESETS["paper"].resolved()
     assert datasets == paper_datasets() and len(datasets) == 7 and "DIGITS" not in datasets
     assert models == tuple(MODELS) and bugs == FaultInjector.all_bug_ids() == tuple(range(13))
-    digits = cli.PRESETS["digits"].resolved()
+    digits = grids.PRESETS["digits"].resolved()
     assert digits[0] == ("DIGITS",) and digits[1] == tuple(MODELS) and digits[2] == tuple(range(13))
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--cpus-per-job", "2"], ["--cpus-per-job", "--launcher ray"]),
+    (["--gpus-per-job", "0.5"], ["--gpus-per-job", "--launcher ray"]),
+    (["--slurm-time", "5"], ["--slurm-time", "--launcher slurm"]),
+    (["--launcher", "ray", "--slurm-jobs-per-task", "3"], ["--slurm-jobs-per-task", "--launcher ray cannot"]),
+])
+def test_an_engine_flag_the_launcher_cannot_honour_is_refused(capsys, empty_workspace, flags, named):
+    pytest.importorskip("ray")
+    result = run_in_process(capsys, "cache", *empty_workspace.argv("cache", *flags))
+    assert_usage_error(result, *named)
+    assert not empty_workspace.root.exists()  # before any work
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("train", ["--device", "meta"]), ("cache", ["--device", "xpu"]), ("realtime", ["--devices", "cpu", "meta"]),
+    ("realtime", ["--devices", "xpu"]), ("fit", ["--device", "cuda:x"]),
+])
+def test_a_device_of_another_kind_is_refused_while_parsing(capsys, empty_workspace, script, flags):
+    result = run_in_process(capsys, script, *empty_workspace.argv(script, *flags))
+    assert_usage_error(result, flags[-1], "use cpu, cuda, cuda:N or mps")
+
+
+@pytest.mark.parametrize("flag", ["--models", "--datasets", "--bugs"])
+def test_an_empty_list_is_refused_not_read_as_the_presets(capsys, empty_workspace, flag):
+    result = run_in_process(capsys, "train", *empty_workspace.argv("train", flag, "", grid=[]))
+    assert_usage_error(result, flag, "names nothing")
+    assert not empty_workspace.root.exists()

@@ -734,3 +734,32 @@ def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
         assert float(row["accuracy"]) == pytest.approx(np.mean(labels == live_truth[""]), abs=1e-6), members
         checked.add(tuple(sorted(members)))
     assert checked & {order for order, _ in both_chosen}
+
+
+def test_the_order_flags_are_typed_in_changes_no_byte(pipeline, tmp_path, capsys):
+    """``--models squeezenet densenet`` and ``--models densenet squeezenet`` (and the faults in another order)
+    write byte-identical tables and ``methods.json``: members come in the canonical order, whatever was typed."""
+    outputs = []
+    for grid in (["--models", "squeezenet", "densenet", "--bugs", "0", "1", "10"],
+                 ["--models", "densenet,squeezenet", "--bugs", "10", "1", "0"]):
+        outputs.append(tmp_path / f"out{len(outputs)}")
+        result = run_in_process(capsys, "evaluate", *pipeline.argv("evaluate", "--output", outputs[-1], grid=grid))
+        assert result.returncode == 0, result.stderr
+    for name in ("results.csv", "summary.csv", "failure_prediction.csv", "methods.json"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
+    assert (outputs[0] / "results.csv").read_bytes() == (pipeline.out / "results.csv").read_bytes()
+
+
+def test_methods_json_records_every_method_and_score_that_ran(pipeline):
+    import json
+
+    recorded = json.loads((pipeline.out / "methods.json").read_text())
+    results = read_csv(pipeline.out / "results.csv")
+    assert list(recorded["methods"]) == sorted({row["method"] for row in results})
+    assert recorded["methods"]["knora_e"] == {"class": "selection.dynamic.KnoraEliminate", "parameters": {"k": 7},
+                                              "needs": ["validation", "region"], "ties": "the smallest class index"}
+    assert recorded["methods"]["stacking"]["parameters"] == {"max_inputs": 3000, "solver": "newton-cg", "C": 1.0}
+    assert recorded["methods"]["dfg"]["parameters"] == {"score": "dfg"} and "validation accuracy" in \
+        recorded["methods"]["dfg"]["ties"]
+    assert recorded["scores"]["rel_u"]["parameters"] == {"weight": 0.5}
+    assert set(recorded["scores"]) == set(selection.SCORES)

@@ -154,22 +154,20 @@ def test_unreachable_ray_address_is_one_line_at_once(reference, loopback_ns, tmp
 
 
 REAL_BUG_DRIVER = textwrap.dedent("""
-    import argparse, sys
+    import sys
     sys.path.insert(0, {repo!r})
     import cli
     from jobs import Job, JobSettings, Roots
-    from settings import AttackSettings
+    from settings import AttackSettings, LaunchSettings
 
     out = sys.argv[2]
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
     # a setting no command line can produce: the dataset sampler raises TypeError, a real bug
     settings = JobSettings(quiet=True, attack=AttackSettings(max_inputs="twelve"))
     jobs = [Job("cache", "DIGITS", "squeezenet", 0, roots, settings)]
-    args = argparse.Namespace(launcher=sys.argv[1], quiet=True, cpus_per_job=1, gpus_per_job=0,
-                              slurm_time=5, slurm_cpus_per_job=1, slurm_gpus_per_job=0,
-                              slurm_partition=None, slurm_array_parallelism=None, slurm_sbatch_option=[],
-                              no_wait=False, ray_address=None)
-    sys.exit(cli.launch_and_report(jobs, args))
+    engine = dict(cpus_per_job=1, gpus_per_job=0) if sys.argv[1] == "ray" else dict(slurm_time=5,
+                                                                                     slurm_cpus_per_job=1)
+    sys.exit(cli.launch_and_report(jobs, LaunchSettings(launcher=sys.argv[1], quiet=True, **engine)))
 """).format(repo=str(REPO))
 
 
@@ -280,11 +278,12 @@ def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluste
 
 
 ISOLATION_DRIVER = textwrap.dedent("""
-    import argparse, json, sys
+    import json, sys
     sys.path.insert(0, {repo!r})
     import ray
     from launchers import ray_pool
     from jobs import Job, JobSettings, Roots
+    from settings import LaunchSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -292,8 +291,8 @@ ISOLATION_DRIVER = textwrap.dedent("""
     ray_pool._connect_ray(ray, None)
     report = {{}}
     for gpus in (1.0, 2.0, 0.5):
-        options = argparse.Namespace(quiet=True, cpus_per_job=0.5, gpus_per_job=gpus)
-        pool = ray_pool.RayPool(ray, jobs, options)
+        pool = ray_pool.RayPool(ray, jobs, LaunchSettings(launcher="ray", quiet=True, cpus_per_job=0.5,
+                                                          gpus_per_job=gpus))
         # the pool's actors all up at once (in a launch, fast jobs may all be done before the last actor is)
         actors = [pool.actor_class.remote() for _ in range(pool.size)]
         together = ray.get([actor.ready.remote() for actor in actors])
@@ -381,11 +380,11 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
 
 
 PACKED_DRIVER = textwrap.dedent("""
-    import argparse, sys
+    import sys
     sys.path.insert(0, {repo!r})
     import cli
     from jobs import Job, JobSettings, Roots
-    from settings import AttackSettings
+    from settings import AttackSettings, LaunchSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -395,10 +394,8 @@ PACKED_DRIVER = textwrap.dedent("""
     working = JobSettings(quiet=True, attack=AttackSettings(max_inputs=20), device="cpu")
     jobs = [Job("cache", "DIGITS", "squeezenet", 10, roots, broken),
             *(Job("cache", "DIGITS", "squeezenet", bug, roots, working) for bug in (0, 1))]
-    args = argparse.Namespace(launcher="slurm", quiet=True, slurm_time=5, slurm_cpus_per_job=1, slurm_gpus_per_job=0,
-                              slurm_partition=None, slurm_array_parallelism=None, slurm_sbatch_option=[],
-                              slurm_jobs_per_task=3, no_wait=False)
-    sys.exit(cli.launch_and_report(jobs, args))
+    settings = LaunchSettings(launcher="slurm", quiet=True, slurm_time=5, slurm_cpus_per_job=1, slurm_jobs_per_task=3)
+    sys.exit(cli.launch_and_report(jobs, settings))
 """)
 
 

@@ -1,26 +1,34 @@
 """Every name declared once: an architecture, a dataset and a fault are each added in one place (a class and
 its decorator line, or a function and its table row), and the presets, ``--help``, the grid and the
 pipeline take them with nothing else changed. A fault row without a function is an error, never a
-silent fallback."""
+silent fallback. The contract tests iterate the registries: an architecture added by the README's one-liner,
+or at the end of ModelManager.py, is checked like the built-in five, or told clearly what it lacks."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import SCRIPTS, run_in_process
+import torchvision
+from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error, run_in_process, unused_fault_id, unused_name
 
 import cli
 import DatasetManager
 import FaultInjector
+import grids
 import ModelManager
+import mymodel
 from FaultInjector import Fault, register_fault
 from ModelTrainer import ModelTrainer
 from mydataset import MyDataset, RawSplits, register_dataset
 from mymodel import MyModel, register_model
 from settings import TrainingRecipe
+from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread", "restore_registries")
 
@@ -32,9 +40,7 @@ def help_text(capsys, script: str) -> str:
 
 
 def test_an_architecture_is_one_class_and_its_decorator(capsys, empty_workspace):
-    @register_model
     class TinyNet(MyModel):
-        name = "tinynet"
         min_input_size = 8
 
         def build(self, num_classes: int) -> nn.Module:
@@ -44,22 +50,24 @@ def test_an_architecture_is_one_class_and_its_decorator(capsys, empty_workspace)
         def build_reduced(self, num_classes: int) -> nn.Module:
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
 
-    assert ModelManager.get_model_class("TinyNet") is TinyNet
+    name = TinyNet.name = unused_name(ModelManager.MODELS, "tinynet")  # its decorator line, with a free name
+    register_model(TinyNet)
+    assert ModelManager.get_model_class(name.upper()) is TinyNet
     for preset in ("digits", "paper"):  # the presets that take every architecture
-        assert "tinynet" in cli.PRESETS[preset].resolved()[1]
-    assert "tinynet" not in cli.PRESETS["demo"].resolved()[1]  # the demo names its three
+        assert name in grids.PRESETS[preset].resolved()[1]
+    assert name not in grids.PRESETS["demo"].resolved()[1]  # the demo names its three
     for script in SCRIPTS:
-        assert "tinynet" in " ".join(help_text(capsys, script).split())
+        assert name in " ".join(help_text(capsys, script).split())
     ws = empty_workspace
-    grid = ["--models", "tinynet", "--bugs", "0", "1", "3"]
+    grid = ["--models", name, "--bugs", "0", "1", "3"]
     trained = run_in_process(capsys, "train", *ws.argv("train", "--epochs", "1", grid=grid))
     assert trained.returncode == 0, trained.stderr
     for bug, fault in ((0, "healthy"), (1, "suboptimal structure"), (3, "missing activation")):
-        metadata = json.loads(ws.metadata("tinynet", bug).read_text())
-        assert (metadata["model"], metadata["fault"], metadata["image_size"]) == ("tinynet", fault, 32)
+        metadata = json.loads(ws.metadata(name, bug).read_text())
+        assert (metadata["model"], metadata["fault"], metadata["image_size"]) == (name, fault, 32)
     fitted = run_in_process(capsys, "fit", *ws.argv("fit", "--max-inputs", "10", grid=grid))
     assert fitted.returncode == 0, fitted.stderr
-    assert ws.kde("correct", model="tinynet", bug=3).is_file()
+    assert ws.kde("correct", model=name, bug=3).is_file()
 
 
 class Stripes(MyDataset):
@@ -83,6 +91,7 @@ class Stripes(MyDataset):
 
 
 def test_a_dataset_is_one_class_and_its_decorator(capsys, empty_workspace):
+    assert unused_name(DatasetManager.DATASETS, "STRIPES") == "STRIPES", "a dataset of this name is registered"
     register_dataset(Stripes)
     assert DatasetManager.get_dataset("stripes").name == "STRIPES"
     assert "STRIPES" not in DatasetManager.paper_datasets()  # not the paper's: --preset paper leaves it out
@@ -105,19 +114,20 @@ def invert_training_images(data, bug_id: int, generator: torch.Generator) -> Non
 
 
 def test_a_fault_is_one_function_and_its_row(capsys, empty_workspace, digits):
-    register_fault(Fault(13, "inverted training images", "data", invert_training_images))
-    assert FaultInjector.describe_ids() == "0 (healthy) and 1-13"
-    assert 13 in cli.PRESETS["digits"].resolved()[2]
-    assert "1-13" in " ".join(help_text(capsys, "train").split())
-    faulty = DatasetManager.create_dataset("DIGITS", bug_id=13)
+    bug = unused_fault_id()
+    register_fault(Fault(bug, "inverted training images", "data", invert_training_images))
+    assert FaultInjector.describe_ids() == f"0 (healthy) and 1-{bug}"
+    assert bug in grids.PRESETS["digits"].resolved()[2]
+    assert f"1-{bug}" in " ".join(help_text(capsys, "train").split())
+    faulty = DatasetManager.create_dataset("DIGITS", bug_id=bug)
     assert torch.equal(faulty.x_train, 1.0 - digits.x_train) and torch.equal(faulty.x_test, digits.x_test)
-    assert FaultInjector.data_fault(13) == 13 and FaultInjector.structure_fault(13) == 0
+    assert FaultInjector.data_fault(bug) == bug and FaultInjector.structure_fault(bug) == 0
     ws = empty_workspace
-    result = run_in_process(capsys, "train", *ws.argv("train", grid=["--models", "squeezenet", "--bugs", "13",
+    result = run_in_process(capsys, "train", *ws.argv("train", grid=["--models", "squeezenet", "--bugs", str(bug),
                                                                       "--epochs", "1"]))
     assert result.returncode == 0, result.stderr
-    metadata = json.loads(ws.metadata("squeezenet", 13).read_text())
-    assert (metadata["bug"], metadata["fault"]) == (13, "inverted training images")
+    metadata = json.loads(ws.metadata("squeezenet", bug).read_text())
+    assert (metadata["bug"], metadata["fault"]) == (bug, "inverted training images")
 
 
 @pytest.mark.parametrize("kind, inject, target", [
@@ -127,10 +137,11 @@ def test_a_fault_is_one_function_and_its_row(capsys, empty_workspace, digits):
     ("data", FaultInjector.inject_dataset_fault, lambda: None),
 ])
 def test_a_fault_row_without_a_function_is_an_error(kind, inject, target):
-    register_fault(Fault(14, "declared but not written", kind, None))
-    with pytest.raises(NotImplementedError, match=f"fault 14 .* is a {kind} fault but its FAULT_TABLE row names "
+    bug = unused_fault_id()
+    register_fault(Fault(bug, "declared but not written", kind, None))
+    with pytest.raises(NotImplementedError, match=f"fault {bug} .* is a {kind} fault but its FAULT_TABLE row names "
                                                   "no function"):
-        inject(target(), 14)
+        inject(target(), bug)
 
 
 def test_registries_refuse_a_second_entry_under_one_name():
@@ -140,3 +151,117 @@ def test_registries_refuse_a_second_entry_under_one_name():
         register_model(type("OtherResNet", (MyModel,), {"name": "resnet"}))
     with pytest.raises(ValueError, match="upper-case"):
         register_dataset(type("Lower", (MyDataset,), {"name": "lower"}))
+
+
+# ---------------------------------------------------------------------------------------------
+# the architectures' contract with the model faults, for every registered architecture
+# ---------------------------------------------------------------------------------------------
+
+MODEL_FAULTS = [bug for bug in FaultInjector.fault_ids() if FaultInjector.is_kind(bug, "model")]
+
+
+def on_meta(model_name: str, bug: int = 0) -> nn.Module:
+    with torch.device("meta"):
+        return ModelManager.build_version(model_name, 7, bug).model_structure
+
+
+def convolutions(network: nn.Module) -> dict[str, tuple]:
+    return {name: tuple(m.weight.shape) for name, m in network.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("bug", MODEL_FAULTS)
+@pytest.mark.parametrize("model_name", list(ModelManager.MODELS))
+def test_every_architecture_carries_each_model_fault_or_says_why_not(model_name, bug):
+    """Each registered architecture and model fault: the fault changes what it claims to, or the pair is declared
+    unsupported with a reason in words (and building it is refused with that reason)."""
+    architecture = ModelManager.get_model_class(model_name)
+    reason = FaultInjector.unsupported_reason(bug, architecture)
+    if reason:
+        assert isinstance(reason, str) and len(reason) > 10
+        with pytest.raises(UsageError, match=f"{model_name} cannot carry fault {bug}"):
+            ModelManager.build_version(model_name, 7, bug)
+        return
+    healthy, faulty = on_meta(model_name), on_meta(model_name, bug)
+    size = max(architecture.min_input_size, 32)
+    if bug == 1:  # another, smaller or rewired structure
+        assert {k: tuple(v.shape) for k, v in faulty.state_dict().items()} != \
+            {k: tuple(v.shape) for k, v in healthy.state_dict().items()}
+    elif bug == 2:  # some convolution widened to 5x5, every other shape kept, the output's too
+        before, after = convolutions(healthy), convolutions(faulty)
+        assert before.keys() == after.keys() and any(after[k][-2:] == (5, 5) != before[k][-2:] for k in before)
+    elif bug == 3:  # no activation left, as a module or as a function, where the healthy network had some
+        assert FaultInjector.functional_activations(healthy, size)
+        assert not any(isinstance(m, FaultInjector.ACTIVATIONS) for m in faulty.modules())
+        assert FaultInjector.functional_activations(faulty, size) == []
+    with torch.no_grad():
+        x = torch.empty(2, 3, size, size, device="meta")
+        assert faulty.eval()(x).shape == healthy.eval()(x).shape == (2, 7)
+
+
+def test_fault3_removes_every_kind_of_activation_torchvision_uses():
+    """MobileNetV3 (Hardswish, Hardsigmoid, ReLU) and EfficientNet (SiLU, Sigmoid) lose them all; a network that
+    calls an activation as a function cannot carry fault 3, and says which."""
+    for builder, kinds in ((torchvision.models.mobilenet_v3_small, (nn.Hardswish, nn.Hardsigmoid, nn.ReLU)),
+                           (torchvision.models.efficientnet_b0, (nn.SiLU, nn.Sigmoid))):
+        architecture = mymodel.torchvision_architecture("probe", builder)
+        assert FaultInjector.unsupported_reason(3, architecture) is None
+        with torch.device("meta"):
+            network = builder(weights=None, num_classes=5)
+        assert all(any(isinstance(m, kind) for m in network.modules()) for kind in kinds)
+        FaultInjector.remove_activations(network)
+        assert not any(isinstance(m, FaultInjector.ACTIVATIONS) for m in network.modules())
+        assert FaultInjector.functional_activations(network, 32) == []
+
+    class Functional(nn.Module):
+        def __init__(self, num_classes: int):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.head(torch.nn.functional.gelu(self.conv(x)).mean(dim=(2, 3)))
+
+    architecture = mymodel.torchvision_architecture("probe", lambda weights, num_classes: Functional(num_classes))
+    assert "calls gelu as a function" in FaultInjector.unsupported_reason(3, architecture)
+
+
+def test_the_readme_one_liner_drops_fault1_from_a_default_grid_and_refuses_it_by_name(capsys, empty_workspace,
+                                                                                      restore_registries):
+    name = unused_name(ModelManager.MODELS, "mobilenet")
+    register_model(mymodel.torchvision_architecture(name, torchvision.models.mobilenet_v3_small))
+    ws = empty_workspace
+    refused = run_in_process(capsys, "train", *ws.argv("train", "--epochs", "1", grid=["--models", name,
+                                                                                        "--bugs", "1"]))
+    assert_usage_error(refused, f"--models {name} --bugs 1", "cannot carry fault 1", "no reduced variant")
+    assert not ws.root.exists()  # refused before anything was written
+    # a preset's faults: the unsupported pair dropped, in one note, and the rest of the grid kept
+    args = cli.new_parser("x")
+    cli.add_grid_flags(args)
+    capsys.readouterr()
+    grid = grids.resolve_grid(args.parse_args(["--models", name]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"{name} x fault 1 (it declares no reduced variant" in notes[0]
+    assert (name, 1) not in grid.versions("DIGITS") and (name, 3) in grid.versions("DIGITS")
+    assert [bug for _, bug in grid.versions("DIGITS")] == [b for b in grids.PRESETS["digits"].resolved()[2]
+                                                          if b not in (1, 11, 12)]
+
+
+def test_an_architecture_added_at_the_end_of_model_manager_trains(tmp_path):
+    """The paper's habit: a registration appended to ModelManager.py (in a copy of the repository) is an
+    architecture like the others for the scripts."""
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    copy = tmp_path / "repo"
+    for path in tracked:
+        if path.endswith(".py") or path.endswith(".csv"):
+            (copy / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / path, copy / path)
+    with open(copy / "ModelManager.py", "a") as handle:
+        handle.write("\n\nregister_model(torchvision_architecture('edited', torchvision.models.mobilenet_v3_small))\n")
+    result = subprocess.run([sys.executable, "main_train_model.py", "--models", "edited", "--bugs", "0",
+                             "--epochs", "1", "--device", "cpu", "--model-root", str(tmp_path / "model"), "--quiet"],
+                            cwd=copy, env={**SCRIPT_ENV, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((tmp_path / "model" / "edited_DIGITS.json").read_text())
+    assert metadata["model"] == "edited" and 0.0 <= metadata["val_acc"] <= 1.0
+    assert (tmp_path / "model" / "edited_DIGITS.pth").is_file()

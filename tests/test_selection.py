@@ -5,6 +5,7 @@ REL-U's D by its definition, the tie-averaged risk-coverage curve by enumerating
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 
@@ -22,7 +23,7 @@ import metrics
 import selection
 from DeepFailGuard import DeepFailGuardModule
 from kde import GaussianKDE
-from selection import METHODS, NEEDS, SCORES, SetContext, combination, confidence, deepfailguard
+from selection import METHODS, NEEDS, SCORES, SetContext, combination, confidence, deepfailguard, dynamic
 from utils import UsageError
 
 CLASSES = 4
@@ -272,6 +273,33 @@ def test_dynamic_selection_equals_deslibs_definitions(versions):
             assert list(predictions[name]) == expected[name], name
 
 
+def test_dynamic_selection_ties_go_to_the_member_with_the_higher_validation_accuracy(versions):
+    """With the evaluation's tie rule, OLA and LCA answer as DESlib does but where members tie in competence:
+    there the more accurate member on validation answers (DESlib: the first of the pool); KNORA-E and KNORA-U,
+    whose ties are between classes, are DESlib's everywhere."""
+    records, truth = versions
+    healthy = [records[m, 0] for m in MODELS]
+    region = evaluation.region_of(records, "")
+    changed = 0
+    for members in ([records["resnet", 1], records["alexnet", 0]], [records[m, 1] for m in MODELS],
+                    [records["resnet", 0], records["alexnet", 1], records["densenet", 0]]):
+        context = SetContext(CLASSES, region, selection.preference_by_validation_accuracy(members))
+        predictions = evaluation.predict_set(members, context)
+        expected = des_by_loops(members, healthy, len(truth))
+        for name in ("knora_e", "knora_u"):
+            assert list(predictions[name]) == expected[name], name
+        for name in ("ola", "lca"):
+            competence = METHODS[name].fit(members, context)
+            for j, (ours, deslib) in enumerate(zip(predictions[name], expected[name])):
+                tied = [i for i in range(len(members)) if competence[i, j] == competence[:, j].max()]
+                preferred = max(tied, key=lambda i: (members[i].val_acc, -i))
+                assert ours == members[preferred].labels[j], (name, j)
+                if ours != deslib:
+                    assert len(tied) > 1 and members[tied[0]].labels[j] == deslib, (name, j)
+                    changed += 1
+    assert changed > 0  # the rule decides some answers here
+
+
 def test_dynamic_selection_region_of_a_shifted_test_set_is_its_own_healthy_weights(versions):
     records, _ = versions
     for model in MODELS:
@@ -429,13 +457,14 @@ def test_a_score_and_a_method_added_in_one_file_reach_every_output(pipeline_copy
 
     @selection.register_score
     class Shortfall(selection.Score):
-        """A made-up probability: 1 − the distance to the boundary, clipped."""
+        """A made-up probability: 1 − the distance to the boundary, clipped at ``floor``."""
 
         name = "shortfall"
         probability = True
+        floor: float = 0.0
 
         def compute(self, state, answers, version):
-            return np.clip(1.0 - answers.distances, 0.0, 1.0)
+            return np.clip(1.0 - answers.distances, self.floor, 1.0)
 
     @selection.register_method
     class FirstMember(selection.Method):
@@ -444,6 +473,13 @@ def test_a_score_and_a_method_added_in_one_file_reach_every_output(pipeline_copy
         def predict(self, state, members, context):
             return members[0].labels
 
+    # one class, registered again under other names with other values
+    selection.register_score(Shortfall, name="shortfall_half", floor=0.5)
+    selection.register_method(dynamic.KnoraEliminate, name="knora_e15", k=15)
+    with pytest.raises(TypeError, match="no parameter.*kk.*its parameters: k"):
+        selection.register_method(dynamic.KnoraEliminate, name="knora_e_bad", kk=15)
+    with pytest.raises(ValueError, match="registered twice"):
+        selection.register_method(dynamic.KnoraEliminate, name="knora_e", k=15)
     legends = []
     draw = plotting.atomic_save_figure
 
@@ -461,9 +497,15 @@ def test_a_score_and_a_method_added_in_one_file_reach_every_output(pipeline_copy
     results = pd.read_csv(ws.root / "added" / layout.RESULTS_CSV)
     summary = pd.read_csv(ws.root / "added" / layout.SUMMARY_CSV)
     failure = pd.read_csv(ws.root / "added" / layout.FAILURE_PREDICTION_CSV)
-    for name in ("shortfall", "first_member"):
+    for name in ("shortfall", "shortfall_half", "first_member", "knora_e15"):
         assert name in set(results["method"]) and name in set(summary["method"]) and name in legends
-    assert {"auroc_shortfall", "aurc_shortfall", "ece_shortfall", "brier_shortfall"} <= set(failure.columns)
+    for name in ("shortfall", "shortfall_half"):
+        assert {f"auroc_{name}", f"aurc_{name}", f"ece_{name}", f"brier_{name}"} <= set(failure.columns)
+    recorded = json.loads((ws.root / "added" / layout.METHODS_JSON).read_text())
+    assert recorded["scores"]["shortfall_half"]["parameters"] == {"floor": 0.5}
+    assert recorded["scores"]["shortfall"]["parameters"] == {"floor": 0.0}
+    assert recorded["methods"]["knora_e15"] == dict(recorded["methods"]["knora_e"], parameters={"k": 15})
+    assert recorded["methods"]["first_member"]["class"].endswith("FirstMember")
     first = results[results["method"] == "first_member"]
     assert (first["accuracy"] == first["version_accuracies"].str.split("-").str[0].astype(float)).all()
     assert "first_member" in result.stdout

@@ -1,0 +1,189 @@
+"""What a command line asks to run: the presets, and the grid of versions resolved from ``--datasets``,
+``--models``, ``--bugs`` and ``--preset``, every name checked and every pair supported before any work starts.
+
+A grid is in the canonical order whatever order the flags were typed in: datasets and architectures in their
+registries' order, faults ascending. An (architecture, fault) pair the architecture cannot carry
+(``FaultInjector.unsupported_reason``: fault 1 without a reduced variant, say) is dropped from a preset's grid
+with one note, and refused when both were named on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import FaultInjector
+from layout import version_key
+from mydataset import Digits
+from utils import UsageError
+
+
+def split_list(values: Sequence[str] | None, flag: str = "") -> list[str] | None:
+    """Accept both ``a,b`` and ``a b`` (and a mix) for list-valued flags; a flag given with nothing in it is
+    refused (an empty list would otherwise read as "the preset's")."""
+    if values is None:
+        return None
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    if not items:
+        raise UsageError(f"{flag or 'a list flag'} names nothing; name at least one, or leave the flag out for "
+                         "the preset's")
+    return items
+
+
+def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
+    """Fault ids: whole numbers (0 = healthy), or ranges such as ``1-10``; each one a registered fault."""
+    items = split_list(values, "--bugs")
+    if items is None:
+        return None
+    bugs: list[int] = []
+    for item in items:
+        try:
+            if "-" in item[1:]:
+                low, high = (int(end) for end in item.split("-", 1))
+                if high < low:
+                    raise UsageError(f"--bugs: {item} is an empty range; use {high}-{low} (the smaller id first)")
+                bugs.extend(range(low, high + 1))
+            else:
+                bugs.append(int(item))
+        except ValueError:
+            raise UsageError(f"--bugs: {item!r} is not a fault id ({FaultInjector.describe_ids()}, or a range "
+                             "like 1-10)") from None
+    for bug in bugs:
+        try:
+            FaultInjector.validate_bug_id(bug)
+        except UsageError as exc:
+            raise UsageError(f"--bugs: {exc}") from None
+    return sorted(set(bugs))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given.
+
+    ``None`` stands for "every one registered", read when the grid is resolved: an architecture, a
+    dataset or a fault added to its registry joins the presets that take them all.
+    """
+
+    description: str
+    #: dataset names (None: the paper's datasets)
+    datasets: tuple[str, ...] | None = None
+    #: architecture names (None: every registered architecture)
+    models: tuple[str, ...] | None = None
+    #: fault ids (None: healthy and every fault; each dataset keeps those that apply to it)
+    bugs: tuple[int, ...] | None = None
+    #: training epochs of some architectures (the others: their dataset's recipe)
+    epochs: dict[str, int] = field(default_factory=dict)
+    #: validation and test inputs attacked per version (None: all)
+    max_inputs: int | None = None
+
+    def resolved(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+        """``(datasets, models, bugs)`` with every ``None`` read from its registry now."""
+        from DatasetManager import paper_datasets
+        from ModelManager import MODELS
+
+        return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
+                self.bugs or FaultInjector.all_bug_ids())
+
+
+PRESETS = {
+    "digits": Preset("DIGITS x every architecture x every fault that applies to it", datasets=(Digits.name,)),
+    # the README's one-command demo, sized for five minutes on two CPU cores: three architectures trained
+    # briefly (so they make mistakes worth predicting), a trained fault (5: a third of the epochs) and a
+    # test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is most of the time)
+    "demo": Preset("DIGITS x squeezenet, densenet, resnet x faults 0, 5, 10, brief training, 40 inputs per split",
+                   datasets=(Digits.name,), models=("squeezenet", "densenet", "resnet"), bugs=(0, 5, 10),
+                   epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
+    "paper": Preset("the paper's datasets x every architecture x every fault that applies"),
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The versions a command line asks for, in canonical order."""
+
+    datasets: list[str]
+    models: list[str]
+    bugs: list[int]
+    epochs: int | None = None  # --epochs: every architecture
+    preset_epochs: dict[str, int] = field(default_factory=dict)
+    max_inputs: int | None = None
+
+    def versions(self, dataset: str) -> list[tuple[str, int]]:
+        """``(model, bug)`` pairs that apply to ``dataset`` and that each architecture can carry, healthy first."""
+        from DatasetManager import get_dataset
+        from ModelManager import get_model_class
+
+        unsupported = get_dataset(dataset).unsupported_faults
+        return [(model, bug) for bug in self.bugs for model in self.models if bug not in unsupported
+                and not FaultInjector.unsupported_reason(bug, get_model_class(model))]
+
+    def epochs_for(self, model: str) -> int | None:
+        return self.epochs or self.preset_epochs.get(model)
+
+
+def resolve_grid(args: argparse.Namespace) -> Grid:
+    """The versions a command line asks for, every name and pair checked before any work starts."""
+    from DatasetManager import DATASETS, get_dataset
+    from ModelManager import MODELS, get_model_class
+
+    preset = PRESETS[args.preset]
+    preset_datasets, preset_models, preset_bugs = preset.resolved()
+    named_datasets, named_models = split_list(args.datasets, "--datasets"), split_list(args.models, "--models")
+    datasets = {get_dataset(name).name for name in (named_datasets or preset_datasets)}
+    models = {get_model_class(name).name for name in (named_models or preset_models)}
+    named_bugs = parse_bug_ids(args.bugs)
+    if named_bugs is not None:
+        for dataset in datasets:
+            for bug in named_bugs:
+                FaultInjector.validate_bug_id(bug, get_dataset(dataset))
+    grid = Grid([name for name in DATASETS if name in datasets], [name for name in MODELS if name in models],
+                named_bugs if named_bugs is not None else sorted(set(preset_bugs)), getattr(args, "epochs", None),
+                dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs)
+    check_pairs(grid, explicit=named_models is not None and named_bugs is not None)
+    return grid
+
+
+def check_pairs(grid: Grid, explicit: bool) -> None:
+    """Refuse an (architecture, fault) pair an architecture cannot carry when both were named on the command line
+    (``explicit``); otherwise say in one note which pairs the grid drops, and why."""
+    from ModelManager import get_model_class
+
+    unsupported = {}
+    for model in grid.models:
+        for bug in grid.bugs:
+            reason = FaultInjector.unsupported_reason(bug, get_model_class(model))
+            if reason:
+                unsupported[model, bug] = reason
+    if not unsupported:
+        return
+    if explicit:
+        (model, bug), reason = next(iter(unsupported.items()))
+        raise UsageError(f"--models {model} --bugs {bug}: {model} cannot carry fault {bug} "
+                         f"({FaultInjector.fault_name(bug)}): {reason}; leave that pair out")
+    pairs = "; ".join(f"{model} x fault {bug} ({reason})" for (model, bug), reason in unsupported.items())
+    print(f"note: dropping {len(unsupported)} (architecture, fault) pair(s) the architecture cannot carry: {pairs}",
+          file=sys.stderr)
+
+
+def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
+    """The grid's ``(dataset, model, bug)`` versions whose checkpoint exists.
+
+    Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
+    requested versions exists, that is a UsageError.
+    """
+    from layout import checkpoint_path
+
+    wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
+    found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]
+    missing = [v for v in wanted if v not in found]
+    if not found:
+        example = checkpoint_path(model_root, wanted[0][1], wanted[0][0], wanted[0][2]) if wanted else model_root
+        raise UsageError(f"no checkpoint found for the requested versions (e.g. {example}); "
+                         "run main_train_model.py with the same --datasets/--models/--bugs first")
+    if missing:
+        names = ", ".join(version_key(m, d, b) for d, m, b in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        print(f"note: skipping {len(missing)} version(s) without a checkpoint: {names}{more}", file=sys.stderr)
+    return found
