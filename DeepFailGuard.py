@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from Attacker import Attacker, AttackResult
+from caches import check_distances, read_version_cache
 from kde import GaussianKDE
-from layout import DEFAULT_INFO_ROOT, cache_path, check_distances, find_kde_files, read_version_cache, version_key
+from layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
 from settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings
 from utils import UsageError
 

@@ -1,5 +1,5 @@
 # The two set-up-and-run commands of the README:
-#   make demo   the whole pipeline on the bundled DIGITS data (CPU, about 10 minutes)
+#   make demo   the whole pipeline on the bundled DIGITS data (CPU, about five minutes on two cores)
 #   make test   the test suite
 # Both create .venv and install what they need on first use.
 

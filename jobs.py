@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import caches
 import FaultInjector
 import layout
 from layout import Roots
@@ -248,7 +249,7 @@ def run_fit(job: Job) -> Outcome:
     trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
     loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
     fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
-    layout.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets, mode)
+    caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets, mode)
     plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
@@ -285,7 +286,7 @@ def run_cache(job: Job) -> Outcome:
 
     roots, s = job.roots, job.settings
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    truth_path = layout.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
+    truth_path = caches.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
     # up to date: newer than the checkpoint, its metadata and the ground truth it answers
     sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
                layout.metadata_path(roots.model, job.model, job.dataset, job.bug), truth_path]
@@ -297,7 +298,7 @@ def run_cache(job: Job) -> Outcome:
     loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
     attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
     result = attacker.attack_loader(loader, progress=not s.quiet, description=job.key)
-    layout.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode)
+    caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode)
     accuracy = float((result.labels == data.y_test.numpy()).mean())
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
                                "median_d": f"{np.median(result.distances):.4f}"}, note="cached")

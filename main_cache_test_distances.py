@@ -2,8 +2,9 @@
 
 Per version ``{info-root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` with
 ``what`` = ``distances`` and ``dnn_labels`` (the paper's files) plus ``success`` (did DeepFool flip
-the label) and ``probabilities`` (softmax, for the soft-voting baselines); per test set
-``{DATASET}_ground_truth.npy`` (``{DATASET}_bug{11,12}_ground_truth.npy`` for the shifted sets).
+the label), ``probabilities`` (softmax) and ``logits`` (for the scores and methods that read them); per
+test set ``{DATASET}_ground_truth.npy`` (``{DATASET}_bug{11,12}_ground_truth.npy`` for the shifted sets).
+Another ``--distance`` mode's files carry its name (``…_distances_first-order.npy``).
 
 Examples:
     python main_cache_test_distances.py

@@ -18,6 +18,7 @@ import argparse
 
 from tqdm.auto import tqdm
 
+import caches
 import cli
 import evaluation
 import grids
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         truths_by_dataset[dataset][test_set] = data.y_test.numpy()
         records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
-            result.logits, layout.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
+            result.logits, caches.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
                                                           attack.deepfool.mode))
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,

@@ -23,7 +23,6 @@ import sys
 
 import cli
 import evaluation
-import layout
 import paper
 
 
@@ -56,21 +55,13 @@ def main(argv=None) -> int:
             if dataset not in needed:
                 continue
             versions = needed[dataset]
-        records, missing = {}, []
-        num_classes = layout.recorded_num_classes(args.info_root, args.model_root, dataset)
-        for model, bug in versions:
-            record = evaluation.load_cached_record(args.info_root, args.model_root, dataset, model, bug, num_classes,
-                                                  args.distance)
-            if record is None:
-                missing.append(f"{model}/bug{bug}")
-            else:
-                record.module.posterior_rule = paper.posterior_rule(args.posterior)
-                records[(model, bug)] = record
+        records, truths_by_dataset[dataset], missing = evaluation.load_cached_versions(
+            args.info_root, args.model_root, dataset, versions, args.distance)
+        for record in records.values():
+            record.module.posterior_rule = paper.posterior_rule(args.posterior)
         if missing:
             print(f"note: {dataset}: no cache for {len(missing)} version(s): {', '.join(missing[:6])}"
                   f"{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
-        truths_by_dataset[dataset] = {test_set: layout.read_ground_truth(args.info_root, dataset, test_set)
-                                      for test_set in {r.test_set for r in records.values()}}
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
     if published is not None:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,

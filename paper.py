@@ -30,9 +30,9 @@ import pandas as pd
 
 import evaluation
 import layout
+from caches import check_distances
 from DatasetManager import paper_datasets
 from DeepFailGuard import Assessment, DeepFailGuard
-from layout import check_distances
 from storage import atomic_write_table
 from utils import UsageError
 

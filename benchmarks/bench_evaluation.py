@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import caches  # noqa: E402
 import cli  # noqa: E402
 import evaluation  # noqa: E402
 import layout  # noqa: E402
@@ -43,7 +44,7 @@ MODELS = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 NUM_CLASSES = 10
 
 
-def synthetic_answers(rng, accuracy: float, truth: np.ndarray) -> layout.CachedAnswers:
+def synthetic_answers(rng, accuracy: float, truth: np.ndarray) -> caches.CachedAnswers:
     """Answers whose wrong ones sit closer to the decision boundary and carry a flatter softmax, as real ones do."""
     n = len(truth)
     correct = rng.random(n) < accuracy
@@ -54,7 +55,7 @@ def synthetic_answers(rng, accuracy: float, truth: np.ndarray) -> layout.CachedA
     logits = logits.astype(np.float32)
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    return layout.CachedAnswers(logits.argmax(axis=1), distances, probabilities, logits, None)
+    return caches.CachedAnswers(logits.argmax(axis=1), distances, probabilities, logits, None)
 
 
 def synthetic_version(rng, model: str, bug: int, truth: np.ndarray, validation_truth: np.ndarray, folder: Path):

@@ -28,7 +28,7 @@
 # tool returns at most 8 files: give a scratch folder and tar it into $OUT, e.g.
 #   bash benchmarks/gpu_checks.sh /tmp/gc; tar czf "$OUT/gc.tar.gz" -C /tmp/gc .
 # Measured on one H200 (2026-11-26, fewer seeds, no host-resize rows): 8.5 minutes; as it stands about 11
-# (each part's seconds are in summary.txt). The README's "On a GPU" gives the results.
+# (each part's seconds are in summary.txt). docs/results.md, "On a GPU", gives the results.
 set -u
 dry=${DRY_RUN:-0}
 args=()
@@ -125,7 +125,7 @@ part latency 80 "$python" benchmarks/bench_latency.py --device "$device" --model
 part training 120 "$python" benchmarks/bench_training.py --device "$device" "${training[@]}"
 part precision32b 120 "$python" benchmarks/precision_accuracy.py --device "$device" --model-root "$m32" "${p32b[@]}"
 
-if [[ ${PIPELINE:-0} == 1 ]]; then  # the first GPU run's checks (README "On a GPU"), on request only
+if [[ ${PIPELINE:-0} == 1 ]]; then  # the first GPU run's checks (docs/results.md, "On a GPU"), on request only
     roots=(--model-root "$work/model" --info-root "$work/info" --device "$device")
     [[ $dry == 1 ]] && roots+=(--models squeezenet --epochs 1)
     part pipeline_train 120 "$python" main_train_model.py --preset demo "${roots[@]}" --quiet

@@ -19,13 +19,20 @@ from evaluation.compute import (
     region_of,
     version_sets,
 )
-from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset, load_cached_record
+from evaluation.records import (
+    VersionRecord,
+    canonical,
+    canonical_key,
+    check_dataset,
+    load_cached_record,
+    load_cached_versions,
+)
 from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
 
 __all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Evaluation", "MethodLog", "VersionRecord", "canonical", "canonical_key",
            "check_dataset", "evaluate_and_report", "evaluate_datasets", "evaluate_set", "evaluate_sets",
-           "failure_prediction_rows", "format_summary", "load_cached_record", "predict_set", "provenance",
-           "region_of", "run_evaluation", "summarize", "version_sets", "write_evaluation"]
+           "failure_prediction_rows", "format_summary", "load_cached_record", "load_cached_versions", "predict_set",
+           "provenance", "region_of", "run_evaluation", "summarize", "version_sets", "write_evaluation"]
 
 
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,

@@ -13,9 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
+import caches
 import layout
+from caches import CachedAnswers
 from DeepFailGuard import Assessment, DeepFailGuardModule
-from layout import CachedAnswers
 from settings import DEEPFOOL, DeepFoolSettings
 from utils import UsageError
 
@@ -108,13 +109,30 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
                        deepfool: DeepFoolSettings = DEEPFOOL) -> VersionRecord | None:
     """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model, in
     ``deepfool``'s distance mode; None when its cache does not exist."""
-    answers = layout.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode)
+    answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode)
     if answers is None:
         return None
     module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool)
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
-                         layout.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode))
+                         caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode))
+
+
+def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL
+                         ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
+    """The cached records of a dataset's ``(model, bug)`` versions that have a cache, the ground truth of each
+    test set they answer, and the versions without a cache (``model/bugN``)."""
+    num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
+    records, missing = {}, []
+    for model, bug in versions:
+        record = load_cached_record(info_root, model_root, dataset, model, bug, num_classes, deepfool)
+        if record is None:
+            missing.append(f"{model}/bug{bug}")
+        else:
+            records[(model, bug)] = record
+    truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set)
+              for test_set in sorted({r.test_set for r in records.values()})}
+    return records, truths, missing
 
 
 def check_dataset(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> None:

@@ -32,7 +32,10 @@ class RawSplits:
 class MyDataset:
     """One dataset: where its files are, how to read them, its image size and training defaults.
 
-    Subclasses set the class attributes and implement :meth:`load`.
+    The contract: subclasses set ``name`` (upper case, unique) and the class attributes below, and implement
+    :meth:`load` (raw splits, no validation split: ``DatasetManager`` holds one out) and, where files must be
+    present, :meth:`check_available` (one line naming them, before any work). Which faults apply to a dataset
+    is the fault table's ``datasets`` column.
     """
 
     name: str = ""

@@ -25,7 +25,7 @@ class Digits(MyDataset):
     name = "DIGITS"
     image_size = 32
     # Small data, CPU budget: few epochs; each architecture's learning rate and batch size chosen so
-    # that its healthy version passes 95 % test accuracy (measured figures in the README). The
+    # that its healthy version passes 95 % test accuracy (docs/results.md, "The full DIGITS grid"). The
     # batch-normalised ResNet and DenseNet train fastest at 1e-3, the others need smaller steps.
     defaults = TrainingRecipe(epochs=8, batch_size=64, lr=1e-3, weight_decay=1e-4, step_size=6, gamma=0.1)
     model_defaults = {

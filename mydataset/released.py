@@ -13,7 +13,7 @@ from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to
 from storage import safe_torch_load
 from utils import UsageError
 
-RELEASE_HINT = "the DeepFailGuard paper's released datasets (see README, 'Using the paper's data')"
+RELEASE_HINT = "the DeepFailGuard paper's released datasets (see README, 'The paper's data')"
 FILES = ("x_train", "y_train", "x_test", "y_test")
 
 

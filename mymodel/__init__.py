@@ -10,8 +10,8 @@ import pkgutil
 from mymodel.base import MODELS, MyModel, register_model, torchvision_architecture
 
 # isort: off
-# The paper's five first, in the paper's order: registration order is the grid's order, which orders the
-# version sets and breaks DeepFailGuard's ties between equally confident versions (results depend on it).
+# The paper's five first, in the paper's order: registration order is the canonical order of the grid, of a
+# version set's members and of the tables (the last of the tie rules: higher validation accuracy comes first).
 from mymodel.resnet import ResNetModel
 from mymodel.alexnet import AlexNetModel
 from mymodel.densenet import DenseNetModel

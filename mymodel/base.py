@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from utils import Registry, UsageError
 
-#: every architecture, by (lower-case) name, in registration order (the grid's order: it orders the version
-#: sets and breaks DeepFailGuard's ties); presets, ``--help`` and the tests read it
+#: every architecture, by (lower-case) name, in registration order: the canonical order of the grid, of every
+#: version set's members and of the result tables, whatever order ``--models`` was typed in; presets, ``--help``
+#: and the tests read it
 MODELS = Registry("model", str.lower)
 #: class decorator: enter an architecture in ``MODELS`` under its ``name``
 register_model = MODELS.register
@@ -19,15 +20,18 @@ register_model = MODELS.register
 class MyModel:
     """One architecture. ``model_structure`` is the ``nn.Module``; ModelManager fills in the rest.
 
-    Subclasses set ``name`` and ``min_input_size`` and implement :meth:`build` (torchvision's
-    network, randomly initialised) and, for fault 1, :meth:`build_reduced`.
+    The contract: subclasses set ``name`` (lower case, unique) and ``min_input_size`` and implement
+    :meth:`build` (the network, randomly initialised, no download) and, for fault 1, :meth:`build_reduced`;
+    ``amp_by_default`` and ``float32_under_amp`` say how CUDA training may use bf16. Which model faults the
+    architecture can carry is checked by each fault (``FaultInjector.unsupported_reason``): fault 1 needs
+    :meth:`build_reduced`, fault 2 a stride-1 convolution above 1×1, fault 3 activations that are modules.
     """
 
     name: str = ""
     #: smallest square input the network accepts (its pooling stack must not reach 0×0)
     min_input_size: int = 32
     #: train under bf16 autocast on CUDA unless asked otherwise (``--amp/--no-amp``): only where the
-    #: architecture reaches its float32 accuracy within a point that way (README "On a GPU")
+    #: architecture reaches its float32 accuracy within a point that way (docs/results.md, "On a GPU")
     amp_by_default: bool = True
     #: submodules that stay in float32 inside the autocast region when training with AMP
     float32_under_amp: tuple[str, ...] = ()

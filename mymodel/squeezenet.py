@@ -14,7 +14,7 @@ class SqueezeNetModel(MyModel):
     name = "squeezenet"
     min_input_size = 32
     #: the head (dropout, final 1x1 convolution, ReLU, average pooling) in float32 under AMP: with it in
-    #: bf16 a class's ReLU output died where float32 training kept it (README "On a GPU")
+    #: bf16 a class's ReLU output died where float32 training kept it (docs/results.md, "On a GPU")
     float32_under_amp = ("classifier",)
 
     def build(self, num_classes: int) -> nn.Module:

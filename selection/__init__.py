@@ -14,7 +14,9 @@ import pkgutil
 from selection.base import (
     METHODS,
     NEEDS,
+    PREFERRED_MEMBER,
     SCORES,
+    SMALLEST_CLASS,
     Method,
     Score,
     SelectBy,
@@ -36,5 +38,6 @@ from selection import deepfailguard, combination, confidence, dynamic  # noqa: F
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "NEEDS", "SCORES", "Method", "Score", "SelectBy", "SetContext", "describe",
-           "preference_by_validation_accuracy", "register_method", "register_score", "unmet_needs", "weighted_vote"]
+__all__ = ["METHODS", "NEEDS", "PREFERRED_MEMBER", "SCORES", "SMALLEST_CLASS", "Method", "Score", "SelectBy",
+           "SetContext", "describe", "preference_by_validation_accuracy", "register_method", "register_score",
+           "unmet_needs", "weighted_vote"]

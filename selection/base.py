@@ -94,7 +94,7 @@ class Score(Plugin):
         return None
 
     def compute(self, state, answers, version) -> np.ndarray:
-        """One score per input of ``answers`` (a ``layout.CachedAnswers``), given what :meth:`fit` returned."""
+        """One score per input of ``answers`` (a ``caches.CachedAnswers``), given what :meth:`fit` returned."""
         raise NotImplementedError
 
 

@@ -155,7 +155,7 @@ def test_float64_linear_classifier_is_attacked_in_float64(overshoot):
     guarded = boundary.gather(1, nearest).squeeze(1).numpy()
     expected = (1.0 + overshoot) * (guarded + STEP_STABILISER) * g / (g + NORM_EPSILON)
     np.testing.assert_allclose(result.distances, expected, rtol=1e-10, atol=0)
-    # the closed form of DESIGN section 6, to the guard's size
+    # the closed form for a linear classifier, (1 + overshoot)·(distance + 1e-4), to the guard's size
     np.testing.assert_allclose(result.distances, (1.0 + overshoot) * (exact + STEP_STABILISER), rtol=1e-7, atol=0)
     assert result.success.all()
     np.testing.assert_array_equal(result.labels, labels)

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from cluster import LoopbackNamespace, SlurmCluster, _alive, loopback_available, slurm_available
 
-pytestmark = pytest.mark.xdist_group("cluster")
+pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
 
 
 def last_json(text: str):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from conftest import assert_usage_error, run_in_process
 
+import caches
 import layout
 from kde import GaussianKDE
 
@@ -26,11 +27,11 @@ def test_another_mode_lives_beside_the_default_and_is_evaluated(pipeline_copy, c
         correct, wrong = layout.kde_paths(ws.info, model, "DIGITS", bug, MODE)
         assert correct.name.endswith(f"_{MODE}_correct.npz") and GaussianKDE.load(correct).distance == MODE
         assert GaussianKDE.load(layout.kde_paths(ws.info, model, "DIGITS", bug)[0]).distance == "deepfool"
-        fast = layout.read_version_cache(ws.info, model, "DIGITS", bug, 10, MODE)
-        full = layout.read_version_cache(ws.info, model, "DIGITS", bug, 10)
+        fast = caches.read_version_cache(ws.info, model, "DIGITS", bug, 10, MODE)
+        full = caches.read_version_cache(ws.info, model, "DIGITS", bug, 10)
         np.testing.assert_array_equal(fast.labels, full.labels)
         assert not np.array_equal(fast.distances, full.distances)
-        assert layout.read_validation_outputs(ws.info, model, "DIGITS", bug, 10, MODE) is not None
+        assert caches.read_validation_outputs(ws.info, model, "DIGITS", bug, 10, MODE) is not None
     assert (ws.out / "figures" / f"kde_squeezenet_DIGITS_{MODE}.png").is_file()
 
     cached = run_in_process(capsys, "evaluate", *ws.argv("evaluate", "--distance", MODE, "--output", ws.root / "fo"))

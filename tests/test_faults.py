@@ -1,4 +1,4 @@
-"""Each of the twelve faults really changes what it claims to (DESIGN section 5, right column)."""
+"""Each of the twelve faults really changes what it claims to (README, "The twelve faults")."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from cluster import kill_pid
 from conftest import REPO, SCRIPT_ENV, Workspace, assert_usage_error
 from reliability_tools import assert_same_file, is_partial
 
-pytestmark = pytest.mark.xdist_group("cluster")
+pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
 
 STEPS = ("train", "fit", "cache")
 VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bug10")

@@ -1,4 +1,4 @@
-"""Architectures: healthy networks are torchvision's, fault-1 variants follow the paper (DESIGN section 5),
+"""Architectures: healthy networks are torchvision's, fault-1 variants follow the paper's,
 checkpoints are plain state_dicts, and the registry adds an architecture in one line."""
 
 from __future__ import annotations

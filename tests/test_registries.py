@@ -21,6 +21,7 @@ import cli
 import DatasetManager
 import FaultInjector
 import grids
+import model_faults
 import ModelManager
 import mymodel
 from FaultInjector import Fault, register_fault
@@ -190,9 +191,9 @@ def test_every_architecture_carries_each_model_fault_or_says_why_not(model_name,
         before, after = convolutions(healthy), convolutions(faulty)
         assert before.keys() == after.keys() and any(after[k][-2:] == (5, 5) != before[k][-2:] for k in before)
     elif bug == 3:  # no activation left, as a module or as a function, where the healthy network had some
-        assert FaultInjector.functional_activations(healthy, size)
-        assert not any(isinstance(m, FaultInjector.ACTIVATIONS) for m in faulty.modules())
-        assert FaultInjector.functional_activations(faulty, size) == []
+        assert model_faults.functional_activations(healthy, size)
+        assert not any(isinstance(m, model_faults.ACTIVATIONS) for m in faulty.modules())
+        assert model_faults.functional_activations(faulty, size) == []
     with torch.no_grad():
         x = torch.empty(2, 3, size, size, device="meta")
         assert faulty.eval()(x).shape == healthy.eval()(x).shape == (2, 7)
@@ -208,9 +209,9 @@ def test_fault3_removes_every_kind_of_activation_torchvision_uses():
         with torch.device("meta"):
             network = builder(weights=None, num_classes=5)
         assert all(any(isinstance(m, kind) for m in network.modules()) for kind in kinds)
-        FaultInjector.remove_activations(network)
-        assert not any(isinstance(m, FaultInjector.ACTIVATIONS) for m in network.modules())
-        assert FaultInjector.functional_activations(network, 32) == []
+        model_faults.remove_activations(network)
+        assert not any(isinstance(m, model_faults.ACTIVATIONS) for m in network.modules())
+        assert model_faults.functional_activations(network, 32) == []
 
     class Functional(nn.Module):
         def __init__(self, num_classes: int):

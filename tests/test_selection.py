@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+import caches
 import evaluation
 import layout
 import metrics
@@ -30,7 +31,7 @@ CLASSES = 4
 MODELS = ["resnet", "alexnet", "densenet"]
 
 
-def random_answers(rng, truth, accuracy, with_truth=False) -> layout.CachedAnswers:
+def random_answers(rng, truth, accuracy, with_truth=False) -> caches.CachedAnswers:
     """Answers right on about ``accuracy`` of the inputs, with logits peaked on the answer (more when right)."""
     n = len(truth)
     right = rng.random(n) < accuracy
@@ -40,7 +41,7 @@ def random_answers(rng, truth, accuracy, with_truth=False) -> layout.CachedAnswe
     labels = logits.argmax(axis=1)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     distances = np.where(labels == truth, rng.gamma(4.0, 0.25, n), rng.gamma(1.5, 0.2, n))
-    return layout.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None)
+    return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None)
 
 
 @pytest.fixture
@@ -436,7 +437,7 @@ def test_fit_keeps_the_validation_outputs_and_cache_the_test_logits(pipeline):
 
     data = DatasetManager.create_dataset("DIGITS", data_root=pipeline.data).limited(20)
     for model, bug in (("squeezenet", 0), ("squeezenet", 1), ("densenet", 0), ("squeezenet", 10)):
-        answers = layout.read_validation_outputs(pipeline.info, model, "DIGITS", bug, 10)
+        answers = caches.read_validation_outputs(pipeline.info, model, "DIGITS", bug, 10)
         assert answers is not None, (model, bug)
         np.testing.assert_array_equal(answers.truth, data.y_val.numpy())
         np.testing.assert_array_equal(answers.labels, answers.logits.argmax(axis=1))
@@ -444,7 +445,7 @@ def test_fit_keeps_the_validation_outputs_and_cache_the_test_logits(pipeline):
             axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
         kde_points = sum(GaussianKDE.load(p).n for p in layout.find_kde_files(pipeline.info, model, "DIGITS", bug))
         assert kde_points == len(answers.distances)
-        cached = layout.read_version_cache(pipeline.info, model, "DIGITS", bug, 10)
+        cached = caches.read_version_cache(pipeline.info, model, "DIGITS", bug, 10)
         np.testing.assert_array_equal(cached.labels, cached.logits.argmax(axis=1))
     # a test-data fault's version answers validation with the healthy weights: the same files
     assert layout.validation_path(pipeline.info, "squeezenet", "DIGITS", 10, "logits") == \
