@@ -162,7 +162,7 @@ def check_pairs(grid: Grid, explicit: bool) -> None:
         (model, bug), reason = next(iter(unsupported.items()))
         raise UsageError(f"--models {model} --bugs {bug}: {model} cannot carry fault {bug} "
                          f"({FaultInjector.fault_name(bug)}): {reason}; leave that pair out")
-    pairs = "; ".join(f"{model} x fault {bug} ({reason})" for (model, bug), reason in unsupported.items())
+    pairs = "; ".join(f"{model} x fault {bug}, as {reason}" for (model, bug), reason in unsupported.items())
     print(f"note: dropping {len(unsupported)} (architecture, fault) pair(s) the architecture cannot carry: {pairs}",
           file=sys.stderr)
 

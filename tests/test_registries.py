@@ -240,7 +240,7 @@ def test_the_readme_one_liner_drops_fault1_from_a_default_grid_and_refuses_it_by
     capsys.readouterr()
     grid = grids.resolve_grid(args.parse_args(["--models", name]))
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and f"{name} x fault 1 (it declares no reduced variant" in notes[0]
+    assert len(notes) == 1 and f"{name} x fault 1, as it declares no reduced variant" in notes[0]
     assert (name, 1) not in grid.versions("DIGITS") and (name, 3) in grid.versions("DIGITS")
     assert [bug for _, bug in grid.versions("DIGITS")] == [b for b in grids.PRESETS["digits"].resolved()[2]
                                                           if b not in (1, 11, 12)]
