@@ -84,8 +84,22 @@ def _connect_ray(ray, address: str | None) -> None:
             ray.init(include_dashboard=False, **settings)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        if _refused_for_token(exc):
+            raise UsageError(f"{where} wants token authentication, which Ray does not turn on for an explicit "
+                             "address: set RAY_AUTH_MODE=token (the token is read from ~/.ray/auth_token, "
+                             "$RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN)") from None
         raise UsageError(f"cannot connect to {where}: {one_line(exc)}; check --ray-address "
                          "(`ray status` on the head node prints it)") from None
+
+
+def _refused_for_token(exc: BaseException | None) -> bool:
+    """Whether Ray's connection error came from a missing or wrong authentication token (it arrives wrapped,
+    sometimes only as the text of a chained error)."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
@@ -108,6 +122,33 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> N
         raise UsageError(f"--ray-address {address}: nothing answers there ({reason}); start the cluster "
                          "(`ray start --head` on its head node) or check the address (`ray status` prints it)"
                          ) from None
+
+
+#: the finest fraction of a resource Ray accepts
+RAY_RESOURCE_UNIT = 1e-4
+
+
+def check_job_size(settings: LaunchSettings) -> None:
+    """Refuse, before Ray starts, a job size Ray would reject (a nonzero fraction finer than ``RAY_RESOURCE_UNIT``,
+    more than one GPU but not a whole number) or, for a cluster started here, one this machine cannot hold."""
+    import torch
+
+    for flag, value in (("--cpus-per-job", settings.cpus_per_job), ("--gpus-per-job", settings.gpus_per_job)):
+        if value is not None and 0 < value < RAY_RESOURCE_UNIT:
+            raise UsageError(f"{flag} {value:g}: Ray counts resources in steps of {RAY_RESOURCE_UNIT:g}; ask for at "
+                             f"least {RAY_RESOURCE_UNIT:g}")
+    if settings.gpus_per_job is not None and settings.gpus_per_job > 1 and settings.gpus_per_job % 1:
+        raise UsageError(f"--gpus-per-job {settings.gpus_per_job:g}: more than one GPU per job must be a whole "
+                         "number (Ray's rule)")
+    if settings.ray_address or os.environ.get("RAY_ADDRESS"):
+        return  # another cluster's size is known once connected (pool_size)
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    if settings.cpus_per_job is not None and settings.cpus_per_job > cpus:
+        raise UsageError(f"--cpus-per-job {settings.cpus_per_job:g}: the local Ray cluster would have {cpus} CPUs; "
+                         f"ask for at most {cpus}, or join a larger cluster with --ray-address")
+    if settings.gpus_per_job is not None and settings.gpus_per_job > max(gpus, 0) and settings.gpus_per_job > 0:
+        raise UsageError(f"--gpus-per-job {settings.gpus_per_job:g}: this machine has {gpus} GPU(s); ask for at "
+                         "most that, or join a cluster with --ray-address")
 
 
 def pool_size(resources: dict, cpus: float, gpus: float, jobs: int) -> int:

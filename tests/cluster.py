@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -287,7 +288,13 @@ class RayCluster:
         self.port = port or ns.free_port()
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         self.log_path = self.temp_dir / "ray-start.log"
-        self._env = dict(env or {})
+        # Token authentication pinned for the head and every driver, with a private token: left unset, Ray
+        # (2.5x+) turns tokens on for `ray start` whenever ~/.ray/auth_token exists (any local `ray.init()`
+        # writes one), while a driver given an explicit address keeps them off and is refused.
+        token_path = self.temp_dir / "auth_token"
+        token_path.write_text(secrets.token_hex(32))
+        token_path.chmod(0o600)
+        self._env = dict(env or {}, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
         cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", self.port,
                "--num-cpus", num_cpus, "--num-gpus", num_gpus, "--include-dashboard", "false",
                "--disable-usage-stats", "--temp-dir", self.temp_dir,
@@ -325,8 +332,13 @@ class RayCluster:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def auth_env(self) -> dict:
+        """What a driver needs to be let in (given ``--ray-address`` explicitly, Ray does not guess it)."""
+        return {key: self._env[key] for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+
+    @property
     def env(self) -> dict:
-        """Variables for a driver inside the namespace: ``RAY_ADDRESS`` and the caller's ``env``."""
+        """Variables for a driver inside the namespace: ``RAY_ADDRESS``, the token and the caller's ``env``."""
         return dict(self._env, RAY_ADDRESS=self.address)
 
     def stop(self, timeout: float = 20.0) -> None:

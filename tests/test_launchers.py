@@ -111,7 +111,7 @@ def reference(pipeline) -> Workspace:
 def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     ws = Workspace(tmp_path / "ray")
     started = time.monotonic()
-    results = run_grid(loopback_ns, ws, [*RAY_FLAGS, "--ray-address", ray_cluster.address], {})
+    results = run_grid(loopback_ns, ws, [*RAY_FLAGS, "--ray-address", ray_cluster.address], ray_cluster.auth_env)
     WALL_TIMES["ray"] = time.monotonic() - started
     print(f"\ntiny grid, --launcher ray ({ray_cluster.address}): {WALL_TIMES['ray']:.1f} s")
     assert statuses(results[0].stdout) == {VERSIONS[0]: "trained", VERSIONS[1]: "trained", VERSIONS[2]: "evaluated"}
@@ -120,12 +120,24 @@ def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     print(f"equal to local, file by file ({len(equal)}): {' '.join(equal)}")
 
 
+def test_ray_cluster_wanting_a_token_is_one_clear_line(reference, loopback_ns, ray_cluster, tmp_path):
+    """The session cluster demands a token; a launch given its address but not RAY_AUTH_MODE=token (Ray does not
+    turn tokens on for an explicit address) stops with exit 2 and one line saying what to set, writing nothing."""
+    ws = copy_models(reference, tmp_path / "token")
+    result = run_in_ns(loopback_ns, "fit",
+                       [*ws.argv("fit", grid=GRID["fit"]), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address],
+                       {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None}, timeout=180)
+    assert_usage_error(result, "RAY_AUTH_MODE=token", engine_lines=True)
+    assert not ws.kdes.exists() or not any(ws.kdes.iterdir())
+
+
 def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_path):
     ws = copy_models(reference, tmp_path / "corrupt")
     ws.checkpoint(bug=1).unlink()
     ws.checkpoint(bug=1).write_bytes(b"not a checkpoint" * 64)
     result = run_in_ns(loopback_ns, "fit",
-                       [*ws.argv("fit", grid=GRID["fit"]), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address], {})
+                       [*ws.argv("fit", grid=GRID["fit"]), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address],
+                       ray_cluster.auth_env)
     print(f"\ncorrupt checkpoint, fit step with --launcher ray (exit {result.returncode}):\n{result.stdout}"
           f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
     assert_usage_error(result, "squeezenet_DIGITS_bug1.pth", engine_lines=True)
@@ -250,8 +262,8 @@ def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluste
     shutil.copytree(reference.kdes, ws.kdes)
     command = [sys.executable, REPO / "main_cache_test_distances.py", *ws.argv("cache", grid=TRAINED), *RAY_CPU_FLAGS,
                "--ray-address", ray_cluster.address]
-    process = loopback_ns.popen(command, env=SCRIPT_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    process = loopback_ns.popen(command, env={**SCRIPT_ENV, **ray_cluster.auth_env}, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed, seen, after = None, {}, []
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
