@@ -32,11 +32,12 @@ from layout import (
     metadata_path,
     version_key,
 )
+from metadata import check_image_size, read_metadata
 from ModelTrainer import ModelTrainer
 from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
 from plotting import save_loss_curve
 from settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
-from storage import atomic_torch_save, atomic_write_json, is_fresh, read_json, safe_torch_load
+from storage import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
 from utils import UsageError, choose_device, seed_everything
 
 MODES = ("load", "train", "evaluate")
@@ -71,7 +72,7 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
     base_meta = metadata_path(model_root, model_name, dataset_name, base_bug)
     if not base_meta.is_file():
         return None if base_bug == bug_id else "missing"
-    recorded = read_json(base_meta).get("settings", {})
+    recorded = read_metadata(base_meta).get("settings", {})
     requested = settings.recorded(DatasetManager.get_dataset(dataset_name).training_defaults(model_name))
     changed = [f"{name} {recorded[name]} -> {value}" for name, value in requested.items()
                if value is not None and name in recorded and recorded[name] != value]
@@ -174,9 +175,12 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
     # A checkpoint is never left without the metadata that describes it (one without is taken for the
     # paper's, and never retrained): the old checkpoint goes, the metadata is written, and the new
     # checkpoint comes last, its presence marking the version finished. A kill anywhere means a retrain.
+    # The metadata records the checkpoint's SHA-256 (what the fit and cache steps' manifests name it by).
     path.unlink(missing_ok=True)
-    _save_metadata(model, roots.model)
-    atomic_torch_save(path, state)
+    with atomic_path(path) as tmp:
+        save_torch(tmp, state)
+        model.metadata["checkpoint_sha256"] = file_digest(tmp)
+        _save_metadata(model, roots.model)
     return model
 
 
@@ -251,9 +255,10 @@ def load_version(model_name: str, dataset, bug_id: int, device=None, *,
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise UsageError(f"{ckpt} holds NaN or infinite weights; replace it, or retrain it with --force")
     if meta_file.is_file():
-        metadata = read_json(meta_file)
-        structure_fault = int(metadata.get("structure_fault", 0))
-        num_classes = int(metadata.get("num_classes") or _healthy_data(dataset, roots).num_classes)
+        metadata = read_metadata(meta_file)
+        check_image_size(metadata, meta_file, model_name, get_model_class(model_name).min_input_size)
+        structure_fault = metadata.get("structure_fault", 0)
+        num_classes = metadata.get("num_classes") or _healthy_data(dataset, roots).num_classes
     else:
         structure_fault = FaultInjector.paper_structure_fault(bug_id)
         num_classes = _healthy_data(dataset, roots).num_classes
@@ -299,7 +304,7 @@ def recorded_validation_accuracy(model_root, model_name: str, dataset_name: str,
     """
     path = metadata_path(model_root, model_name, dataset_name, bug_id)
     if path.is_file():
-        return read_json(path).get("val_acc"), str(path)
+        return read_metadata(path).get("val_acc"), str(path)
     value = paper_accuracy(dataset_name, model_name, bug_id)["val_acc"]
     if value is None:
         raise UsageError(f"no validation accuracy for {version_key(model_name, dataset_name, bug_id)}: no {path} and "

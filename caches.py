@@ -25,6 +25,8 @@ from settings import DEEPFOOL_MODE
 from storage import atomic_save_npy, load_array, read_json
 from utils import UsageError
 
+#: what rewrites the validation outputs (the test cache's remedy is ``layout.CACHE_REMEDY``)
+VALIDATION_REMEDY = "rerun main_train_DeepFailGuard.py --force"
 #: how far a cached softmax row may sum from 1 (float32 rounding over a few hundred classes stays far below)
 PROBABILITY_SUM_TOLERANCE = 1e-3
 
@@ -68,19 +70,25 @@ def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_
 
 def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None,
                             num_classes: int | None = None, distance: str = DEEPFOOL_MODE) -> CachedAnswers | None:
-    """A version's validation outputs, checked as the test cache is; None when the fit step has not written them
-    (the paper's release, or a fit from before they were kept)."""
+    """A version's validation outputs, checked as the test cache is (a problem names the fit step, which writes
+    them); None when the fit step has not written them (the paper's release, or a fit from before they were
+    kept)."""
     paths = validation_paths(info_root, model_name, dataset_name, bug_id, distance)
     if not all(path.is_file() for path in paths.values()):
         return None
-    probabilities = check_probabilities(load_array(paths["probabilities"]), paths["probabilities"])
+    remedy = VALIDATION_REMEDY
+
+    def load(what: str) -> np.ndarray:
+        return load_array(paths[what], remedy)
+
+    probabilities = check_probabilities(load("probabilities"), paths["probabilities"], remedy)
     num_classes = min(num_classes or probabilities.shape[1], probabilities.shape[1])
-    answers = CachedAnswers(check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes),
-                            _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),
-                                             paths["distances"]),
-                            probabilities, check_logits(load_array(paths["logits"]), paths["logits"]),
-                            check_labels(load_array(paths["ground_truth"]), paths["ground_truth"], num_classes))
-    key, remedy = version_key(model_name, dataset_name, bug_id), "rerun main_train_DeepFailGuard.py --force"
+    answers = CachedAnswers(check_labels(load("dnn_labels"), paths["dnn_labels"], num_classes, remedy),
+                            _one_dimensional(check_distances(load("distances"), paths["distances"], remedy),
+                                             paths["distances"], remedy),
+                            probabilities, check_logits(load("logits"), paths["logits"], remedy),
+                            check_labels(load("ground_truth"), paths["ground_truth"], num_classes, remedy))
+    key = version_key(model_name, dataset_name, bug_id)
     _check_lengths(answers, paths["distances"].parent, key, remedy)
     if answers.logits.shape[1] != probabilities.shape[1]:
         raise UsageError(f"{paths['logits'].parent}: {key}'s validation logits and softmax have different numbers "
@@ -101,12 +109,12 @@ def _check_lengths(answers: CachedAnswers, folder, key: str, remedy: str = CACHE
         raise UsageError(f"{folder}: {key}'s files cover different numbers of inputs {lengths}; {remedy}")
 
 
-def check_logits(logits: np.ndarray, path) -> np.ndarray:
+def check_logits(logits: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
     """Clean logits: a finite (inputs × classes) float array (its inputs and classes are checked against the
     ground truth and the softmax where the version is evaluated, which names it)."""
     if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating) or not np.isfinite(logits).all():
         raise UsageError(f"{path}: expected a finite (inputs × classes) float array of logits, got {logits.dtype} "
-                         f"{logits.shape}; {CACHE_REMEDY}")
+                         f"{logits.shape}; {remedy}")
     return logits
 
 
@@ -132,18 +140,18 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
     return CachedAnswers(labels, distances, probabilities, logits)
 
 
-def check_probabilities(probabilities: np.ndarray, path) -> np.ndarray:
+def check_probabilities(probabilities: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
     """A softmax: a finite (inputs × classes) array, each entry in [0, 1], each row summing to 1."""
     if probabilities.ndim != 2 or not np.issubdtype(probabilities.dtype, np.floating) \
             or not np.isfinite(probabilities).all():
         raise UsageError(f"{path}: expected a finite (inputs × classes) array of softmax probabilities, got "
-                         f"{probabilities.dtype} {probabilities.shape}; {CACHE_REMEDY}")
+                         f"{probabilities.dtype} {probabilities.shape}; {remedy}")
     sums = probabilities.sum(axis=1, dtype=np.float64)
     outside = int(((probabilities < 0) | (probabilities > 1)).any(axis=1).sum())
     unnormalised = int((np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE).sum())
     if outside or unnormalised:
         raise UsageError(f"{path}: not softmax probabilities ({outside} row(s) with values outside [0, 1], "
-                         f"{unnormalised} not summing to 1: logits saved as probabilities?); {CACHE_REMEDY}")
+                         f"{unnormalised} not summing to 1: logits saved as probabilities?); {remedy}")
     return probabilities
 
 
@@ -172,7 +180,7 @@ def read_ground_truth(info_root, dataset_name: str, test_set: str = "") -> np.nd
     return check_labels(load_array(path), path)
 
 
-def check_distances(distances, name="") -> np.ndarray:
+def check_distances(distances, name="", remedy: str = "recompute the cache with --force") -> np.ndarray:
     """DeepFool distances as float64: finite and non-negative (an L2 norm), else a UsageError naming them.
 
     A negative or NaN distance means a damaged or foreign file, never a real measurement.
@@ -180,23 +188,23 @@ def check_distances(distances, name="") -> np.ndarray:
     distances = np.asarray(distances, dtype=np.float64)
     if not np.isfinite(distances).all():
         bad = int((~np.isfinite(distances)).sum())
-        raise UsageError(f"{name or 'distances'}: {bad} NaN or infinite distance(s); recompute the cache with --force")
+        raise UsageError(f"{name or 'distances'}: {bad} NaN or infinite distance(s); {remedy}")
     if (distances < 0).any():
         bad = int((distances < 0).sum())
         raise UsageError(f"{name or 'distances'}: {bad} negative distance(s), impossible for an L2 norm (a damaged "
-                         "or foreign file); recompute the cache with --force")
+                         f"or foreign file); {remedy}")
     return distances
 
 
-def check_labels(labels: np.ndarray, path, num_classes: int | None = None) -> np.ndarray:
+def check_labels(labels: np.ndarray, path, num_classes: int | None = None, remedy: str = CACHE_REMEDY) -> np.ndarray:
     """Class indices: 1-D, integer, non-negative (a negative one would corrupt the vote counts) and, where
     the number of classes is known, below it (another dataset's labels, or a damaged file)."""
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
         raise UsageError(f"{path}: expected a 1-D array of non-negative integer labels, got {labels.dtype} "
-                         f"{labels.shape}; {CACHE_REMEDY}")
+                         f"{labels.shape}; {remedy}")
     if num_classes is not None and labels.size and int(labels.max()) >= num_classes:
         raise UsageError(f"{path}: label {int(labels.max())} is not one of the dataset's {num_classes} classes "
-                         f"(0-{num_classes - 1}); {CACHE_REMEDY}")
+                         f"(0-{num_classes - 1}); {remedy}")
     return labels
 
 

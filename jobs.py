@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,9 +27,11 @@ import numpy as np
 import caches
 import FaultInjector
 import layout
+import manifests
 from layout import Roots
+from metadata import read_metadata
 from settings import THREADS, AttackSettings, TrainSettings
-from storage import is_fresh
+from storage import check_writable, is_fresh
 from utils import UsageError
 
 STEPS = ("train", "derive", "fit", "cache")
@@ -109,6 +112,28 @@ class Outcome:
     worker: str = ""
 
 
+def print_outcomes(outcomes: list) -> None:
+    """One table per step: version, the step's measurements, status (with a failure's reason and log)."""
+    for step in dict.fromkeys(o.job.step for o in outcomes):
+        columns = COLUMNS[step]
+        widths = [max(6, len(c)) for c in columns]
+        print(f"{'version':<28} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  status")
+        for o in (o for o in outcomes if o.job.step == step):
+            cells = " ".join(f"{o.cells.get(c, '')!s:>{w}}" for c, w in zip(columns, widths))
+            print(f"{o.job.key:<28} {cells}  {status_text(o)}")
+    sys.stdout.flush()
+
+
+def status_text(outcome) -> str:
+    """A job's status cell: skipped and why, its failure's first line and log, or what it did."""
+    if outcome.status == "skipped":
+        return f"skipped ({outcome.note})"
+    if outcome.status == "failed":
+        reason = outcome.reason.splitlines()[0] if outcome.reason else "failed"
+        return f"FAILED: {reason}" + (f" [log: {outcome.log}]" if outcome.log else "")
+    return outcome.note or "done"
+
+
 def step_of(bug: int) -> str:
     """Training step of a version: test-data faults are derived from the healthy weights, not trained."""
     return "derive" if FaultInjector.is_test_data_only(bug) else "train"
@@ -119,9 +144,12 @@ def run_job(job: Job) -> Outcome:
     failed outcome."""
     import torch
 
-    torch.set_num_threads(job.settings.threads)
     started = time.perf_counter()
     try:
+        cpus = os.cpu_count() or 1
+        if job.settings.threads > cpus:
+            raise UsageError(f"--threads {job.settings.threads}: the machine running {job.name} has {cpus} CPUs")
+        torch.set_num_threads(job.settings.threads)
         with version_lock(job):
             outcome = RUNNERS[job.step](job)
     except UsageError as exc:
@@ -227,7 +255,7 @@ def _load_for_attack(job: Job, bug: int):
 def run_fit(job: Job) -> Outcome:
     """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure; keep
     what the version answered on validation (labels, softmax, logits, distances, truth) for the methods that fit
-    on it."""
+    on it. The files are committed as a unit by the version's manifest, written last."""
     import ModelManager
     import plotting
     from DeepFailGuard import DeepFailGuardTrainer
@@ -236,25 +264,71 @@ def run_fit(job: Job) -> Outcome:
     mode = s.attack.deepfool.mode
     correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug, mode)
     figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug, mode)
-    sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
-               layout.metadata_path(roots.model, job.model, job.dataset, job.bug)]
     validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug, mode).values()
+    manifest = layout.manifest_path(roots.info, "fit", job.model, job.dataset, job.bug, mode)
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    if not s.force and is_fresh([correct_path, wrong_path, *validation_paths], sources) and \
-            _fitted_inputs(correct_path, wrong_path) == len(data.y_val):
+    reason = _out_of_date(job, manifest, [correct_path, wrong_path, *validation_paths], len(data.y_val))
+    if not s.force and reason is None:
         if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
             _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
     trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
     loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
+    for folder in {correct_path.parent, manifest.parent}:
+        check_writable(folder)  # before the manifest goes: a run that cannot write changes nothing
+    manifests.discard(manifest)
     fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
     caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets, mode)
     plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
+    manifests.write(manifest, manifests.describe("fit", job.key, mode, len(fit.correct), _checkpoint(job), roots.info,
+                                                 [correct_path, wrong_path, *validation_paths]))
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
                                "wrong": int((~fit.correct).sum()), "flipped": f"{fit.result.success.mean():.3f}"},
-                   note="fitted")
+                   note=_redone("fitted", reason, s.force))
+
+
+def _checkpoint(job: Job) -> str | None:
+    """The fingerprint of the checkpoint the job reads, checked against what its metadata records. A checkpoint
+    that is not the one recorded is loaded first, so that a hostile or broken file is refused for what it is."""
+    import ModelManager
+
+    try:
+        return manifests.checkpoint_fingerprint(job.roots.model, job.model, job.dataset, job.bug, verify=True)
+    except UsageError:
+        ModelManager.load_version(job.model, job.dataset, job.bug, "cpu", roots=job.roots)
+        raise
+
+
+def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None) -> str | None:
+    """None when the version's files of this step are up to date, else why not (``manifests.mismatch``). The
+    paper's released versions (no metadata of ours) have no manifest: for them, make's rule on the files' times."""
+    metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, FaultInjector.checkpoint_fault(job.bug))
+    if not manifests.is_ours(metadata):
+        checkpoint = layout.checkpoint_path(job.roots.model, job.model, job.dataset, job.bug)
+        sources = [checkpoint, *([ground_truth] if ground_truth is not None else [])]
+        return None if is_fresh(outputs, sources) else "missing or older than the checkpoint"
+    read_metadata(metadata)  # a damaged version is refused here, not taken as up to date
+    checkpoint = _checkpoint(job)
+    try:
+        found = manifests.read(manifest)
+    except UsageError as exc:
+        return str(exc).split(";")[0]
+    if found is None:
+        return MISSING
+    return manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth)
+
+
+#: why a version's step runs the first time (or after a run killed before its manifest)
+MISSING = "missing"
+
+
+def _redone(done: str, reason: str | None, forced: bool) -> str:
+    """The status of a step that ran: why, where it redid finished work."""
+    if reason in (None, MISSING):
+        return f"{done} (forced)" if forced and reason is None else done
+    return f"{done} ({reason})"
 
 
 def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
@@ -269,39 +343,34 @@ def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> N
                              title=f"{key}: validation distances")
 
 
-def _fitted_inputs(correct_path, wrong_path) -> int | None:
-    """How many validation inputs existing KDE files were fitted on (None if unreadable: refit)."""
-    from kde import GaussianKDE
-
-    try:
-        return GaussianKDE.load(correct_path).n + GaussianKDE.load(wrong_path).n
-    except UsageError:
-        return None
-
-
 def run_cache(job: Job) -> Outcome:
-    """Cache the version's test-set distances, labels, success flags and softmax in the paper's layout."""
+    """Cache the version's test-set distances, labels, success flags, softmax and logits in the paper's layout,
+    committed as a unit by the version's manifest (written last, with the ground truth they answer)."""
     import ModelManager
     from Attacker import Attacker
 
     roots, s = job.roots, job.settings
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
     truth_path = caches.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
-    # up to date: newer than the checkpoint, its metadata and the ground truth it answers
-    sources = [layout.checkpoint_path(roots.model, job.model, job.dataset, job.bug),
-               layout.metadata_path(roots.model, job.model, job.dataset, job.bug), truth_path]
     mode = s.attack.deepfool.mode
-    outputs = layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode).values()
-    if not s.force and is_fresh(outputs, sources):
+    outputs = list(layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode).values())
+    manifest = layout.manifest_path(roots.info, "cache", job.model, job.dataset, job.bug, mode)
+    reason = _out_of_date(job, manifest, outputs, len(data.y_test), truth_path)
+    if not s.force and reason is None:
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
     loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
     attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    check_writable(manifest.parent)  # before the manifest goes: a run that cannot write changes nothing
+    manifests.discard(manifest)
     result = attacker.attack_loader(loader, progress=not s.quiet, description=job.key)
     caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode)
+    manifests.write(manifest, manifests.describe("cache", job.key, mode, len(result.labels), _checkpoint(job),
+                                                 roots.info, outputs, truth_path))
     accuracy = float((result.labels == data.y_test.numpy()).mean())
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
-                               "median_d": f"{np.median(result.distances):.4f}"}, note="cached")
+                               "median_d": f"{np.median(result.distances):.4f}"},
+                   note=_redone("cached", reason, s.force))
 
 
 RUNNERS = {"train": run_train, "derive": run_train, "fit": run_fit, "cache": run_cache}

@@ -8,9 +8,10 @@ caches drop in unchanged.
 |---|---|
 | checkpoint, metadata, loss curve | ``{model_root}/{key}.pth``, ``{key}.json``, ``{key}_loss.png`` |
 | failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
-| another distance mode | ``{key}_{mode}_{correct,wrong}.npz``, ``…_{success,distances}_{mode}.npy`` |
+| another distance mode | ``{key}_{mode}_{correct,wrong}.npz``, ``…_{what}_{mode}.npy`` (every file of the mode) |
 | test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | validation outputs | ``{info_root}/val_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
+| manifests (what a step wrote, from what) | ``{…}_manifest.json`` beside the validation outputs and test cache |
 | ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
 | results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` (+ ``paper_comparison.csv``) |
 | figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}.png`` |
@@ -43,8 +44,6 @@ PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
 #: what the fit step keeps of a version's validation answers, for the methods that fit on them; distances last
 VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
-#: the arrays that depend on the distance mode (``--distance``); labels, softmax and logits are the same in every mode
-MODE_DEPENDENT = ("success", "distances")
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 #: what produced the tables: every method and score that ran, with its class, parameters and tie rule
 METHODS_JSON = "methods.json"
@@ -183,11 +182,11 @@ def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | No
 # ---------------------------------------------------------------------------------------------
 
 def cache_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str,
-               distance: str = DEEPFOOL_MODE) -> Path:
-    """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug3_distances.npy`` (another distance mode's
-    distances and success flags: ``…_distances_first-order.npy``)."""
+               distance: str = DEEPFOOL_MODE, suffix: str = ".npy") -> Path:
+    """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug3_distances.npy``; another distance mode's
+    files carry its name (``…_distances_first-order.npy``): no file is shared between modes."""
     name = f"{dataset_name.upper()}_{model_name.lower()}_bug{bug_id or 0}_{what}"
-    return Path(info_root) / CACHE_SUBDIR / f"{_with_tag(name, distance) if what in MODE_DEPENDENT else name}.npy"
+    return Path(info_root) / CACHE_SUBDIR / f"{_with_tag(name, distance)}{suffix}"
 
 
 def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
@@ -211,14 +210,24 @@ def ground_truth_path(info_root, dataset_name: str, bug_id: int | None) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str,
-                    distance: str = DEEPFOOL_MODE) -> Path:
-    """A version's validation output in the test cache's naming, e.g. ``CIFAR10_resnet_bug3_logits.npy``; a
-    test-data fault's version answers validation with the healthy weights, so it shares the healthy files."""
+                    distance: str = DEEPFOOL_MODE, suffix: str = ".npy") -> Path:
+    """A version's validation output in the test cache's naming, e.g. ``CIFAR10_resnet_bug3_logits.npy`` (another
+    distance mode's carry its name); a test-data fault's version answers validation with the healthy weights, so
+    it shares the healthy files."""
     name = f"{dataset_name.upper()}_{model_name.lower()}_bug{FaultInjector.checkpoint_fault(bug_id)}_{what}"
-    return Path(info_root) / VALIDATION_SUBDIR / f"{_with_tag(name, distance) if what in MODE_DEPENDENT else name}.npy"
+    return Path(info_root) / VALIDATION_SUBDIR / f"{_with_tag(name, distance)}{suffix}"
 
 
 def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
                      distance: str = DEEPFOOL_MODE) -> dict[str, Path]:
     return {what: validation_path(info_root, model_name, dataset_name, bug_id, what, distance)
             for what in VALIDATION_FILES}
+
+
+def manifest_path(info_root, step: str, model_name: str, dataset_name: str, bug_id: int | None,
+                  distance: str = DEEPFOOL_MODE) -> Path:
+    """The manifest of a version's fit (beside its validation outputs; shared by faults 10-12 with the healthy
+    version, as the fit is) or of its test cache (``manifests.py``)."""
+    where = validation_path if step == "fit" else cache_path
+    return where(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json")
+

@@ -23,7 +23,11 @@ import sys
 
 import cli
 import evaluation
+import layout
 import paper
+import storage
+from settings import DEEPFOOL_MODE
+from utils import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.output])
+    with storage.folder_lock(args.output, "an evaluation (main_test_DeepFailGuard_from_cached.py)"):
+        return evaluate(args, grid)
+
+
+def evaluate(args, grid) -> int:
     published = None
     if paper.configurations_mode(args) == "paper":
         published = paper.select_published(paper.read_published(args.paper_results), grid)
@@ -60,9 +69,15 @@ def main(argv=None) -> int:
         for record in records.values():
             record.module.posterior_rule = paper.posterior_rule(args.posterior)
         if missing:
-            print(f"note: {dataset}: no cache for {len(missing)} version(s): {', '.join(missing[:6])}"
-                  f"{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
+            print(f"note: {dataset}: no {args.distance.mode} test cache for {len(missing)} version(s): "
+                  f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
+    if published is None and not any(records_by_dataset.values()):
+        mode = args.distance.mode
+        flag = "" if mode == DEEPFOOL_MODE else f" --distance {mode}"
+        example = layout.cache_path(args.info_root, grid.models[0], grid.datasets[0], 0, "distances", mode)
+        raise UsageError(f"no {mode} test cache for any requested version (e.g. {example}); run "
+                         f"main_cache_test_distances.py{flag} with the same --datasets/--models/--bugs first")
     if published is not None:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,
                                    progress=not args.quiet)

@@ -12,7 +12,10 @@ import contextlib
 import glob
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -42,8 +45,9 @@ def atomic_path(path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f"{glob.escape(prefix)}*"):
-            stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+            if not _writer_alive(stale.name[len(prefix):]):
+                stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{_WRITER}.", suffix=path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from exc
@@ -58,6 +62,70 @@ def atomic_path(path) -> Iterator[Path]:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: who writes a temporary file: host and process, in its name, so that a writer never removes another live
+#: writer's temporary (two runs into one folder), only those a killed run left
+_WRITER = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _writer_alive(rest: str) -> bool:
+    """Whether the temporary whose name continues with ``rest`` belongs to a live process of this host (another
+    host's are left alone: only that host can tell)."""
+    writer = rest.split(".", 1)[0]
+    host, _, pid = writer.rpartition("-")
+    if not pid.isdigit() or not host:
+        return False  # an older temporary's name: no writer recorded
+    if host != _WRITER.rpartition("-")[0]:
+        return True
+    if int(pid) == os.getpid():
+        return False  # this process's own leftover (a failed earlier write)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what: str):
+    """Hold ``{folder}/.locks/folder.lock`` while ``what`` writes into ``folder``: a second run into the same
+    folder waits for the first, saying which run holds it, instead of racing it file by file. (POSIX ``flock``;
+    where it does not exist, no lock.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = Path(folder) / ".locks" / "folder.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except OSError as exc:
+        raise UsageError(f"cannot write to {folder}: {exc.strerror or exc}; choose a writable folder") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another run"
+            print(f"note: {folder} is being written by {holder}; waiting for it to finish", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _umask() -> int:
@@ -99,7 +167,33 @@ def atomic_save_npz(path, **arrays) -> None:
 
 def atomic_torch_save(path, obj) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        save_torch(tmp, obj)
+
+
+def save_torch(path, obj) -> None:
+    """``torch.save`` through a file handle: the archive's inner folder is then always ``archive/``, not the
+    (temporary, random) file name, so that equal states give equal bytes (and equal ``file_digest``)."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+_DIGESTS: dict = {}
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file's bytes, computed once per process for a file whose size, time and inode are
+    unchanged (a checkpoint is read by several jobs of one worker)."""
+    import hashlib
+
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        _DIGESTS[key] = sha.hexdigest()
+    return _DIGESTS[key]
 
 
 def atomic_save_figure(path, figure) -> None:

@@ -66,6 +66,8 @@ class MethodLog:
     fit and predict (for the benchmark), over the sets of a dataset."""
 
     unmet: dict[str, set] = field(default_factory=dict)
+    #: methods whose needs were met but that said they cannot run (``Method.cannot_run``), and why
+    cannot: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -79,6 +81,10 @@ def predict_set(members: list[VersionRecord], context: SetContext,
         missing = unmet_needs(method.needs, members, context)
         if missing:
             log.unmet.setdefault(name, set()).update(missing)
+            continue
+        reason = method.cannot_run(members, context)
+        if reason:
+            log.cannot.setdefault(name, reason)
             continue
         started = time.perf_counter()
         predictions[name] = np.asarray(method.predict(method.fit(members, context), members, context))
@@ -250,6 +256,9 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
             continue
         if log.unmet:
             print(f"note: {unmet_note(dataset, log.unmet)}", file=sys.stderr)
+        if log.cannot:
+            print(f"note: {dataset}: skipped where they cannot run: "
+                  + "; ".join(f"{name} ({reason})" for name, reason in log.cannot.items()), file=sys.stderr)
         rows.extend(dataset_rows)
         failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
     if not rows:

@@ -8,6 +8,7 @@ version is computed once and reused by every set it belongs to. The test truth i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -15,14 +16,12 @@ import numpy as np
 
 import caches
 import layout
-from caches import CachedAnswers
+import manifests
+from caches import VALIDATION_REMEDY, CachedAnswers
 from DeepFailGuard import Assessment, DeepFailGuardModule
+from layout import CACHE_REMEDY
 from settings import DEEPFOOL, DeepFoolSettings
 from utils import UsageError
-
-#: what rebuilds each kind of file a record is read from
-TEST_CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
-VALIDATION_REMEDY = "rerun main_train_DeepFailGuard.py --force"
 
 
 @dataclass
@@ -121,7 +120,8 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
 def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL
                          ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
     """The cached records of a dataset's ``(model, bug)`` versions that have a cache, the ground truth of each
-    test set they answer, and the versions without a cache (``model/bugN``)."""
+    test set they answer, and the versions without a cache (``model/bugN``). Every record is checked: its
+    arrays, against the others (``check_dataset``), and against its manifests (``manifests.check_version``)."""
     num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
     records, missing = {}, []
     for model, bug in versions:
@@ -132,22 +132,34 @@ def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool
             records[(model, bug)] = record
     truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set)
               for test_set in sorted({r.test_set for r in records.values()})}
+    check_dataset(dataset, records, truths)  # what the files say of themselves first, then their manifests
+    for record in canonical(records.values()):
+        for step in ("fit", "cache"):
+            manifests.check_version(info_root, model_root, step, record.model, dataset, record.bug, deepfool.mode)
     return records, truths, missing
 
 
 def check_dataset(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> None:
     """Refuse (one line naming the files' step) a dataset whose records cannot be compared: answers of another
     length than their ground truth, softmax or logits of different widths, validation outputs of different
-    validation splits."""
-    for record in canonical(records.values()):
+    validation splits. Validation outputs that do not fit the test cache (another number of classes, no input)
+    are set aside first, with a note: the methods that learn from them skip that version, the rest run."""
+    ordered = canonical(records.values())
+    for record in ordered:
         _check_lengths(record, truths[record.test_set], dataset)
-    widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in canonical(records.values())
+    widths = {f"{r.model} bug {r.bug}{where}": array.shape[1] for r in ordered
               for where, array in (("", r.probabilities), (" logits", r.logits)) if array is not None}
     if len(set(widths.values())) > 1:
         raise UsageError(f"{dataset}: the versions' softmax probabilities (and logits) have different numbers of "
-                         f"classes {widths}; the cache is inconsistent, {TEST_CACHE_REMEDY}")
-    kept = {f"{r.model} bug {r.bug}": r.validation.truth for r in canonical(records.values())
-            if r.validation is not None}
+                         f"classes {widths}; the cache is inconsistent, {CACHE_REMEDY}")
+    classes = next(iter(widths.values()), None)
+    for record in ordered:
+        reason = _unfit_validation(record, classes)
+        if reason:
+            print(f"note: {dataset}: {record.model} bug {record.bug}'s validation outputs {reason}: the methods that "
+                  f"learn from them skip it; {VALIDATION_REMEDY}", file=sys.stderr)
+            record.validation = None
+    kept = {f"{r.model} bug {r.bug}": r.validation.truth for r in ordered if r.validation is not None}
     if kept:
         first_name, first = next(iter(kept.items()))
         for name, truth in kept.items():
@@ -156,10 +168,23 @@ def check_dataset(dataset: str, records: dict[tuple[str, int], VersionRecord], t
                                  f"validation splits (another --max-inputs?); {VALIDATION_REMEDY}")
 
 
+def _unfit_validation(record: VersionRecord, classes: int | None) -> str | None:
+    """Why a version's validation outputs cannot stand beside its test answers (None: they can)."""
+    validation = record.validation
+    if validation is None:
+        return None
+    if not len(validation.labels):
+        return "hold no input"
+    width = validation.probabilities.shape[1]
+    if classes is not None and width != classes:
+        return f"have {width} classes where its test cache has {classes}"
+    return None
+
+
 def _check_lengths(record: VersionRecord, truth: np.ndarray, where: str) -> None:
     n = len(truth)
     for what, array in (("labels", record.labels), ("distances", record.distances),
                         ("probabilities", record.probabilities), ("logits", record.logits)):
         if array is not None and len(array) != n:
             raise UsageError(f"{where}: {record.model} bug {record.bug} has {len(array)} {what} but the ground "
-                             f"truth has {n} inputs; the cache is inconsistent, {TEST_CACHE_REMEDY}")
+                             f"truth has {n} inputs; the cache is inconsistent, {CACHE_REMEDY}")

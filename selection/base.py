@@ -29,8 +29,8 @@ The contract, for both:
 - *Per-version work goes through* ``version.fitted(key, fit)``, keyed by the registered name, so that the sets
   a version joins share it.
 
-Where a member lacks an output a score or method needs, the evaluation skips it for that set and says so once
-per dataset.
+Where a member lacks an output a score or method needs, or a method says it cannot run on the members
+(``Method.cannot_run``), the evaluation skips it for that set and says so once per dataset.
 """
 
 from __future__ import annotations
@@ -101,6 +101,11 @@ class Score(Plugin):
 class Method(Plugin):
     """A per-input selection method over a set of versions. Subclasses set ``name``, ``needs`` and ``ties`` and
     implement :meth:`predict`, and :meth:`fit` when the method learns from the members' validation outputs."""
+
+    def cannot_run(self, members, context: "SetContext") -> str | None:
+        """Why the method cannot run on these members although its ``needs`` are met (a validation split of one
+        class, say), in words; None: it can. The evaluation skips it for the set and says so once."""
+        return None
 
     def fit(self, members, context: "SetContext"):
         """What the method learns for this set from its members' validation outputs; None: nothing."""

@@ -109,6 +109,10 @@ class Stacking(Method):
     solver: str = "newton-cg"
     C: float = 1.0
 
+    def cannot_run(self, members, context):
+        classes = len(np.unique(members[0].validation.truth))
+        return None if classes >= 2 else f"the validation split holds {classes} class(es); a classifier needs two"
+
     def fit(self, members, context):
         from sklearn.linear_model import LogisticRegression
 

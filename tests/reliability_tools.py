@@ -2,11 +2,13 @@
 files they write, killing them at chosen points, hostile payloads, comparing outputs.
 
 Nothing here touches production code: scripts are observed from outside, through their files and
-their stderr, the way a job scheduler or a curious user would see them.
+their stderr, the way a job scheduler or a curious user would see them; an in-process run is killed at a
+chosen write by standing in for ``os.replace``, through which every file of the pipeline arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -337,3 +339,33 @@ def replace_file(path: Path, writer: Callable[[Path], None] | bytes) -> Path:
     else:
         writer(path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# dying at a chosen write, in process
+# ---------------------------------------------------------------------------------------------
+
+class Killed(BaseException):
+    """Stands for the process dying: nothing the pipeline catches."""
+
+
+@contextlib.contextmanager
+def killed_at_write(number: int, under):
+    """Every file the pipeline moves into place (``os.replace``) under ``under`` is counted; the ``number``-th
+    never arrives: the run dies just before it, raising :class:`Killed` through everything, as a SIGKILL would
+    leave it. Yields the count so far (a run that ends before the ``number``-th write was not killed)."""
+    replace, count = os.replace, [0]
+
+    def dying_replace(source, target, *args, **kwargs):
+        if str(under) in str(target):
+            count[0] += 1
+            if count[0] == number:
+                raise Killed(str(target))
+        return replace(source, target, *args, **kwargs)
+
+    original = os.replace
+    os.replace = dying_replace
+    try:
+        yield count
+    finally:
+        os.replace = original

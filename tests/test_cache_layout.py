@@ -112,7 +112,8 @@ def test_pipeline_writes_the_papers_files(pipeline, digits):
     versions = [("squeezenet", 0), ("squeezenet", 1), ("squeezenet", 10), ("densenet", 0), ("densenet", 10)]
     assert sorted(p.name for p in cached.iterdir()) == sorted(
         ["DIGITS_ground_truth.npy"] + [f"DIGITS_{model}_bug{bug}_{what}.npy" for model, bug in versions
-                                       for what in CACHE_FILES])
+                                       for what in CACHE_FILES]
+        + [f"DIGITS_{model}_bug{bug}_manifest.json" for model, bug in versions])  # each version's, written last
     # one failure model per checkpoint: fault 10 uses the healthy squeezenet's
     assert sorted(p.name for p in (info / "kde_results").iterdir()) == sorted(
         f"{key}_{which}.npz" for key in ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "densenet_DIGITS")

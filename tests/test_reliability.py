@@ -451,7 +451,7 @@ def test_a_root_that_is_a_file(capsys, ws, script, flag):
 
 
 def test_unwritable_subfolder_found_only_when_writing(capsys, ws):
-    """The KDE folder is a file: the failure comes after the attack, and still loses nothing."""
+    """The KDE folder is a file: the failure is found before anything is changed, and loses nothing."""
     shutil.rmtree(ws.kdes)
     replace_file(ws.kdes, b"not a folder")
     expect_refusal(capsys, ws, "fit", ["--force"], fragments=[ws.kdes], grid=["--models", "squeezenet", "--bugs", "0"])
@@ -543,7 +543,8 @@ def test_fit_replaces_a_corrupt_kde_file(capsys, ws, pipeline):
     assert result.returncode == 0, result.stderr
     after = snapshot(ws.root)
     validation = [layout.validation_path(ws.info, "squeezenet", "DIGITS", 0, what) for what in VALIDATION_FILES]
-    refit = {str(path.relative_to(ws.root)) for path in [ws.kde("correct"), ws.kde("wrong"), *validation]}
+    manifest = layout.manifest_path(ws.info, "fit", "squeezenet", "DIGITS", 0)
+    refit = {str(path.relative_to(ws.root)) for path in [ws.kde("correct"), ws.kde("wrong"), *validation, manifest]}
     refit.add("out/figures/kde_squeezenet_DIGITS.png")
     assert {rel for rel in before if before[rel] != after.get(rel)} == refit  # nothing else touched
     for which in ("correct", "wrong"):
@@ -706,7 +707,8 @@ CHAINS = {
                    when_file("squeezenet_DIGITS_bug1_wrong.npz", partial=False))),
         {f"bug{bug}": [f"info/kde_results/{key}_correct.npz", f"info/kde_results/{key}_wrong.npz",
                        f"out/figures/kde_{key}.png", *(f"{VALIDATION}/DIGITS_squeezenet_bug{bug}_{what}.npy"
-                                                      for what in VALIDATION_FILES)]
+                                                      for what in VALIDATION_FILES),
+                       f"{VALIDATION}/DIGITS_squeezenet_bug{bug}_manifest.json"]  # finished: its manifest written
          for bug, key in ((0, "squeezenet_DIGITS"), (1, "squeezenet_DIGITS_bug1"))}),
     "cache": Chain(
         "cache", SQUEEZENETS, ("model",), (CACHED,),
@@ -714,8 +716,8 @@ CHAINS = {
          KillPoint("after three of the second version's five arrays",
                    when_file("DIGITS_squeezenet_bug1_probabilities.npy", partial=False))),
         {"ground truth": [f"{CACHED}/DIGITS_ground_truth.npy"],
-         **{f"bug{bug}": [f"{CACHED}/DIGITS_squeezenet_bug{bug}_{what}.npy"
-                          for what in CACHE_FILES] for bug in (0, 1)}}),
+         **{f"bug{bug}": [*(f"{CACHED}/DIGITS_squeezenet_bug{bug}_{what}.npy" for what in CACHE_FILES),
+                          f"{CACHED}/DIGITS_squeezenet_bug{bug}_manifest.json"] for bug in (0, 1)}}),
     "realtime": Chain(
         "realtime", None, ("model", "info"), ("out/realtime",),
         (KillPoint("mid-attack of the second version", when_stderr("DeepFool densenet_DIGITS")),
