@@ -18,7 +18,6 @@ against DeepFool's closed form); half-precision networks are attacked with float
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from DatasetManager import resize_batch
+from frozen_network import attack_dtype, frozen_copy
 from settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
 from utils import UsageError, choose_device
 
@@ -62,6 +62,10 @@ class AttackResult:
                      for f in fields))
 
 
+class AttackCancelled(Exception):
+    """An attack stopped between two steps because its ``cancel`` event was set."""
+
+
 class Attacker:
     """L2 DeepFool against one network (in evaluation mode) on ``device``."""
 
@@ -91,6 +95,13 @@ class Attacker:
         #: replay the candidate-gradient step as CUDA graphs (default: on CUDA); never without CUDA
         self.cuda_graphs = self.device.type == "cuda" and (cuda_graphs is None or cuda_graphs)
         self._graphs: dict[tuple, GraphedStep] = {}
+        #: set (a ``threading.Event``) by whoever runs this attack on a thread of its own, to stop it between two
+        #: steps: an interrupted run does not wait for the other versions' attacks to finish
+        self.cancel = None
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise AttackCancelled("the attack was cancelled")
 
     @classmethod
     def from_settings(cls, pytorch_model: nn.Module, deepfool: DeepFoolSettings = DEEPFOOL, device=None,
@@ -118,6 +129,7 @@ class Attacker:
         loader's labels as ``targets`` when its batches are (images, labels) pairs)."""
         parts = []
         for batch in tqdm(loader, desc=description, unit="batch", disable=not progress, leave=False):
+            self._stop_if_cancelled()
             paired = isinstance(batch, (tuple, list))
             part = self.attack(batch[0] if paired else batch)
             part.targets = np.asarray(batch[1]) if paired and len(batch) > 1 else None
@@ -163,6 +175,7 @@ class Attacker:
         active = torch.arange(len(x0), device=x0.device)
         low, high = self.bounds
         for _ in range(self.steps):
+            self._stop_if_cancelled()
             if len(active) == 0:
                 break
             step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
@@ -332,49 +345,6 @@ def full_float32_convolutions():
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
-class FrozenBatchNorm(nn.Module):
-    """An evaluation-mode batch norm as the per-channel affine map it is: ``x · scale + shift``.
-
-    Same function (to float rounding); its backward pass is one multiplication, where
-    ``native_batch_norm_backward`` was a quarter of DenseNet's attack time.
-    """
-
-    def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
-        super().__init__()
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0.0)
-        self.register_buffer("scale", scale.detach())
-        self.register_buffer("shift", shift.detach())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)  # channels on dim 1, as for every batch norm
-        return torch.addcmul(self.shift.view(shape), x, self.scale.view(shape))
-
-
-def attack_dtype(network: nn.Module) -> torch.dtype:
-    """float64 for a network whose floating-point parameters (or, without any, buffers) are float64;
-    float32 otherwise: float32 networks, parameter-free ones, and half or bfloat16 ones (their
-    inputs stay float32, as they always were)."""
-    for tensors in (network.parameters(), network.buffers()):
-        dtypes = {t.dtype for t in tensors if t.is_floating_point()}
-        if dtypes:
-            return torch.float64 if dtypes == {torch.float64} else torch.float32
-    return torch.float32
-
-
-def frozen_copy(network: nn.Module) -> nn.Module:
-    """The network as the attack needs it, leaving the caller's untouched: a copy in evaluation mode,
-    without parameter gradients, its batch norms (with running statistics) folded to affine maps."""
-    frozen = copy.deepcopy(network).eval().requires_grad_(False)
-    for parent in list(frozen.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.running_mean is not None:
-                setattr(parent, name, FrozenBatchNorm(child))
-    return frozen
 
 
 def _vjp_batched(outputs: torch.Tensor, inputs: torch.Tensor, cotangents: torch.Tensor) -> torch.Tensor:

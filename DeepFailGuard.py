@@ -310,6 +310,19 @@ class DeepFailGuard:
         return int(decision.labels[0])
 
 
+#: seconds an interrupted run waits for its attacks to stop at their next step before it leaves them
+CANCEL_GRACE_S = 1.0
+#: set once Ctrl-C interrupted attacks running in threads (``interrupted_attacks`` reads it)
+_INTERRUPTED = False
+
+
+def interrupted_attacks() -> bool:
+    """Whether Ctrl-C interrupted ``attack_concurrently`` in this process. The interpreter's shutdown then
+    crashed in 2 of 3 probes (SIGSEGV or SIGABRT inside torch, after every attack thread had stopped), so the
+    caller ends the process at once instead (``cli.run_main``)."""
+    return _INTERRUPTED
+
+
 def attack_concurrently(work: list, progress: bool = False, concurrent: bool = True) -> list[AttackResult]:
     """``module.attack_loader(loader)`` for every ``(module, loader)`` of ``work``, in its order, with one thread
     per device slot, so that the latency approaches the slowest slot's rather than the sum of the versions'.
@@ -322,8 +335,9 @@ def attack_concurrently(work: list, progress: bool = False, concurrent: bool = T
     same computation on any thread.
     """
     import sys
-    from concurrent.futures import ThreadPoolExecutor
+    import threading
 
+    global _INTERRUPTED
     slots: dict = {}
     for index, (module, _) in enumerate(work):
         device = module.attacker.device if module.attacker is not None else None
@@ -349,6 +363,40 @@ def attack_concurrently(work: list, progress: bool = False, concurrent: bool = T
             else:
                 results[index] = module.attack_loader(loader, progress=progress)
 
-    with ThreadPoolExecutor(len(slots), thread_name_prefix="attack") as pool:
-        list(pool.map(run_slot, slots.values()))  # list(): a slot's exception is raised here
+    stop = threading.Event()
+    for module, _ in work:
+        if module.attacker is not None:
+            module.attacker.cancel = stop
+    failures: list[BaseException] = []
+
+    def guarded(indices: list[int]) -> None:
+        try:
+            run_slot(indices)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            failures.append(exc)
+            stop.set()
+
+    # daemon threads: an interrupted run never waits for an attack that has not yet reached its next step
+    threads = [threading.Thread(target=guarded, args=(indices,), name=f"attack-{n}", daemon=True)
+               for n, indices in enumerate(slots.values())]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)  # a short wait: Ctrl-C reaches this thread at once
+    except BaseException as exc:  # Ctrl-C: the slots stop at their next step; whichever has not after a grace is left
+        _INTERRUPTED = _INTERRUPTED or isinstance(exc, KeyboardInterrupt)
+        stop.set()
+        for thread in threads:
+            thread.join(CANCEL_GRACE_S)
+        raise
+    finally:
+        if not any(thread.is_alive() for thread in threads):
+            for module, _ in work:
+                if module.attacker is not None:
+                    module.attacker.cancel = None
+    if failures:
+        _INTERRUPTED = _INTERRUPTED or isinstance(failures[0], KeyboardInterrupt)
+        raise failures[0]  # a slot's exception, in the caller's thread
     return results

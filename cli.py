@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import fields
 from typing import Callable, Sequence
@@ -211,6 +212,11 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        guard = sys.modules.get("DeepFailGuard")
+        if guard is not None and guard.interrupted_attacks():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)  # every write is atomic and done or undone by now, every lock released
         sys.exit(130)
     sys.exit(status or 0)
 
@@ -225,17 +231,27 @@ def prepare(args: argparse.Namespace, writable=()):
     """
     check_roots(args)
     grid = resolve_grid(args)
-    if "launcher" in vars(args):
-        launch_settings(args)  # engine flags the launcher cannot honour are refused now
+    launcher = launch_settings(args).launcher if "launcher" in vars(args) else "local"  # engine flags checked now
+    if launcher == "local":
+        check_threads(args.threads)
     torch.set_num_threads(args.threads)  # the driver's own work (and local jobs) with the run's thread count
     device = None
-    if "device" in vars(args) and getattr(args, "launcher", "local") == "local":
+    if "device" in vars(args) and launcher == "local":
         device = utils.choose_device(args.device)  # also where no network runs: an unmet request is refused
     if "data_root" in vars(args):
         check_datasets_available(grid.datasets, args.data_root)
     for folder in writable:
         storage.check_writable(folder)
     return grid, device
+
+
+def check_threads(threads: int) -> None:
+    """More compute threads than this machine has CPUs is refused (torch would try to start them all)."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise UsageError(f"--threads {threads}: this machine has {cpus} CPUs; ask for at most {cpus}")
 
 
 def check_roots(args: argparse.Namespace) -> None:
@@ -324,6 +340,10 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
             flag = "--slurm-sbatch-option" if name == "slurm_sbatch_options" else "--" + name.replace("_", "-")
             raise UsageError(f"{flag} is a --launcher {engine} flag; --launcher {settings.launcher} cannot honour it "
                              f"(use --launcher {engine}, or leave {flag} out)")
+    if settings.launcher == "ray":
+        from launchers.ray_pool import check_job_size
+
+        check_job_size(settings)
     return settings
 
 
@@ -355,6 +375,7 @@ def launch_and_report(jobs: list, settings: LaunchSettings) -> int:
     A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
     input (a missing or corrupt file) is a UsageError (exit 2) naming the first such reason.
     """
+    from jobs import print_outcomes
     from launchers import launch
 
     outcomes = launch(jobs, settings)
@@ -368,26 +389,3 @@ def launch_and_report(jobs: list, settings: LaunchSettings) -> int:
         more = f" ({len(failed) - 1} more failed job(s) in the table above)" if len(failed) > 1 else ""
         raise UsageError(f"{failed[0].reason}{more}")
     return 0
-
-
-def print_outcomes(outcomes: list) -> None:
-    """One table per step: version, the step's measurements, status (with a failure's reason and log)."""
-    from jobs import COLUMNS
-
-    for step in dict.fromkeys(o.job.step for o in outcomes):
-        columns = COLUMNS[step]
-        widths = [max(6, len(c)) for c in columns]
-        print(f"{'version':<28} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  status")
-        for o in (o for o in outcomes if o.job.step == step):
-            cells = " ".join(f"{o.cells.get(c, '')!s:>{w}}" for c, w in zip(columns, widths))
-            print(f"{o.job.key:<28} {cells}  {status_text(o)}")
-    sys.stdout.flush()
-
-
-def status_text(outcome) -> str:
-    if outcome.status == "skipped":
-        return f"skipped ({outcome.note})"
-    if outcome.status == "failed":
-        reason = outcome.reason.splitlines()[0] if outcome.reason else "failed"
-        return f"FAILED: {reason}" + (f" [log: {outcome.log}]" if outcome.log else "")
-    return outcome.note or "done"

@@ -23,8 +23,10 @@ import cli
 import evaluation
 import grids
 import layout
+import manifests
 import ModelManager
 import paper
+import storage
 import utils
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule, attack_concurrently
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, device = cli.prepare(args, writable=[args.output])
+    with storage.folder_lock(args.output, "a real-time evaluation (main_test_DeepFailGuard.py)"):
+        return evaluate(args, grid, device)
+
+
+def evaluate(args, grid, device) -> int:
     attack = cli.attack_settings(args, grid)
     roots = cli.roots_of(args)
     versions = grids.trained_versions(grid, roots.model)
@@ -57,6 +64,7 @@ def main(argv=None) -> int:
         model = ModelManager.load_version(model_name, dataset, bug, version_device, roots=roots)
         module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
                                                 device=version_device, deepfool=attack.deepfool)
+        manifests.check_version(roots.info, roots.model, "fit", model_name, dataset, bug, attack.deepfool.mode)
         module.posterior_rule = paper.posterior_rule(args.posterior)
         module.device_slot = index % len(devices) if args.devices else None
         data = datasets.get(dataset, bug, attack.max_inputs)
