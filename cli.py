@@ -212,8 +212,8 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
-        guard = sys.modules.get("DeepFailGuard")
-        if guard is not None and guard.interrupted_attacks():
+        attacks = sys.modules.get("concurrent_attacks")
+        if attacks is not None and attacks.interrupted_attacks():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)  # every write is atomic and done or undone by now, every lock released

@@ -28,8 +28,9 @@ import ModelManager
 import paper
 import storage
 import utils
+from concurrent_attacks import attack_concurrently
 from DatasetManager import DatasetCache
-from DeepFailGuard import DeepFailGuardModule, attack_concurrently
+from DeepFailGuard import DeepFailGuardModule
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,13 @@ import torch.nn as nn
 from conftest import REPO, SCRIPT_ENV, assert_usage_error, run_in_process, script_file
 from reliability_tools import Killed, killed_at_write
 
-import DeepFailGuard
+import concurrent_attacks
 import layout
 import manifests
 import storage
 from Attacker import AttackCancelled
-from DeepFailGuard import DeepFailGuardModule, attack_concurrently
+from concurrent_attacks import attack_concurrently
+from DeepFailGuard import DeepFailGuardModule
 from kde import GaussianKDE
 
 SQUEEZENET = ["--models", "squeezenet", "--bugs", "0"]
@@ -259,11 +260,11 @@ def test_an_interrupt_stops_the_other_slots_at_their_next_step(tmp_path, monkeyp
     for slot, module in enumerate(modules):
         module.device_slot = slot
     long = CountingLoader(10_000)
-    monkeypatch.setattr(DeepFailGuard, "_INTERRUPTED", False)
+    monkeypatch.setattr(concurrent_attacks, "_INTERRUPTED", False)
     with pytest.raises(KeyboardInterrupt):
         attack_concurrently([(modules[0], CountingLoader(5, KeyboardInterrupt(), at=1)), (modules[1], long)])
     assert long.served < 1_000, long.served  # stopped long before the end of its loader
-    assert DeepFailGuard.interrupted_attacks()  # so the script ends at once (cli.run_main)
+    assert concurrent_attacks.interrupted_attacks()  # so the script ends at once (cli.run_main)
     assert all(module.attacker.cancel is None for module in modules)  # ready for the next run
     modules[1].attacker.cancel = threading.Event()
     modules[1].attacker.cancel.set()
