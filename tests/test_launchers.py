@@ -126,7 +126,9 @@ def test_ray_cluster_wanting_a_token_is_one_clear_line(reference, loopback_ns, r
     ws = copy_models(reference, tmp_path / "token")
     result = run_in_ns(loopback_ns, "fit",
                        [*ws.argv("fit", grid=GRID["fit"]), *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address],
-                       {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None}, timeout=180)
+                       # Ray retries a refused connection once a second, 20 times unless told fewer
+                       {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN_PATH": None, "RAY_gcs_server_port_wait_time_s": "3"},
+                       timeout=180)
     assert_usage_error(result, "RAY_AUTH_MODE=token", engine_lines=True)
     assert not ws.kdes.exists() or not any(ws.kdes.iterdir())
 
