@@ -66,19 +66,14 @@ def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verif
     return actual
 
 
-def digest(path) -> str:
-    """The SHA-256 of a file's bytes."""
-    return file_digest(path)
-
-
 def describe(step: str, version: str, distance: str, inputs: int, checkpoint: str, info_root, files,
              ground_truth=None) -> Manifest:
     """The manifest of ``files`` as they are on disk now (their digests), made from the checkpoint of fingerprint
     ``checkpoint``."""
     root = Path(info_root)
     return Manifest(step, version, distance, int(inputs), checkpoint,
-                    {Path(p).relative_to(root).as_posix(): digest(p) for p in files},
-                    None if ground_truth is None else digest(ground_truth))
+                    {Path(p).relative_to(root).as_posix(): file_digest(p) for p in files},
+                    None if ground_truth is None else file_digest(ground_truth))
 
 
 def discard(path) -> None:
@@ -118,13 +113,13 @@ def mismatch(found: Manifest | None, info_root, checkpoint: str | None, inputs: 
         return f"{found.inputs} inputs attacked, {inputs} asked for"
     if checkpoint is not None and found.checkpoint != checkpoint:
         return "made from another checkpoint than the version's (retrained since?)"
-    if ground_truth is not None and found.ground_truth != digest(ground_truth):
+    if ground_truth is not None and found.ground_truth != file_digest(ground_truth):
         return f"answers another test set than {Path(ground_truth).name} (another --max-inputs?)"
     for name, expected in found.files.items():
         path = Path(info_root) / name
         if not path.is_file():
             return f"{name} is missing"
-        if digest(path) != expected:
+        if file_digest(path) != expected:
             return f"{name} changed since it was written"
     return None
 
