@@ -26,7 +26,7 @@ import evaluation
 import layout
 import paper
 import storage
-from settings import DEEPFOOL_MODE
+from settings import mode_flag
 from utils import UsageError
 
 
@@ -74,10 +74,9 @@ def evaluate(args, grid) -> int:
         records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
     if published is None and not any(records_by_dataset.values()):
         mode = args.distance.mode
-        flag = "" if mode == DEEPFOOL_MODE else f" --distance {mode}"
         example = layout.cache_path(args.info_root, grid.models[0], grid.datasets[0], 0, "distances", mode)
-        raise UsageError(f"no {mode} test cache for any requested version (e.g. {example}); run "
-                         f"main_cache_test_distances.py{flag} with the same --datasets/--models/--bugs first")
+        raise UsageError(f"no {mode} test cache for any requested version (e.g. {example}); run main_cache_test_"
+                         f"distances.py{mode_flag(mode)} with the same --datasets/--models/--bugs first")
     if published is not None:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,
                                    progress=not args.quiet)

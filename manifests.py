@@ -22,7 +22,7 @@ from pathlib import Path
 import FaultInjector
 import layout
 from metadata import read_metadata
-from settings import DEEPFOOL_MODE
+from settings import DEEPFOOL_MODE, mode_flag
 from storage import atomic_write_json, file_digest
 from utils import UsageError
 
@@ -144,7 +144,6 @@ def check_version(info_root, model_root, step: str, model: str, dataset: str, bu
                       ground_truth=truth)
     if reason:
         what = "failure model and validation outputs" if step == "fit" else "test cache"
-        flag = "" if distance == DEEPFOOL_MODE else f" --distance {distance}"
         raise UsageError(f"{layout.version_key(model, dataset, bug)}: its {what} ({distance}) cannot be used: "
-                         f"{reason}; rerun {STEP_SCRIPTS[step]}{flag} (it redoes what is out of date)")
+                         f"{reason}; rerun {STEP_SCRIPTS[step]}{mode_flag(distance)} (it redoes what is out of date)")
 

@@ -88,6 +88,11 @@ DEFAULT_CANDIDATES = 10
 DEEPFOOL = DeepFoolSettings()
 
 
+def mode_flag(mode: str) -> str:
+    """What a suggested command line adds to ask for distance ``mode`` (nothing for the default), for messages."""
+    return "" if mode == DEEPFOOL_MODE else f" --distance {mode}"
+
+
 def distance_mode(text: str) -> DeepFoolSettings:
     """The settings of a distance mode named on the command line: ``deepfool`` (the paper's: 10 candidate
     classes, up to 50 steps), ``deepfool:K`` (the top K classes, K >= 2, foolbox's ``candidates``),
