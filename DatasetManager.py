@@ -108,10 +108,13 @@ class MyData:
     seed: int = SEED
     source: mydataset.MyDataset | None = None
     data_root: Path = Path(DEFAULT_DATA_ROOT)
+    #: the training batches are shuffled each epoch (fault 20 turns it off)
+    shuffle_train: bool = True
 
     @property
     def train_loader(self) -> TensorLoader:
-        return TensorLoader(self.x_train, self.y_train, self.batch_size, self.image_size, shuffle=True, seed=self.seed)
+        return TensorLoader(self.x_train, self.y_train, self.batch_size, self.image_size, shuffle=self.shuffle_train,
+                            seed=self.seed)
 
     @property
     def val_loader(self) -> TensorLoader:
@@ -149,7 +152,8 @@ class MyData:
 
 
 def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int = 256,
-                   data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SEED) -> MyData:
+                   data_root=DEFAULT_DATA_ROOT, image_size: int | None = None, seed: int = SEED,
+                   fault_parameter: float | None = None) -> MyData:
     """Load a dataset, split off 20 % of train for validation, apply a data fault (7-12) if asked.
 
     ``image_size=None`` uses the dataset's own size (its stored resolution if it declares none).
@@ -169,7 +173,7 @@ def create_dataset(dataset_name: str, bug_id: int | None = None, batch_size: int
                   x_test=raw.x_test, y_test=raw.y_test, batch_size=batch_size,
                   image_size=image_size or source.image_size, seed=seed, source=source, data_root=Path(data_root))
     _check_classes_present(data)
-    FaultInjector.inject_dataset_fault(data, bug_id)
+    FaultInjector.inject_dataset_fault(data, bug_id, fault_parameter)
     return data
 
 

@@ -1,8 +1,12 @@
-"""The twelve development faults of the paper, each really changing what it claims to.
+"""The development faults: the paper's twelve and the DL-mutation operators (13 and up), each really changing
+what it claims to.
 
 Model faults (1-3) rebuild or rewire the network before training, hyper-parameter faults (4-6)
 change the trainer that will train it, data faults (7-12) change the splits it learns from or is
 tested on. In the paper repository faults 2, 3, 4 and 6 changed nothing training sees; here they do.
+Faults 13 and up (``mutation_faults.py``) are DeepCrime's training-time operators that the twelve do not
+cover; a parametric one declares its parameter (:class:`FaultParameter`), which training may set
+(``TrainSettings.fault_parameter``) and ``main_validate_faults.py --search`` bisects.
 
 ``FAULT_TABLE`` is the one place a fault is declared: its facts and the function that applies it.
 Injection looks the function up; a fault of the right kind without one is an error, never a silent
@@ -14,14 +18,15 @@ is refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+import mutation_faults as mutation
 from model_faults import (
     reduce_structure,
     remove_activations,
@@ -31,7 +36,18 @@ from model_faults import (
     without_widenable_filters,
 )
 from settings import SEED
-from utils import UsageError, stratified_split
+from training_faults import (
+    SoftmaxSquaredError,  # noqa: F401 - part of this module's interface
+    corrupt_test_inputs,
+    cut_epochs,
+    halve_training_set,
+    mislabel_training,
+    raise_learning_rate,
+    shift_test_set,
+    shrink_pixel_range,
+    use_squared_error_loss,
+)
+from utils import UsageError
 
 HEALTHY = 0
 #: what each kind of fault is applied to, and the call its function receives
@@ -40,6 +56,31 @@ KINDS = {
     "hyper-parameter": "a trainer: apply(trainer), changing it in place",
     "data": "a dataset: apply(data, bug_id, generator), changing the MyData in place",
 }
+
+
+@dataclass(frozen=True)
+class FaultParameter:
+    """The parameter of a parametric fault: its name, the value a plain run uses, the bounds a search stays
+    within, which end makes the fault stronger, and whether the search halves it on a log scale."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    stronger: str = "high"  # "high" or "low": the end at which the fault does the most damage
+    log: bool = False
+
+    def check(self, value: float) -> float:
+        """``value`` as a float within the bounds, else a UsageError naming them."""
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and self.low <= value <= self.high):
+            raise UsageError(f"{self.name} {value!r} is outside [{self.low:g}, {self.high:g}]")
+        return float(value)
+
+
+#: the faults' families: the paper's twelve, the DL-mutation operators, and a user's (``register_fault``'s default)
+FAMILIES = ("paper", "mutation", "custom")
+PAPER, MUTATION, CUSTOM = FAMILIES
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,12 @@ class Fault:
     #: whether an architecture (a ``MyModel`` class) can carry the fault: None where it can, otherwise why not
     #: (model faults: checked on the architecture's network, built on the meta device, so it costs no memory)
     unsupported_by: Callable[[type], str | None] | None = None
+    #: one of ``FAMILIES``: presets take faults by family
+    family: str = CUSTOM
+    #: the real fault it models, in one line
+    description: str = ""
+    #: a parametric fault's parameter (its function then takes the value last)
+    parameter: FaultParameter | None = None
 
     @property
     def reuses_healthy_checkpoint(self) -> bool:
@@ -81,15 +128,17 @@ def register_fault(fault: Fault) -> Fault:
         raise ValueError(f"a fault id is a positive whole number, got {fault.id!r}")
     if fault.kind not in KINDS:
         raise ValueError(f"fault {fault.id}: kind {fault.kind!r} is not one of {', '.join(KINDS)}")
+    if fault.family not in FAMILIES:
+        raise ValueError(f"fault {fault.id}: family {fault.family!r} is not one of {', '.join(FAMILIES)}")
     if FAULTS.get(fault.id, fault) is not fault:
         raise ValueError(f"fault {fault.id} is registered twice ({FAULTS[fault.id].name!r}, {fault.name!r})")
     FAULTS[fault.id] = fault
     return fault
 
 
-def fault_ids() -> tuple[int, ...]:
-    """The registered faults' ids, ascending (healthy, 0, is not one)."""
-    return tuple(sorted(FAULTS))
+def fault_ids(families: tuple[str, ...] | None = None) -> tuple[int, ...]:
+    """The registered faults' ids, ascending (healthy, 0, is not one); with ``families``, those of them only."""
+    return tuple(sorted(bug for bug, fault in FAULTS.items() if families is None or fault.family in families))
 
 
 def all_bug_ids() -> tuple[int, ...]:
@@ -177,8 +226,23 @@ def validate_bug_id(bug_id, dataset=None) -> int:
     return bug_id
 
 
-def _applier(bug_id: int | None, kind: str) -> Callable | None:
-    """The function applying ``bug_id`` if it is a fault of ``kind``; None for healthy or another kind."""
+def parameter_value(bug_id: int | None, value: float | None = None) -> float | None:
+    """The value a version of ``bug_id`` is built with: ``value`` (checked against the bounds) or the declared
+    default for a parametric fault; None for any other (where a value asked for is a UsageError)."""
+    parameter = FAULTS[bug_id].parameter if bug_id else None
+    if parameter is None:
+        if value is not None:
+            raise UsageError(f"fault {bug_id} ({fault_name(bug_id)}) has no parameter to set to {value!r}")
+        return None
+    try:
+        return parameter.default if value is None else parameter.check(value)
+    except UsageError as exc:
+        raise UsageError(f"fault {bug_id} ({fault_name(bug_id)}): {exc}") from None
+
+
+def _applier(bug_id: int | None, kind: str, value: float | None = None) -> Callable | None:
+    """The function applying ``bug_id`` if it is a fault of ``kind`` (a parametric one's value bound last); None
+    for healthy or another kind."""
     if not bug_id:
         return None
     fault = FAULTS[validate_bug_id(bug_id)]
@@ -187,15 +251,16 @@ def _applier(bug_id: int | None, kind: str) -> Callable | None:
     if fault.apply is None:
         raise NotImplementedError(f"fault {fault.id} ({fault.name}) is a {kind} fault but its FAULT_TABLE row names "
                                   f"no function applying it to {KINDS[kind].split(':')[0]}; give it apply=...")
-    return fault.apply
+    bound = parameter_value(bug_id, value)
+    return fault.apply if bound is None else lambda *args: fault.apply(*args, bound)
 
 
-def inject_model_fault(model, bug_id: int):
+def inject_model_fault(model, bug_id: int, parameter: float | None = None):
     """Apply a model fault to a ``MyModel`` (in place, returned) or to a bare ``nn.Module`` (returned).
 
-    Faults of other kinds leave the model as it is.
+    Faults of other kinds leave the model as it is; ``parameter`` sets a parametric fault's value.
     """
-    apply = _applier(bug_id, "model")
+    apply = _applier(bug_id, "model", parameter)
     if apply is None:
         return model
     if isinstance(model, nn.Module):
@@ -205,120 +270,20 @@ def inject_model_fault(model, bug_id: int):
     return model
 
 
-def inject_hyperparameters_fault(trainer, bug_id: int):
+def inject_hyperparameters_fault(trainer, bug_id: int, parameter: float | None = None):
     """Apply a hyper-parameter fault to a ``ModelTrainer`` before it trains (in place, returned)."""
-    apply = _applier(bug_id, "hyper-parameter")
+    apply = _applier(bug_id, "hyper-parameter", parameter)
     if apply is not None:
         apply(trainer)
     return trainer
 
 
-def inject_dataset_fault(data, bug_id: int):
+def inject_dataset_fault(data, bug_id: int, parameter: float | None = None):
     """Apply a data fault to a ``MyData`` (in place, returned); other faults leave it as it is."""
-    apply = _applier(bug_id, "data")
+    apply = _applier(bug_id, "data", parameter)
     if apply is not None:
         apply(data, bug_id, torch.Generator().manual_seed(SEED + bug_id))
     return data
-
-
-LR_FACTOR = 20  # paper: 0.002 instead of 0.0001
-EPOCH_DIVISOR = 3  # paper: 10 instead of 30
-WRONG_LABEL_FRACTION = 0.1
-TRAIN_FRACTION_KEPT = 0.5
-PREPROCESSING_SCALE = 0.5
-NOISE_STD = 0.1
-BLUR_KERNEL, BLUR_SIGMA = 5, 1.5
-
-
-# ---------------------------------------------------------------------------------------------
-# hyper-parameter faults: (trainer) -> None
-# ---------------------------------------------------------------------------------------------
-
-def raise_learning_rate(trainer) -> None:
-    """Fault 4: the learning rate times ``LR_FACTOR``, in the optimizer's groups and the scheduler's bases."""
-    trainer.lr *= LR_FACTOR
-    for group in trainer.optimizer.param_groups:
-        group["lr"] *= LR_FACTOR
-        group["initial_lr"] = group["lr"]
-    if trainer.scheduler is not None:
-        trainer.scheduler.base_lrs = [group["lr"] for group in trainer.optimizer.param_groups]
-
-
-def cut_epochs(trainer) -> None:
-    """Fault 5: a third of the epochs (at least one)."""
-    trainer.epochs = max(1, round(trainer.epochs / EPOCH_DIVISOR))
-
-
-class SoftmaxSquaredError(nn.Module):
-    """Fault 6: squared error between softmax outputs and one-hot targets instead of cross-entropy.
-
-    Its gradients vanish for confident wrong predictions, so training is slower and worse.
-    """
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probabilities = logits.float().softmax(dim=1)
-        one_hot = F.one_hot(target, num_classes=logits.shape[1]).float()
-        return ((probabilities - one_hot) ** 2).sum(dim=1).mean()
-
-
-def use_squared_error_loss(trainer) -> None:
-    """Fault 6: train on :class:`SoftmaxSquaredError`."""
-    trainer.criteria = SoftmaxSquaredError()
-
-
-# ---------------------------------------------------------------------------------------------
-# data faults: (data, bug_id, generator) -> None
-# ---------------------------------------------------------------------------------------------
-
-def shrink_pixel_range(data, bug_id: int, generator: torch.Generator) -> None:
-    """Fault 7: every split's pixels scaled by ``PREPROCESSING_SCALE``."""
-    data.x_train = data.x_train * PREPROCESSING_SCALE
-    data.x_val = data.x_val * PREPROCESSING_SCALE
-    data.x_test = data.x_test * PREPROCESSING_SCALE
-
-
-def mislabel_training(data, bug_id: int, generator: torch.Generator) -> None:
-    """Fault 8: ``WRONG_LABEL_FRACTION`` of the training labels changed."""
-    data.y_train = mislabel(data.y_train, data.num_classes, WRONG_LABEL_FRACTION, generator)
-
-
-def halve_training_set(data, bug_id: int, generator: torch.Generator) -> None:
-    """Fault 9: a stratified ``TRAIN_FRACTION_KEPT`` of the training set kept."""
-    keep, _ = stratified_split(data.y_train, 1.0 - TRAIN_FRACTION_KEPT, SEED)
-    data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
-
-
-def corrupt_test_inputs(data, bug_id: int, generator: torch.Generator) -> None:
-    """Fault 10: the test inputs noisy (Gaussian), or blurred where the dataset says so (X-rays)."""
-    noisy = blur if data.source is not None and data.source.test_noise == "blur" else add_gaussian_noise
-    data.x_test = noisy(data.x_test, generator)
-
-
-def shift_test_set(data, bug_id: int, generator: torch.Generator) -> None:
-    """Faults 11 and 12: the dataset's distribution-shifted test set replaces its own."""
-    data.x_test, data.y_test = data.source.load_shifted_test(data.data_root, bug_id)
-
-
-def mislabel(labels: torch.Tensor, num_classes: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Give ``fraction`` of the labels another class (each chosen label really changes)."""
-    labels = labels.clone()
-    count = round(fraction * len(labels))
-    chosen = torch.randperm(len(labels), generator=generator)[:count]
-    shift = torch.randint(1, num_classes, (count,), generator=generator)
-    labels[chosen] = (labels[chosen] + shift) % num_classes
-    return labels
-
-
-def add_gaussian_noise(images: torch.Tensor, generator: torch.Generator, std: float = NOISE_STD) -> torch.Tensor:
-    noise = torch.randn(images.shape, generator=generator) * std
-    return (images + noise).clamp_(0.0, 1.0)
-
-
-def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gaussian blur (the X-ray variant of fault 10); ``generator`` is unused, blur is deterministic."""
-    from torchvision.transforms.v2.functional import gaussian_blur
-
-    return gaussian_blur(images, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA]).clamp_(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,21 +291,53 @@ def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torc
 # ---------------------------------------------------------------------------------------------
 
 FAULT_TABLE: tuple[Fault, ...] = tuple(register_fault(fault) for fault in (
-    Fault(1, "suboptimal structure", "model", reduce_structure, unsupported_by=without_reduced_variant),
-    Fault(2, "wrong filter size", "model", widen_filters, paper_no_op=True, unsupported_by=without_widenable_filters),
+    Fault(1, "suboptimal structure", "model", reduce_structure, unsupported_by=without_reduced_variant,
+          family=PAPER, description="too few blocks or layers for the task"),
+    Fault(2, "wrong filter size", "model", widen_filters, paper_no_op=True, unsupported_by=without_widenable_filters,
+          family=PAPER, description="convolution kernels of the wrong size"),
     Fault(3, "missing activation", "model", remove_activations, paper_no_op=True,
-          unsupported_by=with_functional_activations),
-    Fault(4, "suboptimal learning rate", "hyper-parameter", raise_learning_rate, paper_no_op=True),
-    Fault(5, "too few epochs", "hyper-parameter", cut_epochs),
-    Fault(6, "wrong loss function", "hyper-parameter", use_squared_error_loss, paper_no_op=True),
-    Fault(7, "wrong preprocessing", "data", shrink_pixel_range),
-    Fault(8, "wrong labels", "data", mislabel_training),
-    Fault(9, "not enough training data", "data", halve_training_set),
-    Fault(10, "noisy test data", "data", corrupt_test_inputs, test_data_only=True),
+          unsupported_by=with_functional_activations, family=PAPER,
+          description="activation functions left out, so the network is nearly linear"),
+    Fault(4, "suboptimal learning rate", "hyper-parameter", raise_learning_rate, paper_no_op=True, family=PAPER,
+          description="a learning rate twenty times the tuned one"),
+    Fault(5, "too few epochs", "hyper-parameter", cut_epochs, family=PAPER,
+          description="training stopped at a third of its budget"),
+    Fault(6, "wrong loss function", "hyper-parameter", use_squared_error_loss, paper_no_op=True, family=PAPER,
+          description="squared error on softmax outputs instead of cross-entropy"),
+    Fault(7, "wrong preprocessing", "data", shrink_pixel_range, family=PAPER,
+          description="inputs scaled to half their range in every split"),
+    Fault(8, "wrong labels", "data", mislabel_training, family=PAPER,
+          description="a tenth of the training labels wrong"),
+    Fault(9, "not enough training data", "data", halve_training_set, family=PAPER,
+          description="half the training set"),
+    Fault(10, "noisy test data", "data", corrupt_test_inputs, test_data_only=True, family=PAPER,
+          description="noisy (or blurred) inputs at test time"),
     Fault(11, "distribution shift (CIFAR-10.1 v4)", "data", shift_test_set, test_data_only=True,
-          replaces_test_set=True, datasets=("CIFAR10",)),
+          replaces_test_set=True, datasets=("CIFAR10",), family=PAPER, description="a re-collected test set"),
     Fault(12, "distribution shift (CIFAR-10.1 v6)", "data", shift_test_set, test_data_only=True,
-          replaces_test_set=True, datasets=("CIFAR10",)),
+          replaces_test_set=True, datasets=("CIFAR10",), family=PAPER, description="a re-collected test set"),
+    # DeepCrime's training-time operators the twelve do not cover (mutation_faults.py)
+    Fault(13, "wrong optimiser", "hyper-parameter", mutation.use_plain_sgd, family=MUTATION,
+          description="the optimiser swapped for plain SGD, keeping the learning rate tuned for Adam"),
+    Fault(14, "excessive weight decay", "hyper-parameter", mutation.set_weight_decay, family=MUTATION,
+          description="an L2 penalty far above the tuned one",
+          parameter=FaultParameter("weight_decay", 0.1, 1e-4, 1.0, "high", log=True)),
+    Fault(15, "missing bias", "model", mutation.remove_biases, family=MUTATION,
+          description="convolution and linear layers built with bias=False"),
+    Fault(16, "bad weight initialisation", "model", mutation.scale_initial_weights, family=MUTATION,
+          description="weights initialised with a gain far below the fan-in scaled one",
+          parameter=FaultParameter("init_scale", 0.01, 1e-3, 1.0, "low", log=True)),
+    Fault(17, "too much dropout", "model", mutation.set_dropout, unsupported_by=mutation.without_dropout,
+          family=MUTATION, description="a dropout rate far above the architecture's",
+          parameter=FaultParameter("dropout", 0.8, 0.5, 0.95, "high")),
+    Fault(18, "noisy training data", "data", mutation.add_training_noise, family=MUTATION,
+          description="training images corrupted by noise the test images do not have",
+          parameter=FaultParameter("noise_std", 0.3, 0.01, 1.0, "high", log=True)),
+    Fault(19, "unbalanced classes", "data", mutation.unbalance_classes, family=MUTATION,
+          description="half the classes under-represented in the training set",
+          parameter=FaultParameter("kept_fraction", 0.1, 0.01, 1.0, "low", log=True)),
+    Fault(20, "unshuffled training data", "data", mutation.sort_training_data, family=MUTATION,
+          description="training data stored class by class and never shuffled"),
 ))
 
 

@@ -48,10 +48,11 @@ def get_model_class(model_name: str) -> type[mymodel.MyModel]:
     return MODELS.get_class(model_name)
 
 
-def build_version(model_name: str, num_classes: int, structure_fault: int = 0) -> mymodel.MyModel:
+def build_version(model_name: str, num_classes: int, structure_fault: int = 0,
+                  fault_parameter: float | None = None) -> mymodel.MyModel:
     """The untrained network of a version: the architecture with its model fault (if any) built in."""
     model = get_model_class(model_name)(num_classes)
-    return FaultInjector.inject_model_fault(model, structure_fault)
+    return FaultInjector.inject_model_fault(model, structure_fault, fault_parameter)
 
 
 def is_trained(model_root, model_name: str, dataset_name: str, bug_id: int) -> bool:
@@ -73,7 +74,8 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
     if not base_meta.is_file():
         return None if base_bug == bug_id else "missing"
     recorded = read_metadata(base_meta).get("settings", {})
-    requested = settings.recorded(DatasetManager.get_dataset(dataset_name).training_defaults(model_name))
+    requested = _as_built(settings, base_bug).recorded(
+        DatasetManager.get_dataset(dataset_name).training_defaults(model_name))
     changed = [f"{name} {recorded[name]} -> {value}" for name, value in requested.items()
                if value is not None and name in recorded and recorded[name] != value]
     if changed:
@@ -114,11 +116,17 @@ def _dataset_name(dataset) -> str:
     return dataset.dataset_name if isinstance(dataset, DatasetManager.MyData) else str(dataset).upper()
 
 
-def _dataset(dataset, bug_id: int, roots: Roots) -> DatasetManager.MyData:
+def _dataset(dataset, bug_id: int, roots: Roots, fault_parameter: float | None = None) -> DatasetManager.MyData:
     """A ``MyData`` handed in as it is, or the named dataset with the version's data fault."""
     if isinstance(dataset, DatasetManager.MyData):
         return dataset
-    return DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=roots.data)
+    return DatasetManager.create_dataset(dataset, bug_id=bug_id, data_root=roots.data, fault_parameter=fault_parameter)
+
+
+def _as_built(settings: TrainSettings, bug_id: int) -> TrainSettings:
+    """``settings`` with the fault's parameter as the version is built with it (a parametric fault's default
+    when none was asked), so that its metadata records, and a rerun compares, the value really used."""
+    return replace(settings, fault_parameter=FaultInjector.parameter_value(bug_id, settings.fault_parameter))
 
 
 def _healthy_data(dataset, roots: Roots) -> DatasetManager.MyData:
@@ -146,17 +154,21 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, roots: Roots, batch_
 
 def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, device, settings: TrainSettings,
                    roots: Roots, progress: bool) -> mymodel.MyModel:
+    settings = _as_built(settings, bug_id)
     seed_everything(settings.seed)
     structure_fault = FaultInjector.structure_fault(bug_id)
-    data = _dataset(dataset, bug_id, roots)
-    model = build_version(architecture.name, data.num_classes, structure_fault)
+    parameter = settings.fault_parameter
+    data = _dataset(dataset, bug_id, roots, parameter if FaultInjector.is_kind(bug_id, "data") else None)
+    model = build_version(architecture.name, data.num_classes, structure_fault,
+                          parameter if structure_fault else None)
     data = _data_for(model, data, bug_id, roots, settings.batch_size, settings.image_size).at(seed=settings.seed)
     defaults = data.source.training_defaults(model.model_name)
     trainer = ModelTrainer(model.model_structure, device=device, recipe=settings.recipe(defaults), progress=progress,
                            amp=settings.amp if settings.amp is not None or model.amp_by_default else False,
                            float32_modules=model.float32_under_amp,
                            description=version_key(model.model_name, data.dataset_name, bug_id))
-    FaultInjector.inject_hyperparameters_fault(trainer, bug_id)
+    FaultInjector.inject_hyperparameters_fault(trainer, bug_id,
+                                               parameter if FaultInjector.is_kind(bug_id, "hyper-parameter") else None)
     history = trainer.train_model(data.train_loader, data.val_loader)
     model.model_structure = trainer.model.to(memory_format=torch.contiguous_format).eval()
     _describe(model, data.dataset_name, bug_id, structure_fault, origin="trained")

@@ -108,8 +108,9 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None,
                         help=f"architectures, of {', '.join(MODELS)} (default: the preset's)")
     parser.add_argument("--bugs", nargs="+", default=None,
-                        help=f"fault ids, {FaultInjector.describe_ids()}, ranges allowed (e.g. 0 1-10; default: "
-                             "the preset's)")
+                        help=f"fault ids, {FaultInjector.describe_ids()}, ranges allowed (e.g. 0 1-10), or "
+                             "'validated': each architecture's faults that main_validate_faults.py found killed and "
+                             "not trivial (default: the preset's)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="digits",
                         help="the grid used where --datasets/--models/--bugs are not given: "
                              + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))

@@ -32,13 +32,18 @@ def split_list(values: Sequence[str] | None, flag: str = "") -> list[str] | None
     return items
 
 
+#: ``--bugs validated``: the faults ``main_validate_faults.py`` found killed and not trivial, per architecture
+VALIDATED = "validated"
+
+
 def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
-    """Fault ids: whole numbers (0 = healthy), or ranges such as ``1-10``; each one a registered fault."""
+    """Fault ids: whole numbers (0 = healthy), or ranges such as ``1-10``; each one a registered fault.
+    (``validated`` is read by ``resolve_grid``, which knows where the validation table is.)"""
     items = split_list(values, "--bugs")
     if items is None:
         return None
     bugs: list[int] = []
-    for item in items:
+    for item in (item for item in items if item.lower() != VALIDATED):
         try:
             if "-" in item[1:]:
                 low, high = (int(end) for end in item.split("-", 1))
@@ -71,8 +76,10 @@ class Preset:
     datasets: tuple[str, ...] | None = None
     #: architecture names (None: every registered architecture)
     models: tuple[str, ...] | None = None
-    #: fault ids (None: healthy and every fault; each dataset keeps those that apply to it)
+    #: fault ids (None: healthy and every fault of ``families``; each dataset keeps those that apply to it)
     bugs: tuple[int, ...] | None = None
+    #: the fault families ``bugs=None`` takes (``FaultInjector.FAMILIES``; None: every family)
+    families: tuple[str, ...] | None = None
     #: training epochs of some architectures (the others: their dataset's recipe)
     epochs: dict[str, int] = field(default_factory=dict)
     #: validation and test inputs attacked per version (None: all)
@@ -84,18 +91,27 @@ class Preset:
         from ModelManager import MODELS
 
         return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
-                self.bugs or FaultInjector.all_bug_ids())
+                self.bugs or (FaultInjector.HEALTHY, *FaultInjector.fault_ids(self.families)))
 
+
+#: the paper's faults and any a user registers; the DL-mutation operators (13 and up) have a preset of their own
+NOT_MUTATIONS = (FaultInjector.PAPER, FaultInjector.CUSTOM)
 
 PRESETS = {
-    "digits": Preset("DIGITS x every architecture x every fault that applies to it", datasets=(Digits.name,)),
+    "digits": Preset("DIGITS x every architecture x every fault that applies to it (but the mutation operators)",
+                     datasets=(Digits.name,), families=NOT_MUTATIONS),
     # the README's one-command demo, sized for five minutes on two CPU cores: three architectures trained
     # briefly (so they make mistakes worth predicting), a trained fault (5: a third of the epochs) and a
     # test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is most of the time)
     "demo": Preset("DIGITS x squeezenet, densenet, resnet x faults 0, 5, 10, brief training, 40 inputs per split",
                    datasets=(Digits.name,), models=("squeezenet", "densenet", "resnet"), bugs=(0, 5, 10),
                    epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
-    "paper": Preset("the paper's datasets x every architecture x every fault that applies"),
+    "paper": Preset("the paper's datasets x every architecture x every fault that applies (but the mutation "
+                    "operators)", families=NOT_MUTATIONS),
+    "all-faults": Preset("DIGITS x every architecture x every fault that applies (the paper's and the mutation "
+                         "operators): main_validate_faults.py's default", datasets=(Digits.name,)),
+    "mutations": Preset("DIGITS x every architecture x the DL-mutation operators (faults 13 and up) that apply",
+                        datasets=(Digits.name,), families=(FaultInjector.MUTATION,)),
 }
 
 
@@ -109,6 +125,9 @@ class Grid:
     epochs: int | None = None  # --epochs: every architecture
     preset_epochs: dict[str, int] = field(default_factory=dict)
     max_inputs: int | None = None
+    #: ``--bugs validated``: the faults each ``(dataset, model)`` keeps (besides healthy and those named)
+    validated: dict[tuple[str, str], tuple[int, ...]] | None = None
+    named_bugs: tuple[int, ...] = ()
 
     def versions(self, dataset: str) -> list[tuple[str, int]]:
         """``(model, bug)`` pairs that apply to ``dataset`` and that each architecture can carry, healthy first."""
@@ -117,7 +136,16 @@ class Grid:
 
         unsupported = get_dataset(dataset).unsupported_faults
         return [(model, bug) for bug in self.bugs for model in self.models if bug not in unsupported
-                and not FaultInjector.unsupported_reason(bug, get_model_class(model))]
+                and not FaultInjector.unsupported_reason(bug, get_model_class(model))
+                and self._validated(dataset, model, bug)]
+
+    def _validated(self, dataset: str, model: str, bug: int) -> bool:
+        return self.validated is None or bug in self.validated.get((dataset, model), ()) or bug in self.named
+
+    @property
+    def named(self) -> tuple[int, ...]:
+        """With ``validated``, the ids named beside it (healthy always): kept for every architecture."""
+        return (FaultInjector.HEALTHY, *self.named_bugs)
 
     def epochs_for(self, model: str) -> int | None:
         return self.epochs or self.preset_epochs.get(model)
@@ -134,15 +162,44 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     datasets = {get_dataset(name).name for name in (named_datasets or preset_datasets)}
     models = {get_model_class(name).name for name in (named_models or preset_models)}
     named_bugs = parse_bug_ids(args.bugs)
+    validated = read_validated(args, datasets, models) if named_bugs is not None and any(
+        item.lower() == VALIDATED for item in split_list(args.bugs, "--bugs")) else None
+    explicit_ids = tuple(named_bugs or ())
+    if validated is not None:
+        named_bugs = sorted({*explicit_ids, FaultInjector.HEALTHY, *(b for bugs in validated.values() for b in bugs)})
     if named_bugs is not None:
         for dataset in datasets:
             for bug in named_bugs:
                 FaultInjector.validate_bug_id(bug, get_dataset(dataset))
     grid = Grid([name for name in DATASETS if name in datasets], [name for name in MODELS if name in models],
                 named_bugs if named_bugs is not None else sorted(set(preset_bugs)), getattr(args, "epochs", None),
-                dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs)
-    check_pairs(grid, explicit=named_models is not None and named_bugs is not None)
+                dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs, validated, explicit_ids)
+    check_pairs(grid, explicit=named_models is not None and named_bugs is not None and validated is None)
     return grid
+
+
+def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str, str], tuple[int, ...]]:
+    """``--bugs validated``: the killed, non-trivial faults of each ``(dataset, model)`` from ``fault_validation.csv``
+    in ``--output`` (or, for a script writing elsewhere, the default output); without one, a UsageError naming the
+    command that makes it. A pair the table does not cover keeps healthy only, and is named in a note."""
+    from pathlib import Path
+
+    from fault_validation import validated_faults
+    from layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV
+
+    folders = dict.fromkeys(p for p in (getattr(args, "output", None), DEFAULT_OUTPUT) if p)
+    found = next((Path(f) / FAULT_VALIDATION_CSV for f in folders if (Path(f) / FAULT_VALIDATION_CSV).is_file()), None)
+    if found is None:
+        where = " or ".join(str(Path(f) / FAULT_VALIDATION_CSV) for f in folders)
+        raise UsageError(f"--bugs validated needs {where}; make it with: python main_validate_faults.py --datasets "
+                         f"{' '.join(sorted(datasets))} --models {' '.join(sorted(models))}")
+    validated = validated_faults(found)
+    uncovered = [f"{model} on {dataset}" for dataset in sorted(datasets) for model in sorted(models)
+                 if (dataset, model) not in validated]
+    if uncovered:
+        print(f"note: {found} does not cover {', '.join(uncovered)}: only healthy and the ids named beside "
+              "'validated' run there", file=sys.stderr)
+    return validated
 
 
 def check_pairs(grid: Grid, explicit: bool) -> None:

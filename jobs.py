@@ -84,7 +84,8 @@ class Job:
 
     def depends_on(self, other: "Job") -> bool:
         """A derived version needs its healthy checkpoint; fit and cache need the version's checkpoint."""
-        if (other.dataset, other.model) != (self.dataset, self.model) or other.step not in ("train", "derive"):
+        if (other.dataset, other.model, other.roots.model) != (self.dataset, self.model, self.roots.model) \
+                or other.step not in ("train", "derive"):
             return False
         if self.step == "derive":
             return other.step == "train" and other.bug == FaultInjector.HEALTHY

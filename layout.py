@@ -16,6 +16,8 @@ caches drop in unchanged.
 | results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` (+ ``paper_comparison.csv``) |
 | figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}.png`` |
 | launcher logs | ``{output}/logs/{ray,slurm}/`` |
+| fault validation | ``{output}/fault_validation.csv``, ``fault_search.csv`` |
+| its other seeds' versions | ``{model_root}/fault_validation/seed{S}/``, ``…/search/{value}/seed{S}/`` |
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ METHODS_JSON = "methods.json"
 RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV, METHODS_JSON)
 #: what ``--configurations paper`` adds beside them
 PAPER_COMPARISON_CSV = "paper_comparison.csv"
+#: what ``main_validate_faults.py`` writes (and ``--bugs validated`` reads)
+FAULT_VALIDATION_CSV, FAULT_SEARCH_CSV = "fault_validation.csv", "fault_search.csv"
+#: the model root's folder of the versions trained only to validate faults (other seeds, searched parameters)
+VALIDATION_MODELS_SUBDIR = "fault_validation"
 FIGURES_SUBDIR = "figures"
 LOGS_SUBDIR = "logs"
 CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
@@ -92,6 +98,16 @@ def methods_figure_path(output, dataset_name: str) -> Path:
 
 def reliability_figure_path(output, dataset_name: str) -> Path:
     return figure_path(output, f"reliability_{dataset_name.upper()}.png")
+
+
+def seed_model_root(model_root, seed: int, pipeline_seed: int, search: str | None = None) -> str:
+    """Where fault validation keeps a seed's versions: the pipeline's seed trains in the model root itself (the
+    versions every step uses), any other seed in ``{model_root}/fault_validation/seed{seed}``; a searched parameter
+    value (``search``, e.g. ``bug14_weight_decay0.01``) in ``…/fault_validation/search/{search}/seed{seed}``."""
+    if search is None and seed == pipeline_seed:
+        return str(model_root)
+    folder = Path(model_root) / VALIDATION_MODELS_SUBDIR
+    return str((folder / "search" / search if search else folder) / f"seed{seed}")
 
 
 def log_folder(output, engine: str) -> Path:

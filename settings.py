@@ -49,6 +49,8 @@ class TrainSettings:
     image_size: int | None = None
     #: bfloat16 mixed precision (None: the architecture's policy on CUDA, off elsewhere)
     amp: bool | None = None
+    #: a parametric fault's value (None: its declared default; see ``FaultInjector.FaultParameter``)
+    fault_parameter: float | None = None
 
     def recipe(self, defaults: TrainingRecipe) -> TrainingRecipe:
         """The dataset's recipe with what was asked for put in."""
@@ -59,7 +61,7 @@ class TrainSettings:
         """What a version's metadata records as its ``settings`` (and a rerun compares to decide on retraining)."""
         recipe = self.recipe(defaults)
         return {"epochs": recipe.epochs, "lr": recipe.lr, "batch_size": recipe.batch_size, "seed": self.seed,
-                "image_size": self.image_size}
+                "image_size": self.image_size, "fault_parameter": self.fault_parameter}
 
 
 DEFAULT_TRAINING = TrainSettings()

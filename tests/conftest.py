@@ -30,13 +30,14 @@ if str(REPO) not in sys.path:
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-#: the five scripts by their short names
+#: the six scripts by their short names
 SCRIPTS = {
     "train": "main_train_model.py",
     "fit": "main_train_DeepFailGuard.py",
     "cache": "main_cache_test_distances.py",
     "evaluate": "main_test_DeepFailGuard_from_cached.py",
     "realtime": "main_test_DeepFailGuard.py",
+    "validate": "main_validate_faults.py",
 }
 #: no warnings, no progress bars; the thread count is not forced: each script runs with its own ``--threads``
 #: (default 1), the setting under test
@@ -220,6 +221,7 @@ PIPELINE_GRID = {
     "cache": PIPELINE_VERSIONS,
     "evaluate": PIPELINE_VERSIONS,
     "realtime": PIPELINE_VERSIONS,
+    "validate": ["--models", "squeezenet", "--bugs", "9", "--epochs", "1", "--seeds", "2"],
 }
 PIPELINE_STEPS = [
     ("train", ["--models", "densenet", "--bugs", "0", "10", "--epochs", "1"]),

@@ -60,7 +60,7 @@ def test_batch_size_help_says_what_it_sets(capsys, script, says):
 def test_presets_read_the_registries():
     datasets, models, bugs = grids.PRESETS["paper"].resolved()
     assert datasets == paper_datasets() and len(datasets) == 7 and "DIGITS" not in datasets
-    assert models == tuple(MODELS) and bugs == FaultInjector.all_bug_ids() == tuple(range(13))
+    assert models == tuple(MODELS) and bugs == (0, *FaultInjector.fault_ids(grids.NOT_MUTATIONS)) == tuple(range(13))
     digits = grids.PRESETS["digits"].resolved()
     assert digits[0] == ("DIGITS",) and digits[1] == tuple(MODELS) and digits[2] == tuple(range(13))
 

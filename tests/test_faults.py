@@ -1,4 +1,4 @@
-"""Each of the twelve faults really changes what it claims to (README, "The twelve faults")."""
+"""Each of the paper's twelve faults really changes what it claims to (README, "The twelve faults")."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import unused_fault_id
 
 import DatasetManager
 import FaultInjector
@@ -379,7 +380,7 @@ def test_test_only_faults_reuse_the_healthy_checkpoint(tmp_path):
     assert {bug for bug, fault in FaultInjector.FAULTS.items() if fault.test_data_only} == {10, 11, 12}
 
 
-@pytest.mark.parametrize("bad", [13, -1, True, "3", 2.0])
+@pytest.mark.parametrize("bad", [unused_fault_id(), -1, True, "3", 2.0])
 def test_unknown_fault_is_a_usage_error(bad):
     with pytest.raises(UsageError, match="unknown fault"):
         FaultInjector.validate_bug_id(bad)
@@ -387,7 +388,7 @@ def test_unknown_fault_is_a_usage_error(bad):
 
 def test_unknown_fault_in_create_dataset():
     with pytest.raises(UsageError, match="unknown fault"):
-        DatasetManager.create_dataset("DIGITS", bug_id=13)
+        DatasetManager.create_dataset("DIGITS", bug_id=unused_fault_id())
 
 
 def test_data_faults_do_not_modify_shared_tensors(digits):

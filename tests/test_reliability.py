@@ -60,7 +60,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SCRIPTS, Workspace, run_in_process, script_flags
+from conftest import REPO, SCRIPTS, Workspace, run_in_process, script_flags, unused_fault_id
 from reliability_tools import (
     KillPoint,
     assert_clean_failure,
@@ -115,7 +115,7 @@ def expect_refusal(capsys, ws: Workspace, script: str, extra=(), fragments=(), g
 COMMAND_LINE_CASES = [
     pytest.param(["--datasets", "MNIST"], ["MNIST"], id="unknown-dataset"),
     pytest.param(["--models", "lenet"], ["lenet"], id="unknown-model"),
-    pytest.param(["--bugs", "13"], ["--bugs", "13"], id="unknown-fault"),
+    pytest.param(["--bugs", str(unused_fault_id())], ["--bugs", str(unused_fault_id())], id="unknown-fault"),
     pytest.param(["--bugs", "x"], ["--bugs", "'x'"], id="fault-not-a-number"),
     pytest.param(["--bugs", "5-1"], ["--bugs", "5-1", "empty range"], id="reversed-fault-range"),
     pytest.param(["--threads", "0"], ["--threads", "'0'"], id="zero-threads"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import assert_usage_error, run_in_process, run_script
+from conftest import assert_usage_error, run_in_process, run_script, unused_fault_id
 
 import DatasetManager
 import ModelManager
@@ -41,7 +41,7 @@ def test_missing_released_dataset_names_the_files(empty_workspace):
 @pytest.mark.parametrize("args, fragments", [
     (["--datasets", "MNIST"], ["unknown dataset 'MNIST'", "DIGITS"]),
     (["--models", "lenet"], ["unknown model 'lenet'", "squeezenet"]),
-    (["--bugs", "13"], ["unknown fault 13"]),
+    (["--bugs", str(unused_fault_id())], [f"unknown fault {unused_fault_id()}"]),
     (["--bugs", "x"], ["'x' is not a fault id"]),
     (["--bugs", "11"], ["fault 11", "DIGITS", "CIFAR10"]),
     (["--models", "squeezenet", "--bugs", "12"], ["fault 12", "DIGITS"]),

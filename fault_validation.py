@@ -1,0 +1,177 @@
+"""Whether a fault bites: its versions' accuracies over seeds against the healthy recipe's, decided as DeepCrime
+(Humbatova et al., ISSTA 2021) decides that a mutant is killed.
+
+The test is SciPy's two-sided Mann-Whitney U on the two samples of test accuracies; the effect size is
+Vargha and Delaney's A12, the probability that a healthy run scores above a faulty one (ties count half),
+which is U / (n m). A12 rather than Cohen's d: it is the rank test's own effect size, it assumes nothing
+of the accuracies' distribution (bounded, often skewed by one bad seed) and stays defined when a sample has
+no spread, where d divides by zero. A fault is *killed* when p < ``ALPHA`` and A12 is at least the medium
+effect ``MEDIUM_EFFECT`` in the harmful direction (faulty runs score lower: a "fault" that makes a version
+better is no fault to tolerate); *trivial* when its mean accuracy is at or below chance + ``TRIVIAL_MARGIN``
+(a wreck, which any detector catches). With three seeds a side the exact test's smallest p is 0.1, so a
+kill needs at least four seeds a side (p = 0.029 when the samples do not overlap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+import FaultInjector
+from settings import SEED
+from storage import atomic_write_table
+from utils import UsageError
+
+ALPHA = 0.05
+#: Vargha and Delaney's (2000) thresholds on A12: 0.56 small, 0.64 medium, 0.71 large
+MEDIUM_EFFECT = 0.64
+TRIVIAL_MARGIN = 0.05
+DEFAULT_SEEDS = 10
+KEY = ("dataset", "model", "bug")
+COLUMNS = (*KEY, "fault", "seeds", "healthy_mean", "healthy_std", "faulty_mean", "faulty_std", "p_value",
+           "effect_size", "killed", "trivial", "family", "parameter", "value", "epochs")
+SEARCH_COLUMNS = (*KEY, "fault", "parameter", "value", "seeds", "faulty_mean", "faulty_std", "p_value",
+                  "effect_size", "killed", "trivial", "weakest_killing")
+
+
+def seed_list(count: int, first: int = SEED) -> tuple[int, ...]:
+    """The seeds of a validation: ``count`` of them from the pipeline's seed up (so the first is the pipeline's
+    own version, trained once for both)."""
+    return tuple(range(first, first + count))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The rank test and effect size of one faulty sample against the healthy one."""
+
+    p_value: float
+    effect_size: float  # A12: P(healthy > faulty) + P(equal) / 2
+    killed: bool
+
+
+def compare(healthy, faulty) -> Comparison:
+    """Mann-Whitney U (two-sided) and A12 of the healthy accuracies over the faulty ones; killed as the module
+    says. Identical samples give p = 1 (SciPy's answer: no evidence of a difference)."""
+    healthy, faulty = np.asarray(healthy, dtype=float), np.asarray(faulty, dtype=float)
+    if len(healthy) == 0 or len(faulty) == 0:
+        raise ValueError("each sample needs at least one accuracy")
+    test = mannwhitneyu(healthy, faulty, alternative="two-sided")
+    p_value = min(1.0, float(test.pvalue))
+    effect = float(test.statistic) / (len(healthy) * len(faulty))
+    return Comparison(p_value, effect, bool(p_value < ALPHA and effect >= MEDIUM_EFFECT))
+
+
+def is_trivial(faulty_mean: float, num_classes: int) -> bool:
+    """A wreck: mean accuracy at or below chance plus ``TRIVIAL_MARGIN``."""
+    return bool(faulty_mean <= 1.0 / num_classes + TRIVIAL_MARGIN + 1e-12)
+
+
+def summary(dataset: str, model: str, bug: int, healthy, faulty, num_classes: int, value: float | None = None,
+            epochs: int | None = None) -> dict:
+    """One row of ``fault_validation.csv``: both samples' mean and standard deviation (ddof 1), the test, the
+    verdicts and what the fault was (its family, and a parametric fault's parameter and value)."""
+    fault = FaultInjector.FAULTS[bug]
+    result = compare(healthy, faulty)
+    faulty_mean = float(np.mean(faulty))
+    return {"dataset": dataset, "model": model, "bug": bug, "fault": fault.name, "seeds": len(faulty),
+            "healthy_mean": float(np.mean(healthy)), "healthy_std": _std(healthy), "faulty_mean": faulty_mean,
+            "faulty_std": _std(faulty), "p_value": result.p_value, "effect_size": result.effect_size,
+            "killed": result.killed, "trivial": is_trivial(faulty_mean, num_classes), "family": fault.family,
+            "parameter": fault.parameter.name if fault.parameter else "", "value": value, "epochs": epochs}
+
+
+def _std(values) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def merge_rows(path: Path, rows: list[dict], columns=COLUMNS, key=KEY) -> pd.DataFrame:
+    """``rows`` written over the file's rows of the same key (the others kept: a validation run in parts
+    accumulates), sorted by key, atomically."""
+    table = pd.DataFrame(rows, columns=list(columns))
+    if path.is_file():
+        old = read_table(path, columns)
+        kept = old[~old.set_index(list(key)).index.isin(table.set_index(list(key)).index)]
+        table = pd.concat([kept, table], ignore_index=True) if len(kept) else table
+    table = table.sort_values(list(key), kind="stable").reset_index(drop=True)
+    atomic_write_table(path, table, columns)
+    return table
+
+
+def read_table(path: Path, columns=COLUMNS) -> pd.DataFrame:
+    """A validation or search table, its columns checked (one clear line for a file of another kind)."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; rerun main_validate_faults.py --force")
+    for flag in ("killed", "trivial", "weakest_killing"):
+        if flag in table.columns:
+            table[flag] = table[flag].astype(str).str.lower() == "true"
+    return table
+
+
+def validated_faults(path: Path) -> dict[tuple[str, str], tuple[int, ...]]:
+    """``(dataset, model) -> faults`` killed and not trivial, from ``fault_validation.csv``."""
+    table = read_table(path)
+    kept = table[table["killed"] & ~table["trivial"]]
+    found: dict[tuple[str, str], tuple[int, ...]] = {}
+    for dataset, model in table.groupby(["dataset", "model"], sort=False).groups:
+        found[str(dataset).upper(), str(model).lower()] = tuple(
+            sorted(int(b) for b in kept[(kept["dataset"] == dataset) & (kept["model"] == model)]["bug"]))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# --search: the weakest parameter value still killed
+# ---------------------------------------------------------------------------------------------
+
+def weak_end(parameter: FaultInjector.FaultParameter) -> float:
+    """The bound at which the fault does the least (the healthy setting, or close to it)."""
+    return parameter.low if parameter.stronger == "high" else parameter.high
+
+
+def strong_end(parameter: FaultInjector.FaultParameter) -> float:
+    return parameter.high if parameter.stronger == "high" else parameter.low
+
+
+def midpoint(weak: float, strong: float, log: bool) -> float:
+    """Halfway between two values, geometrically for a parameter searched on a log scale; rounded to three
+    significant digits so that values (and their folders) read plainly."""
+    middle = math.sqrt(weak * strong) if log else (weak + strong) / 2
+    return float(f"{middle:.3g}")
+
+
+def search_label(bug: int, value: float) -> str:
+    """The folder name of a searched value's versions: ``bug14_weight_decay0.01``."""
+    return f"bug{bug}_{FaultInjector.FAULTS[bug].parameter.name}{value:g}"
+
+
+def bisect(parameter: FaultInjector.FaultParameter, default_killed: bool, killed_at, steps: int) -> float | None:
+    """The weakest value found still killed, or None if none within the bounds is: ``killed_at(value)`` trains and
+    tests one value (True, False, or None when it could not be measured, which stops the search).
+
+    The default value's verdict (the validation's) places the first interval: killed, the answer lies between the
+    weak end and the default; not killed, between the default and the strong end, which is measured first. Each
+    of ``steps`` halvings then keeps the half whose ends disagree. The weak end is taken as not killed unmeasured:
+    it is the healthy setting or next to it."""
+    weak, strong = weak_end(parameter), parameter.default
+    if not default_killed:
+        weak, strong = parameter.default, strong_end(parameter)
+        if not killed_at(strong):
+            return None
+    for _ in range(steps):
+        middle = midpoint(weak, strong, parameter.log)
+        if middle in (weak, strong):
+            break
+        verdict = killed_at(middle)
+        if verdict is None:
+            break
+        weak, strong = (weak, middle) if verdict else (middle, strong)
+    return strong
