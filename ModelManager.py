@@ -175,7 +175,8 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
     as_run = replace(settings, batch_size=data.batch_size, image_size=data.image_size)
     model.metadata["settings"] = as_run.recorded(defaults)
     model.metadata.update(image_size=data.image_size, epochs=trainer.epochs, lr=trainer.lr,
-                          weight_decay=defaults.weight_decay, batch_size=data.batch_size, seed=settings.seed,
+                          weight_decay=trainer.optimizer.param_groups[0]["weight_decay"],
+                          optimizer=type(trainer.optimizer).__name__, batch_size=data.batch_size, seed=settings.seed,
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
                           device=str(device), threads=torch.get_num_threads(), amp=trainer.amp,
                           amp_float32_modules=list(trainer.float32_modules) if trainer.amp else [], history=history)

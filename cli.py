@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the five ``main_*`` scripts.
+"""Command-line plumbing shared by the six ``main_*`` scripts.
 
 The flags in pieces (each script's parser takes the pieces it uses, as torchvision's reference scripts
 do, so a flag a script would ignore is an argparse error there), the checks made before any work, the
@@ -178,6 +178,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: on with CUDA, off elsewhere)")
 
 
+def add_training_job_flags(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """What a script whose jobs train versions takes after its own flags: training, device, run, roots, launcher."""
+    add_training_flags(parser)
+    add_device_flag(parser)
+    add_run_flags(parser)
+    add_root_flags(parser, "data", "model", "output", output_help=output_help)
+    add_launcher_flags(parser)
+
+
 def add_attack_flags(parser: argparse.ArgumentParser) -> None:
     """How DeepFool attacks the inputs (``settings.AttackSettings``)."""
     parser.add_argument("--batch-size", type=positive_int, default=ATTACK_BATCH,
@@ -248,8 +257,6 @@ def prepare(args: argparse.Namespace, writable=()):
 
 def check_threads(threads: int) -> None:
     """More compute threads than this machine has CPUs is refused (torch would try to start them all)."""
-    import os
-
     cpus = os.cpu_count() or 1
     if threads > cpus:
         raise UsageError(f"--threads {threads}: this machine has {cpus} CPUs; ask for at most {cpus}")

@@ -23,11 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_grid_flags(parser)
     parser.add_argument("--mode", choices=("train", "evaluate"), default="train",
                         help="train missing versions, or re-measure existing ones")
-    cli.add_training_flags(parser)
-    cli.add_device_flag(parser)
-    cli.add_run_flags(parser)
-    cli.add_root_flags(parser, "data", "model", "output", output_help="folder of the launchers' logs")
-    cli.add_launcher_flags(parser)
+    cli.add_training_job_flags(parser, output_help="folder of the launchers' logs")
     return parser
 
 

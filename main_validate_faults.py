@@ -39,11 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "parametric fault of the grid) for the weakest value still killed")
     parser.add_argument("--search-steps", type=cli.positive_int, default=3,
                         help="bisection steps per searched fault (each trains --seeds versions)")
-    cli.add_training_flags(parser)
-    cli.add_device_flag(parser)
-    cli.add_run_flags(parser)
-    cli.add_root_flags(parser, "data", "model", "output", output_help="where the tables (and the launchers' logs) go")
-    cli.add_launcher_flags(parser)
+    cli.add_training_job_flags(parser, output_help="where the tables (and the launchers' logs) go")
     return parser
 
 

@@ -146,8 +146,9 @@ def test_a_searched_value_is_recorded_and_a_change_retrains(capsys, empty_worksp
     settings = TrainSettings(epochs=1, fault_parameter=0.3)
     model = ModelManager.create_model("squeezenet", small, "train", 14, device="cpu", settings=settings, roots=roots,
                                       progress=False)
-    recorded = json.loads(ws.metadata("squeezenet", 14).read_text())["settings"]
-    assert recorded["fault_parameter"] == 0.3 and model.metadata["settings"]["fault_parameter"] == 0.3
+    metadata = json.loads(ws.metadata("squeezenet", 14).read_text())
+    assert metadata["settings"]["fault_parameter"] == 0.3 and model.metadata["settings"]["fault_parameter"] == 0.3
+    assert (metadata["weight_decay"], metadata["optimizer"]) == (0.3, "Adam")  # what the trainer really used
     assert ModelManager.training_status(ws.model, "squeezenet", "DIGITS", 14, settings) is None
 
     def status(value):
