@@ -81,13 +81,11 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
     return float(roc_auc_score(positives, np.asarray(scores, dtype=np.float64)))
 
 
-def aurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
-    """Area under the risk-coverage curve (Geifman et al., 2019): inputs accepted in decreasing order of
-    ``scores``; the mean, over coverages 1/n .. n/n, of the error rate among the accepted. Lower is better.
-
-    Tied scores are accepted together in no particular order: each coverage inside a tie counts the expected
-    errors over the tie's orderings (the tie's error rate per accepted input). None for no input.
-    """
+def accepted_errors(scores: np.ndarray, correct: np.ndarray) -> np.ndarray | None:
+    """The expected number of wrong answers among the first k inputs accepted, k = 1..n, accepting in decreasing
+    order of ``scores``. Tied scores are accepted together in no particular order: inside a tie each accepted
+    input adds the tie's error rate, the exact expectation over the tie's orderings (the curves below are linear
+    in these counts, so their expectations follow). None for no input."""
     scores = np.asarray(scores, dtype=np.float64)
     wrong = ~np.asarray(correct, dtype=bool)
     if not scores.size:
@@ -95,10 +93,32 @@ def aurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
     order = np.argsort(-scores, kind="stable")
     sorted_scores, sorted_wrong = scores[order], wrong[order].astype(np.float64)
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    tie_rate = np.add.reduceat(sorted_wrong, starts) / np.diff(np.r_[starts, scores.size])
-    expected_wrong = np.repeat(tie_rate, np.diff(np.r_[starts, scores.size]))
-    risks = np.cumsum(expected_wrong) / np.arange(1, scores.size + 1)
-    return float(risks.mean())
+    sizes = np.diff(np.r_[starts, scores.size])
+    return np.cumsum(np.repeat(np.add.reduceat(sorted_wrong, starts) / sizes, sizes))
+
+
+def aurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    """Area under the risk-coverage curve (Geifman et al., 2019): inputs accepted in decreasing order of
+    ``scores``; the mean, over coverages 1/n .. n/n, of the error rate among the accepted. Lower is better.
+    Ties: the expectation over their orderings (``accepted_errors``). None for no input."""
+    errors = accepted_errors(scores, correct)
+    return None if errors is None else float((errors / np.arange(1, errors.size + 1)).mean())
+
+
+def augrc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    """Area under the generalized risk-coverage curve (Traub et al., NeurIPS 2024): the mean, over coverages
+    1/n .. n/n, of the share of *all* inputs that are accepted and wrong. Unlike AURC it does not weigh the
+    first few accepted inputs' failures up by 1/k. Lower is better; ties: the expectation over their orderings
+    (``accepted_errors``). None for no input."""
+    errors = accepted_errors(scores, correct)
+    return None if errors is None else float((errors / errors.size).mean())
+
+
+def eaurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    """Excess AURC (Geifman et al., 2019): AURC minus the oracle's, which accepts every right answer before any
+    wrong one, so that versions of different accuracy compare; 0 for a perfect ranking. None for no input."""
+    achieved = aurc(scores, correct)
+    return None if achieved is None else achieved - aurc(np.asarray(correct, dtype=np.float64), correct)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,9 +23,11 @@ import FaultInjector
 from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
 from metrics import (
     accuracy,
+    augrc,
     aurc,
     auroc,
     brier_score,
+    eaurc,
     error_breakdown_of,
     expected_calibration_error,
     improvements,
@@ -191,16 +193,17 @@ def region_of(records: dict[tuple[str, int], VersionRecord], test_set: str):
 
 
 def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> list[dict]:
-    """How well each registered score predicts its version's own test failures: AUROC and the area under the
-    risk-coverage curve for every score, ECE and Brier score for those that are probabilities (empty where the
-    version lacks what the score needs)."""
+    """How well each registered score predicts its version's own test failures: AUROC, the area under the
+    risk-coverage curve (AURC), its excess over the oracle's (e-AURC) and the generalized one (AUGRC) for every
+    score, ECE and Brier score for those that are probabilities (empty where the version lacks what the score
+    needs)."""
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
         row = {"dataset": record.dataset, "model": model, "bug_id": bug, "n_test": len(correct),
                "test_accuracy": float(correct.mean()), "val_acc": record.val_acc}
         available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])]
-        for metric, function in (("auroc", auroc), ("aurc", aurc)):
+        for metric, function in (("auroc", auroc), ("aurc", aurc), ("eaurc", eaurc), ("augrc", augrc)):
             row.update({f"{metric}_{name}": function(record.score(name), correct) if name in available else None
                         for name in SCORES})
         probabilities = [name for name, score in SCORES.items() if score.probability]

@@ -3,13 +3,24 @@ implementations (plain Python loops, scikit-learn)."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from metrics import accuracy, auroc, error_breakdown, improvements, lower_limit, majority_vote, upper_limit
+from metrics import (
+    accuracy,
+    augrc,
+    auroc,
+    eaurc,
+    error_breakdown,
+    improvements,
+    lower_limit,
+    majority_vote,
+    upper_limit,
+)
 
 # A hand-checked example (3 versions × 8 inputs, classes 0-3), also used in test_evaluation.py:
 #   input          0      1      2      3        4        5      6      7
@@ -189,3 +200,37 @@ def test_auroc_is_none_for_a_single_class():
     assert auroc(np.array([0.1, 0.2, 0.3]), np.array([True, True, True])) is None
     assert auroc(np.array([0.1, 0.2, 0.3]), np.array([0, 0, 0])) is None
     assert auroc(np.array([]), np.array([], dtype=bool)) is None
+
+
+def over_orderings(scores, correct, risk) -> float:
+    """The mean over every ordering of tied inputs of the mean ``risk(errors, accepted, n)`` over coverages."""
+    groups = [[i for i in range(len(scores)) if scores[i] == s] for s in sorted(set(scores), reverse=True)]
+    values = []
+    for arrangement in itertools.product(*(itertools.permutations(g) for g in groups)):
+        errors, risks = 0, []
+        for accepted, i in enumerate((i for group in arrangement for i in group), start=1):
+            errors += not correct[i]
+            risks.append(risk(errors, accepted, len(scores)))
+        values.append(sum(risks) / len(risks))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augrc_and_eaurc_average_the_orderings_of_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores, correct = rng.integers(0, 3, 7).astype(float), rng.random(7) < 0.6
+    generalized = over_orderings(list(scores), list(correct), lambda errors, accepted, n: errors / n)
+    assert augrc(scores, correct) == pytest.approx(generalized)
+    selective = over_orderings(list(scores), list(correct), lambda errors, accepted, n: errors / accepted)
+    oracle = over_orderings(list(correct.astype(float)), list(correct), lambda errors, accepted, n: errors / accepted)
+    assert eaurc(scores, correct) == pytest.approx(selective - oracle) and eaurc(scores, correct) >= -1e-12
+
+
+def test_augrc_and_eaurc_closed_cases():
+    correct = np.array([True, True, False])
+    assert augrc(np.array([3.0, 2.0, 1.0]), correct) == pytest.approx((0 + 0 + 1 / 3) / 3)
+    assert augrc(np.array([1.0, 2.0, 3.0]), correct) == pytest.approx((1 / 3 + 1 / 3 + 1 / 3) / 3)
+    assert augrc(np.zeros(3), correct) == pytest.approx((1 / 9 + 2 / 9 + 3 / 9) / 3)  # one tie: 1/3 wrong each
+    assert eaurc(np.array([3.0, 2.0, 1.0]), correct) == pytest.approx(0.0)  # the oracle's own order
+    assert eaurc(np.array([1.0, 2.0, 3.0]), correct) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3 - 1 / 9)
+    assert augrc(np.array([]), np.array([], dtype=bool)) is None and eaurc(np.array([]), np.array([], bool)) is None

@@ -521,6 +521,8 @@ def test_failure_prediction_columns_come_from_the_registry(versions):
         for name, score in SCORES.items():
             assert row[f"auroc_{name}"] == pytest.approx(roc_auc_score(correct, record.score(name)))
             assert row[f"aurc_{name}"] == pytest.approx(metrics.aurc(record.score(name), correct))
+            assert row[f"augrc_{name}"] == pytest.approx(metrics.augrc(record.score(name), correct))
+            assert row[f"eaurc_{name}"] == pytest.approx(metrics.eaurc(record.score(name), correct))
             assert (f"ece_{name}" in row) == score.probability == (f"brier_{name}" in row)
     assert confidence.RelativeUncertainty.name in SCORES and METHODS["ola"].k == 7
 
