@@ -32,11 +32,12 @@ ALPHA = 0.05
 MEDIUM_EFFECT = 0.64
 TRIVIAL_MARGIN = 0.05
 DEFAULT_SEEDS = 10
-KEY = ("dataset", "model", "bug")
-COLUMNS = (*KEY, "fault", "seeds", "healthy_mean", "healthy_std", "faulty_mean", "faulty_std", "p_value",
-           "effect_size", "killed", "trivial", "family", "parameter", "value", "epochs")
-SEARCH_COLUMNS = (*KEY, "fault", "parameter", "value", "seeds", "faulty_mean", "faulty_std", "p_value",
-                  "effect_size", "killed", "trivial", "weakest_killing")
+#: a row's identity: one fault of one architecture trained for a number of epochs (another recipe is another row)
+KEY = ("dataset", "model", "bug", "epochs")
+COLUMNS = ("dataset", "model", "bug", "fault", "seeds", "healthy_mean", "healthy_std", "faulty_mean", "faulty_std",
+           "p_value", "effect_size", "killed", "trivial", "family", "parameter", "value", "epochs")
+SEARCH_COLUMNS = ("dataset", "model", "bug", "fault", "parameter", "value", "seeds", "faulty_mean", "faulty_std",
+                  "p_value", "effect_size", "killed", "trivial", "weakest_killing", "epochs")
 
 
 def seed_list(count: int, first: int = SEED) -> tuple[int, ...]:
@@ -71,10 +72,10 @@ def is_trivial(faulty_mean: float, num_classes: int) -> bool:
     return bool(faulty_mean <= 1.0 / num_classes + TRIVIAL_MARGIN + 1e-12)
 
 
-def summary(dataset: str, model: str, bug: int, healthy, faulty, num_classes: int, value: float | None = None,
-            epochs: int | None = None) -> dict:
+def summary(dataset: str, model: str, bug: int, healthy, faulty, num_classes: int, epochs: int,
+            value: float | None = None) -> dict:
     """One row of ``fault_validation.csv``: both samples' mean and standard deviation (ddof 1), the test, the
-    verdicts and what the fault was (its family, and a parametric fault's parameter and value)."""
+    verdicts, what the fault was (its family, a parametric fault's parameter and value) and the epochs trained."""
     fault = FaultInjector.FAULTS[bug]
     result = compare(healthy, faulty)
     faulty_mean = float(np.mean(faulty))
@@ -117,15 +118,12 @@ def read_table(path: Path, columns=COLUMNS) -> pd.DataFrame:
     return table
 
 
-def validated_faults(path: Path) -> dict[tuple[str, str], tuple[int, ...]]:
-    """``(dataset, model) -> faults`` killed and not trivial, from ``fault_validation.csv``."""
+def validated_faults(path: Path) -> dict[tuple[str, str, int], tuple[int, ...]]:
+    """``(dataset, model, epochs) -> faults`` killed and not trivial, from ``fault_validation.csv``."""
     table = read_table(path)
-    kept = table[table["killed"] & ~table["trivial"]]
-    found: dict[tuple[str, str], tuple[int, ...]] = {}
-    for dataset, model in table.groupby(["dataset", "model"], sort=False).groups:
-        found[str(dataset).upper(), str(model).lower()] = tuple(
-            sorted(int(b) for b in kept[(kept["dataset"] == dataset) & (kept["model"] == model)]["bug"]))
-    return found
+    bites = table["killed"] & ~table["trivial"]
+    return {(str(dataset).upper(), str(model).lower(), int(epochs)): tuple(sorted(int(b) for b in group["bug"][bites]))
+            for (dataset, model, epochs), group in table.groupby(["dataset", "model", "epochs"], sort=True)}
 
 
 # ---------------------------------------------------------------------------------------------

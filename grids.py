@@ -125,8 +125,9 @@ class Grid:
     epochs: int | None = None  # --epochs: every architecture
     preset_epochs: dict[str, int] = field(default_factory=dict)
     max_inputs: int | None = None
-    #: ``--bugs validated``: the faults each ``(dataset, model)`` keeps (besides healthy and those named)
-    validated: dict[tuple[str, str], tuple[int, ...]] | None = None
+    #: ``--bugs validated``: the faults each ``(dataset, model, training epochs)`` keeps (besides healthy and those
+    #: named), from ``fault_validation.csv``
+    validated: dict[tuple[str, str, int], tuple[int, ...]] | None = None
     named_bugs: tuple[int, ...] = ()
 
     def versions(self, dataset: str) -> list[tuple[str, int]]:
@@ -140,7 +141,8 @@ class Grid:
                 and self._validated(dataset, model, bug)]
 
     def _validated(self, dataset: str, model: str, bug: int) -> bool:
-        return self.validated is None or bug in self.validated.get((dataset, model), ()) or bug in self.named
+        return self.validated is None or bug in self.named or \
+            bug in self.validated.get((dataset, model, self.training_epochs(dataset, model)), ())
 
     @property
     def named(self) -> tuple[int, ...]:
@@ -149,6 +151,13 @@ class Grid:
 
     def epochs_for(self, model: str) -> int | None:
         return self.epochs or self.preset_epochs.get(model)
+
+    def training_epochs(self, dataset: str, model: str) -> int:
+        """The epochs a version of ``model`` on ``dataset`` trains for here (asked for, or the dataset's recipe):
+        a fault validated with another recipe says nothing of this one."""
+        from DatasetManager import get_dataset
+
+        return self.epochs_for(model) or get_dataset(dataset).training_defaults(model).epochs
 
 
 def resolve_grid(args: argparse.Namespace) -> Grid:
@@ -162,8 +171,8 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     datasets = {get_dataset(name).name for name in (named_datasets or preset_datasets)}
     models = {get_model_class(name).name for name in (named_models or preset_models)}
     named_bugs = parse_bug_ids(args.bugs)
-    validated = read_validated(args, datasets, models) if named_bugs is not None and any(
-        item.lower() == VALIDATED for item in split_list(args.bugs, "--bugs")) else None
+    wants_validated = named_bugs is not None and any(item.lower() == VALIDATED for item in split_list(args.bugs))
+    validated = read_validated(args, datasets, models) if wants_validated else None
     explicit_ids = tuple(named_bugs or ())
     if validated is not None:
         named_bugs = sorted({*explicit_ids, FaultInjector.HEALTHY, *(b for bugs in validated.values() for b in bugs)})
@@ -175,13 +184,15 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
                 named_bugs if named_bugs is not None else sorted(set(preset_bugs)), getattr(args, "epochs", None),
                 dict(preset.epochs), getattr(args, "max_inputs", None) or preset.max_inputs, validated, explicit_ids)
     check_pairs(grid, explicit=named_models is not None and named_bugs is not None and validated is None)
+    if validated is not None:
+        note_unvalidated(grid)
     return grid
 
 
-def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str, str], tuple[int, ...]]:
-    """``--bugs validated``: the killed, non-trivial faults of each ``(dataset, model)`` from ``fault_validation.csv``
-    in ``--output`` (or, for a script writing elsewhere, the default output); without one, a UsageError naming the
-    command that makes it. A pair the table does not cover keeps healthy only, and is named in a note."""
+def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str, str, int], tuple[int, ...]]:
+    """``--bugs validated``: the killed, non-trivial faults of each ``(dataset, model, epochs)`` in
+    ``fault_validation.csv`` of ``--output`` (or, for a script writing elsewhere, the default output); without
+    one, a UsageError naming the command that makes it."""
     from pathlib import Path
 
     from fault_validation import validated_faults
@@ -193,13 +204,17 @@ def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str
         where = " or ".join(str(Path(f) / FAULT_VALIDATION_CSV) for f in folders)
         raise UsageError(f"--bugs validated needs {where}; make it with: python main_validate_faults.py --datasets "
                          f"{' '.join(sorted(datasets))} --models {' '.join(sorted(models))}")
-    validated = validated_faults(found)
-    uncovered = [f"{model} on {dataset}" for dataset in sorted(datasets) for model in sorted(models)
-                 if (dataset, model) not in validated]
-    if uncovered:
-        print(f"note: {found} does not cover {', '.join(uncovered)}: only healthy and the ids named beside "
+    return validated_faults(found)
+
+
+def note_unvalidated(grid: Grid) -> None:
+    """One note naming the architectures the validation table does not cover at the epochs they train for here
+    (they keep only healthy and the ids named beside ``validated``)."""
+    missing = [f"{model} on {dataset} at {grid.training_epochs(dataset, model)} epochs" for dataset in grid.datasets
+               for model in grid.models if (dataset, model, grid.training_epochs(dataset, model)) not in grid.validated]
+    if missing:
+        print(f"note: the fault validation does not cover {', '.join(missing)}: only healthy and the ids named beside "
               "'validated' run there", file=sys.stderr)
-    return validated
 
 
 def check_pairs(grid: Grid, explicit: bool) -> None:

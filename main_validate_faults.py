@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                 incomplete.append(layout.version_key(model, dataset, bug))
                 continue
             rows.append(fv.summary(dataset, model, bug, healthy, faulty, validation.num_classes(dataset, model),
-                                   FaultInjector.parameter_value(bug), grid.epochs_for(model)))
+                                   grid.training_epochs(dataset, model), FaultInjector.parameter_value(bug)))
     path = layout.result_path(args.output, layout.FAULT_VALIDATION_CSV)
     if rows:
         table = fv.merge_rows(path, rows)
@@ -184,7 +184,8 @@ def search_one(validation: Validation, version: tuple[str, str, int], healthy: l
         faulty = validation.accuracies(dataset, model, bug, label, value)
         if faulty is None:
             return None
-        points[value] = fv.summary(dataset, model, bug, healthy, faulty, validation.num_classes(dataset, model), value)
+        points[value] = fv.summary(dataset, model, bug, healthy, faulty, validation.num_classes(dataset, model),
+                                   validation.grid.training_epochs(dataset, model), value)
         return points[value]["killed"]
 
     weakest = fv.bisect(parameter, default["killed"], killed_at, validation.args.search_steps)

@@ -58,6 +58,7 @@ def test_trivial_is_chance_plus_five_points():
 
 def test_the_summary_row_has_both_samples_moments():
     row = fv.summary("DIGITS", "squeezenet", 9, HEALTHY, FAULTY, 10, epochs=2)
+    assert row["epochs"] == 2
     assert row["healthy_mean"] == pytest.approx(np.mean(HEALTHY))
     assert row["faulty_std"] == pytest.approx(np.std(FAULTY, ddof=1))
     assert (row["seeds"], row["fault"], row["family"], row["killed"], row["trivial"]) == (
@@ -138,15 +139,20 @@ def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_wo
     assert_usage_error(refused, "--bugs validated needs", "main_validate_faults.py")
     assert not ws.model.exists()
 
-    rows = [fv.summary("DIGITS", "squeezenet", bug, HEALTHY, faulty, 10) for bug, faulty in
+    recipe = grids.Grid(["DIGITS"], ["squeezenet"], [0]).training_epochs("DIGITS", "squeezenet")
+    rows = [fv.summary("DIGITS", "squeezenet", bug, HEALTHY, faulty, 10, recipe) for bug, faulty in
             ((4, [0.1] * 5), (9, FAULTY), (14, [0.95, 0.96, 0.97, 0.95, 0.96]), (19, FAULTY))]
     rows[3]["killed"] = False
+    rows.append(fv.summary("DIGITS", "squeezenet", 18, HEALTHY, FAULTY, 10, 2))  # killed, at another recipe
     fv.merge_rows(ws.out / layout.FAULT_VALIDATION_CSV, rows)
-    assert fv.validated_faults(ws.out / layout.FAULT_VALIDATION_CSV) == {("DIGITS", "squeezenet"): (9,)}
+    assert fv.validated_faults(ws.out / layout.FAULT_VALIDATION_CSV) == {("DIGITS", "squeezenet", 2): (18,),
+                                                                         ("DIGITS", "squeezenet", recipe): (9,)}
     grid = grids.resolve_grid(namespace(ws, ["validated", "5"]))
     assert set(grid.versions("DIGITS")) == {("squeezenet", 0), ("densenet", 0), ("squeezenet", 5), ("densenet", 5),
                                             ("squeezenet", 9)}
     assert "does not cover densenet on DIGITS" in capsys.readouterr().err
+    brief = grids.resolve_grid(argparse.Namespace(**{**vars(namespace(ws, ["validated"])), "epochs": 2}))
+    assert set(brief.versions("DIGITS")) == {("squeezenet", 0), ("densenet", 0), ("squeezenet", 18)}
 
 
 @pytest.mark.slow
