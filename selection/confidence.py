@@ -6,6 +6,7 @@
 - ``entropy``: the softmax entropy, negated.
 - ``energy``: logsumexp of the logits (the negated free energy).
 - ``rel_u``: REL-U's relative uncertainty pᵀDp, negated, with D learned from the validation outputs.
+- ``maxlogit_pnorm``: the largest centred logit over the logits' p-norm, p chosen on the validation outputs.
 """
 
 from __future__ import annotations
@@ -101,6 +102,42 @@ class RelativeUncertainty(Score):
     def compute(self, d, answers, version):
         probabilities = _probabilities(answers)
         return -((probabilities @ d) * probabilities).sum(axis=1)
+
+
+@register_score
+class MaxLogitPNorm(Score):
+    """MaxLogit-pNorm (Cattelan & Silva, 2024): the logits centred on their mean, the largest of them divided by
+    their p-norm, so that a confident answer is one whose top logit stands out from the rest whatever the logits'
+    scale. p is the candidate whose score best tells the version's right validation answers from its wrong ones
+    (AUROC; ties to the smaller p); a version never wrong on validation gives no such evidence and keeps
+    ``fallback``."""
+
+    name = "maxlogit_pnorm"
+    needs = ("logits", "validation")
+    #: the p tried on validation (the authors' grid is of this kind: small whole numbers)
+    candidates: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+    #: p where validation cannot choose (every answer right, or every one wrong)
+    fallback: float = 2.0
+
+    def fit(self, version):
+        from metrics import auroc
+
+        logits, correct = version.validation.logits, version.validation.correct
+        quality = [auroc(pnorm_max_logit(logits, p), correct) for p in self.candidates]
+        if any(value is None for value in quality):
+            return self.fallback
+        return self.candidates[int(np.argmax(quality))]
+
+    def compute(self, p, answers, version):
+        return pnorm_max_logit(answers.logits, p)
+
+
+def pnorm_max_logit(logits, p: float) -> np.ndarray:
+    """max_k z_k / ‖z‖_p of each row's centred logits z (0 where every logit is equal: no class stands out)."""
+    centred = np.asarray(logits, dtype=np.float64)
+    centred = centred - centred.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(centred, ord=p, axis=1)
+    return np.divide(centred.max(axis=1), norm, out=np.zeros(len(centred)), where=norm > 0)
 
 
 def _mean_outer(probabilities: np.ndarray) -> np.ndarray:

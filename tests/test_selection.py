@@ -77,7 +77,7 @@ def test_every_score_selects_and_every_need_is_declared():
     assert list(METHODS)[:2] == ["dfg", "distance_only"]
     assert {"val_acc_only", "voting", "soft_voting", "max_softmax", "stacking", "ola", "lca", "knora_e",
             "knora_u", "soft_voting_ts", "dfg_plus", "rel_u", "doctor", "entropy", "energy",
-            "softmax_margin"} <= set(METHODS)
+            "softmax_margin", "maxlogit_pnorm"} <= set(METHODS)
 
 
 def test_a_score_is_registered_once(restore_registries):
@@ -143,6 +143,28 @@ def test_rel_u_without_wrong_validation_answers_is_the_gini_impurity(versions):
     np.testing.assert_allclose(d, (np.ones((CLASSES, CLASSES)) - np.eye(CLASSES)) / math.sqrt(CLASSES ** 2 - CLASSES))
     gini = 1 - (record.probabilities ** 2).sum(axis=1)
     np.testing.assert_allclose(record.score("rel_u"), -gini / math.sqrt(CLASSES ** 2 - CLASSES))
+
+
+def maxlogit_pnorm_by_definition(logits, p):
+    centred = [x - sum(logits) / len(logits) for x in logits]
+    norm = sum(abs(x) ** p for x in centred) ** (1 / p)
+    return max(centred) / norm if norm else 0.0
+
+
+def test_maxlogit_pnorm_picks_p_by_validation_auroc_and_is_its_definition(versions):
+    records, _ = versions
+    record = records["alexnet", 1]
+    score = SCORES["maxlogit_pnorm"]
+    validation = record.validation
+    aurocs = [roc_auc_score(validation.correct, [maxlogit_pnorm_by_definition(z, p) for z in validation.logits])
+              for p in score.candidates]
+    chosen = score.candidates[aurocs.index(max(aurocs))]
+    assert score.fit(record) == chosen
+    for i, logits in enumerate(record.logits):
+        assert record.score("maxlogit_pnorm")[i] == pytest.approx(maxlogit_pnorm_by_definition(list(logits), chosen))
+    assert confidence.pnorm_max_logit(np.ones((1, 4)), 2.0).tolist() == [0.0]  # nothing stands out
+    record.validation.truth = record.validation.labels.copy()  # never wrong: p cannot be chosen
+    assert score.fit(record) == score.fallback == 2.0
 
 
 def test_dfg_plus_picks_its_form_by_cross_validated_validation_auroc(versions):
