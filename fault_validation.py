@@ -121,6 +121,9 @@ def read_table(path: Path, columns=COLUMNS) -> pd.DataFrame:
 def validated_faults(path: Path) -> dict[tuple[str, str, int], tuple[int, ...]]:
     """``(dataset, model, epochs) -> faults`` killed and not trivial, from ``fault_validation.csv``."""
     table = read_table(path)
+    if table["epochs"].isna().any():
+        raise UsageError(f"{path} has rows without their training epochs (an older table); rerun "
+                         "main_validate_faults.py for them (finished seeds are skipped)")
     bites = table["killed"] & ~table["trivial"]
     return {(str(dataset).upper(), str(model).lower(), int(epochs)): tuple(sorted(int(b) for b in group["bug"][bites]))
             for (dataset, model, epochs), group in table.groupby(["dataset", "model", "epochs"], sort=True)}

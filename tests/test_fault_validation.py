@@ -181,3 +181,14 @@ def test_validation_on_slurm_writes_what_local_writes(capsys, loopback_ns, slurm
     assert checkpoints == sorted(p.relative_to(slurm.model) for p in slurm.model.rglob("*.pth"))
     for rel in checkpoints:
         assert_same_file(slurm.model / rel, local.model / rel)
+
+
+def test_a_table_without_epochs_is_one_clear_line(tmp_path):
+    path = tmp_path / layout.FAULT_VALIDATION_CSV
+    row = fv.summary("DIGITS", "squeezenet", 9, HEALTHY, FAULTY, 10, 24)
+    pd.DataFrame([{**row, "epochs": None}]).to_csv(path, index=False)
+    with pytest.raises(UsageError, match="without their training epochs.*rerun main_validate_faults.py"):
+        fv.validated_faults(path)
+    path.write_text("dataset,model\nDIGITS,squeezenet\n")
+    with pytest.raises(UsageError, match="lacks the column"):
+        fv.validated_faults(path)
