@@ -39,13 +39,16 @@ def paper_datasets() -> tuple[str, ...]:
 class TensorLoader:
     """Batches of an in-memory image tensor, resized per batch; a drop-in for a DataLoader.
 
-    Shuffling draws from its own seeded generator, so epochs differ but runs repeat exactly.
+    Shuffling draws from its own seeded generator, so epochs differ but runs repeat exactly. A training loader
+    (``training=True``) never ends on a batch of one input: batch normalisation cannot train on it (a training set
+    of 64k + 1 inputs stopped ResNet with a ValueError), so that input joins the batch before.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, image_size: int | None,
-                 shuffle: bool = False, seed: int = 0):
+                 shuffle: bool = False, seed: int = 0, training: bool = False):
         self.x, self.y = x, y
         self.batch_size = batch_size
+        self.training = training
         self.image_size = image_size
         self.shuffle = shuffle
         self._generator = torch.Generator().manual_seed(seed)
@@ -61,7 +64,14 @@ class TensorLoader:
         return moved
 
     def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
+        return len(self._starts())
+
+    def _starts(self) -> list[int]:
+        """Where each batch starts (a training loader's lone last input joins the batch before)."""
+        starts = list(range(0, len(self.x), self.batch_size))
+        if self.training and len(starts) > 1 and len(self.x) - starts[-1] == 1:
+            starts.pop()
+        return starts
 
     @property
     def dataset(self) -> SimpleNamespace:
@@ -70,11 +80,12 @@ class TensorLoader:
 
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self._generator) if self.shuffle else None
-        for start in range(0, len(self.x), self.batch_size):
+        starts = self._starts()
+        for start, end in zip(starts, [*starts[1:], len(self.x)]):
             if order is None:
-                xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+                xb, yb = self.x[start:end], self.y[start:end]
             else:
-                index = order[start:start + self.batch_size]
+                index = order[start:end]
                 xb, yb = self.x[index], self.y[index]
             if self.device is not None:
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
@@ -114,7 +125,7 @@ class MyData:
     @property
     def train_loader(self) -> TensorLoader:
         return TensorLoader(self.x_train, self.y_train, self.batch_size, self.image_size, shuffle=self.shuffle_train,
-                            seed=self.seed)
+                            seed=self.seed, training=True)
 
     @property
     def val_loader(self) -> TensorLoader:

@@ -265,3 +265,28 @@ def test_class_with_a_single_training_image_is_a_usage_error(tmp_path, write_rel
     write_released(tmp_path, "TSCD", x_train, y_train, x_test, y_test)
     with pytest.raises(UsageError, match=r"class\(es\) \[2\] missing from the (train|val) split"):
         DatasetManager.create_dataset("TSCD", data_root=tmp_path)
+
+
+@pytest.mark.parametrize("size, batches", [(129, [64, 65]), (128, [64, 64]), (130, [64, 64, 2]), (1, [1])])
+def test_a_training_loader_never_ends_on_a_lone_input(size, batches):
+    """Batch normalisation cannot train on one input: the last one joins the batch before (every input still seen
+    once per epoch); an evaluation loader keeps plain batches."""
+    x, y = torch.rand(size, 1, 2, 2), torch.arange(size)
+    training = DatasetManager.TensorLoader(x, y, 64, None, shuffle=True, training=True)
+    assert len(training) == len(batches) and [len(b) for _, b in training] == batches
+    assert sorted(torch.cat([b for _, b in training]).tolist()) == list(range(size))
+    plain = DatasetManager.TensorLoader(x, y, 64, None)
+    assert [len(b) for _, b in plain] == [min(64, size - start) for start in range(0, size, 64)]
+
+
+def test_a_batch_normalised_network_trains_on_64k_plus_one_inputs():
+    """The regression: fault 19 at kept_fraction 0.562 left ResNet a training set of 64k + 1 inputs."""
+    from ModelTrainer import ModelTrainer
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                                  torch.nn.Linear(8, 3))
+    x, y = torch.rand(129, 1, 2, 2), torch.arange(129) % 3
+    trainer = ModelTrainer(network, device="cpu", epochs=1, lr=1e-3, progress=False)
+    history = trainer.train_model(DatasetManager.TensorLoader(x, y, 64, None, shuffle=True, training=True))
+    assert history["epoch"] == [1] and math.isfinite(history["train_loss"][0])
