@@ -377,8 +377,9 @@ def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettin
     return [Job(step, dataset, model, bug, roots, settings) for dataset, model, bug in versions]
 
 
-def launch_and_report(jobs: list, settings: LaunchSettings) -> int:
-    """Run the jobs with the chosen launcher, print one status table, and return the exit status.
+def launch_and_report(jobs: list, settings: LaunchSettings, failures_only: bool = False) -> int:
+    """Run the jobs with the chosen launcher, print one status table (of the failed jobs only, with
+    ``failures_only``: hundreds of trainings make a table that says nothing), and return the exit status.
 
     A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
     input (a missing or corrupt file) is a UsageError (exit 2) naming the first such reason.
@@ -387,8 +388,8 @@ def launch_and_report(jobs: list, settings: LaunchSettings) -> int:
     from launchers import launch
 
     outcomes = launch(jobs, settings)
-    print_outcomes(outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
+    print_outcomes(failed if failures_only else outcomes)
     bugs = [o for o in failed if not o.usage_error]
     if bugs:
         print(f"{len(bugs)} job(s) failed with an error (see the table and logs above)", file=sys.stderr)

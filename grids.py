@@ -204,6 +204,8 @@ def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str
         where = " or ".join(str(Path(f) / FAULT_VALIDATION_CSV) for f in folders)
         raise UsageError(f"--bugs validated needs {where}; make it with: python main_validate_faults.py --datasets "
                          f"{' '.join(sorted(datasets))} --models {' '.join(sorted(models))}")
+    if getattr(args, "output", None) and found.parent != Path(args.output):
+        print(f"note: --bugs validated reads {found}", file=sys.stderr)
     return validated_faults(found)
 
 

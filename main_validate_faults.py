@@ -22,7 +22,7 @@ import cli
 import fault_validation as fv
 import FaultInjector
 import layout
-from jobs import Job, print_outcomes, step_of
+from jobs import Job, step_of
 from metadata import read_metadata
 from settings import TrainSettings
 from utils import UsageError
@@ -63,20 +63,15 @@ class Validation:
         return layout.seed_model_root(self.args.model_root, seed, self.args.seed, search)
 
     def jobs(self, versions, search: str | None = None, value: float | None = None) -> list[Job]:
-        """Each ``(dataset, model, bug)`` at every seed, a seed's healthy version before its faults."""
+        """Each ``(dataset, model, bug)`` at every seed, in the order given (healthy first)."""
         roots = cli.roots_of(self.args)
         return [Job(step_of(bug), dataset, model, bug, replace(roots, model=self.root(seed, search)),
                     cli.job_settings(self.args, training=self.training(model, seed, value)))
                 for dataset, model, bug in versions for seed in self.seeds]
 
     def run(self, jobs: list[Job]) -> int:
-        """Launch; print the failed jobs only (a table of hundreds of trainings says nothing); the exit status."""
-        from launchers import launch
-
-        failed = [o for o in launch(jobs, self.launch) if o.status == "failed"]
-        if failed:
-            print_outcomes(failed)
-        return 1 if failed else 0
+        """Launch, report the failed jobs; the exit status (a failure from bad input is a UsageError)."""
+        return cli.launch_and_report(jobs, self.launch, failures_only=True)
 
     def accuracies(self, dataset: str, model: str, bug: int, search: str | None = None,
                    value: float | None = None) -> list[float] | None:

@@ -131,8 +131,9 @@ def namespace(ws, bugs):
                               output=str(ws.out), epochs=None, max_inputs=None)
 
 
-def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_workspace):
+def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_workspace, monkeypatch):
     ws = empty_workspace
+    monkeypatch.chdir(ws.root.parent)  # the default output, dfg_results/, is looked at too: none here
     with pytest.raises(UsageError, match="main_validate_faults.py --datasets DIGITS --models densenet squeezenet"):
         grids.resolve_grid(namespace(ws, ["validated"]))
     refused = run_in_process(capsys, "train", *ws.argv("train", "--bugs", "validated"))
