@@ -284,7 +284,10 @@ def test_ctrl_c_during_real_time_attacks_exits_130_without_a_trace(pipeline, tmp
                *flags, "--device", "cpu", "--devices", "cpu", "cpu", "--max-inputs", "200"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("TQDM_DISABLE", None)  # the progress bar says when the attacks are under way
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a background job of a non-interactive shell (`make test &` in a script) starts with SIGINT ignored, and the
+    # interpreter keeps an ignored SIGINT ignored: the child gets the default back, as a terminal would give it
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"DeepFool" not in seen:
         chunk = process.stderr.read1(4096)
