@@ -52,7 +52,7 @@ def widen_filters(network: nn.Module, architecture=None, size: int = 5) -> nn.Mo
 
 def without_widenable_filters(architecture: type) -> str | None:
     """Fault 2 needs a stride-1 convolution with a kernel above 1×1 to widen."""
-    if not any(widenable(m) for m in _meta_network(architecture).modules()):
+    if not any(widenable(m) for m in meta_network(architecture).modules()):
         return "it has no stride-1 convolution with a kernel above 1x1 to widen"
     return None
 
@@ -103,7 +103,7 @@ def with_functional_activations(architecture: type) -> str | None:
     The forward pass runs on the meta device (no memory), or on the CPU where an operation has no meta kernel."""
     size = max(architecture.min_input_size, 32)
     try:
-        left = functional_activations(remove_activations(_meta_network(architecture)), size)
+        left = functional_activations(remove_activations(meta_network(architecture)), size)
     except (RuntimeError, NotImplementedError):
         try:
             left = functional_activations(remove_activations(architecture(10).model_structure), size, "cpu")
@@ -115,7 +115,7 @@ def with_functional_activations(architecture: type) -> str | None:
     return None
 
 
-def _meta_network(architecture: type) -> nn.Module:
+def meta_network(architecture: type) -> nn.Module:
     """The architecture's healthy network on the meta device: its structure, no memory, no initialisation cost."""
     with torch.device("meta"):
         return architecture(10).model_structure
