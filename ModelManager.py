@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torchvision
 
+import costs
 import DatasetManager
 import FaultInjector
 import mymodel
@@ -221,6 +222,7 @@ def _measure_into_metadata(model: mymodel.MyModel, data: DatasetManager.MyData, 
     model.model_structure = evaluator.model.eval()
     model.metadata.update(val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss,
                           num_val=len(data.y_val), num_test=len(data.y_test), image_size=data.image_size)
+    costs.record(model, data, device)
 
 
 def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_fault: int, origin: str) -> None:

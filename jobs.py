@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import caches
+import costs
 import FaultInjector
 import layout
 import manifests
@@ -253,6 +254,17 @@ def _load_for_attack(job: Job, bug: int):
     return model, data
 
 
+def _ensure_costs(job: Job) -> None:
+    """A finished step still costs a version of ours that has no costs for its mode (``costs.ensure``)."""
+    mode = job.settings.attack.deepfool.mode
+    metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, job.bug)
+    if not manifests.is_ours(metadata) or mode in (read_metadata(metadata).get("costs") or {}).get("distance_flops",
+                                                                                                  {}):
+        return
+    model, data = _load_for_attack(job, job.bug)
+    costs.ensure(job.roots.model, model, data, job.settings.device, mode)
+
+
 def run_fit(job: Job) -> Outcome:
     """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure; keep
     what the version answered on validation (labels, softmax, logits, distances, truth) for the methods that fit
@@ -272,8 +284,10 @@ def run_fit(job: Job) -> Outcome:
     if not s.force and reason is None:
         if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
             _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
+        _ensure_costs(job)
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
+    costs.ensure(roots.model, model, data, s.device, mode)
     trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
     loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
     for folder in {correct_path.parent, manifest.parent}:
@@ -358,8 +372,10 @@ def run_cache(job: Job) -> Outcome:
     manifest = layout.manifest_path(roots.info, "cache", job.model, job.dataset, job.bug, mode)
     reason = _out_of_date(job, manifest, outputs, len(data.y_test), truth_path)
     if not s.force and reason is None:
+        _ensure_costs(job)
         return _skipped(job)
     model, data = _load_for_attack(job, job.bug)
+    costs.ensure(roots.model, model, data, s.device, mode)
     loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
     attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
     check_writable(manifest.parent)  # before the manifest goes: a run that cannot write changes nothing

@@ -43,6 +43,8 @@ FIELDS = {
     "val_acc": (_fraction, "a fraction in [0, 1]"),
     "test_acc": (_fraction, "a fraction in [0, 1]"),
     "settings": (lambda v: isinstance(v, dict), "an object of the training settings"),
+    "costs": (lambda v: isinstance(v, dict) and isinstance(v.get("forward_flops"), (int, float)),
+              "an object of the version's costs (forward_flops, distance_flops, ...)"),
     "checkpoint_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "the checkpoint's SHA-256 (64 hex digits)"),
 }
 
