@@ -72,7 +72,7 @@ class Attacker:
     def __init__(self, pytorch_model: nn.Module, device=None, steps: int = DEEPFOOL.steps,
                  candidates: int = DEEPFOOL.candidates, overshoot: float = DEEPFOOL.overshoot,
                  bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
-                 cuda_graphs: bool | None = None, first_order: bool = False):
+                 cuda_graphs: bool | None = None, first_order: bool = False, check_success: bool = True):
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
                              f"(got {steps}, {candidates}, {overshoot})")
@@ -88,6 +88,9 @@ class Attacker:
         self.candidates = candidates
         #: the distance of the first linearisation only (``settings.DeepFoolSettings.first_order``)
         self.first_order = first_order
+        #: run the network once more at the final point to flag whether the label flipped (the fit and cache steps
+        #: record it); a deployment that only needs distances and labels turns it off (``success`` is then None)
+        self.check_success = check_success
         self.overshoot = overshoot
         self.bounds = bounds
         self.image_size = image_size  # inputs of another size are resized first (distances live at this size)
@@ -145,24 +148,33 @@ class Attacker:
         x0 = resize_batch(images.to(self.device, dtype=self.dtype), self.image_size)
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        with torch.no_grad():
-            clean_logits = self.model(x0).to(self.dtype)
-        if not torch.isfinite(clean_logits).all():
-            raise UsageError("the network produces NaN or infinite outputs; its checkpoint is unusable")
-        candidates = min(self.candidates, clean_logits.shape[1])
-        # descending as foolbox orders them; stable, so that on tied logits the clean label is argmax's
-        classes = clean_logits.argsort(dim=1, descending=True, stable=True)[:, :candidates]
-        labels = classes[:, 0]
+        fused = self.first_order and self.candidates == 2 and not self.cuda_graphs
+        if not fused:
+            clean_logits, classes = self._clean(x0)
         with full_float32_convolutions():
-            if self.first_order:
+            if fused:
+                clean_logits, classes, distances, x_adv = self._fused_first_order(x0)
+            elif self.first_order:
                 distances, x_adv = self._first_order(x0, classes)
             else:
                 x_adv = self._deepfool(x0, classes)
                 distances = (x_adv - x0).flatten(1).norm(dim=1)
+            labels = classes[:, 0]
             with torch.no_grad():
-                success = self.model(x_adv).argmax(dim=1) != labels
-        return AttackResult(distances.cpu().numpy(), labels.cpu().numpy(), success.cpu().numpy(),
+                success = (self.model(x_adv).argmax(1) != labels).cpu().numpy() if self.check_success else None
+        return AttackResult(distances.cpu().numpy(), labels.cpu().numpy(), success,
                             clean_logits.softmax(dim=1).cpu().numpy(), logits=clean_logits.cpu().numpy())
+
+    def _clean(self, x0: torch.Tensor, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean logits (computed here unless given) and each input's top ``candidates`` classes, checked."""
+        if logits is None:
+            with torch.no_grad():
+                logits = self.model(x0).to(self.dtype)
+        if not torch.isfinite(logits).all():
+            raise UsageError("the network produces NaN or infinite outputs; its checkpoint is unusable")
+        candidates = min(self.candidates, logits.shape[1])
+        # descending as foolbox orders them; stable, so that on tied logits the clean label is argmax's
+        return logits, logits.argsort(dim=1, descending=True, stable=True)[:, :candidates]
 
     # -----------------------------------------------------------------------------------------
     # the attack
@@ -199,6 +211,28 @@ class Attacker:
         first step reaches (with overshoot, clipped), whose label says whether that step alone succeeds."""
         step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
         losses, grads, _ = step(x0, classes)
+        return self._first_step(x0, losses, grads)
+
+    def _fused_first_order(self, x0: torch.Tensor):
+        """``first-order:2`` in one forward and one backward pass: the forward pass whose graph gives the input
+        gradient of ``l_1 − l_0`` also gives the clean logits (unfused, the network first runs once more without a
+        graph); the same arithmetic as :meth:`_first_order` on the same logits, so the same distances."""
+        inputs = x0.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(inputs).to(self.dtype)
+            clean_logits, classes = self._clean(x0, logits.detach())
+            if classes.shape[1] < 2 or not logits.requires_grad:
+                return clean_logits, classes, *self._first_order(x0, classes)
+            rows = torch.arange(len(x0), device=x0.device)
+            difference = logits[rows, classes[:, 1]] - logits[rows, classes[:, 0]]
+            grads = torch.autograd.grad(difference.sum(), inputs)[0]
+        losses = torch.nan_to_num(difference.detach(), nan=0.0)[:, None]
+        grads = torch.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)[:, None]
+        return clean_logits, classes, *self._first_step(x0, losses, grads)
+
+    def _first_step(self, x0: torch.Tensor, losses: torch.Tensor, grads: torch.Tensor):
+        """The distance to the nearest linearised candidate boundary and the point DeepFool's first step reaches
+        (with overshoot, clipped), from the logit differences (n, K-1) and their input gradients."""
         grad_norms = grads.flatten(2).norm(dim=2)
         boundary = losses.abs() / (grad_norms + NORM_EPSILON)
         best = boundary.argmin(dim=1, keepdim=True)

@@ -105,8 +105,10 @@ class DeepFailGuardModule:
         self.name = name
         self.image_size = image_size or getattr(model, "metadata", {}).get("image_size")
         network = getattr(model, "model_structure", model)
+        # deployment needs the distances and labels, not whether the attack's last point flipped the label
         self.attacker = None if network is None else Attacker.from_settings(network, deepfool, device,
-                                                                            image_size=self.image_size)
+                                                                            image_size=self.image_size,
+                                                                            check_success=False)
 
     @classmethod
     def of_version(cls, model, info_root, model_root, dataset: str, model_name: str, bug: int,
