@@ -49,7 +49,11 @@ VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "di
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 #: what produced the tables: every method and score that ran, with its class, parameters and tie rule
 METHODS_JSON = "methods.json"
-RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV, METHODS_JSON)
+#: risk-controlled abstention: per set and score, the Learn-then-Test threshold and what it gives on test
+SELECTIVE_CSV = "selective.csv"
+RESULT_FILES = (RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV, SELECTIVE_CSV, METHODS_JSON)
+#: what the real-time evaluation adds beside them: the deployment policies' measured latency
+LATENCY_CSV = "latency.csv"
 #: what ``--configurations paper`` adds beside them
 PAPER_COMPARISON_CSV = "paper_comparison.csv"
 #: what ``main_validate_faults.py`` writes (and ``--bugs validated`` reads)

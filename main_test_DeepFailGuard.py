@@ -15,11 +15,17 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import sys
 
+import numpy as np
+import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 import caches
 import cli
+import costs
+import deployment
 import evaluation
 import grids
 import layout
@@ -31,6 +37,8 @@ import utils
 from concurrent_attacks import attack_concurrently
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
+from evaluation import selective
+from selection import unmet_needs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", nargs="+", type=cli.device_flag, default=None, metavar="DEVICE",
                         help="one device per version, in turn (e.g. cuda:0 cuda:1 cuda:2, or cpu cpu cpu): the "
                              "versions' attacks then run side by side (default: every version on --device)")
+    selective.add_flags(parser)
+    latency = parser.add_argument_group("deployment latency (latency.csv)")
+    latency.add_argument("--latency-inputs", type=cli.positive_int, default=64, metavar="N",
+                         help="test inputs the policies are timed on, per dataset (default 64)")
+    latency.add_argument("--latency-repeats", type=cli.non_negative_int, default=3, metavar="N",
+                         help="timed runs per policy, the median is kept (default 3; 0: no latency.csv)")
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "data", "model", "info", "output")
     parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
@@ -69,6 +83,7 @@ def evaluate(args, grid, device) -> int:
         module.posterior_rule = paper.posterior_rule(args.posterior)
         module.device_slot = index % len(devices) if args.devices else None
         data = datasets.get(dataset, bug, attack.max_inputs)
+        costs.ensure(roots.model, model, data, version_device, attack.deepfool.mode)
         loaded.append((dataset, model_name, bug, module, data,
                        ModelManager.loader_for(model, data, "test", attack.batch_size)))
     results = attack_concurrently([(module, loader) for *_, module, _, loader in loaded], progress=not args.quiet,
@@ -81,11 +96,54 @@ def evaluate(args, grid, device) -> int:
         records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
             dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
             result.logits, caches.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
-                                                          attack.deepfool.mode))
+                                                          attack.deepfool.mode),
+            costs.read(roots.model, model_name, dataset, bug), attack.deepfool.mode)
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, abstention=selective.from_args(args))
+    if args.latency_repeats:
+        rows = [row for entry in _healthy_sets(loaded, records_by_dataset)
+                for row in _time_set(args, *entry, truths_by_dataset)]
+        storage.atomic_write_table(layout.result_path(args.output, layout.LATENCY_CSV), pd.DataFrame(rows),
+                                   deployment.LATENCY_COLUMNS)
+        if rows:
+            print(f"latency (ms per input, {rows[0]['device']}): " + ", ".join(
+                f"{row['policy']} {row['ms_per_input']:.2f} ({row['ratio_to_voting']:.2f}x voting)" for row in rows))
     return 0
+
+
+def _healthy_sets(loaded, records_by_dataset):
+    """Per dataset, the set of every healthy version evaluated (two at least): the set the policies are timed on."""
+    for dataset, records in records_by_dataset.items():
+        members = evaluation.canonical([records[key] for key in records if key[1] == 0])
+        if len(members) >= 2:
+            modules = {(d, m, b): (module, data) for d, m, b, module, data, _ in loaded}
+            yield dataset, members, [modules[dataset, r.model, 0] for r in members]
+
+
+def _time_set(args, dataset, members, loaded_members, truths_by_dataset) -> list[dict]:
+    """Voting, full DeepFailGuard and its cascade run for real on the set's first test inputs."""
+    from selection import METHODS, SetContext, preference_by_validation_accuracy
+
+    data = loaded_members[0][1]
+    truth = truths_by_dataset[dataset][""]
+    context = SetContext(evaluation.dataset_classes({(r.model, r.bug): r for r in members}, {"": truth}), None,
+                         preference_by_validation_accuracy(members))
+    cascade = METHODS["cascade_dfg"]
+    unmet = unmet_needs(cascade.needs, members, context)
+    if unmet:
+        print(f"note: {dataset}: no latency.csv rows (the cascade needs {', '.join(unmet)})", file=sys.stderr)
+        return []
+    state = cascade.fit(members, context)
+    count = min(args.latency_inputs, len(truth))
+    evaluated = {"dfg": METHODS["dfg"].predict(METHODS["dfg"].fit(members, context), members, context)[:count],
+                 "cascade_dfg": cascade.predict(state, members, context)[:count]}
+    flops = np.array([member.flops(True) for member in members])
+    rows = deployment.time_policies([module for module, _ in loaded_members], flops, data.x_test[:count],
+                                    truth[:count], *state, context, context.num_classes, args.batch_size or 64,
+                                    args.latency_repeats, evaluated)
+    where = {"device": costs.device_name(loaded_members[0][0].attacker.device), "threads": torch.get_num_threads()}
+    return [dict(evaluation.set_columns(dataset, "healthy", members), **row, **where) for row in rows]
 
 
 if __name__ == "__main__":

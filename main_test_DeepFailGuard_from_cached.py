@@ -26,6 +26,7 @@ import evaluation
 import layout
 import paper
 import storage
+from evaluation import selective
 from settings import mode_flag
 from utils import UsageError
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_configuration_flags(parser)
     paper.add_posterior_flag(parser)
     cli.add_distance_flag(parser)
+    selective.add_flags(parser)
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "model", "info", "output")
     return parser
@@ -82,7 +84,7 @@ def evaluate(args, grid) -> int:
                                    progress=not args.quiet)
         return 0
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, abstention=selective.from_args(args))
     return 0
 
 

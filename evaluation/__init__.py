@@ -11,12 +11,14 @@ from evaluation.compute import (
     DEEPFAILGUARD,
     Evaluation,
     MethodLog,
+    dataset_classes,
     evaluate_datasets,
     evaluate_set,
     evaluate_sets,
     failure_prediction_rows,
     predict_set,
     region_of,
+    set_columns,
     version_sets,
 )
 from evaluation.records import (
@@ -28,15 +30,18 @@ from evaluation.records import (
     load_cached_versions,
 )
 from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
+from evaluation.selective import Abstention
 
-__all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Evaluation", "MethodLog", "VersionRecord", "canonical", "canonical_key",
-           "check_dataset", "evaluate_and_report", "evaluate_datasets", "evaluate_set", "evaluate_sets",
-           "failure_prediction_rows", "format_summary", "load_cached_record", "load_cached_versions", "predict_set",
-           "provenance", "region_of", "run_evaluation", "summarize", "version_sets", "write_evaluation"]
+__all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Abstention", "Evaluation", "MethodLog", "VersionRecord", "canonical",
+           "canonical_key", "check_dataset", "dataset_classes", "evaluate_and_report", "evaluate_datasets",
+           "evaluate_set", "evaluate_sets", "failure_prediction_rows", "format_summary", "load_cached_record",
+           "load_cached_versions", "predict_set", "provenance", "region_of", "run_evaluation", "set_columns",
+           "summarize", "version_sets", "write_evaluation"]
 
 
 def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                   output, sets_by_dataset: dict | None = None, progress: bool = False) -> pd.DataFrame:
+                   output, sets_by_dataset: dict | None = None, progress: bool = False,
+                   abstention: Abstention | None = None) -> pd.DataFrame:
     """Evaluate every dataset's version sets and write results, summary, failure prediction, ``methods.json``
     and figures; returns the summary.
 
@@ -45,14 +50,14 @@ def run_evaluation(records_by_dataset: dict, truths_by_dataset: dict, models: li
     so a failure leaves no partial CSV.
     """
     evaluation = evaluate_datasets(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, sets_by_dataset,
-                                   progress)
+                                   progress, abstention)
     return write_evaluation(evaluation, records_by_dataset, truths_by_dataset, output)
 
 
 def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                        output, progress: bool = False) -> None:
+                        output, progress: bool = False, abstention: Abstention | None = None) -> None:
     """:func:`run_evaluation`, then the summary table and where the files went, on stdout."""
     summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output,
-                             progress=progress)
+                             progress=progress, abstention=abstention)
     print(format_summary(summary))
     print(f"results in {output}/{', '.join(layout.RESULT_FILES)}")

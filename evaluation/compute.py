@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import FaultInjector
 from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
+from evaluation.selective import Abstention
 from metrics import (
     accuracy,
     augrc,
@@ -40,6 +41,8 @@ from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validati
 from utils import UsageError
 
 MAX_VERSIONS = 5
+#: the ``shift`` column of a clean test set
+NO_SHIFT = "none"
 #: the method every other one is also compared with, beside voting
 DEEPFAILGUARD = "dfg"
 
@@ -77,6 +80,13 @@ def predict_set(members: list[VersionRecord], context: SetContext,
                 log: MethodLog | None = None) -> dict[str, np.ndarray]:
     """Every registered method's labels for one set, fitted on the members' validation outputs only; a method
     whose needs a member (or the context) cannot meet is left out, and logged."""
+    return {name: labels for name, (labels, _) in run_set(members, context, log).items()}
+
+
+def run_set(members: list[VersionRecord], context: SetContext,
+            log: MethodLog | None = None) -> dict[str, tuple[np.ndarray, dict]]:
+    """Every registered method's labels for one set and what they cost (:func:`spending`), as
+    :func:`predict_set` runs them."""
     log = log if log is not None else MethodLog()
     predictions = {}
     for name, method in METHODS.items():
@@ -89,9 +99,30 @@ def predict_set(members: list[VersionRecord], context: SetContext,
             log.cannot.setdefault(name, reason)
             continue
         started = time.perf_counter()
-        predictions[name] = np.asarray(method.predict(method.fit(members, context), members, context))
+        state = method.fit(members, context)
+        labels = np.asarray(method.predict(state, members, context))
         log.seconds[name] = log.seconds.get(name, 0.0) + time.perf_counter() - started
+        predictions[name] = labels, spending(method, members, method.visits(state, members, context))
     return predictions
+
+
+def spending(method, members: list[VersionRecord], visits: np.ndarray | None) -> dict:
+    """What a method spent on a set: ``flops_per_input``, the mean FLOPs per input of the members it ran (their
+    attacks where it ``attacks``), and ``compute``, that as a fraction of running (and attacking) all of them,
+    1.0 for a method that always runs every member; NaN (an empty cell) where a member's costs are not recorded."""
+    per_member = np.array([member.flops(method.attacks) for member in members])
+    if visits is None:
+        return {"compute": 1.0, "flops_per_input": float(per_member.sum())}  # NaN where a cost is unknown
+    if np.isnan(per_member).any():
+        return {"compute": float("nan"), "flops_per_input": float("nan")}
+    spent = float((np.asarray(visits, dtype=bool) * per_member[:, None]).sum(axis=0).mean())
+    return {"compute": spent / float(per_member.sum()), "flops_per_input": spent}
+
+
+def set_columns(dataset: str, setting: str, members: list[VersionRecord]) -> dict:
+    """The columns that name a set in every table: dataset, N, members, their faults, the setting, the shift."""
+    return {"dataset": dataset, "n_versions": len(members), "models": "-".join(m.model for m in members),
+            "bug_ids": "-".join(str(m.bug) for m in members), "setting": setting, "shift": NO_SHIFT}
 
 
 def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth: np.ndarray,
@@ -100,14 +131,14 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
     (bootstrap intervals drawn on ``workers`` threads; they do not depend on it)."""
     labels = np.stack([m.labels for m in members])
     context = context or SetContext(int(max(labels.max(), truth.max())) + 1)
-    predictions = predict_set(members, context, log)
+    ran = run_set(members, context, log)
+    predictions = {name: predicted for name, (predicted, _) in ran.items()}
     voting_right = predictions["voting"] == truth
     dfg_right = predictions[DEEPFAILGUARD] == truth
     voting, dfg = accuracy(predictions["voting"], truth), accuracy(predictions[DEEPFAILGUARD], truth)
     upper = upper_limit(labels, truth)
     common = {
-        "dataset": dataset, "n_versions": len(members), "models": "-".join(m.model for m in members),
-        "bug_ids": "-".join(str(m.bug) for m in members), "setting": setting, "voting_accuracy": voting,
+        **set_columns(dataset, setting, members), "voting_accuracy": voting,
         "upper_limit": upper, "lower_limit": lower_limit(labels, truth),
         "version_accuracies": "-".join(f"{accuracy(m.labels, truth):.4f}" for m in members), "dfg_accuracy": dfg,
     }
@@ -123,7 +154,7 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
         low, high = intervals[index]
         row = dict(common, method=method, accuracy=method_accuracy, abs_improvement=absolute,
                    rel_improvement=relative, mcnemar_p=float(p_voting[index]), abs_improvement_low=low,
-                   abs_improvement_high=high, mcnemar_p_dfg=float(p_dfg[index]))
+                   abs_improvement_high=high, mcnemar_p_dfg=float(p_dfg[index]), **ran[method][1])
         for k, (share, right_share) in enumerate(error_breakdown_of(wrong_versions, right, len(members))):
             row[f"e{k}"], row[f"acc_e{k}"] = share, right_share
         rows.append(row)
@@ -131,13 +162,15 @@ def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth
 
 
 def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray],
-                  sets, progress: bool = False, log: MethodLog | None = None, keep_order: bool = False) -> list[dict]:
+                  sets, progress: bool = False, log: MethodLog | None = None, keep_order: bool = False,
+                  abstention: Abstention | None = None) -> list[dict]:
     """Rows for each ``(setting, ((model, bug), ...))`` whose versions are all available (the others are left
     out): members in canonical order and ties to the higher validation accuracy, or, with ``keep_order`` (the
     paper's published configurations), in the order given and ties to the first.
 
     What the methods may know of the dataset (its number of classes, the region of competence of each test
-    set) is computed once here; the methods a set cannot run are logged in ``log``."""
+    set) is computed once here; the methods a set cannot run are logged in ``log``; with ``abstention``, each
+    set's rows of ``selective.csv`` are gathered there."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -161,8 +194,10 @@ def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], t
             if test_set not in regions:
                 regions[test_set] = region_of(records, test_set)
             preference = None if keep_order else preference_by_validation_accuracy(chosen)
-            rows.extend(evaluate_set(dataset, setting, chosen, truths[test_set],
-                                     SetContext(num_classes, regions[test_set], preference), log, workers))
+            context = SetContext(num_classes, regions[test_set], preference)
+            rows.extend(evaluate_set(dataset, setting, chosen, truths[test_set], context, log, workers))
+            if abstention is not None:
+                abstention.add(set_columns(dataset, setting, chosen), chosen, truths[test_set], context)
     return rows
 
 
@@ -200,7 +235,7 @@ def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truth
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
-        row = {"dataset": record.dataset, "model": model, "bug_id": bug, "n_test": len(correct),
+        row = {"dataset": record.dataset, "shift": NO_SHIFT, "model": model, "bug_id": bug, "n_test": len(correct),
                "test_accuracy": float(correct.mean()), "val_acc": record.val_acc}
         available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])]
         for metric, function in (("auroc", auroc), ("aurc", aurc), ("eaurc", eaurc), ("augrc", augrc)):
@@ -222,6 +257,8 @@ class Evaluation:
     rows: list[dict]
     failure_rows: list[dict]
     skipped: dict[str, str]
+    #: the rows of ``selective.csv``
+    selective_rows: list[dict] = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:
@@ -234,14 +271,17 @@ class Evaluation:
 
 
 def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models: list[str], bugs_by_dataset: dict,
-                      sets_by_dataset: dict | None = None, progress: bool = False) -> Evaluation:
+                      sets_by_dataset: dict | None = None, progress: bool = False,
+                      abstention: Abstention | None = None) -> Evaluation:
     """Every dataset's rows, nothing written: the grid of ``models`` × ``bugs_by_dataset``, or the explicit
     ``(setting, members)`` of ``sets_by_dataset`` (the paper's configurations, in their order).
 
     A dataset that cannot be evaluated (fewer than two versions, no complete set) is skipped with a note
-    on stderr (a partial release); only when no dataset can be evaluated is it an error.
+    on stderr (a partial release); only when no dataset can be evaluated is it an error. Abstention's
+    thresholds are certified at ``abstention``'s levels (default ``--alpha 0.05 --delta 0.1``).
     """
     rows, failure_rows, skipped = [], [], {}
+    abstention = abstention or Abstention()
     for dataset, records in records_by_dataset.items():
         if len(records) < 2:
             skipped[dataset] = (f"{dataset}: {len(records)} version(s) available; DeepFailGuard needs at least two "
@@ -253,7 +293,8 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
             sets, keep_order = sets_by_dataset.get(dataset, []), True
         else:
             sets, keep_order = version_sets(models, bugs_by_dataset[dataset]), False
-        dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets, progress, log, keep_order)
+        dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets, progress, log, keep_order,
+                                     abstention)
         if not dataset_rows:
             skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
             continue
@@ -270,7 +311,7 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
         raise UsageError(reasons[0] + more)
     for reason in skipped.values():
         print(f"note: skipped {reason}", file=sys.stderr)
-    return Evaluation(rows, failure_rows, skipped)
+    return Evaluation(rows, failure_rows, skipped, abstention.rows)
 
 
 def unmet_note(dataset: str, unmet: dict[str, set]) -> str:

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 
 import caches
+import costs
 import layout
 import manifests
 from caches import VALIDATION_REMEDY, CachedAnswers
@@ -39,6 +40,9 @@ class VersionRecord:
     logits: np.ndarray | None = None
     #: what the version answered on validation, with the validation truth (None: not kept, as in the paper's release)
     validation: CachedAnswers | None = None
+    #: what running it costs (``costs.py``; None: not recorded, as for the paper's release) and its distance mode
+    costs: dict | None = None
+    mode: str = DEEPFOOL.mode
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
@@ -61,6 +65,11 @@ class VersionRecord:
     @property
     def val_acc(self) -> float:
         return self.module.val_acc
+
+    def flops(self, attacked: bool) -> float:
+        """FLOPs per input of running this version: its attack in its distance mode (which includes the forward
+        pass) when ``attacked``, else the forward pass alone; NaN where its costs are not recorded."""
+        return costs.member_flops(self.costs, self.mode if attacked else None)
 
     def has(self, need: str) -> bool:
         """Whether this version has an output a score or method needs (``selection.NEEDS``)."""
@@ -114,7 +123,8 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
     module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool)
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
-                         caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode))
+                         caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode),
+                         costs.read(model_root, model, dataset, bug), deepfool.mode)
 
 
 def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL

@@ -6,16 +6,19 @@ from __future__ import annotations
 import pandas as pd
 
 import layout
-from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, Evaluation
+from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, NO_SHIFT, Evaluation
 from evaluation.records import canonical_key
+from evaluation.selective import COLUMNS as SELECTIVE_COLUMNS
 from metrics import mean_interval, sign_test
 from selection import METHODS, SCORES, describe
 from storage import atomic_write_json, atomic_write_table
 
-RESULT_COLUMNS = (["dataset", "n_versions", "models", "bug_ids", "setting", "method", "accuracy", "voting_accuracy",
+RESULT_COLUMNS = (["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "method", "accuracy",
+                   "voting_accuracy",
                    "upper_limit", "lower_limit", "abs_improvement", "rel_improvement", "version_accuracies"]
                   + [f"e{k}" for k in range(MAX_VERSIONS + 1)] + [f"acc_e{k}" for k in range(MAX_VERSIONS + 1)]
-                  + ["mcnemar_p", "abs_improvement_low", "abs_improvement_high", "dfg_accuracy", "mcnemar_p_dfg"])
+                  + ["mcnemar_p", "abs_improvement_low", "abs_improvement_high", "dfg_accuracy", "mcnemar_p_dfg",
+                     "compute", "flops_per_input"])
 #: a configuration's difference from voting (or DeepFailGuard) counts as significant below this McNemar p-value
 SIGNIFICANCE = 0.05
 
@@ -30,6 +33,9 @@ def summarize(rows) -> pd.DataFrame:
     DeepFailGuard carry the suffix ``_dfg`` (``wins_over_dfg``, ``significant_wins_over_dfg``, ``sign_test_p_dfg``).
     """
     table = pd.DataFrame(rows)
+    for column, default in (("shift", NO_SHIFT), ("compute", float("nan")), ("flops_per_input", float("nan"))):
+        if column not in table:  # rows made by hand, or before these columns
+            table[column] = default
     comparisons = [("voting", "voting_accuracy", "mcnemar_p", "", "")]
     if "dfg_accuracy" in table:
         comparisons.append(("dfg", "dfg_accuracy", "mcnemar_p_dfg", "_over_dfg", "_to_dfg"))
@@ -43,11 +49,12 @@ def summarize(rows) -> pd.DataFrame:
             counts.update({f"significant_wins{over}": significant & wins,
                            f"significant_losses{to}": significant & losses})
     table = table.assign(**counts)
-    groups = table.groupby(["dataset", "n_versions", "method"], sort=False)
+    groups = table.groupby(["dataset", "shift", "n_versions", "method"], sort=False)
     summary = groups.agg(
         configurations=("accuracy", "size"), accuracy=("accuracy", "mean"),
         voting_accuracy=("voting_accuracy", "mean"), upper_limit=("upper_limit", "mean"),
-        abs_improvement=("abs_improvement", "mean"), **{name: (name, "sum") for name in counts}).reset_index()
+        abs_improvement=("abs_improvement", "mean"), compute=("compute", "mean"),
+        flops_per_input=("flops_per_input", "mean"), **{name: (name, "sum") for name in counts}).reset_index()
     intervals = pd.DataFrame([_group_intervals(group) for _, group in groups])  # the order of agg's groups
     summary = pd.concat([summary, intervals], axis=1)
     for baseline, suffix in (("voting", ""), ("dfg", "_dfg")):
@@ -55,7 +62,7 @@ def summarize(rows) -> pd.DataFrame:
             summary[f"sign_test_p{suffix}"] = [sign_test(w, lo) for w, lo in zip(summary[f"wins_over_{baseline}"],
                                                                                   summary[f"losses_to_{baseline}"])]
     order = summary["method"].map(lambda method: list(METHODS).index(method) if method in METHODS else len(METHODS))
-    return summary.assign(_order=order).sort_values(["dataset", "n_versions", "_order"], kind="stable") \
+    return summary.assign(_order=order).sort_values(["dataset", "shift", "n_versions", "_order"], kind="stable") \
         .drop(columns="_order").reset_index(drop=True)
 
 
@@ -82,6 +89,8 @@ def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by
     atomic_write_table(layout.result_path(output, layout.RESULTS_CSV), pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
     atomic_write_table(layout.result_path(output, layout.SUMMARY_CSV), summary)
     atomic_write_table(layout.result_path(output, layout.FAILURE_PREDICTION_CSV), pd.DataFrame(evaluation.failure_rows))
+    atomic_write_table(layout.result_path(output, layout.SELECTIVE_CSV), pd.DataFrame(evaluation.selective_rows),
+                       SELECTIVE_COLUMNS)
     atomic_write_json(layout.result_path(output, layout.METHODS_JSON), provenance(evaluation))
     for dataset, records in records_by_dataset.items():
         if dataset in evaluation.skipped:

@@ -16,7 +16,8 @@ The contract, for both:
   an annotation are not: ``name`` (the default registered name), ``needs`` (keys of :data:`NEEDS`: what it
   reads beyond labels, distances and failure models), ``ties`` (its tie rule in words) and, for scores,
   ``probability`` (it estimates P(correct): calibration is reported) and ``selects`` (False: a failure
-  predictor only).
+  predictor only), and ``attacks`` (True: it needs each member's distance, so a member costs the distance
+  mode's attack, not only its forward pass; the results' ``compute`` and ``flops_per_input`` read it).
 - *Registration takes a name and optional field values*: ``@register_method`` enters the class under its
   ``name`` with its defaults; ``register_method(KnoraEliminate, name="knora_e15", k=15)`` enters it again under
   another name with other values. The registries hold the configured instances; :func:`describe` is what the
@@ -26,6 +27,9 @@ The contract, for both:
   ``SetContext.preference`` puts first: the higher validation accuracy, then the canonical order (the
   evaluation's rule; the paper's published configurations keep their own order, first listed first, so that
   the paper's figures are reproduced). Ties between *classes* (a vote) go to the smallest class index.
+- *What a method runs*: by default every member on every input (``compute`` 1.0). A method that stops early
+  (a cascade) says per input which members it ran (:meth:`Method.visits`), and the evaluation prices that with
+  the members' costs (``costs.py``, in their metadata).
 - *Per-version work goes through* ``version.fitted(key, fit)``, keyed by the registered name, so that the sets
   a version joins share it.
 
@@ -49,6 +53,8 @@ NEEDS = {
     "probabilities": ("test softmax probabilities", "main_cache_test_distances.py"),
     "logits": ("test logits", "main_cache_test_distances.py"),
     "validation": ("validation outputs", "main_train_DeepFailGuard.py"),
+    "costs": ("the versions' costs (FLOPs per input, in their metadata)",
+              "main_train_model.py, or main_train_DeepFailGuard.py / main_cache_test_distances.py for older versions"),
     "region": ("the healthy versions' validation and test softmax (the region of competence)",
                "main_train_DeepFailGuard.py and main_cache_test_distances.py for the healthy versions"),
 }
@@ -70,6 +76,8 @@ class Plugin:
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
     ties: ClassVar[str] = ""
+    #: each member it runs is also attacked (its distance is read)
+    attacks: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,6 +105,15 @@ class Score(Plugin):
         """One score per input of ``answers`` (a ``caches.CachedAnswers``), given what :meth:`fit` returned."""
         raise NotImplementedError
 
+    def validation_scores(self, state, version) -> np.ndarray:
+        """The score of each of the version's validation inputs from a fit that did not see that input: what
+        thresholds are calibrated on (cascades, abstention). A score that learns nothing from validation (no
+        :meth:`fit`) is computed on it as it is; one that does is cross-fitted (:func:`cross_fitted`). A score
+        that learns from validation elsewhere (DeepFailGuard's KDEs) overrides this."""
+        if type(self).fit is Score.fit:
+            return self.compute(state, version.validation, version)
+        return cross_fitted(self, version)
+
 
 class Method(Plugin):
     """A per-input selection method over a set of versions. Subclasses set ``name``, ``needs`` and ``ties`` and
@@ -114,6 +131,43 @@ class Method(Plugin):
     def predict(self, state, members, context: "SetContext") -> np.ndarray:
         """One label per test input."""
         raise NotImplementedError
+
+    def visits(self, state, members, context: "SetContext") -> np.ndarray | None:
+        """Which members the method runs (members × inputs, bool) to answer each test input; None: all of them."""
+        return None
+
+
+#: folds of cross-fitted validation scores
+CROSS_FIT_FOLDS = 5
+
+
+def validation_folds(version, folds: int = CROSS_FIT_FOLDS):
+    """(fitted on, scored) index pairs over the version's validation inputs: stratified by whether the version was
+    right where each group has enough inputs, plain otherwise; seeded, so every run splits alike."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    correct = version.validation.correct
+    if len(correct) < 2:
+        return []  # nothing to hold out from: every cross-fitted score stays NaN
+    stratified = min(int(correct.sum()), int((~correct).sum())) >= folds
+    splitter = (StratifiedKFold if stratified else KFold)(min(folds, len(correct)), shuffle=True, random_state=0)
+    return list(splitter.split(np.zeros(len(correct)), correct))
+
+
+def cross_fitted(score: Score, version) -> np.ndarray:
+    """Each validation input's score from :meth:`Score.fit` on the other folds' validation outputs."""
+    from dataclasses import fields, replace
+
+    def part(index):
+        answers = version.validation
+        return replace(answers, **{f.name: None if getattr(answers, f.name) is None else getattr(answers, f.name)[index]
+                                   for f in fields(answers)})
+
+    scores = np.full(len(version.validation.labels), np.nan)
+    for fitted_on, scored in validation_folds(version):
+        held_back = replace(version, validation=part(fitted_on))
+        scores[scored] = score.compute(score.fit(held_back), part(scored), held_back)
+    return scores
 
 
 @dataclass
@@ -157,6 +211,10 @@ class SelectBy(Method):
     @property
     def needs(self) -> tuple[str, ...]:
         return SCORES[self.score].needs
+
+    @property
+    def attacks(self) -> bool:
+        return SCORES[self.score].attacks
 
     def predict(self, state, members, context) -> np.ndarray:
         return answer_of(context.first_preferred_max(np.stack([member.score(self.score) for member in members])),
@@ -208,7 +266,7 @@ def describe(entry: Plugin) -> dict:
 
     described = {"class": f"{type(entry).__module__}.{type(entry).__qualname__}",
                  "parameters": {key: plain(value) for key, value in entry.parameters().items()},
-                 "needs": list(entry.needs)}
+                 "needs": list(entry.needs), "attacks": bool(entry.attacks)}
     if isinstance(entry, Method):
         described["ties"] = entry.ties
     return described

@@ -7,7 +7,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from selection.base import Score, register_score
+from selection.base import Score, register_score, validation_folds
+
+
+def cross_fitted_assessment(version):
+    """The failure model's scores of the version's validation inputs, each from KDEs fitted (as the fit step
+    fits them) on the other folds' distances (``selection.base.validation_folds``): the fitted KDEs have seen
+    every validation distance, and score their own points as far more certain than new ones. The prior stays
+    the validation accuracy."""
+    import copy
+
+    from DeepFailGuard import Assessment
+    from kde import GaussianKDE
+
+    def fit() -> Assessment:
+        distances = np.asarray(version.validation.distances, dtype=np.float64)
+        correct = version.validation.correct
+        confidence, margin = np.full(len(distances), np.nan), np.full(len(distances), np.nan)
+        for train, held in validation_folds(version):
+            module = copy.copy(version.module)
+            spread = float(np.std(distances[train], ddof=1)) if len(train) > 1 else None
+            module.correct_kde = GaussianKDE.fit(distances[train][correct[train]], fallback_scale=spread)
+            module.wrong_kde = GaussianKDE.fit(distances[train][~correct[train]], fallback_scale=spread)
+            assessment = module.assess(distances[held])
+            confidence[held], margin[held] = assessment.confidence, assessment.margin
+        return Assessment(confidence, margin)
+
+    return version.fitted("cross-fitted assessment", lambda _: fit())
 
 
 @register_score
@@ -15,10 +41,14 @@ class PCorrect(Score):
     """DeepFailGuard: P(correct | d) from the version's two KDEs and its validation accuracy."""
 
     name = "dfg"
+    attacks = True
     probability = True
 
     def compute(self, state, answers, version):
         return version.assess(answers).confidence
+
+    def validation_scores(self, state, version):
+        return cross_fitted_assessment(version).confidence
 
 
 @register_score
@@ -26,9 +56,13 @@ class DensityMargin(Score):
     """The paper's "distance only" ablation: f_c(d) − f_w(d), no prior."""
 
     name = "distance_only"
+    attacks = True
 
     def compute(self, state, answers, version):
         return version.assess(answers).margin
+
+    def validation_scores(self, state, version):
+        return cross_fitted_assessment(version).margin
 
 
 @register_score
@@ -36,6 +70,7 @@ class Distance(Score):
     """The raw DeepFool distance: the farther from its decision boundary, the more likely right."""
 
     name = "distance"
+    attacks = True
 
     def compute(self, state, answers, version):
         return np.asarray(answers.distances, dtype=np.float64)
@@ -75,6 +110,7 @@ class DeepFailGuardPlus(Score):
     """
 
     name = "dfg_plus"
+    attacks = True
     needs = ("probabilities", "validation")
     probability = True
     #: the candidate models, simplest first (of :data:`FORMS`)

@@ -183,7 +183,7 @@ def reference_row(method, predictions, models, bugs, setting="one") -> dict:
     upper = sum(any(r) for r in right) / n_inputs
     method_accuracy = sum(predictions[i] == TRUTH[i] for i in range(n_inputs)) / n_inputs
     row = {"dataset": "DIGITS", "n_versions": n_versions, "models": "-".join(models),
-           "bug_ids": "-".join(map(str, bugs)), "setting": setting, "method": method,
+           "bug_ids": "-".join(map(str, bugs)), "setting": setting, "shift": "none", "method": method,
            "accuracy": method_accuracy, "voting_accuracy": voting, "upper_limit": upper,
            "lower_limit": sum(all(r) for r in right) / n_inputs,
            "abs_improvement": method_accuracy - voting,
@@ -239,7 +239,9 @@ def test_evaluate_set_hand_built_rows(hand_built):
         ("dfg", dfg), ("distance_only", distance_only), ("val_acc_only", val_acc_only), ("voting", voting),
         ("soft_voting", soft_voting), ("max_softmax", max_softmax))]
     significance = ("mcnemar_p", "abs_improvement_low", "abs_improvement_high", "dfg_accuracy", "mcnemar_p_dfg")
-    assert [{k: v for k, v in row.items() if k not in significance} for row in rows] == expected
+    costs = ("compute", "flops_per_input")  # hand-built versions have no recorded costs
+    assert [{k: v for k, v in row.items() if k not in significance + costs} for row in rows] == expected
+    assert all(row["compute"] == 1.0 and np.isnan(row["flops_per_input"]) for row in rows)
     assert all(row["dfg_accuracy"] == 0.625 for row in rows)
     assert [row["mcnemar_p_dfg"] for row in rows][0] == 1.0  # DeepFailGuard against itself
     # significance by hand: dfg is right where voting is wrong on inputs 3 and 4 (truth 3, 3), wrong where
@@ -745,7 +747,7 @@ def test_the_order_flags_are_typed_in_changes_no_byte(pipeline, tmp_path, capsys
         outputs.append(tmp_path / f"out{len(outputs)}")
         result = run_in_process(capsys, "evaluate", *pipeline.argv("evaluate", "--output", outputs[-1], grid=grid))
         assert result.returncode == 0, result.stderr
-    for name in ("results.csv", "summary.csv", "failure_prediction.csv", "methods.json"):
+    for name in ("results.csv", "summary.csv", "failure_prediction.csv", "selective.csv", "methods.json"):
         assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
     assert (outputs[0] / "results.csv").read_bytes() == (pipeline.out / "results.csv").read_bytes()
 
@@ -757,7 +759,10 @@ def test_methods_json_records_every_method_and_score_that_ran(pipeline):
     results = read_csv(pipeline.out / "results.csv")
     assert list(recorded["methods"]) == sorted({row["method"] for row in results})
     assert recorded["methods"]["knora_e"] == {"class": "selection.dynamic.KnoraEliminate", "parameters": {"k": 7},
-                                              "needs": ["validation", "region"], "ties": "the smallest class index"}
+                                              "needs": ["validation", "region"], "ties": "the smallest class index",
+                                              "attacks": False}
+    assert recorded["methods"]["dfg"]["attacks"] and recorded["methods"]["cascade_dfg"]["attacks"]
+    assert recorded["methods"]["cascade_dfg"]["parameters"] == {"score": "dfg", "tolerance": 0.005, "thresholds": 200}
     assert recorded["methods"]["stacking"]["parameters"] == {"max_inputs": 3000, "solver": "newton-cg", "C": 1.0}
     assert recorded["methods"]["dfg"]["parameters"] == {"score": "dfg"} and "validation accuracy" in \
         recorded["methods"]["dfg"]["ties"]

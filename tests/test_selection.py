@@ -4,6 +4,7 @@ REL-U's D by its definition, the tie-averaged risk-coverage curve by enumerating
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -59,8 +60,14 @@ def versions(tmp_path):
             GaussianKDE.fit(validation.distances[~validation.correct]).save(paths[1])
             module = DeepFailGuardModule(None, *paths, float(validation.correct.mean()), name=f"{model}{bug}")
             records[model, bug] = evaluation.VersionRecord("TOY", model, bug, test.labels, test.distances, module, "",
-                                                          test.probabilities, test.logits, validation)
+                                                          test.probabilities, test.logits, validation,
+                                                          toy_costs(MODELS.index(model)))
     return records, test_truth
+
+
+def toy_costs(rank: int) -> dict:
+    """A costs record (``costs.py``) for the rank-th architecture: the later, the dearer."""
+    return {"forward_flops": (rank + 1) * 10**6, "distance_flops": {"deepfool": (rank + 1) * 5 * 10**7}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +389,8 @@ def test_no_test_truth_reaches_any_fit(versions, tmp_path):
 
     def run(test_truth):
         fresh = {key: evaluation.VersionRecord(r.dataset, r.model, r.bug, r.labels, r.distances, r.module, r.test_set,
-                                              r.probabilities, r.logits, r.validation) for key, r in records.items()}
+                                              r.probabilities, r.logits, r.validation, r.costs)
+                 for key, r in records.items()}
         members = [fresh[key] for key in members_keys]
         context = SetContext(CLASSES, evaluation.region_of(fresh, ""))
         states = {name: method.fit(members, context) for name, method in METHODS.items()}
@@ -419,6 +427,8 @@ def assert_same_state(a, b):
             assert_same_state(x, y)
     elif isinstance(a, np.ndarray):
         np.testing.assert_array_equal(a, b)
+    elif dataclasses.is_dataclass(a):  # the cross-fitted assessment of a version's validation inputs
+        assert_same_state(dataclasses.astuple(a), dataclasses.astuple(b))
     else:
         assert a == b
 

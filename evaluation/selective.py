@@ -1,0 +1,148 @@
+"""Risk-controlled abstention: answer only where the system is confident enough, with a threshold chosen on
+validation by Learn-then-Test (Angelopoulos et al., 2021) so that the selective risk (the error rate among the
+inputs answered) is at most ``alpha`` with probability at least ``1 − delta``.
+
+For each set of versions and each selecting score, the system answers as selecting by that score does (the
+member with the highest score) and its confidence is that highest score. Candidate thresholds are tested from
+the strictest down (fixed-sequence testing): the null hypothesis "the selective risk at this threshold exceeds
+``alpha``" is rejected when the binomial tail ``P(X <= errors | answered, alpha)`` of the answered validation
+inputs is at most ``delta`` (exact, SciPy's ``binom``); the first threshold not rejected stops the sequence, and
+the last rejected one is certified. None rejected: no threshold is certified, and the row says so (coverage 0).
+The sequence starts at the strictest threshold that answers enough inputs to be certified at all
+(:func:`least_answered`: 45 at the defaults); stricter ones could never be, and would stop it at once.
+
+The validation scores are those of a fit that did not see the input (``Score.validation_scores``: DeepFailGuard's
+KDEs cross-fitted): the guarantee needs calibration data the score was not fitted on. The candidate grid is made
+of quantiles of the validation confidences (never of their correctness): fixed-sequence testing strictly wants
+a grid fixed in advance, and this common relaxation is named here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from selection import SCORES, unmet_needs
+
+#: the defaults of ``--alpha`` and ``--delta``
+ALPHA, DELTA = 0.05, 0.1
+#: candidate thresholds at most
+GRID = 1000
+COLUMNS = ["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "score", "alpha", "delta", "certified",
+           "threshold", "coverage", "selective_risk", "risk_held", "validation_coverage", "validation_risk"]
+
+
+@dataclass
+class Abstention:
+    """The levels asked for (``--alpha``, ``--delta``) and the rows of ``selective.csv`` gathered set by set."""
+
+    alpha: float = ALPHA
+    delta: float = DELTA
+    rows: list = field(default_factory=list)
+
+    def add(self, common: dict, members, truth: np.ndarray, context) -> None:
+        self.rows.extend(selective_rows(common, members, truth, context, self.alpha, self.delta))
+
+
+def ltt_threshold(confidence: np.ndarray, wrong: np.ndarray, alpha: float, delta: float,
+                  grid: int = GRID) -> float | None:
+    """The lowest threshold certified by fixed-sequence testing (answer where ``confidence >= threshold``), or
+    None where even the strictest candidate is not."""
+    from scipy.stats import binom
+
+    confidence, wrong = np.asarray(confidence, dtype=np.float64), np.asarray(wrong, dtype=bool)
+    kept = np.isfinite(confidence)  # NaN: validation too small to cross-fit the score
+    confidence, wrong = confidence[kept], wrong[kept]
+    fewest = least_answered(alpha, delta)
+    if len(confidence) < fewest:
+        return None
+    order = np.argsort(-confidence, kind="stable")
+    sorted_confidence, sorted_errors = confidence[order], np.cumsum(wrong[order])
+    # thresholds answering fewer than `fewest` inputs could not be certified even without an error: the sequence
+    # starts at the first that can (a count of confidences, not of their correctness)
+    loosest_start = sorted_confidence[fewest - 1]
+    pool = confidence[confidence <= loosest_start]
+    candidates = np.unique(np.quantile(pool, np.linspace(0.0, 1.0, grid)))[::-1]
+    certified = None
+    for threshold in candidates:
+        answered = int(np.searchsorted(-sorted_confidence, -threshold, side="right"))
+        errors = int(sorted_errors[answered - 1]) if answered else 0
+        if answered == 0 or binom.cdf(errors, answered, alpha) > delta:
+            break
+        certified = float(threshold)
+    return certified
+
+
+def least_answered(alpha: float, delta: float) -> int:
+    """The fewest answered inputs that can certify risk ``alpha`` at level ``delta``: with no error among them,
+    the binomial tail ``(1 − alpha)^n`` must reach ``delta``."""
+    return max(1, int(np.ceil(np.log(delta) / np.log1p(-alpha))))
+
+
+def system_confidence(scores: np.ndarray, labels: np.ndarray, context) -> tuple[np.ndarray, np.ndarray]:
+    """Per input, the answer of the member with the highest score (the preferred one on ties) and that score."""
+    chosen = context.first_preferred_max(scores)
+    return (np.take_along_axis(labels, chosen[None, :], axis=0)[0],
+            np.take_along_axis(scores, chosen[None, :], axis=0)[0])
+
+
+def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: float = ALPHA,
+                   delta: float = DELTA) -> list[dict]:
+    """One row per selecting score the members can all compute (and that has validation outputs): the certified
+    threshold and what it gives on test. ``common`` holds the set's identifying columns."""
+    from selection.cascade import validation_scores
+
+    if any(member.validation is None for member in members):
+        return []
+    rows = []
+    validation_truth = members[0].validation.truth
+    validation_labels = np.stack([member.validation.labels for member in members])
+    test_labels = np.stack([member.labels for member in members])
+    for name, score in SCORES.items():
+        if not score.selects or unmet_needs(score.needs, members, context):
+            continue
+        answer, confidence = system_confidence(np.stack([validation_scores(name, m) for m in members]),
+                                               validation_labels, context)
+        threshold = ltt_threshold(confidence, answer != validation_truth, alpha, delta)
+        test_answer, test_confidence = system_confidence(np.stack([m.score(name) for m in members]), test_labels,
+                                                         context)
+        row = dict(common, score=name, alpha=alpha, delta=delta, certified=threshold is not None,
+                   threshold=threshold, coverage=0.0, selective_risk=None, risk_held=True,
+                   validation_coverage=0.0, validation_risk=None)
+        if threshold is not None:
+            answered, validation_answered = test_confidence >= threshold, confidence >= threshold
+            risk = float((test_answer[answered] != truth[answered]).mean()) if answered.any() else None
+            row.update(coverage=float(answered.mean()), selective_risk=risk, risk_held=risk is None or risk <= alpha,
+                       validation_coverage=float(validation_answered.mean()),
+                       validation_risk=float((answer != validation_truth)[validation_answered].mean()))
+        rows.append(row)
+    return rows
+
+
+def add_flags(parser) -> None:
+    """``--alpha`` and ``--delta`` on an evaluation script."""
+    group = parser.add_argument_group("risk-controlled abstention (selective.csv)")
+    group.add_argument("--alpha", type=_level("--alpha"), default=ALPHA,
+                       help=f"the selective risk to certify, a probability in (0, 1) (default {ALPHA})")
+    group.add_argument("--delta", type=_level("--delta"), default=DELTA,
+                       help=f"the probability the certificate may fail, in (0, 1) (default {DELTA})")
+
+
+def _level(flag: str):
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a probability strictly between 0 and 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def from_args(args) -> Abstention:
+    return Abstention(args.alpha, args.delta)
