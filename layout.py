@@ -100,6 +100,11 @@ def methods_figure_path(output, dataset_name: str) -> Path:
     return figure_path(output, f"methods_{dataset_name.upper()}.png")
 
 
+def compute_figure_path(output, dataset_name: str) -> Path:
+    """Accuracy against FLOPs per input of every method (cascades among them)."""
+    return figure_path(output, f"compute_{dataset_name.upper()}.png")
+
+
 def reliability_figure_path(output, dataset_name: str) -> Path:
     return figure_path(output, f"reliability_{dataset_name.upper()}.png")
 

@@ -84,6 +84,33 @@ def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> N
     plt.close(figure)
 
 
+def save_accuracy_compute(summary_rows: list[dict], path, title: str = "") -> None:
+    """Mean accuracy against mean FLOPs per input (log scale), one panel per number of versions N, one point per
+    method: what each answer costs. Cascades stand out (open markers), DeepFailGuard and voting as elsewhere."""
+    sizes = sorted({r["n_versions"] for r in summary_rows})
+    figure, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes) + 1.5, 3.6), squeeze=False, sharey=True)
+    for axis, size in zip(axes.flat, sizes):
+        for row in (r for r in summary_rows
+                    if r["n_versions"] == size and np.isfinite(r.get("flops_per_input", np.nan))):
+            method = row["method"]
+            style = ({"marker": "o", "color": "black", "s": 40} if method == "dfg" else
+                     {"marker": "s", "color": "tab:red", "s": 30} if method == "voting" else
+                     {"marker": "D", "facecolors": "none", "edgecolors": "tab:blue", "s": 30}
+                     if method.startswith("cascade") else {"marker": ".", "color": "grey", "s": 20})
+            axis.scatter(row["flops_per_input"], row["accuracy"], **style)
+            if method in ("dfg", "voting") or method.startswith("cascade"):
+                axis.annotate(method, (row["flops_per_input"], row["accuracy"]), fontsize=6, xytext=(3, 2),
+                              textcoords="offset points")
+        axis.set_xscale("log")
+        axis.set_title(f"N={size}", fontsize=9)
+        axis.set_xlabel("FLOPs per input")
+    axes.flat[0].set_ylabel("mean accuracy over version sets")
+    figure.suptitle(title)
+    figure.tight_layout()
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+
+
 def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str,
                              bins: int = 15) -> None:
     """Accuracy against mean P(correct) per confidence bin for each version (``curves``: label → (confidence,

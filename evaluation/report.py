@@ -83,7 +83,7 @@ def provenance(evaluation: Evaluation) -> dict:
 def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by_dataset: dict, output) -> pd.DataFrame:
     """Results, summary, failure prediction, ``methods.json`` and figures of an :class:`Evaluation`; returns the
     summary."""
-    from plotting import save_method_comparison, save_reliability_diagram
+    from plotting import save_accuracy_compute, save_method_comparison, save_reliability_diagram
 
     summary = summarize(evaluation.rows)
     atomic_write_table(layout.result_path(output, layout.RESULTS_CSV), pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
@@ -97,6 +97,10 @@ def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by
             continue
         save_method_comparison(summary[summary["dataset"] == dataset].to_dict("records"),
                                layout.methods_figure_path(output, dataset), title=dataset)
+        if summary.loc[summary["dataset"] == dataset, "flops_per_input"].notna().any():
+            save_accuracy_compute(summary[summary["dataset"] == dataset].to_dict("records"),
+                                  layout.compute_figure_path(output, dataset),
+                                  title=f"{dataset}: accuracy against what an answer costs")
         truths = truths_by_dataset[dataset]
         curves = {f"{model} bug {bug}": (record.probability_score(DEEPFAILGUARD),
                                          record.labels == truths[record.test_set])

@@ -64,14 +64,12 @@ def ltt_threshold(confidence: np.ndarray, wrong: np.ndarray, alpha: float, delta
     loosest_start = sorted_confidence[fewest - 1]
     pool = confidence[confidence <= loosest_start]
     candidates = np.unique(np.quantile(pool, np.linspace(0.0, 1.0, grid)))[::-1]
-    certified = None
-    for threshold in candidates:
-        answered = int(np.searchsorted(-sorted_confidence, -threshold, side="right"))
-        errors = int(sorted_errors[answered - 1]) if answered else 0
-        if answered == 0 or binom.cdf(errors, answered, alpha) > delta:
-            break
-        certified = float(threshold)
-    return certified
+    answered = np.searchsorted(-sorted_confidence, -candidates, side="right")  # every candidate at once
+    errors = sorted_errors[np.maximum(answered, 1) - 1]
+    rejected = binom.cdf(errors, answered, alpha) <= delta
+    failed = np.flatnonzero(~rejected)
+    last = (failed[0] if len(failed) else len(candidates)) - 1  # the sequence stops at its first failure
+    return float(candidates[last]) if last >= 0 else None
 
 
 def least_answered(alpha: float, delta: float) -> int:

@@ -29,17 +29,17 @@ from settings import distance_mode
 
 
 def test_flops_of_a_linear_network_are_its_closed_form():
-    """One linear layer d -> k: the forward pass is 2dk FLOPs per input; first-order:2 is that forward pass (with
-    its graph), the input gradient (2dk) and the forward pass at the stepped point that flags success (2dk)."""
+    """One linear layer d -> k: the forward pass is 2dk FLOPs per input; first-order:2, as deployed, is that
+    forward pass (with its graph) and the input gradient (2dk): no pass at the stepped point."""
     torch.manual_seed(0)
     d, k = 2 * 6 * 6, 4
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, k)).eval()
     record = costs.measure(network, torch.rand(8, 2, 6, 6), "cpu", modes=("first-order:2", "first-order"))
     assert record["forward_flops"] == 2 * d * k
-    assert record["distance_flops"]["first-order:2"] == 3 * 2 * d * k
+    assert record["distance_flops"]["first-order:2"] == 2 * 2 * d * k
     # first-order (10 candidates, 4 classes here): a clean pass, then the batch replicated per other candidate
-    # (3) through one forward and one backward pass, then the success pass
-    assert record["distance_flops"]["first-order"] == 2 * d * k * (1 + 3 + 3 + 1)
+    # (3) through one forward and one backward pass
+    assert record["distance_flops"]["first-order"] == 2 * d * k * (1 + 3 + 3)
     assert record["flops_inputs"] == 8 and record["latency_threads"] == torch.get_num_threads()
     assert record["forward_ms_per_input"] > 0 and record["latency_device"].startswith("cpu")
 
