@@ -115,13 +115,15 @@ def format_summary(summary: pd.DataFrame) -> str:
     """The summary as a text table per dataset: one line per method, its mean accuracy per N and in how many
     version sets it beats voting; the number of sets in the header, the upper limit in the footer."""
     width = 20
+    name_width = max(16, *(len(str(method)) + 1 for method in summary["method"]))
     blocks = []
     for dataset, by_dataset in summary.groupby("dataset", sort=False):
         per_size = by_dataset.drop_duplicates("n_versions").set_index("n_versions")
         sizes = list(per_size.index)
         titles = [f"N={n} ({per_size.at[n, 'configurations']} sets)" for n in sizes]
         header = "".join(f"{title:>{width}}" for title in titles)
-        lines = [f"{dataset:<16}{header}", f"{'method':<16}" + f"{'accuracy  >voting':>{width}}" * len(sizes)]
+        lines = [f"{dataset:<{name_width}}{header}",
+                 f"{'method':<{name_width}}" + f"{'accuracy  >voting':>{width}}" * len(sizes)]
         for method, rows in by_dataset.groupby("method", sort=False):
             by_size = rows.set_index("n_versions")
             cells = []
@@ -131,8 +133,8 @@ def format_summary(summary: pd.DataFrame) -> str:
                     continue
                 wins = f"{by_size.at[n, 'wins_over_voting']}/{by_size.at[n, 'configurations']}"
                 cells.append(f"{by_size.at[n, 'accuracy']:>{width - 8}.4f}{wins:>8}")
-            lines.append(f"{method:<16}" + "".join(cells))
-        lines.append(f"{'upper limit':<16}" + "".join(f"{per_size.at[n, 'upper_limit']:>{width - 8}.4f}{'':>8}"
-                                                       for n in sizes))
+            lines.append(f"{method:<{name_width}}" + "".join(cells))
+        lines.append(f"{'upper limit':<{name_width}}"
+                     + "".join(f"{per_size.at[n, 'upper_limit']:>{width - 8}.4f}{'':>8}" for n in sizes))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

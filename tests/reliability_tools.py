@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error
 
@@ -134,8 +135,10 @@ def verify_complete(path: Path) -> None:
 # comparing a run's outputs with the uninterrupted reference
 # ---------------------------------------------------------------------------------------------
 
-#: metadata fields that record when and how fast, not what
+#: metadata fields that record when and how fast, not what (the measured latency among the costs)
 VOLATILE_METADATA = ("created", "train_seconds")
+VOLATILE_COSTS = ("forward_ms_per_input",)
+VOLATILE_LATENCY = ("ms_per_input", "ratio_to_voting")
 
 
 def comparable_metadata(path: Path) -> dict:
@@ -143,6 +146,8 @@ def comparable_metadata(path: Path) -> dict:
     for key in VOLATILE_METADATA:
         metadata.pop(key, None)
     metadata.get("history", {}).pop("seconds", None)
+    for key in VOLATILE_COSTS:
+        metadata.get("costs", {}).pop(key, None)
     return metadata
 
 
@@ -160,6 +165,9 @@ def assert_same_file(path: Path, reference: Path) -> None:
             assert got.files == want.files, path
             for key in got.files:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=f"{path}: {key}")
+    elif path.name == "latency.csv":  # the same policies, labels and costs; the times are measurements
+        got, want = (pd.read_csv(p).drop(columns=list(VOLATILE_LATENCY)) for p in (path, reference))
+        pd.testing.assert_frame_equal(got, want, obj=str(path))
     else:  # .npy, .csv, .png: byte for byte
         assert path.read_bytes() == reference.read_bytes(), f"{path} differs from {reference}"
 

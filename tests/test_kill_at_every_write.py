@@ -35,6 +35,7 @@ def step_files(ws, step: str) -> list:
     else:
         paths = [*(ws.root / "evaluated" / name for name in layout.RESULT_FILES),
                  ws.root / "evaluated" / "figures" / "methods_DIGITS.png",
+                 ws.root / "evaluated" / "figures" / "compute_DIGITS.png",
                  ws.root / "evaluated" / "figures" / "reliability_DIGITS.png"]
     return [str(path.relative_to(ws.root)) for path in paths]
 

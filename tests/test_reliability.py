@@ -724,7 +724,8 @@ CHAINS = {
          KillPoint("while writing the results", when_file("results.csv"))),
         {},  # nothing to resume: it computes everything, then writes
         tuple(f"out/realtime/{name}" for name in ("results.csv", "summary.csv", "failure_prediction.csv",
-                                                  "methods.json", "figures/methods_DIGITS.png",
+                                                  "selective.csv", "latency.csv", "methods.json",
+                                                  "figures/methods_DIGITS.png", "figures/compute_DIGITS.png",
                                                   "figures/reliability_DIGITS.png"))),
 }
 
