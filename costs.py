@@ -137,6 +137,15 @@ def read(model_root, model_name: str, dataset: str, bug: int) -> dict | None:
     return read_metadata(path).get("costs") if path.is_file() else None
 
 
+def missing(model_root, model_name: str, dataset: str, bug: int, mode: str | None = None) -> bool:
+    """Whether a version of ours (with our metadata) lacks its costs, or the FLOPs of ``mode``."""
+    path = metadata_path(model_root, model_name, dataset, bug)
+    if not path.is_file():
+        return False
+    known = read_metadata(path).get("costs") or {}
+    return not known or (mode is not None and mode not in known.get("distance_flops", {}))
+
+
 def ensure(model_root, model, data, device, mode: str | None = None) -> bool:
     """Cost a version whose metadata has no costs (trained before they were recorded), or none for ``mode``, and
     write them into its metadata, saying so on stderr; True when it did. A version without our metadata (the
@@ -144,14 +153,12 @@ def ensure(model_root, model, data, device, mode: str | None = None) -> bool:
 
     The metadata keeps its modification time: costs describe the version, they do not change it, and a newer
     healthy metadata would otherwise read as weights that its faults 10-12 were not measured on."""
-    path = metadata_path(model_root, model.model_name, model.metadata.get("dataset") or model.dataset_name,
-                         model.bug_id)
-    if not path.is_file():
+    dataset = model.metadata.get("dataset") or model.dataset_name
+    if not missing(model_root, model.model_name, dataset, model.bug_id, mode):
         return False
+    path = metadata_path(model_root, model.model_name, dataset, model.bug_id)
     metadata = read_metadata(path)
     known = metadata.get("costs") or {}
-    if known and (mode is None or mode in known.get("distance_flops", {})):
-        return False
     costs = measure_version(model, data, device, mode)
     metadata["costs"] = costs
     times = os.stat(path)

@@ -257,9 +257,7 @@ def _load_for_attack(job: Job, bug: int):
 def _ensure_costs(job: Job) -> None:
     """A finished step still costs a version of ours that has no costs for its mode (``costs.ensure``)."""
     mode = job.settings.attack.deepfool.mode
-    metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, job.bug)
-    if not manifests.is_ours(metadata) or mode in (read_metadata(metadata).get("costs") or {}).get("distance_flops",
-                                                                                                  {}):
+    if not costs.missing(job.roots.model, job.model, job.dataset, job.bug, mode):
         return
     model, data = _load_for_attack(job, job.bug)
     costs.ensure(job.roots.model, model, data, job.settings.device, mode)

@@ -114,10 +114,10 @@ def evaluate(args, grid, device) -> int:
 
 def _healthy_sets(loaded, records_by_dataset):
     """Per dataset, the set of every healthy version evaluated (two at least): the set the policies are timed on."""
+    modules = {(d, m, b): (module, data) for d, m, b, module, data, _ in loaded}
     for dataset, records in records_by_dataset.items():
         members = evaluation.canonical([records[key] for key in records if key[1] == 0])
         if len(members) >= 2:
-            modules = {(d, m, b): (module, data) for d, m, b, module, data, _ in loaded}
             yield dataset, members, [modules[dataset, r.model, 0] for r in members]
 
 
