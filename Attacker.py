@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from attack_result import AttackCancelled, AttackResult  # noqa: F401 - the names callers import from here
 from DatasetManager import resize_batch
 from frozen_network import attack_dtype, frozen_copy
 from settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
@@ -38,32 +38,6 @@ NORM_EPSILON = 1e-8  # foolbox's guard against zero gradients
 REPLICATED_MAX_INPUTS = ATTACK_BATCH
 #: runs of a new shape before its CUDA graph is captured (cuDNN's autotuner and autograd settle first)
 GRAPH_WARMUP_RUNS = 3
-
-
-@dataclass
-class AttackResult:
-    """Per input: L2 norm of the final perturbation, clean label, whether the label flipped."""
-
-    distances: np.ndarray
-    labels: np.ndarray
-    success: np.ndarray
-    #: softmax of the clean logits (for the soft-voting and max-softmax baselines)
-    probabilities: np.ndarray
-    #: the loader's labels, when its batches are (images, labels) pairs
-    targets: np.ndarray | None = None
-    #: the clean logits (for the temperature-scaled and energy-based methods)
-    logits: np.ndarray | None = None
-
-    @classmethod
-    def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
-        fields = ("distances", "labels", "success", "probabilities", "targets", "logits")
-        return cls(*(None if any(getattr(p, f) is None for p in parts)
-                     else np.concatenate([getattr(p, f) for p in parts])
-                     for f in fields))
-
-
-class AttackCancelled(Exception):
-    """An attack stopped between two steps because its ``cancel`` event was set."""
 
 
 class Attacker:
@@ -109,7 +83,13 @@ class Attacker:
     @classmethod
     def from_settings(cls, pytorch_model: nn.Module, deepfool: DeepFoolSettings = DEEPFOOL, device=None,
                       **options) -> "Attacker":
-        """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it."""
+        """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it (the
+        ``feature`` mode's measures at the penultimate layer: ``feature_distance.FeatureDistance``)."""
+        if deepfool.feature:
+            from feature_distance import FeatureDistance
+
+            return FeatureDistance(pytorch_model, device, candidates=deepfool.candidates,
+                                   overshoot=deepfool.overshoot, **options)
         return cls(pytorch_model, device, steps=deepfool.steps, candidates=deepfool.candidates,
                    overshoot=deepfool.overshoot, first_order=deepfool.first_order, **options)
 

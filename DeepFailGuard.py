@@ -21,7 +21,7 @@ from caches import check_distances, read_version_cache
 from concurrent_attacks import attack_concurrently
 from kde import GaussianKDE
 from layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
-from settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings
+from settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings, mode_flag
 from utils import UsageError
 
 
@@ -64,14 +64,17 @@ class DeepFailGuardTrainer:
         self.progress = progress
 
     @_ClassOrInstanceMethod
-    def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None) -> FailureModelFit:
-        attacker = Attacker.from_settings(pytorch_model, self.deepfool, device)
+    def train(self, pytorch_model, val_dataloader, correct_kde_path, wrong_kde_path, device=None, attacker=None,
+              fitted_as: str | None = None) -> FailureModelFit:
+        """Attack the validation inputs (with ``attacker``, else one built from the settings), fit and save the two
+        KDEs, recorded as fitted on ``fitted_as`` (default: the distance mode; ``AttackSettings.failure_model``)."""
+        attacker = attacker or Attacker.from_settings(pytorch_model, self.deepfool, device)
         result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
         if result.targets is None:
             raise UsageError("the validation loader must yield (images, labels) batches")
         fit = self.fit(result, result.targets)
-        fit.correct_kde.save(correct_kde_path, distance=self.deepfool.mode)
-        fit.wrong_kde.save(wrong_kde_path, distance=self.deepfool.mode)
+        fit.correct_kde.save(correct_kde_path, distance=fitted_as or self.deepfool.mode)
+        fit.wrong_kde.save(wrong_kde_path, distance=fitted_as or self.deepfool.mode)
         return fit
 
     @staticmethod
@@ -112,20 +115,23 @@ class DeepFailGuardModule:
 
     @classmethod
     def of_version(cls, model, info_root, model_root, dataset: str, model_name: str, bug: int,
-                   device=None, deepfool: DeepFoolSettings = DEEPFOOL) -> "DeepFailGuardModule":
+                   device=None, deepfool: DeepFoolSettings = DEEPFOOL,
+                   failure_model: str | None = None) -> "DeepFailGuardModule":
         """A version's failure predictor from its files: its KDEs (ours or the paper's) and its validation
-        accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances."""
+        accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances.
+        ``failure_model``: the KDEs' name when fitted under shift (``AttackSettings.failure_model``)."""
         from ModelManager import recorded_validation_accuracy
 
-        correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug, deepfool.mode)
+        fitted_as = failure_model or deepfool.mode
+        correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug, fitted_as)
         val_acc, source = recorded_validation_accuracy(model_root, model_name, dataset, bug)
         module = cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
                      deepfool=deepfool, accuracy_source=source)
         for path, kde in ((correct_kde, module.correct_kde), (wrong_kde, module.wrong_kde)):
             fitted_on = kde.distance or DEEPFOOL_MODE
-            if fitted_on != deepfool.mode:
-                raise UsageError(f"{path} was fitted on {fitted_on} distances, but this run measures {deepfool.mode} "
-                                 f"distances; refit with main_train_DeepFailGuard.py --distance {deepfool.mode}")
+            if fitted_on != fitted_as:
+                raise UsageError(f"{path} was fitted on {fitted_on} distances, but this run measures {fitted_as} "
+                                 f"distances; refit with main_train_DeepFailGuard.py{mode_flag(fitted_as)}")
         return module
 
     @staticmethod

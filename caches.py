@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from layout import (
-    CACHE_FILES,
     CACHE_REMEDY,
     CACHE_SUBDIR,
-    VALIDATION_FILES,
+    FEATURE_FILES,
     cache_paths,
     ground_truth_path,
     validation_paths,
     version_key,
 )
-from settings import DEEPFOOL_MODE
+from settings import DEEPFOOL_MODE, NO_SHIFT
 from storage import atomic_save_npy, load_array, read_json
 from utils import UsageError
 
@@ -41,6 +40,9 @@ class CachedAnswers:
     logits: np.ndarray | None = None
     #: the split's true labels (kept for the validation split, whose truth the methods fit on)
     truth: np.ndarray | None = None
+    #: the ``feature`` mode's fDBD parts (``feature_distance.py``; None in the other modes)
+    feature_margins: np.ndarray | None = None
+    feature_deviations: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -51,21 +53,19 @@ class CachedAnswers:
 
 
 def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
-                        distance: str = DEEPFOOL_MODE) -> None:
-    """A version's attack result (an ``AttackResult``) as its cache files; distances last."""
-    paths = cache_paths(info_root, model_name, dataset_name, bug_id, distance)
-    for what in CACHE_FILES:
-        atomic_save_npy(paths[what], getattr(result, "labels" if what == "dnn_labels" else what))
+                        distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> None:
+    """A version's attack result (an ``AttackResult``) as its cache files (of the test set under ``shift``);
+    distances last."""
+    for what, path in cache_paths(info_root, model_name, dataset_name, bug_id, distance, shift).items():
+        atomic_save_npy(path, getattr(result, "labels" if what == "dnn_labels" else what))
 
 
 def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
                              truth: np.ndarray, distance: str = DEEPFOOL_MODE) -> None:
     """A version's validation attack result and the labels it answered; distances last."""
-    paths = validation_paths(info_root, model_name, dataset_name, bug_id, distance)
-    arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels,
-              "probabilities": result.probabilities, "logits": result.logits, "distances": result.distances}
-    for what in VALIDATION_FILES:
-        atomic_save_npy(paths[what], arrays[what])
+    arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels}
+    for what, path in validation_paths(info_root, model_name, dataset_name, bug_id, distance).items():
+        atomic_save_npy(path, arrays[what] if what in arrays else getattr(result, what))
 
 
 def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None,
@@ -87,7 +87,9 @@ def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_i
                             _one_dimensional(check_distances(load("distances"), paths["distances"], remedy),
                                              paths["distances"], remedy),
                             probabilities, check_logits(load("logits"), paths["logits"], remedy),
-                            check_labels(load("ground_truth"), paths["ground_truth"], num_classes, remedy))
+                            check_labels(load("ground_truth"), paths["ground_truth"], num_classes, remedy),
+                            *(_feature_part(load(what), paths[what], remedy)
+                              for what in FEATURE_FILES if what in paths))
     key = version_key(model_name, dataset_name, bug_id)
     _check_lengths(answers, paths["distances"].parent, key, remedy)
     if answers.logits.shape[1] != probabilities.shape[1]:
@@ -118,14 +120,20 @@ def check_logits(logits: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.nda
     return logits
 
 
+def _feature_part(values: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
+    """An fDBD part: one finite, non-negative distance per input (checked as the distances are)."""
+    return _one_dimensional(check_distances(values, path, remedy), path, remedy)
+
+
 def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None,
-                       num_classes: int | None = None, distance: str = DEEPFOOL_MODE) -> CachedAnswers | None:
+                       num_classes: int | None = None, distance: str = DEEPFOOL_MODE,
+                       shift: str = NO_SHIFT) -> CachedAnswers | None:
     """A version's cached answers, checked; None when the version has no cache (no distances or labels).
 
     Labels must be classes of the dataset (below ``num_classes`` where known, and below the width of the
     cached probabilities), and probabilities a softmax: rows in [0, 1] that sum to 1.
     """
-    paths = cache_paths(info_root, model_name, dataset_name, bug_id, distance)
+    paths = cache_paths(info_root, model_name, dataset_name, bug_id, distance, shift)
     if not (paths["distances"].is_file() and paths["dnn_labels"].is_file()):
         return None
     distances = _one_dimensional(check_distances(load_array(paths["distances"]), paths["distances"]),
@@ -137,7 +145,9 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
     if paths["logits"].is_file():
         logits = check_logits(load_array(paths["logits"]), paths["logits"])
     labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes)
-    return CachedAnswers(labels, distances, probabilities, logits)
+    parts = [_feature_part(load_array(paths[what]), paths[what]) if paths[what].is_file() else None
+             for what in FEATURE_FILES if what in paths]
+    return CachedAnswers(labels, distances, probabilities, logits, None, *parts)
 
 
 def check_probabilities(probabilities: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
@@ -155,13 +165,14 @@ def check_probabilities(probabilities: np.ndarray, path, remedy: str = CACHE_REM
     return probabilities
 
 
-def write_ground_truth(info_root, dataset_name: str, bug_id: int | None, labels: np.ndarray) -> Path:
+def write_ground_truth(info_root, dataset_name: str, bug_id: int | None, labels: np.ndarray,
+                       shift: str = NO_SHIFT) -> Path:
     """Write a test set's labels unless the file already holds exactly them; returns its path.
 
     A changed test set (another --max-inputs, say) rewrites it, which makes every cache that
     answered the old one out of date.
     """
-    path = ground_truth_path(info_root, dataset_name, bug_id)
+    path = ground_truth_path(info_root, dataset_name, bug_id, shift)
     if path.is_file():
         try:
             if np.array_equal(np.load(path, allow_pickle=False), labels):
@@ -172,9 +183,9 @@ def write_ground_truth(info_root, dataset_name: str, bug_id: int | None, labels:
     return path
 
 
-def read_ground_truth(info_root, dataset_name: str, test_set: str = "") -> np.ndarray:
-    """The labels of a test set (``test_set`` as from :func:`test_set_of`)."""
-    path = ground_truth_path(info_root, dataset_name, int(test_set[3:]) if test_set else 0)
+def read_ground_truth(info_root, dataset_name: str, test_set: str = "", shift: str = NO_SHIFT) -> np.ndarray:
+    """The labels of a test set (``test_set`` as from :func:`test_set_of`; under ``shift``, its cache's copy)."""
+    path = ground_truth_path(info_root, dataset_name, int(test_set[3:]) if test_set else 0, shift)
     if not path.is_file():
         raise UsageError(f"missing ground truth {path}; run main_cache_test_distances.py first")
     return check_labels(load_array(path), path)

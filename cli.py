@@ -14,13 +14,13 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import fields
 from typing import Callable, Sequence
 
 import torch
 
 import FaultInjector
 import layout
+import shifts
 import storage
 import utils
 from grids import PRESETS, Grid, resolve_grid
@@ -28,7 +28,7 @@ from jobs import Job, JobSettings
 from settings import (
     ATTACK_BATCH,
     DEEPFOOL,
-    DEFAULT_LAUNCH,
+    NO_SHIFT,
     SEED,
     THREADS,
     AttackSettings,
@@ -202,7 +202,8 @@ def add_distance_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distance", type=distance_flag, default=DEEPFOOL,
                         help="the boundary distance: deepfool (default, the paper's: 10 candidate classes, up to 50 "
                              "steps), deepfool:K (the top K classes), first-order[:K] (one linearisation, no "
-                             "iteration: cheaper); each mode's failure models and caches live beside the others'")
+                             "iteration: cheaper), feature[:K] (at the penultimate layer: one forward pass); each "
+                             "mode's failure models and caches live beside the others'")
 
 
 def distance_flag(text: str) -> DeepFoolSettings:
@@ -250,6 +251,9 @@ def prepare(args: argparse.Namespace, writable=()):
         device = utils.choose_device(args.device)  # also where no network runs: an unmet request is refused
     if "data_root" in vars(args):
         check_datasets_available(grid.datasets, args.data_root)
+    for flag in ("shifts", "fit_shifts"):  # words (families, all:S) to shifts, checked; the library, if any is asked
+        if flag in vars(args):
+            setattr(args, flag, shifts.checked(getattr(args, flag), "--" + flag.replace("_", "-")))
     for folder in writable:
         storage.check_writable(folder)
     return grid, device
@@ -289,72 +293,6 @@ def check_datasets_available(datasets: Sequence[str], data_root) -> None:
 # jobs: building them from a command line, launching them, reporting what they did
 # ---------------------------------------------------------------------------------------------
 
-def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
-    """``--launcher`` and its engines' options (the per-version scripts); defaults are ``LaunchSettings``'."""
-    from launchers import AUTO_JOBS_PER_TASK, LAUNCHERS, jobs_per_task_flag, parse_sbatch_option
-
-    default = DEFAULT_LAUNCH
-    parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default=default.launcher, type=_launcher_with_engine,
-                        help="where the per-version jobs run: in this process, on Ray, or as Slurm job arrays "
-                             "(ray, slurm: pip install -r envs_requirements/requirements-cluster.txt; the repository "
-                             "and the roots on a filesystem the workers share)")
-    engines = parser.add_argument_group("--launcher ray / slurm")
-    engines.add_argument("--ray-address", default=default.ray_address,
-                         help="join this running Ray cluster (host:port; default: $RAY_ADDRESS, else start a "
-                              "local one)")
-    engines.add_argument("--cpus-per-job", type=positive_float, default=default.cpus_per_job,
-                         help="CPUs Ray reserves per job (default: --threads)")
-    engines.add_argument("--gpus-per-job", type=non_negative_float, default=default.gpus_per_job,
-                         help="GPUs Ray reserves per job, fractions allowed (default: 1 where this machine has CUDA, "
-                              "else 0)")
-    engines.add_argument("--slurm-partition", default=default.slurm_partition,
-                         help="Slurm partition (default: the cluster's default)")
-    engines.add_argument("--slurm-time", type=positive_int, default=default.slurm_time,
-                         help="time limit of each Slurm array task (all of its jobs), minutes")
-    engines.add_argument("--slurm-jobs-per-task", type=jobs_per_task_flag, default=default.slurm_jobs_per_task,
-                         metavar="N|auto",
-                         help="jobs one Slurm array task runs one after another in one process, paying the start-up "
-                              f"once (default: auto: up to {AUTO_JOBS_PER_TASK}, but a training alone)")
-    engines.add_argument("--slurm-cpus-per-job", type=positive_int, default=default.slurm_cpus_per_job,
-                         help="CPUs per Slurm array task (default: --threads)")
-    engines.add_argument("--slurm-gpus-per-job", type=non_negative_int, default=default.slurm_gpus_per_job,
-                         help="GPUs per Slurm array task (gres)")
-    engines.add_argument("--slurm-array-parallelism", type=positive_int, default=default.slurm_array_parallelism,
-                         help="at most this many tasks of one array run at once (default: Slurm's limit)")
-    engines.add_argument("--slurm-sbatch-option", dest="slurm_sbatch_options", type=parse_sbatch_option,
-                         action="append", default=list(default.slurm_sbatch_options), metavar="KEY=VALUE",
-                         help="extra sbatch option, repeatable (e.g. account=myproject; default: none)")
-    engines.add_argument("--no-wait", action="store_true",
-                         help="slurm: submit, print the job ids and exit instead of waiting for the jobs")
-
-
-def _launcher_with_engine(name: str) -> str:
-    """``--launcher``'s value, refused while parsing (UsageError: one line, exit 2) when its engine is missing."""
-    from launchers import LAUNCHERS, check_engine
-
-    if name in LAUNCHERS:
-        check_engine(name)
-    return name
-
-
-def launch_settings(args: argparse.Namespace) -> LaunchSettings:
-    """The launch a command line asks for, as one ``LaunchSettings``; an engine flag given to a launcher that
-    cannot honour it (``--cpus-per-job`` with ``--launcher local``, say) is refused naming both."""
-    given = {field.name: vars(args)[field.name] for field in fields(LaunchSettings) if field.name in vars(args)}
-    given["slurm_sbatch_options"] = tuple(given.get("slurm_sbatch_options", ()))
-    settings = LaunchSettings(**given)
-    for name, engine in settings.engine_fields().items():
-        if engine != settings.launcher and getattr(settings, name) != getattr(DEFAULT_LAUNCH, name):
-            flag = "--slurm-sbatch-option" if name == "slurm_sbatch_options" else "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} is a --launcher {engine} flag; --launcher {settings.launcher} cannot honour it "
-                             f"(use --launcher {engine}, or leave {flag} out)")
-    if settings.launcher == "ray":
-        from launchers.ray_pool import check_job_size
-
-        check_job_size(settings)
-    return settings
-
-
 def roots_of(args: argparse.Namespace) -> layout.Roots:
     """The roots a command line names; those its script has no flag for keep their defaults."""
     given = {root: vars(args).get(_destination(flag)) for root, (flag, _, _) in ROOT_FLAGS.items()}
@@ -363,7 +301,8 @@ def roots_of(args: argparse.Namespace) -> layout.Roots:
 
 def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:
     """The attack a fit, cache or real-time command line asks for (``--max-inputs`` or the preset's)."""
-    return AttackSettings(batch_size=args.batch_size, max_inputs=grid.max_inputs, deepfool=args.distance)
+    return AttackSettings(batch_size=args.batch_size, max_inputs=grid.max_inputs, deepfool=args.distance,
+                          fit_shifts=tuple(vars(args).get("fit_shifts", ())))
 
 
 def job_settings(args: argparse.Namespace, **fields) -> JobSettings:
@@ -371,10 +310,12 @@ def job_settings(args: argparse.Namespace, **fields) -> JobSettings:
     return JobSettings(device=args.device, force=args.force, quiet=args.quiet, threads=args.threads, **fields)
 
 
-def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettings) -> list[Job]:
-    """One job of ``step`` per ``(dataset, model, bug)``, all with ``settings``."""
+def make_jobs(step: str, versions, args: argparse.Namespace, settings: JobSettings,
+              shift_list=(NO_SHIFT,)) -> list[Job]:
+    """One job of ``step`` per ``(dataset, model, bug)`` and shift (shift by shift), all with ``settings``."""
     roots = roots_of(args)
-    return [Job(step, dataset, model, bug, roots, settings) for dataset, model, bug in versions]
+    return [Job(step, dataset, model, bug, roots, settings, shift) for shift in shift_list
+            for dataset, model, bug in versions]
 
 
 def launch_and_report(jobs: list, settings: LaunchSettings, failures_only: bool = False) -> int:
@@ -398,3 +339,7 @@ def launch_and_report(jobs: list, settings: LaunchSettings, failures_only: bool 
         more = f" ({len(failed) - 1} more failed job(s) in the table above)" if len(failed) > 1 else ""
         raise UsageError(f"{failed[0].reason}{more}")
     return 0
+
+
+# the per-version scripts' launcher flags (``launchers/flags.py``), named here with the other flags
+from launchers.flags import add_launcher_flags, launch_settings  # noqa: E402, F401

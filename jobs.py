@@ -22,17 +22,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-import caches
-import costs
 import FaultInjector
 import layout
 import manifests
 from layout import Roots
 from metadata import read_metadata
-from settings import THREADS, AttackSettings, TrainSettings
-from storage import check_writable, is_fresh
+from settings import NO_SHIFT, THREADS, AttackSettings, TrainSettings
+from storage import is_fresh
 from utils import UsageError
 
 STEPS = ("train", "derive", "fit", "cache")
@@ -74,14 +70,21 @@ class Job:
     bug: int
     roots: Roots
     settings: JobSettings = field(default_factory=JobSettings, hash=False, compare=False)
+    #: the cache step's test set: clean (``none``) or under a shift (``shifts.py``)
+    shift: str = NO_SHIFT
 
     @property
     def key(self) -> str:
         return layout.version_key(self.model, self.dataset, self.bug)
 
     @property
+    def label(self) -> str:
+        """The version, and the shift its test set is under (``resnet_DIGITS fog:3``)."""
+        return self.key if self.shift == NO_SHIFT else f"{self.key} {self.shift}"
+
+    @property
     def name(self) -> str:
-        return f"{self.step} {self.key}"
+        return f"{self.step} {self.label}"
 
     def depends_on(self, other: "Job") -> bool:
         """A derived version needs its healthy checkpoint; fit and cache need the version's checkpoint."""
@@ -119,10 +122,11 @@ def print_outcomes(outcomes: list) -> None:
     for step in dict.fromkeys(o.job.step for o in outcomes):
         columns = COLUMNS[step]
         widths = [max(6, len(c)) for c in columns]
-        print(f"{'version':<28} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  status")
+        first = max(28, *(len(o.job.label) + 1 for o in outcomes if o.job.step == step))
+        print(f"{'version':<{first}} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths)) + "  status")
         for o in (o for o in outcomes if o.job.step == step):
             cells = " ".join(f"{o.cells.get(c, '')!s:>{w}}" for c, w in zip(columns, widths))
-            print(f"{o.job.key:<28} {cells}  {status_text(o)}")
+            print(f"{o.job.label:<{first}} {cells}  {status_text(o)}")
     sys.stdout.flush()
 
 
@@ -182,6 +186,7 @@ def version_lock(job: Job):
     # train and derive of one architecture share the healthy checkpoint: one lock for both
     bug = FaultInjector.checkpoint_fault(job.bug) if job.step in ("train", "derive") else job.bug
     name = f"{job.step if job.step in ('fit', 'cache') else 'train'}_{layout.version_key(job.model, job.dataset, bug)}"
+    name += f"_{layout.shift_folder(job.shift)}" if job.shift != NO_SHIFT else ""
     with FileLock(os.path.join(folder, f"{name}.lock")):
         yield
 
@@ -208,7 +213,7 @@ def _skipped(job: Job, note: str = "up to date", **cells) -> Outcome:
 
 
 # ---------------------------------------------------------------------------------------------
-# the four steps
+# the training steps (the fit and cache steps, which measure distances, are ``attack_steps.py``'s)
 # ---------------------------------------------------------------------------------------------
 
 def run_train(job: Job) -> Outcome:
@@ -245,63 +250,6 @@ def _fraction(value) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
-def _load_for_attack(job: Job, bug: int):
-    """The version's network (its checkpoint must exist: fail fast otherwise) and its data."""
-    import ModelManager
-
-    model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.device, roots=job.roots)
-    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.attack.max_inputs)
-    return model, data
-
-
-def _ensure_costs(job: Job) -> None:
-    """A finished step still costs a version of ours that has no costs for its mode (``costs.ensure``)."""
-    mode = job.settings.attack.deepfool.mode
-    if not costs.missing(job.roots.model, job.model, job.dataset, job.bug, mode):
-        return
-    model, data = _load_for_attack(job, job.bug)
-    costs.ensure(job.roots.model, model, data, job.settings.device, mode)
-
-
-def run_fit(job: Job) -> Outcome:
-    """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure; keep
-    what the version answered on validation (labels, softmax, logits, distances, truth) for the methods that fit
-    on it. The files are committed as a unit by the version's manifest, written last."""
-    import ModelManager
-    import plotting
-    from DeepFailGuard import DeepFailGuardTrainer
-
-    roots, s = job.roots, job.settings
-    mode = s.attack.deepfool.mode
-    correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug, mode)
-    figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug, mode)
-    validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug, mode).values()
-    manifest = layout.manifest_path(roots.info, "fit", job.model, job.dataset, job.bug, mode)
-    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    reason = _out_of_date(job, manifest, [correct_path, wrong_path, *validation_paths], len(data.y_val))
-    if not s.force and reason is None:
-        if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
-            _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
-        _ensure_costs(job)
-        return _skipped(job)
-    model, data = _load_for_attack(job, job.bug)
-    costs.ensure(roots.model, model, data, s.device, mode)
-    trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
-    loader = ModelManager.loader_for(model, data, "val", s.attack.batch_size)
-    for folder in {correct_path.parent, manifest.parent}:
-        check_writable(folder)  # before the manifest goes: a run that cannot write changes nothing
-    manifests.discard(manifest)
-    fit = trainer.train(model.model_structure, loader, correct_path, wrong_path, device=s.device)
-    caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets, mode)
-    plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
-                             title=f"{job.key}: validation distances")
-    manifests.write(manifest, manifests.describe("fit", job.key, mode, len(fit.correct), _checkpoint(job), roots.info,
-                                                 [correct_path, wrong_path, *validation_paths]))
-    return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
-                               "wrong": int((~fit.correct).sum()), "flipped": f"{fit.result.success.mean():.3f}"},
-                   note=_redone("fitted", reason, s.force))
-
-
 def _checkpoint(job: Job) -> str | None:
     """The fingerprint of the checkpoint the job reads, checked against what its metadata records. A checkpoint
     that is not the one recorded is loaded first, so that a hostile or broken file is refused for what it is."""
@@ -314,7 +262,7 @@ def _checkpoint(job: Job) -> str | None:
         raise
 
 
-def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None) -> str | None:
+def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None, shift: dict | None = None) -> str | None:
     """None when the version's files of this step are up to date, else why not (``manifests.mismatch``). The
     paper's released versions (no metadata of ours) have no manifest: for them, make's rule on the files' times."""
     metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, FaultInjector.checkpoint_fault(job.bug))
@@ -330,7 +278,7 @@ def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None) ->
         return str(exc).split(";")[0]
     if found is None:
         return MISSING
-    return manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth)
+    return manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth, shift)
 
 
 #: why a version's step runs the first time (or after a run killed before its manifest)
@@ -344,48 +292,16 @@ def _redone(done: str, reason: str | None, forced: bool) -> str:
     return f"{done} ({reason})"
 
 
-def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
-    """The figure of a fitted failure model, from its KDE files alone: their points are the distances."""
-    import plotting
-    from kde import GaussianKDE
+def _run_fit(job: Job) -> Outcome:
+    from attack_steps import run_fit
 
-    correct_kde, wrong_kde = GaussianKDE.load(correct_path), GaussianKDE.load(wrong_path)
-    distances = np.concatenate([correct_kde.points, wrong_kde.points])
-    correct = np.arange(len(distances)) < correct_kde.n
-    plotting.save_kde_figure(distances, correct, correct_kde, wrong_kde, figure_path,
-                             title=f"{key}: validation distances")
+    return run_fit(job)
 
 
-def run_cache(job: Job) -> Outcome:
-    """Cache the version's test-set distances, labels, success flags, softmax and logits in the paper's layout,
-    committed as a unit by the version's manifest (written last, with the ground truth they answer)."""
-    import ModelManager
-    from Attacker import Attacker
+def _run_cache(job: Job) -> Outcome:
+    from attack_steps import run_cache
 
-    roots, s = job.roots, job.settings
-    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    truth_path = caches.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy())
-    mode = s.attack.deepfool.mode
-    outputs = list(layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode).values())
-    manifest = layout.manifest_path(roots.info, "cache", job.model, job.dataset, job.bug, mode)
-    reason = _out_of_date(job, manifest, outputs, len(data.y_test), truth_path)
-    if not s.force and reason is None:
-        _ensure_costs(job)
-        return _skipped(job)
-    model, data = _load_for_attack(job, job.bug)
-    costs.ensure(roots.model, model, data, s.device, mode)
-    loader = ModelManager.loader_for(model, data, "test", s.attack.batch_size)
-    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
-    check_writable(manifest.parent)  # before the manifest goes: a run that cannot write changes nothing
-    manifests.discard(manifest)
-    result = attacker.attack_loader(loader, progress=not s.quiet, description=job.key)
-    caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode)
-    manifests.write(manifest, manifests.describe("cache", job.key, mode, len(result.labels), _checkpoint(job),
-                                                 roots.info, outputs, truth_path))
-    accuracy = float((result.labels == data.y_test.numpy()).mean())
-    return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
-                               "median_d": f"{np.median(result.distances):.4f}"},
-                   note=_redone("cached", reason, s.force))
+    return run_cache(job)
 
 
-RUNNERS = {"train": run_train, "derive": run_train, "fit": run_fit, "cache": run_cache}
+RUNNERS = {"train": run_train, "derive": run_train, "fit": _run_fit, "cache": _run_cache}

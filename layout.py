@@ -10,11 +10,13 @@ caches drop in unchanged.
 | failure model | ``{info_root}/kde_results/{key}_{correct,wrong}.npz`` (or the paper's ``.pkl``) |
 | another distance mode | ``{key}_{mode}_{correct,wrong}.npz``, ``…_{what}_{mode}.npy`` (every file of the mode) |
 | test cache | ``{info_root}/test_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
+| test cache under a shift | the same names in ``{info_root}/test_information_cached/{corruption}-{severity}/`` |
 | validation outputs | ``{info_root}/val_information_cached/{DATASET}_{model}_bug{id}_{what}.npy`` |
 | manifests (what a step wrote, from what) | ``{…}_manifest.json`` beside the validation outputs and test cache |
 | ground truth | ``{info_root}/test_information_cached/{DATASET}[_bug{11,12}]_ground_truth.npy`` |
 | results | ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` (+ ``paper_comparison.csv``) |
-| figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}.png`` |
+| figures | ``{output}/figures/kde_{key}.png``, ``methods_{DATASET}.png``, ``reliability_{DATASET}[_{shift}].png``, |
+| | ``risk_coverage_{DATASET}[_{shift}].png`` (``{shift}`` as its cache folder: ``fog-3``) |
 | launcher logs | ``{output}/logs/{ray,slurm}/`` |
 | fault validation | ``{output}/fault_validation.csv``, ``fault_search.csv`` |
 | its other seeds' versions | ``{model_root}/fault_validation/seed{S}/``, ``…/search/{value}/seed{S}/`` |
@@ -26,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import FaultInjector
-from settings import DEEPFOOL_MODE
+from settings import DEEPFOOL_MODE, FEATURE, NO_SHIFT, mode_flag
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -46,6 +48,8 @@ PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
 #: what the fit step keeps of a version's validation answers, for the methods that fit on them; distances last
 VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
+#: what the ``feature`` distance mode's caches and validation outputs hold besides (fDBD's parts), before distances
+FEATURE_FILES = ("feature_margins", "feature_deviations")
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 #: what produced the tables: every method and score that ran, with its class, parameters and tie rule
 METHODS_JSON = "methods.json"
@@ -105,8 +109,19 @@ def compute_figure_path(output, dataset_name: str) -> Path:
     return figure_path(output, f"compute_{dataset_name.upper()}.png")
 
 
-def reliability_figure_path(output, dataset_name: str) -> Path:
-    return figure_path(output, f"reliability_{dataset_name.upper()}.png")
+def _shifted_name(stem: str, dataset_name: str, shift: str) -> str:
+    folder = shift_folder(shift)
+    return f"{stem}_{dataset_name.upper()}{'_' + folder if folder else ''}.png"
+
+
+def reliability_figure_path(output, dataset_name: str, shift: str = NO_SHIFT) -> Path:
+    """Calibration of DeepFailGuard's P(correct) on the test set (under ``shift``: ``…_fog-3.png``)."""
+    return figure_path(output, _shifted_name("reliability", dataset_name, shift))
+
+
+def risk_coverage_figure_path(output, dataset_name: str, shift: str = NO_SHIFT) -> Path:
+    """Selective risk against coverage of the failure scores on the test set (under ``shift``)."""
+    return figure_path(output, _shifted_name("risk_coverage", dataset_name, shift))
 
 
 def seed_model_root(model_root, seed: int, pipeline_seed: int, search: str | None = None) -> str:
@@ -193,7 +208,7 @@ def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | 
     has_default = any((folder / f"{key}_correct{suffix}").is_file() for key in keys for suffix in (".npz", ".pkl"))
     other = f" (it has a failure model fitted on {DEEPFOOL_MODE} distances, not on {distance} ones)" \
         if has_default else ""
-    raise UsageError(f"missing KDE files {wanted}{other}: run main_train_DeepFailGuard.py --distance {distance} "
+    raise UsageError(f"missing KDE files {wanted}{other}: run main_train_DeepFailGuard.py{mode_flag(distance)} "
                      "for this version first")
 
 
@@ -206,17 +221,32 @@ def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | No
 # the test cache, in the paper's layout
 # ---------------------------------------------------------------------------------------------
 
+def files_of(files: tuple[str, ...], distance: str) -> tuple[str, ...]:
+    """A mode's files: ``files`` with the ``feature`` mode's fDBD parts before the distances (written last)."""
+    if not distance.startswith(FEATURE):
+        return files
+    return (*files[:-1], *FEATURE_FILES, files[-1])
+
+
+def shift_folder(shift: str = NO_SHIFT) -> str:
+    """The folder of a shift's test cache inside the clean one's (``gaussian_noise:5`` → ``gaussian_noise-5``);
+    ``""`` for the clean test set."""
+    return "" if shift == NO_SHIFT else shift.replace(":", "-")
+
+
 def cache_path(info_root, model_name: str, dataset_name: str, bug_id: int | None, what: str,
-               distance: str = DEEPFOOL_MODE, suffix: str = ".npy") -> Path:
+               distance: str = DEEPFOOL_MODE, suffix: str = ".npy", shift: str = NO_SHIFT) -> Path:
     """Test cache file in the paper's layout, e.g. ``CIFAR10_resnet_bug3_distances.npy``; another distance mode's
-    files carry its name (``…_distances_first-order.npy``): no file is shared between modes."""
+    files carry its name (``…_distances_first-order.npy``): no file is shared between modes. A shift's cache has
+    the same names, in its folder (:func:`shift_folder`)."""
     name = f"{dataset_name.upper()}_{model_name.lower()}_bug{bug_id or 0}_{what}"
-    return Path(info_root) / CACHE_SUBDIR / f"{_with_tag(name, distance)}{suffix}"
+    return Path(info_root) / CACHE_SUBDIR / shift_folder(shift) / f"{_with_tag(name, distance)}{suffix}"
 
 
 def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
-                distance: str = DEEPFOOL_MODE) -> dict[str, Path]:
-    return {what: cache_path(info_root, model_name, dataset_name, bug_id, what, distance) for what in CACHE_FILES}
+                distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> dict[str, Path]:
+    return {what: cache_path(info_root, model_name, dataset_name, bug_id, what, distance, shift=shift)
+            for what in files_of(CACHE_FILES, distance)}
 
 
 def test_set_of(bug_id: int | None) -> str:
@@ -224,10 +254,12 @@ def test_set_of(bug_id: int | None) -> str:
     return f"bug{bug_id}" if FaultInjector.replaces_test_set(bug_id) else ""
 
 
-def ground_truth_path(info_root, dataset_name: str, bug_id: int | None) -> Path:
-    """Ground truth of a test set: faults that swap the test set (11, 12) have their own."""
+def ground_truth_path(info_root, dataset_name: str, bug_id: int | None, shift: str = NO_SHIFT) -> Path:
+    """Ground truth of a test set: faults that swap the test set (11, 12) have their own; a shift's cache keeps a
+    copy beside it (the labels are the clean ones)."""
     tag = test_set_of(bug_id)
-    return Path(info_root) / CACHE_SUBDIR / f"{dataset_name.upper()}{'_' + tag if tag else ''}_ground_truth.npy"
+    name = f"{dataset_name.upper()}{'_' + tag if tag else ''}_ground_truth.npy"
+    return Path(info_root) / CACHE_SUBDIR / shift_folder(shift) / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,13 +278,14 @@ def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int |
 def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
                      distance: str = DEEPFOOL_MODE) -> dict[str, Path]:
     return {what: validation_path(info_root, model_name, dataset_name, bug_id, what, distance)
-            for what in VALIDATION_FILES}
+            for what in files_of(VALIDATION_FILES, distance)}
 
 
 def manifest_path(info_root, step: str, model_name: str, dataset_name: str, bug_id: int | None,
-                  distance: str = DEEPFOOL_MODE) -> Path:
+                  distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> Path:
     """The manifest of a version's fit (beside its validation outputs; shared by faults 10-12 with the healthy
-    version, as the fit is) or of its test cache (``manifests.py``)."""
-    where = validation_path if step == "fit" else cache_path
-    return where(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json")
+    version, as the fit is) or of its test cache under a shift (``manifests.py``)."""
+    if step == "fit":
+        return validation_path(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json")
+    return cache_path(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json", shift)
 

@@ -4,10 +4,14 @@ Per version ``{info-root}/test_information_cached/{DATASET}_{model}_bug{id}_{wha
 ``what`` = ``distances`` and ``dnn_labels`` (the paper's files) plus ``success`` (did DeepFool flip
 the label), ``probabilities`` (softmax) and ``logits`` (for the scores and methods that read them); per
 test set ``{DATASET}_ground_truth.npy`` (``{DATASET}_bug{11,12}_ground_truth.npy`` for the shifted sets).
-Another ``--distance`` mode's files carry its name (``…_distances_first-order.npy``).
+Another ``--distance`` mode's files carry its name (``…_distances_first-order.npy``). ``--shifts`` caches the
+test set under ImageNet-C corruptions (``shifts.py``) too, each in its folder beside the clean cache
+(``test_information_cached/fog-3/``), the same names inside.
 
 Examples:
     python main_cache_test_distances.py
+    python main_cache_test_distances.py --distance feature --shifts none gaussian_noise:5 fog:3
+    python main_cache_test_distances.py --distance first-order:2 --shifts all:3 all:5
     python main_cache_test_distances.py --preset paper --device cuda --batch-size 512
 """
 
@@ -17,10 +21,12 @@ import argparse
 
 import cli
 import grids
+import shifts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.attack_step_parser(__doc__)
+    shifts.add_flags(parser, fit=False)
     cli.add_run_flags(parser)
     cli.add_root_flags(parser, "data", "model", "info", "output", output_help="folder of the launchers' logs")
     cli.add_launcher_flags(parser)
@@ -32,7 +38,8 @@ def main(argv=None) -> int:
     grid, _ = cli.prepare(args, writable=[args.info_root])
     versions = grids.trained_versions(grid, args.model_root)
     settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings), cli.launch_settings(args))
+    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings, args.shifts),
+                                 cli.launch_settings(args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Same version sets, methods and CSV schema as the cached evaluation (step 4a), but every distance is
 computed now by running DeepFool against the live networks; nothing is read from the test cache (the
-validation outputs the fit step kept are read, for the methods that learn from them).
+validation outputs the fit step kept are read, for the methods that learn from them). ``--shifts`` corrupts the
+test inputs as the cache step does (same seeds, same inputs), ``--fit-shifts`` picks the failure models.
 
 ``--devices`` gives each version a device of its own (in turn), and their attacks run side by side.
 
@@ -32,18 +33,22 @@ import layout
 import manifests
 import ModelManager
 import paper
+import shifts
 import storage
 import utils
 from concurrent_attacks import attack_concurrently
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
 from evaluation import selective
+from feature_distance import training_feature_mean
 from selection import unmet_needs
+from settings import NO_SHIFT
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.attack_step_parser(__doc__)
     paper.add_posterior_flag(parser)
+    shifts.add_flags(parser)
     parser.add_argument("--devices", nargs="+", type=cli.device_flag, default=None, metavar="DEVICE",
                         help="one device per version, in turn (e.g. cuda:0 cuda:1 cuda:2, or cpu cpu cpu): the "
                              "versions' attacks then run side by side (default: every version on --device)")
@@ -78,30 +83,41 @@ def evaluate(args, grid, device) -> int:
         version_device = devices[index % len(devices)]
         model = ModelManager.load_version(model_name, dataset, bug, version_device, roots=roots)
         module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
-                                                device=version_device, deepfool=attack.deepfool)
-        manifests.check_version(roots.info, roots.model, "fit", model_name, dataset, bug, attack.deepfool.mode)
+                                                device=version_device, deepfool=attack.deepfool,
+                                                failure_model=attack.failure_model)
+        manifests.check_version(roots.info, roots.model, "fit", model_name, dataset, bug, attack.failure_model)
         module.posterior_rule = paper.posterior_rule(args.posterior)
         module.device_slot = index % len(devices) if args.devices else None
         data = datasets.get(dataset, bug, attack.max_inputs)
         costs.ensure(roots.model, model, data, version_device, attack.deepfool.mode)
-        loaded.append((dataset, model_name, bug, module, data,
-                       ModelManager.loader_for(model, data, "test", attack.batch_size)))
-    results = attack_concurrently([(module, loader) for *_, module, _, loader in loaded], progress=not args.quiet,
-                                  concurrent=bool(args.devices))
-    records_by_dataset = {d: {} for d in grid.datasets}
-    truths_by_dataset = {d: {} for d in grid.datasets}
-    for (dataset, model_name, bug, module, data, _), result in zip(loaded, results):
-        test_set = layout.test_set_of(bug)
-        truths_by_dataset[dataset][test_set] = data.y_test.numpy()
-        records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
-            dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
-            result.logits, caches.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
-                                                          attack.deepfool.mode),
-            costs.read(roots.model, model_name, dataset, bug), attack.deepfool.mode)
+        training_feature_mean(module.attacker, model, data, attack.batch_size)
+        loaded.append((dataset, model_name, bug, module, data, model))
+    by_shift = {}
+    for shift in args.shifts:
+        loaders = [ModelManager.loader_for(model, shifts.shifted(data, "test", model.metadata["image_size"], shift),
+                                           "test", attack.batch_size) for *_, data, model in loaded]
+        results = attack_concurrently([(entry[3], loader) for entry, loader in zip(loaded, loaders)],
+                                      progress=not args.quiet, concurrent=bool(args.devices))
+        records_by_dataset = {d: {} for d in grid.datasets}
+        truths_by_dataset = {d: {} for d in grid.datasets}
+        for (dataset, model_name, bug, module, data, _), result in zip(loaded, results):
+            test_set = layout.test_set_of(bug)
+            truths_by_dataset[dataset][test_set] = data.y_test.numpy()
+            records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
+                dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
+                result.logits, caches.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
+                                                              attack.failure_model),
+                costs.read(roots.model, model_name, dataset, bug), attack.deepfool.mode, shift,
+                result.feature_margins, result.feature_deviations)
+        by_shift[shift] = records_by_dataset, truths_by_dataset
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
-                                  progress=not args.quiet, abstention=selective.from_args(args))
-    if args.latency_repeats:
+                                  progress=not args.quiet, abstention=selective.from_args(args), by_shift=by_shift)
+    records_by_dataset = by_shift.get(NO_SHIFT, (None,))[0]
+    if args.latency_repeats and records_by_dataset is None:
+        print("note: no latency.csv (the policies are timed on the clean test set: add none to --shifts)",
+              file=sys.stderr)
+    elif args.latency_repeats:
         rows = [row for entry in _healthy_sets(loaded, records_by_dataset)
                 for row in _time_set(args, *entry, truths_by_dataset)]
         storage.atomic_write_table(layout.result_path(args.output, layout.LATENCY_CSV), pd.DataFrame(rows),

@@ -8,12 +8,15 @@ Writes ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` and
 
 ``--configurations paper`` (implied by ``--preset paper``) evaluates exactly the configurations the paper
 published and compares them with its figures in ``paper_comparison.csv``; ``--posterior paper`` uses
-the paper's arithmetic (paper.py). Datasets with no cached versions are skipped with a note.
+the paper's arithmetic (paper.py). Datasets with no cached versions are skipped with a note. ``--shifts``
+evaluates the test sets under those corruptions (each cached by main_cache_test_distances.py --shifts), every
+row with its ``shift``; ``--fit-shifts`` uses the failure models fitted under those shifts.
 
 Examples:
     python main_test_DeepFailGuard_from_cached.py
     python main_test_DeepFailGuard_from_cached.py --preset paper --info-root /path/to/paper/input_information
     python main_test_DeepFailGuard_from_cached.py --preset paper --posterior paper --info-root ...
+    python main_test_DeepFailGuard_from_cached.py --distance feature --shifts none gaussian_noise:5 fog:3
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import cli
 import evaluation
 import layout
 import paper
+import shifts
 import storage
 from evaluation import selective
-from settings import mode_flag
+from settings import NO_SHIFT, AttackSettings, mode_flag
 from utils import UsageError
 
 
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_configuration_flags(parser)
     paper.add_posterior_flag(parser)
     cli.add_distance_flag(parser)
+    shifts.add_flags(parser)
     selective.add_flags(parser)
     cli.add_run_flags(parser, force=False)
     cli.add_root_flags(parser, "model", "info", "output")
@@ -58,33 +63,44 @@ def evaluate(args, grid) -> int:
         for dataset in grid.datasets:
             if dataset not in needed:
                 paper.note(f"{dataset}: the paper published no configuration of it")
-    records_by_dataset, truths_by_dataset, bugs_by_dataset = {}, {}, {}
-    for dataset in grid.datasets:
-        versions = grid.versions(dataset)
-        bugs = sorted({bug for _, bug in versions})
-        if published is not None:
-            if dataset not in needed:
-                continue
-            versions = needed[dataset]
-        records, truths_by_dataset[dataset], missing = evaluation.load_cached_versions(
-            args.info_root, args.model_root, dataset, versions, args.distance)
-        for record in records.values():
-            record.module.posterior_rule = paper.posterior_rule(args.posterior)
-        if missing:
-            print(f"note: {dataset}: no {args.distance.mode} test cache for {len(missing)} version(s): "
-                  f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
-        records_by_dataset[dataset], bugs_by_dataset[dataset] = records, bugs
-    if published is None and not any(records_by_dataset.values()):
+    if published is not None and args.shifts != (NO_SHIFT,):
+        raise UsageError("--configurations paper compares the clean test set with the paper's figures; leave out "
+                         "--shifts (or evaluate the shifts with --configurations grid)")
+    failure_model = AttackSettings(deepfool=args.distance, fit_shifts=args.fit_shifts).failure_model
+    by_shift, bugs_by_dataset = {}, {}
+    for shift in args.shifts:
+        records_by_dataset, truths_by_dataset = {}, {}
+        for dataset in grid.datasets:
+            versions = grid.versions(dataset)
+            bugs_by_dataset[dataset] = sorted({bug for _, bug in versions})
+            if published is not None:
+                if dataset not in needed:
+                    continue
+                versions = needed[dataset]
+            records, truths_by_dataset[dataset], missing = evaluation.load_cached_versions(
+                args.info_root, args.model_root, dataset, versions, args.distance, shift, failure_model)
+            for record in records.values():
+                record.module.posterior_rule = paper.posterior_rule(args.posterior)
+            if missing:
+                under = "" if shift == NO_SHIFT else f" (under {shift})"
+                print(f"note: {dataset}: no {args.distance.mode} test cache{under} for {len(missing)} version(s): "
+                      f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
+            records_by_dataset[dataset] = records
+        by_shift[shift] = records_by_dataset, truths_by_dataset
+    if published is None and not any(records for records_by_dataset, _ in by_shift.values()
+                                     for records in records_by_dataset.values()):
         mode = args.distance.mode
-        example = layout.cache_path(args.info_root, grid.models[0], grid.datasets[0], 0, "distances", mode)
+        example = layout.cache_path(args.info_root, grid.models[0], grid.datasets[0], 0, "distances", mode,
+                                    shift=args.shifts[0])
         raise UsageError(f"no {mode} test cache for any requested version (e.g. {example}); run main_cache_test_"
-                         f"distances.py{mode_flag(mode)} with the same --datasets/--models/--bugs first")
+                         f"distances.py{mode_flag(mode)} with the same --datasets/--models/--bugs/--shifts first")
+    records_by_dataset, truths_by_dataset = next(iter(by_shift.values()))
     if published is not None:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,
                                    progress=not args.quiet)
         return 0
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
-                                  progress=not args.quiet, abstention=selective.from_args(args))
+                                  progress=not args.quiet, abstention=selective.from_args(args), by_shift=by_shift)
     return 0
 
 

@@ -2,10 +2,13 @@
 
 Writes ``{info-root}/kde_results/{key}_{correct,wrong}.npz`` and a figure per version in
 ``{output}/figures/``. Versions with test-data faults (10-12) share the healthy version's KDEs.
+``--fit-shifts`` fits them on the validation inputs clean and under those corruptions (a failure model of its
+own, ``{key}_{mode}+{shifts}_{correct,wrong}.npz``, used only by evaluations given the same ``--fit-shifts``).
 
 Examples:
     python main_train_DeepFailGuard.py                       # every trained DIGITS version
     python main_train_DeepFailGuard.py --models resnet --bugs 0 8 --device cuda
+    python main_train_DeepFailGuard.py --distance feature --fit-shifts noise:3 blur:3
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import argparse
 import cli
 import FaultInjector
 import grids
+import shifts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.attack_step_parser(__doc__)
+    shifts.add_flags(parser, evaluation=False)
     cli.add_run_flags(parser)
     cli.add_root_flags(parser, "data", "model", "info", "output",
                        output_help="folder of the failure models' figures (figures/) and the launchers' logs")

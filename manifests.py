@@ -22,7 +22,7 @@ from pathlib import Path
 import FaultInjector
 import layout
 from metadata import read_metadata
-from settings import DEEPFOOL_MODE, mode_flag
+from settings import DEEPFOOL_MODE, NO_SHIFT, mode_flag
 from storage import atomic_write_json, file_digest
 from utils import UsageError
 
@@ -44,6 +44,9 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     #: the SHA-256 of the ground truth the answers are of (the cache step; None for the fit)
     ground_truth: str | None = None
+    #: how shifted inputs were made (``shifts.describe``: the corruption, library, version, seed; for a fit on
+    #: shifted validation inputs, the list of them); None for clean inputs
+    shift: dict | None = None
 
 
 def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verify: bool = False) -> str | None:
@@ -67,13 +70,13 @@ def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verif
 
 
 def describe(step: str, version: str, distance: str, inputs: int, checkpoint: str, info_root, files,
-             ground_truth=None) -> Manifest:
+             ground_truth=None, shift: dict | None = None) -> Manifest:
     """The manifest of ``files`` as they are on disk now (their digests), made from the checkpoint of fingerprint
-    ``checkpoint``."""
+    ``checkpoint`` (from inputs made as ``shift`` says)."""
     root = Path(info_root)
     return Manifest(step, version, distance, int(inputs), checkpoint,
                     {Path(p).relative_to(root).as_posix(): file_digest(p) for p in files},
-                    None if ground_truth is None else file_digest(ground_truth))
+                    None if ground_truth is None else file_digest(ground_truth), shift)
 
 
 def discard(path) -> None:
@@ -103,7 +106,7 @@ def read(path) -> Manifest | None:
 
 
 def mismatch(found: Manifest | None, info_root, checkpoint: str | None, inputs: int | None = None,
-             ground_truth=None) -> str | None:
+             ground_truth=None, shift: dict | None = None) -> str | None:
     """None when ``found`` vouches for its files as they are now: made from the checkpoint of fingerprint
     ``checkpoint`` (when known), from ``inputs`` inputs (when given), answering ``ground_truth`` as it is (when
     given), every file unchanged. Otherwise why not, in words."""
@@ -113,6 +116,8 @@ def mismatch(found: Manifest | None, info_root, checkpoint: str | None, inputs: 
         return f"{found.inputs} inputs attacked, {inputs} asked for"
     if checkpoint is not None and found.checkpoint != checkpoint:
         return "made from another checkpoint than the version's (retrained since?)"
+    if shift is not None and found.shift != shift:
+        return "its inputs were corrupted otherwise (another library version or seed)"
     if ground_truth is not None and found.ground_truth != file_digest(ground_truth):
         return f"answers another test set than {Path(ground_truth).name} (another --max-inputs?)"
     for name, expected in found.files.items():
@@ -130,7 +135,7 @@ def is_ours(metadata_path) -> bool:
 
 
 def check_version(info_root, model_root, step: str, model: str, dataset: str, bug: int,
-                  distance: str = DEEPFOOL_MODE) -> None:
+                  distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> None:
     """Refuse (one line naming the version, the mode, why, and the step that redoes it) what one of our versions'
     manifest of ``step`` does not vouch for: files written by an interrupted run, changed since, made from a
     checkpoint retrained since, or answering another ground truth. The paper's versions need no manifest."""
@@ -138,12 +143,14 @@ def check_version(info_root, model_root, step: str, model: str, dataset: str, bu
         return
     if step == "fit" and layout.find_kde_files(info_root, model, dataset, bug, distance)[0].suffix == ".pkl":
         return  # the paper's failure model (its pickles): not one our fit step wrote
-    path = layout.manifest_path(info_root, step, model, dataset, bug, distance)
-    truth = layout.ground_truth_path(info_root, dataset, bug) if step == "cache" else None
+    path = layout.manifest_path(info_root, step, model, dataset, bug, distance, shift)
+    truth = layout.ground_truth_path(info_root, dataset, bug, shift) if step == "cache" else None
     reason = mismatch(read(path), info_root, checkpoint_fingerprint(model_root, model, dataset, bug),
                       ground_truth=truth)
     if reason:
-        what = "failure model and validation outputs" if step == "fit" else "test cache"
+        what = "failure model and validation outputs" if step == "fit" else \
+            "test cache" if shift == NO_SHIFT else f"test cache under {shift}"
         raise UsageError(f"{layout.version_key(model, dataset, bug)}: its {what} ({distance}) cannot be used: "
-                         f"{reason}; rerun {STEP_SCRIPTS[step]}{mode_flag(distance)} (it redoes what is out of date)")
+                         f"{reason}; rerun {STEP_SCRIPTS[step]}{mode_flag(distance)}"
+                         f"{'' if shift == NO_SHIFT else ' --shifts ' + shift} (it redoes what is out of date)")
 

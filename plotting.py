@@ -53,11 +53,26 @@ def save_kde_figure(distances, correct, correct_kde, wrong_kde, path, title: str
     plt.close(figure)
 
 
-def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> None:
+def save_method_comparison(summary_rows, path, title: str = "") -> None:
     """Mean accuracy of every method (and the upper limit) against the number of versions, with 95 % intervals
-    of the mean over the version sets where the summary has them. DeepFailGuard and voting stand out; the
-    legend sits beside the axes, in the methods' order, so that twenty lines stay readable."""
-    figure, axis = plt.subplots(figsize=(8.5, 4.8))
+    of the mean over the version sets where the summary has them; ``summary_rows`` is a list of rows, or panels
+    of them by name (one per severity of shift). DeepFailGuard and voting stand out; the legend sits beside the
+    axes, in the methods' order, so that twenty lines stay readable."""
+    panels = summary_rows if isinstance(summary_rows, dict) else {"": summary_rows}
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 3.3, 4.8), squeeze=False, sharey=True)
+    for axis, (name, rows) in zip(axes.flat, panels.items()):
+        methods = _plot_methods(axis, rows)
+        axis.set_title(name, fontsize=9)
+    axes.flat[0].set_ylabel("mean accuracy over version sets")
+    axes.flat[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                         ncol=1 if len(methods) < 16 else 2)
+    figure.suptitle(title)
+    figure.tight_layout()
+    atomic_save_figure(path, figure)
+    plt.close(figure)
+
+
+def _plot_methods(axis, summary_rows: list[dict]) -> list[str]:
     methods = list(dict.fromkeys(row["method"] for row in summary_rows))
     palette = plt.get_cmap("tab20")
     for index, method in enumerate(methods):
@@ -75,10 +90,37 @@ def save_method_comparison(summary_rows: list[dict], path, title: str = "") -> N
     upper = sorted({(r["n_versions"], r["upper_limit"]) for r in summary_rows if r["method"] == methods[0]})
     axis.plot([n for n, _ in upper], [u for _, u in upper], "k--", label="upper limit")
     axis.set_xlabel("number of versions N")
-    axis.set_ylabel("mean accuracy over version sets")
     axis.set_xticks(sorted({r["n_versions"] for r in summary_rows}))
-    axis.set_title(title)
-    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1 if len(methods) < 16 else 2)
+    return methods
+
+
+def save_risk_coverage(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path, title: str,
+                       points: int = 101) -> None:
+    """Selective risk (error rate among the accepted inputs) against coverage for each failure score (``curves``:
+    score → one ``(scores, correct)`` per version), averaged over the versions at each coverage; ties count as
+    their expected value over orderings (``metrics.accepted_errors``). Lower is better; at full coverage every
+    score has the versions' mean error."""
+    from metrics import accepted_errors
+
+    coverage = np.linspace(0.0, 1.0, points)[1:]
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for index, (name, versions) in enumerate(curves.items()):
+        risks = []
+        for scores, correct in versions:
+            errors = accepted_errors(scores, correct)
+            if errors is None:
+                continue
+            accepted = np.arange(1, errors.size + 1)
+            risks.append(np.interp(coverage, accepted / errors.size, errors / accepted))
+        if risks:
+            style = dict(linewidth=2.4, color="black") if name == "dfg" else dict(linewidth=1.3, color=f"C{index % 10}")
+            axis.plot(coverage, np.mean(risks, axis=0), label=name, **style)
+    axis.set_xlabel("coverage (share of inputs answered)")
+    axis.set_ylabel("selective risk (error among answered)")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(bottom=0)
+    axis.legend(fontsize=8)
+    axis.set_title(title, fontsize=9)
     figure.tight_layout()
     atomic_save_figure(path, figure)
     plt.close(figure)

@@ -77,35 +77,47 @@ class DeepFoolSettings:
     candidates: int = 10
     overshoot: float = 0.02
     first_order: bool = False
+    #: measure at the penultimate layer instead of the input (``feature_distance.py``): one forward pass
+    feature: bool = False
 
     @property
     def mode(self) -> str:
-        """The distance mode's name (``--distance``): ``deepfool``, ``deepfool:K``, ``first-order[:K]``."""
-        name = FIRST_ORDER if self.first_order else DEEPFOOL_MODE
+        """The distance mode's name (``--distance``): ``deepfool``, ``deepfool:K``, ``first-order[:K]``,
+        ``feature[:K]``."""
+        name = FEATURE if self.feature else FIRST_ORDER if self.first_order else DEEPFOOL_MODE
         return name if self.candidates == DEFAULT_CANDIDATES else f"{name}:{self.candidates}"
 
 
-DEEPFOOL_MODE, FIRST_ORDER = "deepfool", "first-order"
+DEEPFOOL_MODE, FIRST_ORDER, FEATURE = "deepfool", "first-order", "feature"
+#: the ``shift`` of the clean test set (``shifts.py`` names the corruptions)
+NO_SHIFT = "none"
 DEFAULT_CANDIDATES = 10
 DEEPFOOL = DeepFoolSettings()
 
 
 def mode_flag(mode: str) -> str:
-    """What a suggested command line adds to ask for distance ``mode`` (nothing for the default), for messages."""
-    return "" if mode == DEEPFOOL_MODE else f" --distance {mode}"
+    """What a suggested command line adds to ask for distance ``mode`` (nothing for the default), or for a failure
+    model fitted under shift (``deepfool+noise3+blur3``: ``--fit-shifts noise:3 blur:3``), for messages."""
+    mode, _, fitted_under = mode.partition("+")
+    flag = "" if mode == DEEPFOOL_MODE else f" --distance {mode}"
+    if fitted_under:
+        flag += " --fit-shifts " + " ".join(f"{word[:-1]}:{word[-1]}" for word in fitted_under.split("+"))
+    return flag
 
 
 def distance_mode(text: str) -> DeepFoolSettings:
     """The settings of a distance mode named on the command line: ``deepfool`` (the paper's: 10 candidate
     classes, up to 50 steps), ``deepfool:K`` (the top K classes, K >= 2, foolbox's ``candidates``),
-    ``first-order`` or ``first-order:K`` (one linearisation, no iteration)."""
+    ``first-order`` or ``first-order:K`` (one linearisation, no iteration), ``feature`` or ``feature:K`` (the
+    distance at the penultimate layer, fDBD's: closed form for a linear head)."""
     from utils import UsageError
 
     name, colon, count = str(text).strip().lower().partition(":")
-    if name not in (DEEPFOOL_MODE, FIRST_ORDER) or (colon and not (count.isdigit() and int(count) >= 2)):
-        raise UsageError(f"unknown distance mode {text!r}: use deepfool, deepfool:K or first-order[:K] with an "
-                         "integer K >= 2 (candidate classes)")
-    return DeepFoolSettings(candidates=int(count) if count else DEFAULT_CANDIDATES, first_order=name == FIRST_ORDER)
+    if name not in (DEEPFOOL_MODE, FIRST_ORDER, FEATURE) or (colon and not (count.isdigit() and int(count) >= 2)):
+        raise UsageError(f"unknown distance mode {text!r}: use deepfool, deepfool:K, first-order[:K] or feature[:K] "
+                         "with an integer K >= 2 (candidate classes)")
+    return DeepFoolSettings(candidates=int(count) if count else DEFAULT_CANDIDATES, first_order=name == FIRST_ORDER,
+                            feature=name == FEATURE)
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,18 @@ class AttackSettings:
     #: at most this many validation and test inputs per version (a stratified sample; None: all)
     max_inputs: int | None = None
     deepfool: DeepFoolSettings = field(default=DEEPFOOL)
+    #: the fit step also attacks the validation inputs under these shifts (``--fit-shifts``; ``shifts.py``)
+    fit_shifts: tuple[str, ...] = ()
+
+    @property
+    def failure_model(self) -> str:
+        """The name the failure model (and every file of its fit) goes by: the distance mode, with the shifts it
+        was fitted under (``deepfool+noise3+blur3``): a failure model fitted under shift is used only as such."""
+        if not self.fit_shifts:
+            return self.deepfool.mode
+        from shifts import tag
+
+        return f"{self.deepfool.mode}+{tag(self.fit_shifts)}"
 
 
 @dataclass(frozen=True)

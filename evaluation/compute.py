@@ -38,11 +38,10 @@ from metrics import (
     upper_limit,
 )
 from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validation_accuracy, unmet_needs
+from settings import NO_SHIFT
 from utils import UsageError
 
 MAX_VERSIONS = 5
-#: the ``shift`` column of a clean test set
-NO_SHIFT = "none"
 #: the method every other one is also compared with, beside voting
 DEEPFAILGUARD = "dfg"
 
@@ -122,7 +121,8 @@ def spending(method, members: list[VersionRecord], visits: np.ndarray | None) ->
 def set_columns(dataset: str, setting: str, members: list[VersionRecord]) -> dict:
     """The columns that name a set in every table: dataset, N, members, their faults, the setting, the shift."""
     return {"dataset": dataset, "n_versions": len(members), "models": "-".join(m.model for m in members),
-            "bug_ids": "-".join(str(m.bug) for m in members), "setting": setting, "shift": NO_SHIFT}
+            "bug_ids": "-".join(str(m.bug) for m in members), "setting": setting,
+            "shift": getattr(members[0], "shift", NO_SHIFT)}
 
 
 def evaluate_set(dataset: str, setting: str, members: list[VersionRecord], truth: np.ndarray,
@@ -235,7 +235,7 @@ def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truth
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
-        row = {"dataset": record.dataset, "shift": NO_SHIFT, "model": model, "bug_id": bug, "n_test": len(correct),
+        row = {"dataset": record.dataset, "shift": record.shift, "model": model, "bug_id": bug, "n_test": len(correct),
                "test_accuracy": float(correct.mean()), "val_acc": record.val_acc}
         available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])]
         for metric, function in (("auroc", auroc), ("aurc", aurc), ("eaurc", eaurc), ("augrc", augrc)):
@@ -280,31 +280,43 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
     on stderr (a partial release); only when no dataset can be evaluated is it an error. Abstention's
     thresholds are certified at ``abstention``'s levels (default ``--alpha 0.05 --delta 0.1``).
     """
+    return evaluate_shifts({NO_SHIFT: (records_by_dataset, truths_by_dataset)}, models, bugs_by_dataset,
+                           sets_by_dataset, progress, abstention)
+
+
+def evaluate_shifts(by_shift: dict, models: list[str], bugs_by_dataset: dict, sets_by_dataset: dict | None = None,
+                    progress: bool = False, abstention: Abstention | None = None) -> Evaluation:
+    """:func:`evaluate_datasets` of the test sets under each shift (``by_shift``: shift → ``(records_by_dataset,
+    truths_by_dataset)``, the records carrying their shift), every row with its ``shift``, one Evaluation."""
     rows, failure_rows, skipped = [], [], {}
     abstention = abstention or Abstention()
-    for dataset, records in records_by_dataset.items():
-        if len(records) < 2:
-            skipped[dataset] = (f"{dataset}: {len(records)} version(s) available; DeepFailGuard needs at least two "
-                                "(train and cache more versions, or widen --models/--bugs)")
-            continue
-        check_dataset(dataset, records, truths_by_dataset[dataset])
-        log = MethodLog()
-        if sets_by_dataset is not None:
-            sets, keep_order = sets_by_dataset.get(dataset, []), True
-        else:
-            sets, keep_order = version_sets(models, bugs_by_dataset[dataset]), False
-        dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets, progress, log, keep_order,
-                                     abstention)
-        if not dataset_rows:
-            skipped[dataset] = f"{dataset}: no set of two or more versions with the same faults setting is complete"
-            continue
-        if log.unmet:
-            print(f"note: {unmet_note(dataset, log.unmet)}", file=sys.stderr)
-        if log.cannot:
-            print(f"note: {dataset}: skipped where they cannot run: "
-                  + "; ".join(f"{name} ({reason})" for name, reason in log.cannot.items()), file=sys.stderr)
-        rows.extend(dataset_rows)
-        failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
+    for shift, (records_by_dataset, truths_by_dataset) in by_shift.items():
+        where = "" if shift == NO_SHIFT else f" under {shift}"
+        for dataset, records in records_by_dataset.items():
+            if len(records) < 2:
+                skipped[f"{dataset}{where}"] = (
+                    f"{dataset}{where}: {len(records)} version(s) available; DeepFailGuard needs at least two "
+                    "(train and cache more versions, or widen --models/--bugs)")
+                continue
+            check_dataset(dataset, records, truths_by_dataset[dataset])
+            log = MethodLog()
+            if sets_by_dataset is not None:
+                sets, keep_order = sets_by_dataset.get(dataset, []), True
+            else:
+                sets, keep_order = version_sets(models, bugs_by_dataset[dataset]), False
+            dataset_rows = evaluate_sets(dataset, records, truths_by_dataset[dataset], sets, progress, log,
+                                         keep_order, abstention)
+            if not dataset_rows:
+                skipped[f"{dataset}{where}"] = \
+                    f"{dataset}{where}: no set of two or more versions with the same faults setting is complete"
+                continue
+            if log.unmet:
+                print(f"note: {unmet_note(dataset, log.unmet)}", file=sys.stderr)
+            if log.cannot:
+                print(f"note: {dataset}: skipped where they cannot run: "
+                      + "; ".join(f"{name} ({reason})" for name, reason in log.cannot.items()), file=sys.stderr)
+            rows.extend(dataset_rows)
+            failure_rows.extend(failure_prediction_rows(records, truths_by_dataset[dataset]))
     if not rows:
         reasons = list(skipped.values()) or ["no dataset to evaluate"]
         more = f" (and {len(reasons) - 1} more dataset(s) with nothing to evaluate)" if len(reasons) > 1 else ""

@@ -21,7 +21,7 @@ import manifests
 from caches import VALIDATION_REMEDY, CachedAnswers
 from DeepFailGuard import Assessment, DeepFailGuardModule
 from layout import CACHE_REMEDY
-from settings import DEEPFOOL, DeepFoolSettings
+from settings import DEEPFOOL, NO_SHIFT, DeepFoolSettings
 from utils import UsageError
 
 
@@ -43,11 +43,17 @@ class VersionRecord:
     #: what running it costs (``costs.py``; None: not recorded, as for the paper's release) and its distance mode
     costs: dict | None = None
     mode: str = DEEPFOOL.mode
+    #: the shift the test inputs were under (``shifts.py``; ``none``: the clean test set)
+    shift: str = NO_SHIFT
+    #: the ``feature`` mode's fDBD parts of each test input (None in the other modes)
+    feature_margins: np.ndarray | None = None
+    feature_deviations: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def test(self) -> CachedAnswers:
-        return CachedAnswers(self.labels, self.distances, self.probabilities, self.logits)
+        return CachedAnswers(self.labels, self.distances, self.probabilities, self.logits, None,
+                             self.feature_margins, self.feature_deviations)
 
     @cached_property
     def assessment(self) -> Assessment:
@@ -114,38 +120,48 @@ def canonical(versions):
 
 
 def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int, num_classes: int | None = None,
-                       deepfool: DeepFoolSettings = DEEPFOOL) -> VersionRecord | None:
-    """A version's cached test answers (labels checked against ``num_classes`` where known) and failure model, in
-    ``deepfool``'s distance mode; None when its cache does not exist."""
-    answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode)
+                       deepfool: DeepFoolSettings = DEEPFOOL, shift: str = NO_SHIFT,
+                       failure_model: str | None = None) -> VersionRecord | None:
+    """A version's cached answers on the test set under ``shift`` (labels checked against ``num_classes`` where
+    known) and its failure model (``failure_model``: fitted under shift, else on ``deepfool``'s distance mode) and
+    validation outputs; None when that cache does not exist."""
+    answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode, shift)
     if answers is None:
         return None
-    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool)
+    fitted_as = failure_model or deepfool.mode
+    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool,
+                                            failure_model=fitted_as)
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
-                         caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, deepfool.mode),
-                         costs.read(model_root, model, dataset, bug), deepfool.mode)
+                         caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, fitted_as),
+                         costs.read(model_root, model, dataset, bug), deepfool.mode, shift, answers.feature_margins,
+                         answers.feature_deviations)
 
 
-def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL
+def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL,
+                         shift: str = NO_SHIFT, failure_model: str | None = None
                          ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
-    """The cached records of a dataset's ``(model, bug)`` versions that have a cache, the ground truth of each
-    test set they answer, and the versions without a cache (``model/bugN``). Every record is checked: its
-    arrays, against the others (``check_dataset``), and against its manifests (``manifests.check_version``)."""
+    """The cached records of a dataset's ``(model, bug)`` versions that have a cache of the test set under
+    ``shift``, the ground truth of each test set they answer, and the versions without such a cache
+    (``model/bugN``). Every record is checked: its arrays, against the others (``check_dataset``), and against its
+    manifests (``manifests.check_version``)."""
     num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
     records, missing = {}, []
     for model, bug in versions:
-        record = load_cached_record(info_root, model_root, dataset, model, bug, num_classes, deepfool)
+        record = load_cached_record(info_root, model_root, dataset, model, bug, num_classes, deepfool, shift,
+                                    failure_model)
         if record is None:
             missing.append(f"{model}/bug{bug}")
         else:
             records[(model, bug)] = record
-    truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set)
+    truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set, shift)
               for test_set in sorted({r.test_set for r in records.values()})}
     check_dataset(dataset, records, truths)  # what the files say of themselves first, then their manifests
     for record in canonical(records.values()):
-        for step in ("fit", "cache"):
-            manifests.check_version(info_root, model_root, step, record.model, dataset, record.bug, deepfool.mode)
+        manifests.check_version(info_root, model_root, "fit", record.model, dataset, record.bug,
+                                failure_model or deepfool.mode)
+        manifests.check_version(info_root, model_root, "cache", record.model, dataset, record.bug, deepfool.mode,
+                                shift)
     return records, truths, missing
 
 

@@ -10,7 +10,7 @@ from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, NO_SHIFT, Evaluation
 from evaluation.records import canonical_key
 from evaluation.selective import COLUMNS as SELECTIVE_COLUMNS
 from metrics import mean_interval, sign_test
-from selection import METHODS, SCORES, describe
+from selection import METHODS, SCORES, describe, unmet_needs
 from storage import atomic_write_json, atomic_write_table
 
 RESULT_COLUMNS = (["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "method", "accuracy",
@@ -62,8 +62,11 @@ def summarize(rows) -> pd.DataFrame:
             summary[f"sign_test_p{suffix}"] = [sign_test(w, lo) for w, lo in zip(summary[f"wins_over_{baseline}"],
                                                                                   summary[f"losses_to_{baseline}"])]
     order = summary["method"].map(lambda method: list(METHODS).index(method) if method in METHODS else len(METHODS))
-    return summary.assign(_order=order).sort_values(["dataset", "shift", "n_versions", "_order"], kind="stable") \
-        .drop(columns="_order").reset_index(drop=True)
+    from shifts import order as shift_order
+
+    return summary.assign(_order=order, _shift=summary["shift"].map(shift_order)) \
+        .sort_values(["dataset", "_shift", "n_versions", "_order"], kind="stable") \
+        .drop(columns=["_order", "_shift"]).reset_index(drop=True)
 
 
 def _group_intervals(group: pd.DataFrame) -> dict:
@@ -80,11 +83,11 @@ def provenance(evaluation: Evaluation) -> dict:
             "scores": {name: describe(SCORES[name]) for name in evaluation.scores}}
 
 
-def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by_dataset: dict, output) -> pd.DataFrame:
+def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by_dataset: dict, output,
+                     by_shift: dict | None = None) -> pd.DataFrame:
     """Results, summary, failure prediction, ``methods.json`` and figures of an :class:`Evaluation`; returns the
-    summary."""
-    from plotting import save_accuracy_compute, save_method_comparison, save_reliability_diagram
-
+    summary. ``by_shift`` (shift → ``(records_by_dataset, truths_by_dataset)``) replaces the two dicts where the
+    test sets were evaluated under shifts."""
     summary = summarize(evaluation.rows)
     atomic_write_table(layout.result_path(output, layout.RESULTS_CSV), pd.DataFrame(evaluation.rows), RESULT_COLUMNS)
     atomic_write_table(layout.result_path(output, layout.SUMMARY_CSV), summary)
@@ -92,32 +95,76 @@ def write_evaluation(evaluation: Evaluation, records_by_dataset: dict, truths_by
     atomic_write_table(layout.result_path(output, layout.SELECTIVE_CSV), pd.DataFrame(evaluation.selective_rows),
                        SELECTIVE_COLUMNS)
     atomic_write_json(layout.result_path(output, layout.METHODS_JSON), provenance(evaluation))
-    for dataset, records in records_by_dataset.items():
-        if dataset in evaluation.skipped:
-            continue
-        save_method_comparison(summary[summary["dataset"] == dataset].to_dict("records"),
-                               layout.methods_figure_path(output, dataset), title=dataset)
-        if summary.loc[summary["dataset"] == dataset, "flops_per_input"].notna().any():
-            save_accuracy_compute(summary[summary["dataset"] == dataset].to_dict("records"),
-                                  layout.compute_figure_path(output, dataset),
-                                  title=f"{dataset}: accuracy against what an answer costs")
-        truths = truths_by_dataset[dataset]
-        curves = {f"{model} bug {bug}": (record.probability_score(DEEPFAILGUARD),
-                                         record.labels == truths[record.test_set])
-                  for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1],
-                                                                                        canonical_key(item[0])))}
-        save_reliability_diagram(curves, layout.reliability_figure_path(output, dataset),
-                                 title=f"{dataset}: calibration of DeepFailGuard's P(correct) on the test set")
+    write_figures(summary, by_shift or {NO_SHIFT: (records_by_dataset, truths_by_dataset)}, output)
     return summary
+
+
+def write_figures(summary: pd.DataFrame, by_shift: dict, output) -> None:
+    """Per dataset: the methods against N (a panel per severity: the clean set, then each severity's mean over its
+    corruptions) and accuracy against FLOPs (clean set); per dataset and shift: the reliability of DeepFailGuard's
+    P(correct) and the risk-coverage curves of the failure scores."""
+    from plotting import save_accuracy_compute, save_method_comparison, save_reliability_diagram, save_risk_coverage
+    from shifts import severity
+
+    for dataset, rows in summary.groupby("dataset", sort=False):
+        save_method_comparison(severity_panels(rows), layout.methods_figure_path(output, dataset), title=dataset)
+        clean = rows[rows["shift"] == NO_SHIFT]
+        if clean["flops_per_input"].notna().any():
+            save_accuracy_compute(clean.to_dict("records"), layout.compute_figure_path(output, dataset),
+                                  title=f"{dataset}: accuracy against what an answer costs")
+    evaluated = {(row["dataset"], row["shift"]) for row in summary[["dataset", "shift"]].to_dict("records")}
+    for shift, (records_by_dataset, truths_by_dataset) in by_shift.items():
+        under = "" if shift == NO_SHIFT else f" under {shift} (severity {severity(shift)})"
+        for dataset, records in records_by_dataset.items():
+            if (dataset, shift) not in evaluated:
+                continue
+            ordered = sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0])))
+            truths = truths_by_dataset[dataset]
+            correct = {f"{model} bug {bug}": record.labels == truths[record.test_set]
+                       for (model, bug), record in ordered}
+            save_reliability_diagram({name: (record.probability_score(DEEPFAILGUARD), correct[name])
+                                      for name, (_, record) in zip(correct, ordered)},
+                                     layout.reliability_figure_path(output, dataset, shift),
+                                     title=f"{dataset}{under}: calibration of DeepFailGuard's P(correct)")
+            available = [name for name in RISK_COVERAGE_SCORES
+                         if all(not unmet_needs(SCORES[name].needs, [r]) for _, r in ordered)]
+            save_risk_coverage({name: [(record.score(name), correct[key]) for key, (_, record) in
+                                       zip(correct, ordered)] for name in available},
+                               layout.risk_coverage_figure_path(output, dataset, shift),
+                               title=f"{dataset}{under}: selective risk of each failure score (mean over versions)")
+
+
+#: the scores the risk-coverage figures draw (those a version has)
+RISK_COVERAGE_SCORES = ("dfg", "dfg_plus", "distance", "max_softmax", "doctor", "energy", "maxlogit_pnorm", "fdbd")
+
+
+def severity_panels(rows: pd.DataFrame) -> dict[str, list[dict]]:
+    """A dataset's summary rows per severity: the clean set's as they are, each severity's averaged over its
+    corruptions (per method and N); one panel per severity present."""
+    from shifts import severity
+
+    levels = rows["shift"].map(severity)
+    panels = {}
+    for level in sorted(levels.unique()):
+        part = rows[levels == level]
+        if level:
+            part = part.groupby(["n_versions", "method"], sort=False).agg(
+                accuracy=("accuracy", "mean"), upper_limit=("upper_limit", "mean")).reset_index()
+        count = rows.loc[levels == level, "shift"].nunique()
+        name = "clean test set" if level == 0 else f"severity {level} (mean over {count} corruption(s))"
+        panels[name] = part.to_dict("records")
+    return panels
 
 
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as a text table per dataset: one line per method, its mean accuracy per N and in how many
     version sets it beats voting; the number of sets in the header, the upper limit in the footer."""
     width = 20
-    name_width = max(16, *(len(str(method)) + 1 for method in summary["method"]))
+    name_width = max(16, *(len(str(method)) + 1 for method in summary["method"]),
+                     *(len(f"{dataset} {shift}") + 1 for dataset, shift in zip(summary["dataset"], summary["shift"])))
     blocks = []
-    for dataset, by_dataset in summary.groupby("dataset", sort=False):
+    for (dataset, shift), by_dataset in summary.groupby(["dataset", "shift"], sort=False):
+        dataset = dataset if shift == NO_SHIFT else f"{dataset} {shift}"
         per_size = by_dataset.drop_duplicates("n_versions").set_index("n_versions")
         sizes = list(per_size.index)
         titles = [f"N={n} ({per_size.at[n, 'configurations']} sets)" for n in sizes]

@@ -55,6 +55,8 @@ NEEDS = {
     "validation": ("validation outputs", "main_train_DeepFailGuard.py"),
     "costs": ("the versions' costs (FLOPs per input, in their metadata)",
               "main_train_model.py, or main_train_DeepFailGuard.py / main_cache_test_distances.py for older versions"),
+    "feature_deviations": ("the penultimate features' parts of fDBD (the feature distance mode's caches)",
+                           "main_cache_test_distances.py --distance feature (and evaluating with --distance feature)"),
     "region": ("the healthy versions' validation and test softmax (the region of competence)",
                "main_train_DeepFailGuard.py and main_cache_test_distances.py for the healthy versions"),
 }

@@ -42,7 +42,10 @@ def random_answers(rng, truth, accuracy, with_truth=False) -> caches.CachedAnswe
     labels = logits.argmax(axis=1)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     distances = np.where(labels == truth, rng.gamma(4.0, 0.25, n), rng.gamma(1.5, 0.2, n))
-    return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None)
+    # fDBD's parts, from what is drawn (no draw of their own: the other arrays stay as they were)
+    margins, deviations = 2.0 * distances + 0.1, 1.0 + logits.std(axis=1)
+    return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None, margins,
+                                deviations)
 
 
 @pytest.fixture
@@ -61,7 +64,9 @@ def versions(tmp_path):
             module = DeepFailGuardModule(None, *paths, float(validation.correct.mean()), name=f"{model}{bug}")
             records[model, bug] = evaluation.VersionRecord("TOY", model, bug, test.labels, test.distances, module, "",
                                                           test.probabilities, test.logits, validation,
-                                                          toy_costs(MODELS.index(model)))
+                                                          toy_costs(MODELS.index(model)),
+                                                          feature_margins=test.feature_margins,
+                                                          feature_deviations=test.feature_deviations)
     return records, test_truth
 
 
@@ -389,7 +394,9 @@ def test_no_test_truth_reaches_any_fit(versions, tmp_path):
 
     def run(test_truth):
         fresh = {key: evaluation.VersionRecord(r.dataset, r.model, r.bug, r.labels, r.distances, r.module, r.test_set,
-                                              r.probabilities, r.logits, r.validation, r.costs)
+                                              r.probabilities, r.logits, r.validation, r.costs,
+                                              feature_margins=r.feature_margins,
+                                              feature_deviations=r.feature_deviations)
                  for key, r in records.items()}
         members = [fresh[key] for key in members_keys]
         context = SetContext(CLASSES, evaluation.region_of(fresh, ""))

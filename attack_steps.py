@@ -1,0 +1,139 @@
+"""The two steps that measure a version's boundary distances: ``fit`` (on the validation split, clean and under
+``--fit-shifts``: the failure model and the validation outputs) and ``cache`` (on the test set, clean or under a
+shift). They are jobs (``jobs.py``): freshness checked by their manifests, inputs checked first, files written
+atomically and committed by the manifest, written last."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+import caches
+import costs
+import layout
+import manifests
+from jobs import DONE, Job, Outcome, _checkpoint, _datasets, _out_of_date, _redone, _skipped
+from settings import NO_SHIFT
+from storage import check_writable
+
+
+def _load_for_attack(job: Job, bug: int):
+    """The version's network (its checkpoint must exist: fail fast otherwise) and its data."""
+    import ModelManager
+
+    model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.device, roots=job.roots)
+    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.attack.max_inputs)
+    return model, data
+
+
+def _ensure_costs(job: Job) -> None:
+    """A finished step still costs a version of ours that has no costs for its mode (``costs.ensure``)."""
+    mode = job.settings.attack.deepfool.mode
+    if not costs.missing(job.roots.model, job.model, job.dataset, job.bug, mode):
+        return
+    model, data = _load_for_attack(job, job.bug)
+    costs.ensure(job.roots.model, model, data, job.settings.device, mode)
+
+
+def run_fit(job: Job) -> Outcome:
+    """Fit the version's failure model: KDEs of its validation distances, correct vs wrong, and its figure; keep
+    what the version answered on validation (labels, softmax, logits, distances, truth) for the methods that fit
+    on it. With ``--fit-shifts`` the validation inputs are attacked clean and under each shift, and every file goes
+    by the failure model's name (``AttackSettings.failure_model``). The files are committed as a unit by the
+    version's manifest, written last."""
+    import ModelManager
+    import plotting
+    import shifts
+    from Attacker import Attacker
+    from DeepFailGuard import DeepFailGuardTrainer
+    from feature_distance import training_feature_mean
+
+    roots, s = job.roots, job.settings
+    mode, fitted_as, fit_shifts = s.attack.deepfool.mode, s.attack.failure_model, s.attack.fit_shifts
+    correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug, fitted_as)
+    figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug, fitted_as)
+    validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug, fitted_as).values()
+    manifest = layout.manifest_path(roots.info, "fit", job.model, job.dataset, job.bug, fitted_as)
+    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
+    made = {"fit_shifts": [shifts.describe(shift) for shift in fit_shifts]} if fit_shifts else None
+    reason = _out_of_date(job, manifest, [correct_path, wrong_path, *validation_paths],
+                          len(data.y_val) * (1 + len(fit_shifts)), shift=made)
+    if not s.force and reason is None:
+        if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
+            _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
+        _ensure_costs(job)
+        return _skipped(job)
+    model, data = _load_for_attack(job, job.bug)
+    costs.ensure(roots.model, model, data, s.device, mode)
+    trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
+    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    training_feature_mean(attacker, model, data, s.attack.batch_size)
+    size = model.metadata["image_size"]
+    loaders = [ModelManager.loader_for(model, shifts.shifted(data, "val", size, shift), "val", s.attack.batch_size)
+               for shift in (NO_SHIFT, *fit_shifts)]
+    for folder in {correct_path.parent, manifest.parent}:
+        check_writable(folder)  # before the manifest goes: a run that cannot write changes nothing
+    manifests.discard(manifest)
+    fit = trainer.train(model.model_structure, itertools.chain(*loaders), correct_path, wrong_path, device=s.device,
+                        attacker=attacker, fitted_as=fitted_as)
+    caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets,
+                                    fitted_as)
+    plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
+                             title=f"{job.key}: validation distances")
+    manifests.write(manifest, manifests.describe("fit", job.key, fitted_as, len(fit.correct), _checkpoint(job),
+                                                 roots.info, [correct_path, wrong_path, *validation_paths],
+                                                 shift=made))
+    return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
+                               "wrong": int((~fit.correct).sum()), "flipped": f"{fit.result.success.mean():.3f}"},
+                   note=_redone("fitted", reason, s.force))
+
+
+def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
+    """The figure of a fitted failure model, from its KDE files alone: their points are the distances."""
+    import plotting
+    from kde import GaussianKDE
+
+    correct_kde, wrong_kde = GaussianKDE.load(correct_path), GaussianKDE.load(wrong_path)
+    distances = np.concatenate([correct_kde.points, wrong_kde.points])
+    correct = np.arange(len(distances)) < correct_kde.n
+    plotting.save_kde_figure(distances, correct, correct_kde, wrong_kde, figure_path,
+                             title=f"{key}: validation distances")
+
+
+def run_cache(job: Job) -> Outcome:
+    """Cache the version's test-set distances, labels, success flags, softmax and logits in the paper's layout
+    (of the test set under the job's shift: in its folder beside the clean cache), committed as a unit by the
+    version's manifest (written last, with the ground truth they answer and how the inputs were corrupted)."""
+    import ModelManager
+    import shifts
+    from Attacker import Attacker
+    from feature_distance import training_feature_mean
+
+    roots, s, shift = job.roots, job.settings, job.shift
+    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
+    truth_path = caches.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy(), shift)
+    mode = s.attack.deepfool.mode
+    outputs = list(layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode, shift).values())
+    manifest = layout.manifest_path(roots.info, "cache", job.model, job.dataset, job.bug, mode, shift)
+    made = None if shift == NO_SHIFT else shifts.describe(shift)
+    reason = _out_of_date(job, manifest, outputs, len(data.y_test), truth_path, made)
+    if not s.force and reason is None:
+        _ensure_costs(job)
+        return _skipped(job)
+    model, data = _load_for_attack(job, job.bug)
+    costs.ensure(roots.model, model, data, s.device, mode)
+    test = shifts.shifted(data, "test", model.metadata["image_size"], shift)
+    loader = ModelManager.loader_for(model, test, "test", s.attack.batch_size)
+    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    training_feature_mean(attacker, model, data, s.attack.batch_size)
+    check_writable(manifest.parent)  # before the manifest goes: a run that cannot write changes nothing
+    manifests.discard(manifest)
+    result = attacker.attack_loader(loader, progress=not s.quiet, description=job.label)
+    caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode, shift)
+    manifests.write(manifest, manifests.describe("cache", job.key, mode, len(result.labels), _checkpoint(job),
+                                                 roots.info, outputs, truth_path, made))
+    accuracy = float((result.labels == data.y_test.numpy()).mean())
+    return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
+                               "median_d": f"{np.median(result.distances):.4f}"},
+                   note=_redone("cached", reason, s.force))
