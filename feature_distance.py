@@ -94,14 +94,15 @@ class FeatureDistance(Attacker):
     def attack(self, images: torch.Tensor) -> AttackResult:
         """Feature-space distances (and fDBD's parts) of a batch of images."""
         x = resize_batch(images.to(self.device, dtype=self.dtype), self.image_size)
-        if self._linear is None:
-            logits, z = self.features(x)
-            self._linear = isinstance(self.head, nn.Linear) and torch.equal(logits, self.head(z).to(self.dtype))
+        logits, z = self.features(x, grad=self._linear is False)
+        if self._linear is None:  # the first batch: is the network's output the head's, a linear map of z?
+            with torch.no_grad():
+                self._linear = isinstance(self.head, nn.Linear) and torch.equal(logits, self.head(z).to(self.dtype))
+            if not self._linear:
+                logits, z = self.features(x, grad=True)
         if self._linear:
-            logits, z = self.features(x)
             gaps, denominators, directions = self._linear_parts(logits)
         else:
-            logits, z = self.features(x, grad=True)
             gaps, denominators, directions = self._first_order_parts(logits, z)
         logits = logits.detach()
         if not torch.isfinite(logits).all():
@@ -154,12 +155,24 @@ class FeatureDistance(Attacker):
 
 
 def training_feature_mean(attacker, model, data, batch_size: int) -> None:
-    """Give a ``feature`` mode measurement its version's training features' mean (fDBD's reference point); any
-    other attacker is left as it is."""
-    if isinstance(attacker, FeatureDistance):
-        import ModelManager
+    """Give a ``feature`` mode measurement its version's training features' mean (fDBD's reference point), computed
+    once per process and version (the cache step of every shift needs the same); any other attacker is left as
+    it is."""
+    if not isinstance(attacker, FeatureDistance):
+        return
+    import ModelManager
 
-        attacker.fit_feature_mean(ModelManager.loader_for(model, data, "train", batch_size))
+    key = (model.model_name, data.dataset_name, data.bug_id, model.metadata.get("checkpoint_sha256"),
+           model.metadata.get("image_size"), len(data.y_train), str(attacker.device), attacker.dtype)
+    if key[3] is None or key not in _TRAINING_MEANS:
+        mean = attacker.fit_feature_mean(ModelManager.loader_for(model, data, "train", batch_size))
+        if key[3] is not None:
+            _TRAINING_MEANS[key] = mean
+    attacker.feature_mean = _TRAINING_MEANS.get(key, attacker.feature_mean)
+
+
+#: the training features' means this process has computed, by version (checkpoint fingerprint) and device
+_TRAINING_MEANS: dict = {}
 
 
 def fdbd(margins: np.ndarray, deviations: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ def save_kde_figure(distances, correct, correct_kde, wrong_kde, path, title: str
                       label=f"{label} (n={int(mask.sum())})")
         if kde.n:
             axis.plot(grid, kde.pdf(grid), color=colour, label=f"KDE {label}")
-    axis.set_xlabel("DeepFool L2 distance")
+    axis.set_xlabel("L2 distance to the decision boundary (the fit's distance mode)")
     axis.set_ylabel("density")
     axis.set_title(title)
     axis.legend()

@@ -15,8 +15,8 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
          in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
 
 and prints, for each distance mode of ``--distances`` (``settings.distance_mode``: the paper's ``deepfool``,
-``deepfool:K``, ``first-order[:K]``), milliseconds per input, the ratio dfg/vote, and each version's attack
-alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
+``deepfool:K``, ``first-order[:K]``, ``feature[:K]``), milliseconds per input, the ratio dfg/vote, and each
+version's attack alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
 
     python benchmarks/bench_latency.py --device cuda [--model-root DIR] [--image-size 128] [--batch 64]
     python benchmarks/bench_latency.py --device cpu --image-size 32 --distances deepfool deepfool:2 first-order
@@ -106,8 +106,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=cli.positive_int, default=20)
     parser.add_argument("--kde-points", type=cli.positive_int, default=360, help="DIGITS' validation size")
     parser.add_argument("--distances", nargs="+", type=cli.distance_flag,
-                        default=[distance_mode(m) for m in ("deepfool", "deepfool:2", "first-order", "first-order:2")],
-                        help="distance modes to time (default: deepfool deepfool:2 first-order first-order:2)")
+                        default=[distance_mode(m) for m in ("deepfool", "deepfool:2", "first-order", "first-order:2",
+                                                            "feature")],
+                        help="distance modes to time (default: deepfool deepfool:2 first-order first-order:2 feature)")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     data = create_dataset("DIGITS")

@@ -1,0 +1,210 @@
+"""Distribution shift (``shifts.py``): naming, seeded corruption, the shifted caches beside the clean one, the
+failure model fitted under shift, and the tiny grid ``--distance feature --shifts gaussian_noise:5 fog:3`` end to
+end (cached equals real time; ``augrc_max_softmax`` equals a computation of its own)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import assert_usage_error, run_in_process, script_module
+
+import shifts
+from settings import NO_SHIFT, AttackSettings, distance_mode, mode_flag
+from utils import UsageError
+
+HEALTHY = ["--models", "squeezenet", "densenet", "--bugs", "0"]
+SHIFTS = ["--shifts", "none", "gaussian_noise:5", "fog:3"]
+FEATURE = ["--distance", "feature"]
+
+
+# ---------------------------------------------------------------------------------------------
+# naming
+# ---------------------------------------------------------------------------------------------
+
+def test_words_expand_to_shifts_in_one_canonical_order():
+    assert shifts.parse(["fog:3", "none", "gaussian_noise:5"]) == shifts.parse(["gaussian_noise:5", "fog:3", "none"]) \
+        == ("none", "fog:3", "gaussian_noise:5")
+    assert shifts.parse(["noise:2"]) == tuple(f"{name}:2" for name in shifts.FAMILIES["noise"])
+    assert len(shifts.parse(["all:3", "all:5", "fog:3"])) == 2 * 19 == 2 * len(shifts.CORRUPTIONS)
+    assert [shifts.family(s) for s in shifts.parse(["all:1"])].count("digital") == 6
+    assert shifts.severity("none") == 0 and shifts.severity("snow:4") == 4
+
+
+@pytest.mark.parametrize("word", ["fog:6", "fog", "fog:0", "rain:3", "all", ":3"])
+def test_a_bad_shift_is_a_usage_error(word):
+    with pytest.raises(UsageError, match="--shifts"):
+        shifts.parse([word])
+
+
+def test_a_bad_shift_on_the_command_line_is_one_line_and_exit_2(capsys, pipeline):
+    result = run_in_process(capsys, "cache", *pipeline.argv("cache", "--shifts", "fog:9"))
+    assert_usage_error(result, "--shifts 'fog:9'", "severity in 1-5")
+
+
+def test_a_failure_model_fitted_under_shift_has_a_name_that_says_how_to_ask_for_it():
+    settings = AttackSettings(deepfool=distance_mode("feature"), fit_shifts=shifts.parse(["noise:3", "blur:3"]))
+    assert settings.failure_model == "feature+noise3+blur3"
+    assert mode_flag(settings.failure_model) == " --distance feature --fit-shifts noise:3 blur:3"
+    partial = AttackSettings(fit_shifts=shifts.parse(["fog:3", "gaussian_noise:5"]))
+    assert partial.failure_model == "deepfool+fog3+gaussian_noise5"
+    assert mode_flag(partial.failure_model) == " --fit-shifts fog:3 gaussian_noise:5"
+    assert AttackSettings().failure_model == "deepfool"
+
+
+# ---------------------------------------------------------------------------------------------
+# corruption
+# ---------------------------------------------------------------------------------------------
+
+def grey_images(n: int = 6, side: int = 16) -> torch.Tensor:
+    x = torch.linspace(0, 1, side)
+    base = (x[None, :] * x[:, None]).expand(n, 1, side, side).clone()
+    return base.expand(n, 3, side, side).contiguous()
+
+
+def test_corruption_is_seeded_per_image_and_leaves_the_global_generator_alone():
+    images = grey_images()
+    np.random.seed(7)
+    before = np.random.get_state()[1].copy()
+    first = shifts.corrupt_images(images, "gaussian_noise:3")
+    assert np.array_equal(np.random.get_state()[1], before)
+    torch.testing.assert_close(first, shifts.corrupt_images(images, "gaussian_noise:3"), rtol=0, atol=0)
+    # image i's noise depends on its index only: the last four corrupted on their own are the same
+    tail = shifts.corrupt_images(images[2:], "gaussian_noise:3", first_index=2)
+    torch.testing.assert_close(first[2:], tail, rtol=0, atol=0)
+    assert not torch.equal(first[0], first[1])  # equal images, different noise
+    assert not torch.equal(first, shifts.corrupt_images(images, "gaussian_noise:3", seed=1))
+
+
+def test_severity_strengthens_a_corruption_and_shapes_survive():
+    images = grey_images()
+    change = {level: float((shifts.corrupt_images(images, f"gaussian_noise:{level}") - images).abs().mean())
+              for level in (1, 5)}
+    assert change[5] > 2 * change[1] > 0
+    grey = shifts.corrupt_images(images[:, :1], "defocus_blur:3")
+    assert grey.shape == images[:, :1].shape and grey.dtype == images.dtype
+    assert float(grey.min()) >= 0 and float(grey.max()) <= 1
+
+
+@pytest.mark.parametrize("corruption", shifts.CORRUPTIONS)
+def test_every_corruption_runs_at_the_versions_resolution(corruption):
+    images = grey_images(2, 32)
+    out = shifts.corrupt_images(images, f"{corruption}:5")
+    assert out.shape == images.shape and torch.isfinite(out).all()
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny grid, end to end
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shifted_grid(pipeline, tmp_path_factory):
+    """The session pipeline's healthy versions with the feature distance: fitted clean and under noise, cached and
+    evaluated (from the cache and in real time) on the clean test set and under gaussian_noise:5 and fog:3."""
+    ws = pipeline.clone(tmp_path_factory.mktemp("shifts") / "ws")
+    previous = torch.get_num_threads()
+    try:
+        for script, extra in (("fit", FEATURE), ("fit", [*FEATURE, "--fit-shifts", "noise:5"]),
+                              ("cache", [*FEATURE, *SHIFTS]), ("evaluate", [*FEATURE, *SHIFTS]),
+                              ("realtime", [*FEATURE, *SHIFTS, "--latency-repeats", "0"])):
+            assert script_module(script).main(ws.argv(script, *HEALTHY, *extra)) == 0, (script, extra)
+    finally:
+        torch.set_num_threads(previous)
+    return ws
+
+
+def test_every_table_has_a_row_per_shift_and_cached_equals_real_time(shifted_grid):
+    for name in ("results.csv", "summary.csv", "failure_prediction.csv", "selective.csv"):
+        table = pd.read_csv(shifted_grid.out / name)
+        assert list(dict.fromkeys(table["shift"])) == ["none", "fog:3", "gaussian_noise:5"], name
+        assert (shifted_grid.out / name).read_text() == (shifted_grid.realtime / name).read_text(), name
+    results = pd.read_csv(shifted_grid.out / "results.csv")
+    assert {"fdbd", "dfg", "maxlogit_pnorm"} <= set(results["method"])
+    for shift in ("none", "fog-3", "gaussian_noise-5"):
+        for stem in ("reliability", "risk_coverage"):
+            suffix = "" if shift == "none" else f"_{shift}"
+            assert (shifted_grid.out / "figures" / f"{stem}_DIGITS{suffix}.png").is_file()
+
+
+def test_severity_5_noise_lowers_accuracy(shifted_grid):
+    failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv").set_index(["shift", "model"])
+    clean, noisy = failure.loc["none", "test_accuracy"], failure.loc["gaussian_noise:5", "test_accuracy"]
+    assert noisy.mean() < clean.mean(), (clean, noisy)
+
+
+def test_augrc_of_max_softmax_equals_a_computation_of_its_own(shifted_grid):
+    failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv").set_index(["shift", "model"])
+    cached = shifted_grid.cached / "gaussian_noise-5"
+    truth = np.load(cached / "DIGITS_ground_truth.npy")
+    for model in ("squeezenet", "densenet"):
+        probabilities = np.load(cached / f"DIGITS_{model}_bug0_probabilities_feature.npy").astype(np.float64)
+        wrong = np.load(cached / f"DIGITS_{model}_bug0_dnn_labels_feature.npy") != truth
+        confidence = probabilities.max(axis=1)
+        # accept the k most confident inputs, k = 1..n; a tie's members are accepted in every order equally often
+        expected = []
+        for k in range(1, len(truth) + 1):
+            threshold = np.sort(confidence)[::-1][k - 1]
+            above, tied = confidence > threshold, confidence == threshold
+            expected.append((wrong[above].sum() + (k - above.sum()) * wrong[tied].mean()) / len(truth))
+        assert failure.loc[("gaussian_noise:5", model), "augrc_max_softmax"] == pytest.approx(np.mean(expected),
+                                                                                                abs=1e-6)
+
+
+def test_shifted_caches_live_beside_the_clean_one_and_record_how_they_were_made(shifted_grid):
+    folder = shifted_grid.cached / "fog-3"
+    assert (folder / "DIGITS_ground_truth.npy").is_file()
+    manifest = json.loads((folder / "DIGITS_densenet_bug0_manifest_feature.json").read_text())
+    assert manifest["shift"] == {"shift": "fog:3", "corruption": "fog", "severity": 3, "family": "weather",
+                                 "library": "corrupt-tta", "version": shifts.library_version(), "seed": 42}
+    assert np.array_equal(np.load(folder / "DIGITS_ground_truth.npy"), np.load(shifted_grid.truth))
+    clean = np.load(shifted_grid.cached / "DIGITS_densenet_bug0_distances_feature.npy")
+    assert not np.array_equal(clean, np.load(folder / "DIGITS_densenet_bug0_distances_feature.npy"))
+
+
+def test_a_rerun_skips_every_finished_shift(shifted_grid, capsys):
+    assert script_module("cache").main(shifted_grid.argv("cache", *HEALTHY, *FEATURE, *SHIFTS)) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (up to date)") == 6 and "densenet_DIGITS fog:3" in out
+
+
+def test_the_failure_model_fitted_under_shift_is_its_own_and_refused_where_absent(shifted_grid, capsys):
+    kdes = sorted(p.name for p in shifted_grid.kdes.glob("densenet_DIGITS_feature*_correct.npz"))
+    assert kdes == ["densenet_DIGITS_feature+noise5_correct.npz", "densenet_DIGITS_feature_correct.npz"]
+    validation = np.load(shifted_grid.info / "val_information_cached" /
+                         "DIGITS_densenet_bug0_distances_feature+noise5.npy")
+    clean = np.load(shifted_grid.info / "val_information_cached" / "DIGITS_densenet_bug0_distances_feature.npy")
+    assert len(validation) == 5 * len(clean)  # clean + the four noise corruptions
+    np.testing.assert_array_equal(validation[:len(clean)], clean)
+    argv = shifted_grid.argv("evaluate", *HEALTHY, *FEATURE, "--shifts", "fog:3", "--fit-shifts", "noise:5",
+                             "--output", str(shifted_grid.root / "fitted_under_noise"))
+    assert script_module("evaluate").main(argv) == 0
+    under_noise = pd.read_csv(shifted_grid.root / "fitted_under_noise" / "failure_prediction.csv")
+    clean_fit = pd.read_csv(shifted_grid.out / "failure_prediction.csv")
+    clean_fit = clean_fit[clean_fit["shift"] == "fog:3"].reset_index(drop=True)
+    pd.testing.assert_series_equal(under_noise["auroc_max_softmax"], clean_fit["auroc_max_softmax"])
+    assert not np.allclose(under_noise["auroc_dfg"], clean_fit["auroc_dfg"])
+    result = run_in_process(capsys, "evaluate", *shifted_grid.argv("evaluate", *HEALTHY, *FEATURE, "--fit-shifts",
+                                                                   "blur:5"))
+    assert_usage_error(result, "feature+blur5", "--fit-shifts blur:5")
+
+
+def test_fdbd_is_its_two_cached_parts_divided(shifted_grid):
+    from feature_distance import fdbd
+
+    cached = shifted_grid.cached
+    margins = np.load(cached / "DIGITS_squeezenet_bug0_feature_margins_feature.npy")
+    deviations = np.load(cached / "DIGITS_squeezenet_bug0_feature_deviations_feature.npy")
+    assert (margins > 0).all() and (deviations > 0).all()
+    np.testing.assert_allclose(fdbd(margins, deviations), margins / deviations)
+
+
+def test_no_shift_is_the_clean_cache_itself(pipeline):
+    import layout
+
+    assert layout.cache_path(pipeline.info, "squeezenet", "DIGITS", 0, "distances", shift=NO_SHIFT) == \
+        pipeline.cache("distances")
+    assert layout.ground_truth_path(pipeline.info, "DIGITS", 0, "fog:3").parent.name == "fog-3"
