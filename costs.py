@@ -116,12 +116,13 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def measure_version(model, data, device, mode: str | None = None) -> dict:
+def measure_version(model, data, device, mode: str | None = None, modes=None) -> dict:
     """The ``costs`` record of a loaded version (a ``MyModel``) on its validation inputs, also costing ``mode``
-    when it is not one of :data:`COST_MODES`."""
+    when it is not one of :data:`COST_MODES` (``modes``: exactly these instead)."""
     from ModelManager import loader_for
 
-    modes = COST_MODES if mode is None or mode in COST_MODES else (*COST_MODES, mode)
+    if modes is None:
+        modes = COST_MODES if mode is None or mode in COST_MODES else (*COST_MODES, mode)
     batch = next(iter(loader_for(model, data, "val", LATENCY_BATCH)))[0]
     return measure(model.model_structure, batch[:COST_INPUTS], device, modes, latency_images=batch)
 
@@ -159,7 +160,11 @@ def ensure(model_root, model, data, device, mode: str | None = None) -> bool:
     path = metadata_path(model_root, model.model_name, dataset, model.bug_id)
     metadata = read_metadata(path)
     known = metadata.get("costs") or {}
-    costs = measure_version(model, data, device, mode)
+    if known and mode is not None:  # one more mode: its FLOPs join the others', which stay as measured
+        added = measure_version(model, data, device, modes=(mode,))["distance_flops"]
+        costs = {**known, "distance_flops": {**known.get("distance_flops", {}), **added}}
+    else:
+        costs = measure_version(model, data, device, mode)
     metadata["costs"] = costs
     times = os.stat(path)
     atomic_write_json(path, metadata)

@@ -94,14 +94,12 @@ class FeatureDistance(Attacker):
     def attack(self, images: torch.Tensor) -> AttackResult:
         """Feature-space distances (and fDBD's parts) of a batch of images."""
         x = resize_batch(images.to(self.device, dtype=self.dtype), self.image_size)
-        logits, z = self.features(x, grad=self._linear is False)
+        logits, z = self.features(x, grad=not self._linear)  # the first batch with gradients: either way fits
         if self._linear is None:  # the first batch: is the network's output the head's, a linear map of z?
             with torch.no_grad():
                 self._linear = isinstance(self.head, nn.Linear) and torch.equal(logits, self.head(z).to(self.dtype))
-            if not self._linear:
-                logits, z = self.features(x, grad=True)
         if self._linear:
-            gaps, denominators, directions = self._linear_parts(logits)
+            gaps, denominators, directions = self._linear_parts(logits.detach())
         else:
             gaps, denominators, directions = self._first_order_parts(logits, z)
         logits = logits.detach()

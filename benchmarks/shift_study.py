@@ -68,6 +68,7 @@ def scores_report(folders: dict[str, Path]) -> str:
     lines += ["", "Per family: pairs (version, corruption) where `dfg` beats `max_softmax` in AUROC (sign test)", "",
               "| mode | family | severity | wins | losses | p |", "|---|---|---|---|---|---|"]
     for mode, table in tables.items():
+        table = table[table["shift"].isin(shared)]
         for (group, level), part in table[table["severity"] > 0].groupby(["family", "severity"]):
             wins = int((part["auroc_dfg"] > part["auroc_max_softmax"]).sum())
             losses = int((part["auroc_dfg"] < part["auroc_max_softmax"]).sum())

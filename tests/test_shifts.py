@@ -208,3 +208,12 @@ def test_no_shift_is_the_clean_cache_itself(pipeline):
     assert layout.cache_path(pipeline.info, "squeezenet", "DIGITS", 0, "distances", shift=NO_SHIFT) == \
         pipeline.cache("distances")
     assert layout.ground_truth_path(pipeline.info, "DIGITS", 0, "fog:3").parent.name == "fog-3"
+
+
+def test_the_feature_mode_joins_the_recorded_costs_and_leaves_the_others_alone(shifted_grid, pipeline):
+    for model in ("squeezenet", "densenet"):
+        before = json.loads(pipeline.metadata(model).read_text())["costs"]
+        after = json.loads(shifted_grid.metadata(model).read_text())["costs"]
+        assert "feature" not in before["distance_flops"]
+        assert after["distance_flops"] == {**before["distance_flops"], "feature": after["distance_flops"]["feature"]}
+        assert before["forward_flops"] <= after["distance_flops"]["feature"] < 1.1 * before["forward_flops"]
