@@ -5,8 +5,9 @@ The corruptions come from ``corrupt-tta`` (a maintained port of ImageNet-C's cod
 scikit-image). They are applied at the resolution a version sees, after the loader's resize, with ImageNet-C's
 parameters (tuned for 224-pixel images: at 32 pixels the blurs and the elastic transform are relatively
 stronger). A grey image is corrupted as three equal channels and read back as their mean. The library draws from
-NumPy's global generator; each image gets its own seed from (``seed``, corruption, severity, index), so a rerun,
-and any batch order, corrupts every image identically, and the caller's generator state is restored after.
+NumPy's global generator and, for impulse noise, scikit-image's; each image gets its own seed from (``seed``,
+corruption, severity, index) for both, so a rerun, and any batch order, corrupts every image identically, and the
+caller's generator state is restored after.
 
 A shift is named ``corruption:severity`` (``gaussian_noise:5``); on the command line a family (``noise:3``) or
 ``all:S`` stands for each of its corruptions, and ``none`` for the clean test set.
@@ -15,6 +16,7 @@ A shift is named ``corruption:severity`` (``gaussian_noise:5``); on the command 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import replace
 from functools import lru_cache
@@ -153,11 +155,19 @@ def describe(shift: str, seed: int = SEED) -> dict:
 
 
 @contextlib.contextmanager
-def _restored_global_generator():
-    state = np.random.get_state()
+def _seeded_library(seed: int):
+    """The corruption library with every random draw from ``seed``: NumPy's global generator (most corruptions;
+    the caller's state is restored after) and the generator scikit-image's ``random_noise`` takes (impulse noise,
+    which otherwise draws from a fresh unseeded one: a rerun would corrupt differently)."""
+    import corrupt_tta.corruptions as library
+
+    state, random_noise = np.random.get_state(), library.random_noise
+    np.random.seed(seed)
+    library.random_noise = functools.partial(random_noise, rng=seed)
     try:
         yield
     finally:
+        library.random_noise = random_noise
         np.random.set_state(state)
 
 
@@ -179,12 +189,11 @@ def corrupt_images(images: torch.Tensor, shift: str, seed: int = SEED, first_ind
         raise UsageError(f"shifts corrupt N×C×H×W images with 1 or 3 channels, got shape {tuple(images.shape)}")
     pixels = (images.detach().cpu().double().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = np.empty(pixels.shape, dtype=np.float64)
-    with _restored_global_generator():
-        for i, image in enumerate(pixels):
-            np.random.seed(image_seed(seed, shift, first_index + i))
+    for i, image in enumerate(pixels):
+        with _seeded_library(image_seed(seed, shift, first_index + i)):
             rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
             corrupted = np.clip(np.asarray(corrupt(rgb, severity=level, corruption_name=name), np.float64), 0, 255)
-            out[i] = corrupted.mean(axis=2, keepdims=True) if image.shape[2] == 1 else corrupted
+        out[i] = corrupted.mean(axis=2, keepdims=True) if image.shape[2] == 1 else corrupted
     return torch.from_numpy(out / 255.0).permute(0, 3, 1, 2).to(images.dtype).contiguous()
 
 

@@ -90,11 +90,13 @@ def test_severity_strengthens_a_corruption_and_shapes_survive():
 
 
 @pytest.mark.parametrize("corruption", shifts.CORRUPTIONS)
-def test_every_corruption_runs_at_the_versions_resolution(corruption):
+def test_every_corruption_runs_at_the_versions_resolution_and_repeats_exactly(corruption):
     images = grey_images(2, 32)
     out = shifts.corrupt_images(images, f"{corruption}:5")
     assert out.shape == images.shape and torch.isfinite(out).all()
     assert float(out.min()) >= 0 and float(out.max()) <= 1
+    np.random.seed(123)  # whatever the caller's generators hold, the same images come out
+    torch.testing.assert_close(shifts.corrupt_images(images, f"{corruption}:5"), out, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------
