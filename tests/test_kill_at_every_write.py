@@ -36,7 +36,8 @@ def step_files(ws, step: str) -> list:
         paths = [*(ws.root / "evaluated" / name for name in layout.RESULT_FILES),
                  ws.root / "evaluated" / "figures" / "methods_DIGITS.png",
                  ws.root / "evaluated" / "figures" / "compute_DIGITS.png",
-                 ws.root / "evaluated" / "figures" / "reliability_DIGITS.png"]
+                 ws.root / "evaluated" / "figures" / "reliability_DIGITS.png",
+                 ws.root / "evaluated" / "figures" / "risk_coverage_DIGITS.png"]
     return [str(path.relative_to(ws.root)) for path in paths]
 
 

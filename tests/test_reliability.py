@@ -726,7 +726,8 @@ CHAINS = {
         tuple(f"out/realtime/{name}" for name in ("results.csv", "summary.csv", "failure_prediction.csv",
                                                   "selective.csv", "latency.csv", "methods.json",
                                                   "figures/methods_DIGITS.png", "figures/compute_DIGITS.png",
-                                                  "figures/reliability_DIGITS.png"))),
+                                                  "figures/reliability_DIGITS.png",
+                                                  "figures/risk_coverage_DIGITS.png"))),
 }
 
 
