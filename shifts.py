@@ -19,7 +19,6 @@ import contextlib
 import functools
 import hashlib
 from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -207,16 +206,14 @@ def shifted(data, split_name: str, image_size: int | None, shift: str, seed: int
     images = getattr(data, f"x_{split_name}")
     key = (hashlib.blake2b(images.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest(),
            tuple(images.shape), sized.image_size, shift, seed)
-    kept = _kept()
-    if key not in kept:
+    if key not in _KEPT:
         from DatasetManager import resize_batch
 
-        if len(kept) >= KEPT_SETS:
-            kept.pop(next(iter(kept)))
-        kept[key] = corrupt_images(resize_batch(images, sized.image_size), shift, seed)
-    return replace(sized, **{f"x_{split_name}": kept[key]})
+        if len(_KEPT) >= KEPT_SETS:
+            _KEPT.pop(next(iter(_KEPT)))  # the oldest: jobs come shift by shift
+        _KEPT[key] = corrupt_images(resize_batch(images, sized.image_size), shift, seed)
+    return replace(sized, **{f"x_{split_name}": _KEPT[key]})
 
 
-@lru_cache(maxsize=1)
-def _kept() -> dict:
-    return {}
+#: the corrupted sets this process keeps, by (images' digest, shape, size, shift, seed)
+_KEPT: dict = {}
