@@ -92,6 +92,10 @@ def evaluate(args, grid, device) -> int:
         costs.ensure(roots.model, model, data, version_device, attack.deepfool.mode)
         training_feature_mean(module.attacker, model, data, attack.batch_size)
         loaded.append((dataset, model_name, bug, module, data, model))
+    # what the versions answered on validation, read once for every shift
+    validation = {(d, m, b): caches.read_validation_outputs(roots.info, m, d, b, data.num_classes,
+                                                            attack.failure_model)
+                  for d, m, b, _, data, _ in loaded}
     by_shift = {}
     for shift in args.shifts:
         loaders = [ModelManager.loader_for(model, shifts.shifted(data, "test", model.metadata["image_size"], shift),
@@ -105,9 +109,8 @@ def evaluate(args, grid, device) -> int:
             truths_by_dataset[dataset][test_set] = data.y_test.numpy()
             records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
                 dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
-                result.logits, caches.read_validation_outputs(roots.info, model_name, dataset, bug, data.num_classes,
-                                                              attack.failure_model),
-                costs.read(roots.model, model_name, dataset, bug), attack.deepfool.mode, shift,
+                result.logits, validation[dataset, model_name, bug], costs.read(roots.model, model_name, dataset, bug),
+                attack.deepfool.mode, shift,
                 result.feature_margins, result.feature_deviations)
         by_shift[shift] = records_by_dataset, truths_by_dataset
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
