@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from attack_result import AttackCancelled, AttackResult  # noqa: F401 - the names callers import from here
 from DatasetManager import resize_batch
-from frozen_network import attack_dtype, frozen_copy
-from settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
+from mymodel.frozen import attack_dtype, frozen_copy
+from storage.settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
 from utils import UsageError, choose_device
 
 STEP_STABILISER = 1e-4  # foolbox adds it to every step's distance
@@ -86,7 +86,7 @@ class Attacker:
         """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it (the
         ``feature`` mode's measures at the penultimate layer: ``feature_distance.FeatureDistance``)."""
         if deepfool.feature:
-            from feature_distance import FeatureDistance
+            from distances.feature import FeatureDistance
 
             return FeatureDistance(pytorch_model, device, candidates=deepfool.candidates,
                                    overshoot=deepfool.overshoot, **options)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 import FaultInjector
 import mydataset
-from layout import DEFAULT_DATA_ROOT
 from mydataset import DATASETS
-from settings import SEED
+from storage.layout import DEFAULT_DATA_ROOT
+from storage.settings import SEED
 from utils import UsageError, stratified_split
 
 VALIDATION_FRACTION = 0.2

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from Attacker import Attacker, AttackResult
-from caches import check_distances, read_version_cache
-from concurrent_attacks import attack_concurrently
-from kde import GaussianKDE
-from layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
-from settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings, mode_flag
+from distances.concurrent import attack_concurrently
+from failure_model.kde import GaussianKDE
+from storage.caches import check_distances, read_version_cache
+from storage.layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
+from storage.settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings, mode_flag
 from utils import UsageError
 
 

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import mutation_faults as mutation
-from model_faults import (
+from faults import mutation
+from faults.model import (
     reduce_structure,
     remove_activations,
     widen_filters,
@@ -35,8 +35,7 @@ from model_faults import (
     without_reduced_variant,
     without_widenable_filters,
 )
-from settings import SEED
-from training_faults import (
+from faults.training import (
     SoftmaxSquaredError,  # noqa: F401 - part of this module's interface
     corrupt_test_inputs,
     cut_epochs,
@@ -47,6 +46,7 @@ from training_faults import (
     shrink_pixel_range,
     use_squared_error_loss,
 )
+from storage.settings import SEED
 from utils import UsageError
 
 HEALTHY = 0

@@ -20,11 +20,15 @@ import numpy as np
 import torch
 import torchvision
 
-import costs
 import DatasetManager
 import FaultInjector
 import mymodel
-from layout import (
+from distances import costs
+from evaluation.figures import save_loss_curve
+from ModelTrainer import ModelTrainer
+from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
+from storage.files import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
+from storage.layout import (
     DEFAULT_ROOTS,
     PAPER_ACCURACIES,
     Roots,
@@ -33,12 +37,8 @@ from layout import (
     metadata_path,
     version_key,
 )
-from metadata import check_image_size, read_metadata
-from ModelTrainer import ModelTrainer
-from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
-from plotting import save_loss_curve
-from settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
-from storage import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
+from storage.metadata import check_image_size, read_metadata
+from storage.settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
 from utils import UsageError, choose_device, seed_everything
 
 MODES = ("load", "train", "evaluate")

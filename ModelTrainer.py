@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from settings import PAPER_RECIPE, TrainingRecipe
+from storage.settings import PAPER_RECIPE, TrainingRecipe
 from utils import choose_device
 
 

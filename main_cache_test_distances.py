@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-import cli
-import grids
-import shifts
+from mydataset import shifts
+from pipeline import cli, grids
 
 
 def build_parser() -> argparse.ArgumentParser:

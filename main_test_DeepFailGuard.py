@@ -23,26 +23,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import caches
-import cli
-import costs
-import deployment
 import evaluation
-import grids
-import layout
-import manifests
 import ModelManager
-import paper
-import shifts
-import storage
 import utils
-from concurrent_attacks import attack_concurrently
 from DatasetManager import DatasetCache
 from DeepFailGuard import DeepFailGuardModule
-from evaluation import selective
-from feature_distance import training_feature_mean
+from distances import costs
+from distances.concurrent import attack_concurrently
+from distances.feature import training_feature_mean
+from evaluation import deployment, paper, selective
+from mydataset import shifts
+from pipeline import cli, grids
 from selection import unmet_needs
-from settings import NO_SHIFT
+from storage import caches, files, layout, manifests
+from storage.settings import NO_SHIFT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, device = cli.prepare(args, writable=[args.output])
-    with storage.folder_lock(args.output, "a real-time evaluation (main_test_DeepFailGuard.py)"):
+    with files.folder_lock(args.output, "a real-time evaluation (main_test_DeepFailGuard.py)"):
         return evaluate(args, grid, device)
 
 
@@ -123,7 +117,7 @@ def evaluate(args, grid, device) -> int:
     elif args.latency_repeats:
         rows = [row for entry in _healthy_sets(loaded, records_by_dataset)
                 for row in _time_set(args, *entry, truths_by_dataset)]
-        storage.atomic_write_table(layout.result_path(args.output, layout.LATENCY_CSV), pd.DataFrame(rows),
+        files.atomic_write_table(layout.result_path(args.output, layout.LATENCY_CSV), pd.DataFrame(rows),
                                    deployment.LATENCY_COLUMNS)
         if rows:
             print(f"latency (ms per input, {rows[0]['device']}): " + ", ".join(

@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cli
 import evaluation
-import layout
-import paper
-import shifts
-import storage
-from evaluation import selective
-from settings import NO_SHIFT, AttackSettings, mode_flag
+from evaluation import paper, selective
+from mydataset import shifts
+from pipeline import cli
+from storage import files, layout
+from storage.settings import NO_SHIFT, AttackSettings, mode_flag
 from utils import UsageError
 
 
@@ -51,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     grid, _ = cli.prepare(args, writable=[args.output])
-    with storage.folder_lock(args.output, "an evaluation (main_test_DeepFailGuard_from_cached.py)"):
+    with files.folder_lock(args.output, "an evaluation (main_test_DeepFailGuard_from_cached.py)"):
         return evaluate(args, grid)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-import cli
 import FaultInjector
-from jobs import step_of
-from settings import TrainSettings
+from pipeline import cli
+from pipeline.jobs import step_of
+from storage.settings import TrainSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,13 +18,13 @@ import argparse
 import sys
 from dataclasses import replace
 
-import cli
-import fault_validation as fv
 import FaultInjector
-import layout
-from jobs import Job, step_of
-from metadata import read_metadata
-from settings import TrainSettings
+from evaluation import fault_validation as fv
+from pipeline import cli
+from pipeline.jobs import Job, step_of
+from storage import layout
+from storage.metadata import read_metadata
+from storage.settings import TrainSettings
 from utils import UsageError
 
 
@@ -127,7 +127,7 @@ def searched_faults(requested: list[str] | None, validation: Validation) -> list
     if requested is None:
         return []
     in_grid = sorted({bug for bugs in validation.faults.values() for bug in bugs})
-    from grids import parse_bug_ids
+    from pipeline.grids import parse_bug_ids
 
     bugs = parse_bug_ids(requested) if requested else [b for b in in_grid if FaultInjector.FAULTS[b].parameter]
     for bug in bugs:

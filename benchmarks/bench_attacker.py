@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from layout import Roots  # noqa: E402
-from settings import DEEPFOOL  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage.layout import Roots  # noqa: E402
+from storage.settings import DEEPFOOL  # noqa: E402
 from utils import choose_device  # noqa: E402
 
 

@@ -32,13 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import caches  # noqa: E402
-import cli  # noqa: E402
 import evaluation  # noqa: E402
-import layout  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
-from kde import GaussianKDE  # noqa: E402
+from failure_model.kde import GaussianKDE  # noqa: E402
+from pipeline import cli  # noqa: E402
 from selection import METHODS, SCORES  # noqa: E402
+from storage import (
+    caches,  # noqa: E402
+    layout,  # noqa: E402
+)
 
 MODELS = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 NUM_CLASSES = 10

@@ -41,14 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bf16_diagnosis import subset  # noqa: E402
 
-import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import full_float32_convolutions  # noqa: E402
 from DatasetManager import create_dataset, resize_batch  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
-from kde import GaussianKDE  # noqa: E402
-from layout import Roots  # noqa: E402
-from settings import TrainSettings, distance_mode  # noqa: E402
+from failure_model.kde import GaussianKDE  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage.layout import Roots  # noqa: E402
+from storage.settings import TrainSettings, distance_mode  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 

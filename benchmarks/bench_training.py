@@ -35,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
+from pipeline import cli  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 PRECISIONS = {"bf16-cl": (True, True), "bf16": (True, False), "fp32": (False, False), "fp32-cl": (False, True)}

@@ -46,12 +46,12 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
 import ModelManager  # noqa: E402
 from DatasetManager import MyData, create_dataset  # noqa: E402
-from layout import Roots  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from settings import SEED, TrainSettings  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage.layout import Roots  # noqa: E402
+from storage.settings import SEED, TrainSettings  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")

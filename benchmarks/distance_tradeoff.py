@@ -20,9 +20,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
-import layout  # noqa: E402
-from metrics import sign_test  # noqa: E402
+from evaluation.metrics import sign_test  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage import layout  # noqa: E402
 from utils import UsageError  # noqa: E402
 
 SET_KEYS = ["dataset", "n_versions", "models", "bug_ids", "setting"]

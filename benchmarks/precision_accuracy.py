@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bf16_diagnosis import accuracy, amp_dtype, dead_classes, describe_device, subset, train_via_create_model  # noqa: E402
 
-import cli  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from settings import SEED  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage.settings import SEED  # noqa: E402
 from utils import choose_device  # noqa: E402
 
 PRECISIONS = {"bf16": True, "fp32": False}

@@ -27,10 +27,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
-import layout  # noqa: E402
-from metrics import sign_test  # noqa: E402
-from shifts import family, severity  # noqa: E402
+from evaluation.metrics import sign_test  # noqa: E402
+from mydataset.shifts import family, severity  # noqa: E402
+from pipeline import cli  # noqa: E402
+from storage import layout  # noqa: E402
 
 SCORES = ("dfg", "dfg_plus", "max_softmax", "doctor", "energy", "maxlogit_pnorm", "fdbd")
 #: DeepFailGuard's scores, which depend on the distance mode (the rest are the same in every folder)

@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
 import evaluation  # noqa: E402
+from pipeline import cli  # noqa: E402
 from selection import METHODS, PREFERRED_MEMBER, SetContext, preference_by_validation_accuracy  # noqa: E402
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-import layout
 from evaluation.compute import (
     DEEPFAILGUARD,
     Evaluation,
@@ -32,7 +31,8 @@ from evaluation.records import (
 )
 from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
 from evaluation.selective import Abstention
-from settings import NO_SHIFT
+from storage import layout
+from storage.settings import NO_SHIFT
 
 __all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Abstention", "Evaluation", "MethodLog", "VersionRecord", "canonical",
            "canonical_key", "check_dataset", "dataset_classes", "evaluate_and_report", "evaluate_datasets",

@@ -20,9 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import FaultInjector
-from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
-from evaluation.selective import Abstention
-from metrics import (
+from evaluation.metrics import (
     accuracy,
     augrc,
     aurc,
@@ -37,8 +35,10 @@ from metrics import (
     paired_difference_intervals,
     upper_limit,
 )
+from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
+from evaluation.selective import Abstention
 from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validation_accuracy, unmet_needs
-from settings import NO_SHIFT
+from storage.settings import NO_SHIFT
 from utils import UsageError
 
 MAX_VERSIONS = 5

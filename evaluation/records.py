@@ -14,14 +14,12 @@ from functools import cached_property
 
 import numpy as np
 
-import caches
-import costs
-import layout
-import manifests
-from caches import VALIDATION_REMEDY, CachedAnswers
 from DeepFailGuard import Assessment, DeepFailGuardModule
-from layout import CACHE_REMEDY
-from settings import DEEPFOOL, NO_SHIFT, DeepFoolSettings
+from distances import costs
+from storage import caches, layout, manifests
+from storage.caches import VALIDATION_REMEDY, CachedAnswers
+from storage.layout import CACHE_REMEDY
+from storage.settings import DEEPFOOL, NO_SHIFT, DeepFoolSettings
 from utils import UsageError
 
 

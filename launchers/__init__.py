@@ -42,10 +42,10 @@ import shutil
 
 from tqdm.auto import tqdm
 
-from jobs import Job, Outcome, run_job
 from launchers.ray_pool import run_ray
 from launchers.slurm_arrays import AUTO_JOBS_PER_TASK, jobs_per_task_flag, parse_sbatch_option, run_slurm
-from settings import DEFAULT_LAUNCH, LaunchSettings
+from pipeline.jobs import Job, Outcome, run_job
+from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 __all__ = ["AUTO_JOBS_PER_TASK", "CLUSTER_REQUIREMENTS", "LAUNCHERS", "check_engine", "jobs_per_task_flag", "launch",

@@ -8,7 +8,7 @@ import socket
 import traceback
 from pathlib import Path
 
-from jobs import FAILED, Job, Outcome, run_job
+from pipeline.jobs import FAILED, Job, Outcome, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 

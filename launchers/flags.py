@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from settings import DEFAULT_LAUNCH, LaunchSettings
+from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 
 def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     """``--launcher`` and its engines' options (the per-version scripts); defaults are ``LaunchSettings``'."""
-    from cli import non_negative_float, non_negative_int, positive_float, positive_int
     from launchers import AUTO_JOBS_PER_TASK, LAUNCHERS, jobs_per_task_flag, parse_sbatch_option
+    from pipeline.cli import non_negative_float, non_negative_int, positive_float, positive_int
 
     default = DEFAULT_LAUNCH
     parser.add_argument("--launcher", choices=tuple(LAUNCHERS), default=default.launcher, type=_launcher_with_engine,

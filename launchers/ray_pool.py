@@ -8,10 +8,10 @@ import socket
 
 from tqdm.auto import tqdm
 
-from jobs import Job, Outcome
 from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
-from layout import log_folder
-from settings import DEFAULT_LAUNCH, LaunchSettings
+from pipeline.jobs import Job, Outcome
+from storage.layout import log_folder
+from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 #: how often Ray reruns a job whose actor process died (killed, out of memory, node lost)
@@ -31,7 +31,7 @@ class JobWorker:
     """A Ray actor that runs jobs one after another in one long-lived process (its device slot)."""
 
     def __init__(self):
-        from jobs import import_step_modules
+        from pipeline.jobs import import_step_modules
 
         import_step_modules()
 

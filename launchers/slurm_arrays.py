@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from jobs import Job, Outcome, import_step_modules
 from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
-from layout import log_folder
-from settings import DEFAULT_LAUNCH, LaunchSettings
+from pipeline.jobs import Job, Outcome, import_step_modules
+from storage.layout import log_folder
+from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import FaultInjector
-from settings import PAPER_RECIPE, TrainingRecipe
+from storage.settings import PAPER_RECIPE, TrainingRecipe
 from utils import Registry, UsageError
 
 #: every dataset, by (upper-case) name, in registration order; presets and ``--datasets`` read it

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to_labels
-from storage import safe_torch_load
+from storage.files import safe_torch_load
 from utils import UsageError
 
 RELEASE_HINT = "the DeepFailGuard paper's released datasets (see README, 'The paper's data')"

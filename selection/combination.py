@@ -7,9 +7,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from metrics import majority_vote
+from evaluation.metrics import majority_vote
 from selection.base import PREFERRED_MEMBER, SMALLEST_CLASS, Method, register_method, stacked_labels
-from settings import SEED
+from storage.settings import SEED
 
 
 @register_method

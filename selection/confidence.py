@@ -120,7 +120,7 @@ class MaxLogitPNorm(Score):
     fallback: float = 2.0
 
     def fit(self, version):
-        from metrics import auroc
+        from evaluation.metrics import auroc
 
         logits, correct = version.validation.logits, version.validation.correct
         quality = [auroc(pnorm_max_logit(logits, p), correct) for p in self.candidates]

@@ -18,7 +18,7 @@ def cross_fitted_assessment(version):
     import copy
 
     from DeepFailGuard import Assessment
-    from kde import GaussianKDE
+    from failure_model.kde import GaussianKDE
 
     def fit() -> Assessment:
         distances = np.asarray(version.validation.distances, dtype=np.float64)

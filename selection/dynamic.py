@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metrics import majority_vote
+from evaluation.metrics import majority_vote
 from selection.base import (
     PREFERRED_MEMBER,
     SMALLEST_CLASS,

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from feature_distance import fdbd
+from distances.feature import fdbd
 from selection.base import Score, register_score
 
 

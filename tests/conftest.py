@@ -76,7 +76,7 @@ def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
     """A script's entry point, ``cli.run_main(main, argv)``, in this process: the same exit-status contract
     as on the command line without an interpreter's start-up; an escaping exception is exit 1 with its
     traceback on stderr, as the interpreter would print it."""
-    import cli
+    from pipeline import cli
 
     main = script_module(script).main
     capsys.readouterr()
@@ -150,22 +150,22 @@ class Workspace:
     truth = property(lambda self: self.cached / "DIGITS_ground_truth.npy")
 
     def checkpoint(self, model: str = "squeezenet", bug: int = 0) -> Path:
-        from layout import checkpoint_path
+        from storage.layout import checkpoint_path
 
         return checkpoint_path(self.model, model, "DIGITS", bug)
 
     def metadata(self, model: str = "squeezenet", bug: int = 0) -> Path:
-        from layout import metadata_path
+        from storage.layout import metadata_path
 
         return metadata_path(self.model, model, "DIGITS", bug)
 
     def kde(self, which: str = "correct", suffix: str = ".npz", model: str = "squeezenet", bug: int = 0) -> Path:
-        from layout import version_key
+        from storage.layout import version_key
 
         return self.kdes / f"{version_key(model, 'DIGITS', bug)}_{which}{suffix}"
 
     def cache(self, what: str, model: str = "squeezenet", bug: int = 0) -> Path:
-        from layout import cache_path
+        from storage.layout import cache_path
 
         return cache_path(self.info, model, "DIGITS", bug, what)
 
@@ -276,7 +276,7 @@ def write_fake_cache(info, dataset: str, truth, versions: dict) -> None:
     """Write a test cache and failure models in the paper's layout under ``info``: the ground truth, and per
     ``(model, bug) -> (labels, distances, correct_kde, wrong_kde)`` the two cache arrays (as given: the
     paper's are float32 or float64) and the pickled ``scipy.stats.gaussian_kde`` pair."""
-    import layout
+    from storage import layout
 
     truth_path = layout.ground_truth_path(info, dataset, 0)
     truth_path.parent.mkdir(parents=True, exist_ok=True)

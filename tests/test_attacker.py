@@ -484,7 +484,7 @@ def test_cuda_graph_step_gives_the_eager_step_distances(n):
     ("deepfool", 10, False), ("deepfool:2", 2, False), ("DeepFool:7", 7, False), ("first-order", 10, True),
     ("first-order:3", 3, True)])
 def test_distance_modes_parse_and_name_themselves(text, candidates, first_order):
-    from settings import DEEPFOOL, distance_mode
+    from storage.settings import DEEPFOOL, distance_mode
 
     settings = distance_mode(text)
     assert (settings.candidates, settings.first_order) == (candidates, first_order)
@@ -495,7 +495,7 @@ def test_distance_modes_parse_and_name_themselves(text, candidates, first_order)
 
 @pytest.mark.parametrize("text", ["deepfool:1", "deepfool:x", "first-order:", "fgsm", "deepfool:2:3", ""])
 def test_unknown_distance_modes_are_usage_errors(text):
-    from settings import distance_mode
+    from storage.settings import distance_mode
 
     with pytest.raises(UsageError, match="distance mode"):
         distance_mode(text)
@@ -505,7 +505,7 @@ def test_unknown_distance_modes_are_usage_errors(text):
 def test_first_order_is_the_closed_form_on_a_float64_linear_model(candidates):
     """One linearisation is exact for a linear classifier: min over the top candidates k of
     |l_k − l_0| / ‖w_k − w_0‖ (with foolbox's guard on the norm), in float64 to 1e-12."""
-    from settings import distance_mode
+    from storage.settings import distance_mode
 
     model = linear_model().double()
     x = 0.5 + 0.05 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -534,7 +534,7 @@ def test_first_order_on_a_cnn_is_an_estimate_that_ranks_like_deepfool():
     and softmax as the full attack, and it ranks inputs much as the full distance does."""
     from scipy.stats import spearmanr
 
-    from settings import distance_mode
+    from storage.settings import distance_mode
 
     model = small_cnn(10)
     x = images(32)
@@ -549,7 +549,7 @@ def test_first_order_on_a_cnn_is_an_estimate_that_ranks_like_deepfool():
 @pytest.mark.parametrize("mode", ["deepfool:2", "deepfool:4"])
 def test_deepfool_k_mode_is_foolbox_with_k_candidates(mode):
     fb = pytest.importorskip("foolbox")
-    from settings import distance_mode
+    from storage.settings import distance_mode
 
     model, x = small_cnn(10), images(16)
     settings = distance_mode(mode)

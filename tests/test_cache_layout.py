@@ -10,8 +10,8 @@ import pytest
 from conftest import assert_usage_error, run_script
 from scipy.stats import gaussian_kde
 
-from kde import GaussianKDE
-from layout import CACHE_FILES, cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
+from failure_model.kde import GaussianKDE
+from storage.layout import CACHE_FILES, cache_path, find_kde_files, ground_truth_path, kde_paths, version_key
 from utils import UsageError
 
 INFO = Path("input_information")

@@ -7,10 +7,10 @@ import pytest
 from conftest import SCRIPTS, assert_usage_error, run_in_process, script_flags
 
 import FaultInjector
-import grids
 from DatasetManager import paper_datasets
 from ModelManager import MODELS
-from settings import ATTACK_BATCH
+from pipeline import grids
+from storage.settings import ATTACK_BATCH
 
 #: flags of other scripts that each script has no use for
 REFUSED = {

@@ -14,14 +14,14 @@ from conftest import assert_usage_error, run_in_process
 from scipy.stats import binom
 from test_selection import MODELS, versions  # noqa: F401 - the seeded toy versions, with costs
 
-import costs
 import evaluation
-import layout
 from Attacker import Attacker
+from distances import costs
 from evaluation.selective import COLUMNS, least_answered, ltt_threshold
 from selection import METHODS, SetContext, preference_by_validation_accuracy
 from selection.cascade import walk
-from settings import distance_mode
+from storage import layout
+from storage.settings import distance_mode
 
 # ---------------------------------------------------------------------------------------------
 # costs

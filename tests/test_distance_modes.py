@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 from conftest import assert_usage_error, run_in_process
 
-import caches
-import layout
-from kde import GaussianKDE
+from failure_model.kde import GaussianKDE
+from storage import caches, layout
 
 MODE = "first-order"
 

@@ -25,7 +25,7 @@ import evaluation
 import selection
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from evaluation import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
-from kde import GaussianKDE
+from failure_model.kde import GaussianKDE
 from selection import METHODS
 from utils import UsageError
 
@@ -697,7 +697,7 @@ def test_realtime_and_cached_results_are_identical(pipeline):
 def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
     """The live attack in the real-time script gives the cached labels, distances and softmax bit
     for bit, hence the same P(correct) and the same DeepFailGuard decision on every input."""
-    from layout import cache_path
+    from storage.layout import cache_path
 
     pipeline, outputs, records = evaluated_both_ways
     cached, cached_truth = records["cached"]

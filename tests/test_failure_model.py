@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from Attacker import Attacker, AttackResult
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, DeepFailGuardTrainer, posterior
-from kde import GaussianKDE
-from settings import DeepFoolSettings
+from failure_model.kde import GaussianKDE
+from storage.settings import DeepFoolSettings
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -12,10 +12,10 @@ import pytest
 from conftest import assert_usage_error, run_in_process
 from scipy.stats import mannwhitneyu
 
-import fault_validation as fv
 import FaultInjector
-import grids
-import layout
+from evaluation import fault_validation as fv
+from pipeline import grids
+from storage import layout
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -13,11 +13,11 @@ from conftest import unused_fault_id
 
 import DatasetManager
 import FaultInjector
-import layout
 import ModelManager
 import mydataset
 from ModelTrainer import ModelTrainer
 from mymodel.densenet import DenseNet121, DenseNetWithStem
+from storage import layout
 from utils import UsageError
 
 # tiny networks gain nothing from threads; on a busy machine threads slow them down

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from Attacker import Attacker
-from feature_distance import FeatureDistance, fdbd, penultimate_head
-from layout import mode_tag
-from settings import distance_mode
+from distances.feature import FeatureDistance, fdbd, penultimate_head
+from storage.layout import mode_tag
+from storage.settings import distance_mode
 
 
 def linear_headed(seed: int = 0) -> nn.Module:
@@ -103,7 +103,7 @@ def test_deviations_are_the_features_distance_to_their_training_mean():
 
 def test_the_feature_mode_costs_about_a_forward_pass():
     """FLOPs, not time: the closed form adds a few small matrix products to the forward pass, DeepFool many passes."""
-    from costs import measure
+    from distances.costs import measure
 
     recorded = measure(linear_headed(), inputs(8), "cpu", modes=("feature", "deepfool"))
     forward, flops = recorded["forward_flops"], recorded["distance_flops"]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from storage import TEMP_MARK, atomic_path, atomic_save_npy, atomic_write_text
+from storage.files import TEMP_MARK, atomic_path, atomic_save_npy, atomic_write_text
 from utils import UsageError
 
 

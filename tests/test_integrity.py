@@ -20,14 +20,12 @@ import torch.nn as nn
 from conftest import REPO, SCRIPT_ENV, assert_usage_error, run_in_process, script_file
 from reliability_tools import Killed, killed_at_write
 
-import concurrent_attacks
-import layout
-import manifests
-import storage
 from Attacker import AttackCancelled
-from concurrent_attacks import attack_concurrently
 from DeepFailGuard import DeepFailGuardModule
-from kde import GaussianKDE
+from distances import concurrent as concurrent_attacks
+from distances.concurrent import attack_concurrently
+from failure_model.kde import GaussianKDE
+from storage import files, layout, manifests
 
 SQUEEZENET = ["--models", "squeezenet", "--bugs", "0"]
 
@@ -114,7 +112,7 @@ def rewrite_validation(ws, change) -> None:
     from elsewhere would be): what the evaluation then makes of them is the screening's, not the manifest's."""
     paths = layout.validation_paths(ws.info, "squeezenet", "DIGITS", 0)
     for what, array in change(validation_arrays(ws)).items():
-        storage.atomic_save_npy(paths[what], array)
+        files.atomic_save_npy(paths[what], array)
     manifest_path = layout.manifest_path(ws.info, "fit", "squeezenet", "DIGITS", 0)
     old = manifests.read(manifest_path)
     kdes = layout.kde_paths(ws.info, "squeezenet", "DIGITS", 0)
@@ -165,7 +163,7 @@ def test_a_validation_split_of_one_class_skips_stacking_with_a_note(pipeline_cop
 def test_a_damaged_validation_file_names_the_fit_step(pipeline_copy, capsys):
     ws = pipeline_copy
     path = layout.validation_path(ws.info, "squeezenet", "DIGITS", 0, "probabilities")
-    storage.atomic_save_npy(path, np.load(path) * 2)
+    files.atomic_save_npy(path, np.load(path) * 2)
     result = run_in_process(capsys, "evaluate", *ws.argv("evaluate", "--output", ws.root / "damaged"))
     message = assert_usage_error(result, str(path), "main_train_DeepFailGuard.py --force")
     assert "main_cache_test_distances.py" not in message
@@ -185,7 +183,7 @@ def test_metadata_of_the_wrong_type_is_one_line_naming_file_and_field(pipeline_c
     ws = pipeline_copy
     metadata = json.loads(ws.metadata().read_text())
     metadata[field] = value
-    storage.atomic_write_json(ws.metadata(), metadata)
+    files.atomic_write_json(ws.metadata(), metadata)
     extra = ["--force"] if script == "fit" else ["--output", ws.root / "typed"]
     result = run_in_process(capsys, script, *ws.argv(script, *extra, grid=["--models", "squeezenet", "densenet",
                                                                             "--bugs", "0"]))
@@ -217,7 +215,7 @@ def test_an_evaluation_waits_for_another_one_writing_the_same_folder(pipeline_co
     ws = pipeline_copy
     output = ws.root / "shared"
     command = [sys.executable, str(REPO / script_file("evaluate")), *ws.argv("evaluate", "--output", output)]
-    with storage.folder_lock(output, "a test's evaluation"):
+    with files.folder_lock(output, "a test's evaluation"):
         second = subprocess.Popen(command, cwd=REPO, env={**os.environ, **SCRIPT_ENV}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         waiting = second.stderr.readline()  # its first words: it waits, and for whom

@@ -13,7 +13,7 @@ from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 
 from DeepFailGuard import DeepFailGuardModule
-from kde import FALLBACK_BANDWIDTH, GaussianKDE, RestrictedKDEUnpickler
+from failure_model.kde import FALLBACK_BANDWIDTH, GaussianKDE, RestrictedKDEUnpickler
 from utils import UsageError
 
 

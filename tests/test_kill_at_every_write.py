@@ -11,7 +11,7 @@ import pytest
 from conftest import run_in_process
 from reliability_tools import Killed, assert_same_outputs, killed_at_write
 
-import layout
+from storage import layout
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 

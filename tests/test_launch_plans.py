@@ -14,11 +14,11 @@ import random
 import pytest
 from conftest import assert_usage_error, run_script
 
-import jobs as jobs_module
-from jobs import FAILED, Job, Outcome
 from launchers import ray_pool, slurm_arrays
 from launchers.common import worker_identity
-from layout import Roots
+from pipeline import jobs as jobs_module
+from pipeline.jobs import FAILED, Job, Outcome
+from storage.layout import Roots
 from utils import UsageError
 
 

@@ -170,9 +170,9 @@ def test_unreachable_ray_address_is_one_line_at_once(reference, loopback_ns, tmp
 REAL_BUG_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    import cli
-    from jobs import Job, JobSettings, Roots
-    from settings import AttackSettings, LaunchSettings
+    from pipeline import cli
+    from pipeline.jobs import Job, JobSettings, Roots
+    from storage.settings import AttackSettings, LaunchSettings
 
     out = sys.argv[2]
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -296,8 +296,8 @@ ISOLATION_DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import ray
     from launchers import ray_pool
-    from jobs import Job, JobSettings, Roots
-    from settings import LaunchSettings
+    from pipeline.jobs import Job, JobSettings, Roots
+    from storage.settings import LaunchSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -396,9 +396,9 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
 PACKED_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    import cli
-    from jobs import Job, JobSettings, Roots
-    from settings import AttackSettings, LaunchSettings
+    from pipeline import cli
+    from pipeline.jobs import Job, JobSettings, Roots
+    from storage.settings import AttackSettings, LaunchSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)

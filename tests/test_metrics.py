@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from metrics import (
+from evaluation.metrics import (
     accuracy,
     augrc,
     auroc,

@@ -13,9 +13,9 @@ from torchvision.models.squeezenet import Fire
 import FaultInjector
 import ModelManager
 import mymodel
-from layout import Roots
 from mymodel.densenet import DenseNet121, DenseNetWithStem
-from settings import TrainSettings
+from storage.layout import Roots
+from storage.settings import TrainSettings
 from utils import UsageError
 
 # tiny networks gain nothing from threads; on a busy machine threads slow them down

@@ -12,10 +12,10 @@ from conftest import run_in_process
 
 import DatasetManager
 import FaultInjector
-import grids
 import ModelManager
+from faults.mutation import WEIGHTED_LAYERS
 from ModelTrainer import ModelTrainer
-from mutation_faults import WEIGHTED_LAYERS
+from pipeline import grids
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -138,7 +138,7 @@ def test_fault20_sorts_the_training_set_and_stops_shuffling(tiny_digits):
 def test_a_searched_value_is_recorded_and_a_change_retrains(capsys, empty_workspace):
     """The parameter travels from the settings into the fault and the metadata; another value is a retrain."""
     ws = empty_workspace
-    from settings import TrainSettings
+    from storage.settings import TrainSettings
 
     roots = replace(ModelManager.DEFAULT_ROOTS, model=str(ws.model), data=str(ws.data))
     data = DatasetManager.create_dataset("DIGITS")

@@ -21,7 +21,7 @@ from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, DeepFailGuardTrain
 from FaultInjector import FaultInjector
 from ModelManager import ModelManager
 from ModelTrainer import ModelTrainer
-from settings import DeepFoolSettings
+from storage.settings import DeepFoolSettings
 from utils import UsageError
 
 PAPER_DEVICE = 0  # the paper's habit: an int, cuda:0 where there is CUDA, else the CPU

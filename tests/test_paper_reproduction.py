@@ -15,10 +15,10 @@ import pytest
 from conftest import assert_usage_error, run_in_process, write_fake_cache
 from scipy.stats import gaussian_kde, mode
 
-import layout
-import paper
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
-from kde import GaussianKDE
+from evaluation import paper
+from failure_model.kde import GaussianKDE
+from storage import layout
 
 MODELS = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
 VERSIONS = [(model, 0) for model in MODELS] + [("resnet", 1)]

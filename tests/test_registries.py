@@ -17,18 +17,17 @@ import torch.nn as nn
 import torchvision
 from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error, run_in_process, unused_fault_id, unused_name
 
-import cli
 import DatasetManager
 import FaultInjector
-import grids
-import model_faults
 import ModelManager
 import mymodel
 from FaultInjector import Fault, register_fault
+from faults import model as model_faults
 from ModelTrainer import ModelTrainer
 from mydataset import MyDataset, RawSplits, register_dataset
 from mymodel import MyModel, register_model
-from settings import TrainingRecipe
+from pipeline import cli, grids
+from storage.settings import TrainingRecipe
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread", "restore_registries")

@@ -79,9 +79,9 @@ from reliability_tools import (
 )
 from scipy.stats import gaussian_kde
 
-import layout
 import ModelManager
-from layout import CACHE_FILES, VALIDATION_FILES
+from storage import layout
+from storage.layout import CACHE_FILES, VALIDATION_FILES
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow,
               pytest.mark.xdist_group("reliability")]  # its background fixture starts the whole module's subprocesses

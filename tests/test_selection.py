@@ -18,14 +18,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-import caches
 import evaluation
-import layout
-import metrics
 import selection
 from DeepFailGuard import DeepFailGuardModule
-from kde import GaussianKDE
+from evaluation import metrics
+from failure_model.kde import GaussianKDE
 from selection import METHODS, NEEDS, SCORES, SetContext, combination, confidence, deepfailguard, dynamic
+from storage import caches, layout
 from utils import UsageError
 
 CLASSES = 4
@@ -493,7 +492,7 @@ def test_fit_keeps_the_validation_outputs_and_cache_the_test_logits(pipeline):
 
 def test_a_score_and_a_method_added_in_one_file_reach_every_output(pipeline_copy, capsys, restore_registries,
                                                                    monkeypatch):
-    import plotting
+    from evaluation import figures as plotting
 
     @selection.register_score
     class Shortfall(selection.Score):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import assert_usage_error, run_in_process, script_module
 
-import shifts
-from settings import NO_SHIFT, AttackSettings, distance_mode, mode_flag
+from mydataset import shifts
+from storage.settings import NO_SHIFT, AttackSettings, distance_mode, mode_flag
 from utils import UsageError
 
 HEALTHY = ["--models", "squeezenet", "densenet", "--bugs", "0"]
@@ -195,7 +195,7 @@ def test_the_failure_model_fitted_under_shift_is_its_own_and_refused_where_absen
 
 
 def test_fdbd_is_its_two_cached_parts_divided(shifted_grid):
-    from feature_distance import fdbd
+    from distances.feature import fdbd
 
     cached = shifted_grid.cached
     margins = np.load(cached / "DIGITS_squeezenet_bug0_feature_margins_feature.npy")
@@ -205,7 +205,7 @@ def test_fdbd_is_its_two_cached_parts_divided(shifted_grid):
 
 
 def test_no_shift_is_the_clean_cache_itself(pipeline):
-    import layout
+    from storage import layout
 
     assert layout.cache_path(pipeline.info, "squeezenet", "DIGITS", 0, "distances", shift=NO_SHIFT) == \
         pipeline.cache("distances")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metrics import (
+from evaluation.metrics import (
     brier_score,
     expected_calibration_error,
     mcnemar_exact,
@@ -135,7 +135,7 @@ def test_calibration_all_correct_and_empty():
 
 @pytest.mark.parametrize("versions", [2, 7])  # one shared panel; small multiples from 7 on
 def test_reliability_diagram_written(tmp_path, versions):
-    from plotting import save_reliability_diagram
+    from evaluation.figures import save_reliability_diagram
 
     rng = np.random.default_rng(versions)
     curves = {}

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layout import metadata_path
-from metadata import read_metadata
-from settings import distance_mode
-from storage import atomic_write_json
+from storage.files import atomic_write_json
+from storage.layout import metadata_path
+from storage.metadata import read_metadata
+from storage.settings import distance_mode
 
 #: the distance modes every version is costed for (the mode a run uses is added when it is not one of them)
 COST_MODES = ("deepfool", "deepfool:2", "first-order", "first-order:2")

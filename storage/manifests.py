@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import FaultInjector
-import layout
-from metadata import read_metadata
-from settings import DEEPFOOL_MODE, NO_SHIFT, mode_flag
-from storage import atomic_write_json, file_digest
+from storage import layout
+from storage.files import atomic_write_json, file_digest
+from storage.metadata import read_metadata
+from storage.settings import DEEPFOOL_MODE, NO_SHIFT, mode_flag
 from utils import UsageError
 
 #: what rewrites each step's files, for the messages

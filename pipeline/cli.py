@@ -19,13 +19,12 @@ from typing import Callable, Sequence
 import torch
 
 import FaultInjector
-import layout
-import shifts
-import storage
 import utils
-from grids import PRESETS, Grid, resolve_grid
-from jobs import Job, JobSettings
-from settings import (
+from mydataset import shifts
+from pipeline.grids import PRESETS, Grid, resolve_grid
+from pipeline.jobs import Job, JobSettings
+from storage import files, layout
+from storage.settings import (
     ATTACK_BATCH,
     DEEPFOOL,
     NO_SHIFT,
@@ -223,7 +222,7 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
-        attacks = sys.modules.get("concurrent_attacks")
+        attacks = sys.modules.get("distances.concurrent")
         if attacks is not None and attacks.interrupted_attacks():
             sys.stdout.flush()
             sys.stderr.flush()
@@ -255,7 +254,7 @@ def prepare(args: argparse.Namespace, writable=()):
         if flag in vars(args):
             setattr(args, flag, shifts.checked(getattr(args, flag), "--" + flag.replace("_", "-")))
     for folder in writable:
-        storage.check_writable(folder)
+        files.check_writable(folder)
     return grid, device
 
 
@@ -325,8 +324,8 @@ def launch_and_report(jobs: list, settings: LaunchSettings, failures_only: bool 
     A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
     input (a missing or corrupt file) is a UsageError (exit 2) naming the first such reason.
     """
-    from jobs import print_outcomes
     from launchers import launch
+    from pipeline.jobs import print_outcomes
 
     outcomes = launch(jobs, settings)
     failed = [o for o in outcomes if o.status == "failed"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from layout import (
+from storage.files import atomic_save_npy, load_array, read_json
+from storage.layout import (
     CACHE_REMEDY,
     CACHE_SUBDIR,
     FEATURE_FILES,
@@ -20,8 +21,7 @@ from layout import (
     validation_paths,
     version_key,
 )
-from settings import DEEPFOOL_MODE, NO_SHIFT
-from storage import atomic_save_npy, load_array, read_json
+from storage.settings import DEEPFOOL_MODE, NO_SHIFT
 from utils import UsageError
 
 #: what rewrites the validation outputs (the test cache's remedy is ``layout.CACHE_REMEDY``)

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from storage import atomic_save_figure  # noqa: E402
+from storage.files import atomic_save_figure  # noqa: E402
 
 
 def save_loss_curve(history: dict, path, title: str = "") -> None:
@@ -100,7 +100,7 @@ def save_risk_coverage(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], p
     score → one ``(scores, correct)`` per version), averaged over the versions at each coverage; ties count as
     their expected value over orderings (``metrics.accepted_errors``). Lower is better; at full coverage every
     score has the versions' mean error."""
-    from metrics import accepted_errors
+    from evaluation.metrics import accepted_errors
 
     coverage = np.linspace(0.0, 1.0, points)[1:]
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
@@ -158,7 +158,7 @@ def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], p
     """Accuracy against mean P(correct) per confidence bin for each version (``curves``: label → (confidence,
     correct)); points below the dashed diagonal are over-confident. Up to 6 versions share one panel, more get
     one small panel each so that 20 lines do not hide one another."""
-    from metrics import expected_calibration_error, reliability_curve
+    from evaluation.metrics import expected_calibration_error, reliability_curve
 
     labels = list(curves)
     shared = len(labels) <= 6

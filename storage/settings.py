@@ -137,7 +137,7 @@ class AttackSettings:
         was fitted under (``deepfool+noise3+blur3``): a failure model fitted under shift is used only as such."""
         if not self.fit_shifts:
             return self.deepfool.mode
-        from shifts import tag
+        from mydataset.shifts import tag
 
         return f"{self.deepfool.mode}+{tag(self.fit_shifts)}"
 

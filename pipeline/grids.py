@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import FaultInjector
-from layout import version_key
 from mydataset import Digits
+from storage.layout import version_key
 from utils import UsageError
 
 
@@ -195,8 +195,8 @@ def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str
     one, a UsageError naming the command that makes it."""
     from pathlib import Path
 
-    from fault_validation import validated_faults
-    from layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV
+    from evaluation.fault_validation import validated_faults
+    from storage.layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV
 
     folders = dict.fromkeys(p for p in (getattr(args, "output", None), DEFAULT_OUTPUT) if p)
     found = next((Path(f) / FAULT_VALIDATION_CSV for f in folders if (Path(f) / FAULT_VALIDATION_CSV).is_file()), None)
@@ -247,7 +247,7 @@ def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
     Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
     requested versions exists, that is a UsageError.
     """
-    from layout import checkpoint_path
+    from storage.layout import checkpoint_path
 
     wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from storage import read_json
+from storage.files import read_json
 from utils import UsageError
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage import atomic_save_npz, is_numpy_array_global
+from storage.files import atomic_save_npz, is_numpy_array_global
 from utils import UsageError
 
 #: elements of the (queries × points) matrix evaluated at once; bounds memory to ~64 MB

@@ -23,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from settings import NO_SHIFT, SEED
+from storage.settings import NO_SHIFT, SEED
 from utils import UsageError
 
 LIBRARY = "corrupt-tta"

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from settings import SEED
+from storage.settings import SEED
 
 
 def majority_vote(version_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:

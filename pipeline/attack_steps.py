@@ -9,13 +9,11 @@ import itertools
 
 import numpy as np
 
-import caches
-import costs
-import layout
-import manifests
-from jobs import DONE, Job, Outcome, _checkpoint, _datasets, _out_of_date, _redone, _skipped
-from settings import NO_SHIFT
-from storage import check_writable
+from distances import costs
+from pipeline.jobs import DONE, Job, Outcome, _checkpoint, _datasets, _out_of_date, _redone, _skipped
+from storage import caches, layout, manifests
+from storage.files import check_writable
+from storage.settings import NO_SHIFT
 
 
 def _load_for_attack(job: Job, bug: int):
@@ -43,11 +41,11 @@ def run_fit(job: Job) -> Outcome:
     by the failure model's name (``AttackSettings.failure_model``). The files are committed as a unit by the
     version's manifest, written last."""
     import ModelManager
-    import plotting
-    import shifts
     from Attacker import Attacker
     from DeepFailGuard import DeepFailGuardTrainer
-    from feature_distance import training_feature_mean
+    from distances.feature import training_feature_mean
+    from evaluation import figures as plotting
+    from mydataset import shifts
 
     roots, s = job.roots, job.settings
     mode, fitted_as, fit_shifts = s.attack.deepfool.mode, s.attack.failure_model, s.attack.fit_shifts
@@ -91,8 +89,8 @@ def run_fit(job: Job) -> Outcome:
 
 def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
     """The figure of a fitted failure model, from its KDE files alone: their points are the distances."""
-    import plotting
-    from kde import GaussianKDE
+    from evaluation import figures as plotting
+    from failure_model.kde import GaussianKDE
 
     correct_kde, wrong_kde = GaussianKDE.load(correct_path), GaussianKDE.load(wrong_path)
     distances = np.concatenate([correct_kde.points, wrong_kde.points])
@@ -106,9 +104,9 @@ def run_cache(job: Job) -> Outcome:
     (of the test set under the job's shift: in its folder beside the clean cache), committed as a unit by the
     version's manifest (written last, with the ground truth they answer and how the inputs were corrupted)."""
     import ModelManager
-    import shifts
     from Attacker import Attacker
-    from feature_distance import training_feature_mean
+    from distances.feature import training_feature_mean
+    from mydataset import shifts
 
     roots, s, shift = job.roots, job.settings, job.shift
     data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import FaultInjector
-from settings import DEEPFOOL_MODE, FEATURE, NO_SHIFT, mode_flag
+from storage.settings import DEEPFOOL_MODE, FEATURE, NO_SHIFT, mode_flag
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parent

@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 import FaultInjector
-from settings import SEED
-from storage import atomic_write_table
+from storage.files import atomic_write_table
+from storage.settings import SEED
 from utils import UsageError
 
 ALPHA = 0.05

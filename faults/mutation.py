@@ -70,7 +70,7 @@ def set_dropout(network: nn.Module, architecture=None, value: float = 0.8) -> nn
 
 def without_dropout(architecture: type) -> str | None:
     """Fault 17 needs a dropout layer to change (ResNet and DenseNet have none)."""
-    from model_faults import meta_network
+    from faults.model import meta_network
 
     if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in meta_network(architecture).modules()):
         return None

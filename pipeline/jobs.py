@@ -23,12 +23,11 @@ import time
 from dataclasses import dataclass, field
 
 import FaultInjector
-import layout
-import manifests
-from layout import Roots
-from metadata import read_metadata
-from settings import NO_SHIFT, THREADS, AttackSettings, TrainSettings
-from storage import is_fresh
+from storage import layout, manifests
+from storage.files import is_fresh
+from storage.layout import Roots
+from storage.metadata import read_metadata
+from storage.settings import NO_SHIFT, THREADS, AttackSettings, TrainSettings
 from utils import UsageError
 
 STEPS = ("train", "derive", "fit", "cache")
@@ -196,9 +195,9 @@ def import_step_modules() -> None:
     its first job does not pay the imports (torchvision's alone take seconds) and every job's time is its own."""
     import Attacker  # noqa: F401
     import DeepFailGuard  # noqa: F401
-    import kde  # noqa: F401
     import ModelManager  # noqa: F401
-    import plotting  # noqa: F401
+    from evaluation import figures as plotting  # noqa: F401
+    from failure_model import kde  # noqa: F401
 
 
 def _datasets(data_root: str):
@@ -293,13 +292,13 @@ def _redone(done: str, reason: str | None, forced: bool) -> str:
 
 
 def _run_fit(job: Job) -> Outcome:
-    from attack_steps import run_fit
+    from pipeline.attack_steps import run_fit
 
     return run_fit(job)
 
 
 def _run_cache(job: Job) -> Outcome:
-    from attack_steps import run_cache
+    from pipeline.attack_steps import run_cache
 
     return run_cache(job)
 

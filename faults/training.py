@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from settings import SEED
+from storage.settings import SEED
 from utils import stratified_split
 
 LR_FACTOR = 20  # paper: 0.002 instead of 0.0001

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 import evaluation
-import layout
-from caches import check_distances
 from DatasetManager import paper_datasets
 from DeepFailGuard import Assessment, DeepFailGuard
-from storage import atomic_write_table
+from storage import layout
+from storage.caches import check_distances
+from storage.files import atomic_write_table
 from utils import UsageError
 
 #: the published table's predictor -> the method of ours it reports
