@@ -20,16 +20,16 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from attack_result import AttackCancelled, AttackResult  # noqa: F401 - the names callers import from here
-from DatasetManager import resize_batch
+from mydataset.base import resize_batch
 from mymodel.frozen import attack_dtype, frozen_copy
-from storage.settings import ATTACK_BATCH, DEEPFOOL, DeepFoolSettings
+from storage.settings import ATTACK_BATCH, DEEPFOOL, DistanceSettings
 from utils import UsageError, choose_device
 
 STEP_STABILISER = 1e-4  # foolbox adds it to every step's distance
@@ -40,13 +40,45 @@ REPLICATED_MAX_INPUTS = ATTACK_BATCH
 GRAPH_WARMUP_RUNS = 3
 
 
+@dataclass
+class AttackResult:
+    """What measuring a version's boundary distances returns, every distance mode alike: per input the distance,
+    the clean label and whether the final point flipped it (None where not checked), and the clean softmax."""
+
+    distances: np.ndarray
+    labels: np.ndarray
+    success: np.ndarray | None
+    #: softmax of the clean logits (for the soft-voting and max-softmax baselines)
+    probabilities: np.ndarray
+    #: the loader's labels, when its batches are (images, labels) pairs
+    targets: np.ndarray | None = None
+    #: the clean logits (for the temperature-scaled and energy-based methods)
+    logits: np.ndarray | None = None
+    #: what a distance mode measures besides (its ``DistanceMode.outputs``, e.g. the ``feature`` mode's fDBD parts),
+    #: one array per input each
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
+        def joined(values):
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        arrays = {f.name: joined([getattr(p, f.name) for p in parts]) for f in fields(cls) if f.name != "outputs"}
+        outputs = {name: joined([p.outputs.get(name) for p in parts]) for name in parts[0].outputs}
+        return cls(**arrays, outputs={name: values for name, values in outputs.items() if values is not None})
+
+
+class AttackCancelled(Exception):
+    """An attack stopped between two steps because its ``cancel`` event was set."""
+
+
 class Attacker:
     """L2 DeepFool against one network (in evaluation mode) on ``device``."""
 
     def __init__(self, pytorch_model: nn.Module, device=None, steps: int = DEEPFOOL.steps,
                  candidates: int = DEEPFOOL.candidates, overshoot: float = DEEPFOOL.overshoot,
                  bounds: tuple[float, float] = (0.0, 1.0), image_size: int | None = None,
-                 cuda_graphs: bool | None = None, first_order: bool = False, check_success: bool = True):
+                 cuda_graphs: bool | None = None, check_success: bool = True):
         if steps < 1 or candidates < 2 or overshoot < 0:
             raise UsageError(f"DeepFool needs steps >= 1, candidates >= 2, overshoot >= 0 "
                              f"(got {steps}, {candidates}, {overshoot})")
@@ -60,8 +92,6 @@ class Attacker:
         self.dtype = attack_dtype(self.model)
         self.steps = steps
         self.candidates = candidates
-        #: the distance of the first linearisation only (``settings.DeepFoolSettings.first_order``)
-        self.first_order = first_order
         #: run the network once more at the final point to flag whether the label flipped (the fit and cache steps
         #: record it); a deployment that only needs distances and labels turns it off (``success`` is then None)
         self.check_success = check_success
@@ -81,17 +111,12 @@ class Attacker:
             raise AttackCancelled("the attack was cancelled")
 
     @classmethod
-    def from_settings(cls, pytorch_model: nn.Module, deepfool: DeepFoolSettings = DEEPFOOL, device=None,
+    def from_settings(cls, pytorch_model: nn.Module, settings: DistanceSettings = DEEPFOOL, device=None,
                       **options) -> "Attacker":
-        """An attacker with ``deepfool``'s parameters, as the fit, cache and real-time steps build it (the
-        ``feature`` mode's measures at the penultimate layer: ``feature_distance.FeatureDistance``)."""
-        if deepfool.feature:
-            from distances.feature import FeatureDistance
-
-            return FeatureDistance(pytorch_model, device, candidates=deepfool.candidates,
-                                   overshoot=deepfool.overshoot, **options)
-        return cls(pytorch_model, device, steps=deepfool.steps, candidates=deepfool.candidates,
-                   overshoot=deepfool.overshoot, first_order=deepfool.first_order, **options)
+        """The measurement of a distance mode's entry (``storage.settings.DISTANCE_MODES``) with ``settings``'
+        parameters, as ``DistanceSettings.attacker`` builds it for the fit, cache and real-time steps."""
+        return cls(pytorch_model, device, steps=settings.steps, candidates=settings.candidates,
+                   overshoot=settings.overshoot, **options)
 
     # -----------------------------------------------------------------------------------------
     # public API
@@ -128,22 +153,24 @@ class Attacker:
         x0 = resize_batch(images.to(self.device, dtype=self.dtype), self.image_size)
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        fused = self.first_order and self.candidates == 2 and not self.cuda_graphs
-        if not fused:
-            clean_logits, classes = self._clean(x0)
+        clean = None if self.fuses_clean_pass else self._clean(x0)
         with full_float32_convolutions():
-            if fused:
-                clean_logits, classes, distances, x_adv = self._fused_first_order(x0)
-            elif self.first_order:
-                distances, x_adv = self._first_order(x0, classes)
-            else:
-                x_adv = self._deepfool(x0, classes)
-                distances = (x_adv - x0).flatten(1).norm(dim=1)
+            clean_logits, classes, distances, x_adv = self._measure(x0, clean)
             labels = classes[:, 0]
             with torch.no_grad():
                 success = (self.model(x_adv).argmax(1) != labels).cpu().numpy() if self.check_success else None
         return AttackResult(distances.cpu().numpy(), labels.cpu().numpy(), success,
                             clean_logits.softmax(dim=1).cpu().numpy(), logits=clean_logits.cpu().numpy())
+
+    #: whether :meth:`_measure` computes the clean logits itself, in a pass it makes anyway (else they come first)
+    fuses_clean_pass = False
+
+    def _measure(self, x0: torch.Tensor, clean: tuple[torch.Tensor, torch.Tensor] | None):
+        """``(clean logits, candidate classes, distances, final points)`` of a batch, from its clean pass: DeepFool's
+        iteration, the distance being the norm of the final perturbation."""
+        clean_logits, classes = clean
+        x_adv = self._deepfool(x0, classes)
+        return clean_logits, classes, (x_adv - x0).flatten(1).norm(dim=1), x_adv
 
     def _clean(self, x0: torch.Tensor, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The clean logits (computed here unless given) and each input's top ``candidates`` classes, checked."""
@@ -170,8 +197,7 @@ class Attacker:
             self._stop_if_cancelled()
             if len(active) == 0:
                 break
-            step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
-            losses, grads, is_adv = step(x[active], classes[active])
+            losses, grads, is_adv = self._gradients(x[active], classes[active])
             active, losses, grads = active[~is_adv], losses[~is_adv], grads[~is_adv]
             if len(active) == 0:
                 break
@@ -185,43 +211,9 @@ class Attacker:
             x[active] = (x0[active] + (1.0 + self.overshoot) * perturbation[active]).clamp(low, high)
         return x
 
-    def _first_order(self, x0: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first linearisation's distance to the nearest candidate boundary, min_k |l_k − l_0| /
-        ‖∇(l_k − l_0)‖ (foolbox's guard against a zero gradient in the division), and the point DeepFool's
-        first step reaches (with overshoot, clipped), whose label says whether that step alone succeeds."""
-        step = self._graphed_gradients if self.cuda_graphs else self._candidate_gradients
-        losses, grads, _ = step(x0, classes)
-        return self._first_step(x0, losses, grads)
-
-    def _fused_first_order(self, x0: torch.Tensor):
-        """``first-order:2`` in one forward and one backward pass: the forward pass whose graph gives the input
-        gradient of ``l_1 − l_0`` also gives the clean logits (unfused, the network first runs once more without a
-        graph); the same arithmetic as :meth:`_first_order` on the same logits, so the same distances."""
-        inputs = x0.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(inputs).to(self.dtype)
-            clean_logits, classes = self._clean(x0, logits.detach())
-            if classes.shape[1] < 2 or not logits.requires_grad:
-                return clean_logits, classes, *self._first_order(x0, classes)
-            rows = torch.arange(len(x0), device=x0.device)
-            difference = logits[rows, classes[:, 1]] - logits[rows, classes[:, 0]]
-            grads = torch.autograd.grad(difference.sum(), inputs)[0]
-        losses = torch.nan_to_num(difference.detach(), nan=0.0)[:, None]
-        grads = torch.nan_to_num(grads, nan=0.0, posinf=0.0, neginf=0.0)[:, None]
-        return clean_logits, classes, *self._first_step(x0, losses, grads)
-
-    def _first_step(self, x0: torch.Tensor, losses: torch.Tensor, grads: torch.Tensor):
-        """The distance to the nearest linearised candidate boundary and the point DeepFool's first step reaches
-        (with overshoot, clipped), from the logit differences (n, K-1) and their input gradients."""
-        grad_norms = grads.flatten(2).norm(dim=2)
-        boundary = losses.abs() / (grad_norms + NORM_EPSILON)
-        best = boundary.argmin(dim=1, keepdim=True)
-        distances = boundary.gather(1, best).squeeze(1)
-        best_grad = grads[torch.arange(len(x0), device=x0.device), best.squeeze(1)]
-        scale = (distances + STEP_STABILISER) / (grad_norms.gather(1, best).squeeze(1) + NORM_EPSILON)
-        low, high = self.bounds
-        x_step = (x0 + (1.0 + self.overshoot) * scale.view(-1, *[1] * (x0.ndim - 1)) * best_grad).clamp(low, high)
-        return distances, x_step
+    def _gradients(self, x: torch.Tensor, classes: torch.Tensor):
+        """:meth:`_candidate_gradients`, replayed from CUDA graphs where they are on."""
+        return (self._graphed_gradients if self.cuda_graphs else self._candidate_gradients)(x, classes)
 
     def _candidate_gradients(self, x: torch.Tensor, classes: torch.Tensor):
         """Logit differences ``l_k - l_0`` (n, K-1), their input gradients (n, K-1, C, H, W), and which

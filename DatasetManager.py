@@ -14,14 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 import FaultInjector
 import mydataset
 from mydataset import DATASETS
+from mydataset.base import resize_batch
 from storage.layout import DEFAULT_DATA_ROOT
-from storage.settings import SEED
-from utils import UsageError, stratified_split
+from utils import SEED, UsageError, stratified_split
 
 VALIDATION_FRACTION = 0.2
 
@@ -90,15 +89,6 @@ class TensorLoader:
             if self.device is not None:
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             yield resize_batch(xb, self.image_size), yb
-
-
-def resize_batch(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
-    """Resize a batch to ``image_size``² (bilinear; antialiased when shrinking)."""
-    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
-        return x
-    shrinking = image_size < max(x.shape[-2:])
-    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                         antialias=shrinking).clamp_(0.0, 1.0)
 
 
 @dataclass

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from Attacker import Attacker, AttackResult
+from Attacker import AttackResult
 from distances.concurrent import attack_concurrently
 from failure_model.kde import GaussianKDE
 from storage.caches import check_distances, read_version_cache
 from storage.layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
-from storage.settings import DEEPFOOL, DEEPFOOL_MODE, DeepFoolSettings, mode_flag
+from storage.metadata import recorded_validation_accuracy
+from storage.settings import DEEPFOOL, DEEPFOOL_MODE, DistanceSettings, mode_flag
 from utils import UsageError
 
 
@@ -59,8 +60,8 @@ class _ClassOrInstanceMethod:
 class DeepFailGuardTrainer:
     """Fits a version's two KDEs from its validation distances (DeepFool, foolbox semantics)."""
 
-    def __init__(self, deepfool: DeepFoolSettings = DEEPFOOL, progress: bool = False):
-        self.deepfool = deepfool
+    def __init__(self, distance: DistanceSettings = DEEPFOOL, progress: bool = False):
+        self.distance = distance
         self.progress = progress
 
     @_ClassOrInstanceMethod
@@ -68,13 +69,13 @@ class DeepFailGuardTrainer:
               fitted_as: str | None = None) -> FailureModelFit:
         """Attack the validation inputs (with ``attacker``, else one built from the settings), fit and save the two
         KDEs, recorded as fitted on ``fitted_as`` (default: the distance mode; ``AttackSettings.failure_model``)."""
-        attacker = attacker or Attacker.from_settings(pytorch_model, self.deepfool, device)
+        attacker = attacker or self.distance.attacker(pytorch_model, device)
         result = attacker.attack_loader(val_dataloader, progress=self.progress, description="validation DeepFool")
         if result.targets is None:
             raise UsageError("the validation loader must yield (images, labels) batches")
         fit = self.fit(result, result.targets)
-        fit.correct_kde.save(correct_kde_path, distance=fitted_as or self.deepfool.mode)
-        fit.wrong_kde.save(wrong_kde_path, distance=fitted_as or self.deepfool.mode)
+        fit.correct_kde.save(correct_kde_path, distance=fitted_as or self.distance.mode)
+        fit.wrong_kde.save(wrong_kde_path, distance=fitted_as or self.distance.mode)
         return fit
 
     @staticmethod
@@ -97,7 +98,7 @@ class DeepFailGuardModule:
     """One version's failure predictor; ``model`` may be None when only cached distances are used."""
 
     def __init__(self, model, correct_kde_path, wrong_kde_path, val_acc: float, device=None, name: str = "",
-                 image_size: int | None = None, deepfool: DeepFoolSettings = DEEPFOOL, accuracy_source: str = ""):
+                 image_size: int | None = None, distance: DistanceSettings = DEEPFOOL, accuracy_source: str = ""):
         self.model = model
         #: which entry of a device list this version was given (``--devices``): versions with distinct slots
         #: may run side by side even on the CPU (:func:`attack_concurrently`)
@@ -109,24 +110,21 @@ class DeepFailGuardModule:
         self.image_size = image_size or getattr(model, "metadata", {}).get("image_size")
         network = getattr(model, "model_structure", model)
         # deployment needs the distances and labels, not whether the attack's last point flipped the label
-        self.attacker = None if network is None else Attacker.from_settings(network, deepfool, device,
-                                                                            image_size=self.image_size,
-                                                                            check_success=False)
+        self.attacker = None if network is None else distance.attacker(network, device, image_size=self.image_size,
+                                                                       check_success=False)
 
     @classmethod
     def of_version(cls, model, info_root, model_root, dataset: str, model_name: str, bug: int,
-                   device=None, deepfool: DeepFoolSettings = DEEPFOOL,
+                   device=None, distance: DistanceSettings = DEEPFOOL,
                    failure_model: str | None = None) -> "DeepFailGuardModule":
         """A version's failure predictor from its files: its KDEs (ours or the paper's) and its validation
         accuracy (its metadata, else the paper's figure). ``model`` may be None for cached distances.
         ``failure_model``: the KDEs' name when fitted under shift (``AttackSettings.failure_model``)."""
-        from ModelManager import recorded_validation_accuracy
-
-        fitted_as = failure_model or deepfool.mode
+        fitted_as = failure_model or distance.mode
         correct_kde, wrong_kde = find_kde_files(info_root, model_name, dataset, bug, fitted_as)
         val_acc, source = recorded_validation_accuracy(model_root, model_name, dataset, bug)
         module = cls(model, correct_kde, wrong_kde, val_acc, device=device, name=version_key(model_name, dataset, bug),
-                     deepfool=deepfool, accuracy_source=source)
+                     distance=distance, accuracy_source=source)
         for path, kde in ((correct_kde, module.correct_kde), (wrong_kde, module.wrong_kde)):
             fitted_on = kde.distance or DEEPFOOL_MODE
             if fitted_on != fitted_as:

@@ -46,8 +46,7 @@ from faults.training import (
     shrink_pixel_range,
     use_squared_error_loss,
 )
-from storage.settings import SEED
-from utils import UsageError
+from utils import SEED, UsageError
 
 HEALTHY = 0
 #: what each kind of fault is applied to, and the call its function receives

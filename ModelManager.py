@@ -13,8 +13,8 @@ from __future__ import annotations
 import platform
 from dataclasses import fields, replace
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,25 +23,25 @@ import torchvision
 import DatasetManager
 import FaultInjector
 import mymodel
-from distances import costs
-from evaluation.figures import save_loss_curve
-from ModelTrainer import ModelTrainer
+from ModelTrainer import ModelTrainer, save_loss_curve
 from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
 from storage.files import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
 from storage.layout import (
     DEFAULT_ROOTS,
-    PAPER_ACCURACIES,
     Roots,
     checkpoint_path,
     loss_curve_path,
     metadata_path,
     version_key,
 )
-from storage.metadata import check_image_size, read_metadata
+from storage.metadata import check_image_size, paper_accuracy, read_metadata
 from storage.settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
 from utils import UsageError, choose_device, seed_everything
 
 MODES = ("load", "train", "evaluate")
+#: what else a caller measures on a version while its metadata is made: ``measure(model, data, device)`` may add
+#: entries to ``model.metadata`` (the pipeline's training steps record the version's costs, ``distances/costs.py``)
+Measure = Callable[[mymodel.MyModel, DatasetManager.MyData, torch.device], None]
 
 
 def get_model_class(model_name: str) -> type[mymodel.MyModel]:
@@ -88,14 +88,14 @@ def training_status(model_root, model_name: str, dataset_name: str, bug_id: int,
 
 def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | None = None, device=None, *,
                  settings: TrainSettings = DEFAULT_TRAINING, roots: Roots = DEFAULT_ROOTS,
-                 progress: bool = True) -> mymodel.MyModel:
+                 progress: bool = True, measure: Measure | None = None) -> mymodel.MyModel:
     """Create a version of ``model_name`` on ``dataset`` (a name or a ``MyData``).
 
     ``mode="train"`` trains it as ``settings`` ask and writes checkpoint + metadata under ``roots.model``
     (test-data faults 10-12 reuse the healthy checkpoint, training it first if it is missing); ``"load"``
     reads them; ``"evaluate"`` loads and re-measures validation and test accuracy into the metadata.
     Returns the ``MyModel`` with ``model_structure`` on ``device`` in evaluation mode, ``val_acc``,
-    ``test_acc``, ``image_size``.
+    ``test_acc``, ``image_size``. ``measure`` (:data:`Measure`) adds what else is measured into the metadata.
     """
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -103,12 +103,13 @@ def create_model(model_name: str, dataset, mode: str = "load", bug_id: int | Non
     bug_id = FaultInjector.validate_bug_id(bug_id, DatasetManager.get_dataset(_dataset_name(dataset)))
     device = choose_device(device)
     if mode == "train" and FaultInjector.is_test_data_only(bug_id):
-        return _derive_test_fault_version(architecture, dataset, bug_id, device, settings, roots, progress)
+        return _derive_test_fault_version(architecture, dataset, bug_id, device, settings, roots, progress, measure)
     if mode == "train":
-        return _train_version(architecture, dataset, bug_id, device, settings, roots, progress)
+        return _train_version(architecture, dataset, bug_id, device, settings, roots, progress, measure)
     model = load_version(architecture.name, dataset, bug_id, device, roots=roots)
     if mode == "evaluate":
-        _measure_into_metadata(model, _data_for(model, dataset, bug_id, roots, settings.batch_size), device, progress)
+        data = _data_for(model, dataset, bug_id, roots, settings.batch_size)
+        _measure_into_metadata(model, data, device, progress, measure)
         _save_metadata(model, roots.model)
     return model
 
@@ -154,7 +155,7 @@ def _data_for(model: mymodel.MyModel, dataset, bug_id: int, roots: Roots, batch_
 
 
 def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, device, settings: TrainSettings,
-                   roots: Roots, progress: bool) -> mymodel.MyModel:
+                   roots: Roots, progress: bool, measure: Measure | None) -> mymodel.MyModel:
     settings = _as_built(settings, bug_id)
     seed_everything(settings.seed)
     structure_fault = FaultInjector.structure_fault(bug_id)
@@ -181,7 +182,7 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
                           loss=type(trainer.criteria).__name__, train_seconds=round(history["seconds"], 2),
                           device=str(device), threads=torch.get_num_threads(), amp=trainer.amp,
                           amp_float32_modules=list(trainer.float32_modules) if trainer.amp else [], history=history)
-    _measure_into_metadata(model, data, device, progress)
+    _measure_into_metadata(model, data, device, progress, measure)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.model_structure.state_dict().items()}
     path = checkpoint_path(roots.model, model.model_name, data.dataset_name, bug_id)
     save_loss_curve(history, loss_curve_path(roots.model, model.model_name, data.dataset_name, bug_id),
@@ -199,30 +200,33 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
 
 
 def _derive_test_fault_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, device,
-                               settings: TrainSettings, roots: Roots, progress: bool) -> mymodel.MyModel:
+                               settings: TrainSettings, roots: Roots, progress: bool,
+                               measure: Measure | None) -> mymodel.MyModel:
     """Faults 10-12 change only the test set: measure the healthy network on it (train it if needed)."""
     name, dataset_name = architecture.name, _dataset_name(dataset)
     if not is_trained(roots.model, name, dataset_name, FaultInjector.HEALTHY):
-        _train_version(architecture, dataset_name, FaultInjector.HEALTHY, device, settings, roots, progress)
+        _train_version(architecture, dataset_name, FaultInjector.HEALTHY, device, settings, roots, progress, measure)
     model = load_version(name, dataset_name, FaultInjector.HEALTHY, device, roots=roots)
     healthy = dict(model.metadata)
     model.bug_id = bug_id
     model.metadata.update(bug=bug_id, key=version_key(name, dataset_name, bug_id), origin="healthy weights",
                           fault=FaultInjector.fault_name(bug_id), created=_now())
     data = _data_for(model, dataset, bug_id, roots, settings.batch_size or healthy.get("batch_size"))
-    _measure_into_metadata(model, data, device, progress)
+    _measure_into_metadata(model, data, device, progress, measure)
     _save_metadata(model, roots.model)
     return model
 
 
-def _measure_into_metadata(model: mymodel.MyModel, data: DatasetManager.MyData, device, progress: bool) -> None:
+def _measure_into_metadata(model: mymodel.MyModel, data: DatasetManager.MyData, device, progress: bool,
+                           measure: Measure | None) -> None:
     evaluator = ModelTrainer(model.model_structure, device=device, progress=progress)
     val_acc, val_loss = evaluator.evaluate_model(data.val_loader)
     test_acc, test_loss = evaluator.evaluate_model(data.test_loader)
     model.model_structure = evaluator.model.eval()
     model.metadata.update(val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss,
                           num_val=len(data.y_val), num_test=len(data.y_test), image_size=data.image_size)
-    costs.record(model, data, device)
+    if measure is not None:
+        measure(model, data, device)
 
 
 def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_fault: int, origin: str) -> None:
@@ -311,45 +315,11 @@ def _check_state_fits(state: dict, network: torch.nn.Module, path: Path, model_n
             "with --force")
 
 
-def recorded_validation_accuracy(model_root, model_name: str, dataset_name: str, bug_id: int) -> tuple[object, str]:
-    """A version's validation accuracy as recorded, unchecked, and where it came from.
-
-    From the version's metadata file, else the paper's published figure for its released versions
-    (which come without metadata); the failure predictor checks that it is a fraction.
-    """
-    path = metadata_path(model_root, model_name, dataset_name, bug_id)
-    if path.is_file():
-        return read_metadata(path).get("val_acc"), str(path)
-    value = paper_accuracy(dataset_name, model_name, bug_id)["val_acc"]
-    if value is None:
-        raise UsageError(f"no validation accuracy for {version_key(model_name, dataset_name, bug_id)}: no {path} and "
-                         "not one of the paper's released versions; train it with main_train_model.py")
-    return value, f"{PAPER_ACCURACIES.name} ({version_key(model_name, dataset_name, bug_id)})"
-
-
 def loader_for(model: mymodel.MyModel, data: DatasetManager.MyData, split: str,
                batch_size: int | None = None) -> DatasetManager.TensorLoader:
     """A split's loader at the size the version sees, in attack batches (``settings.ATTACK_BATCH`` unless given)."""
     sized = data.at(image_size=model.metadata["image_size"], batch_size=batch_size or ATTACK_BATCH)
     return getattr(sized, f"{split}_loader")
-
-
-@lru_cache(maxsize=1)
-def _paper_accuracy_table() -> dict[tuple[str, str, int], tuple[float | None, float | None]]:
-    import pandas as pd
-
-    table = pd.read_csv(PAPER_ACCURACIES)
-    fractions = table[["val_acc_percent", "test_acc_percent"]] / 100
-    fractions = fractions.astype(object).where(fractions.notna(), None)
-    keys = zip(table["dataset"], table["model"], table["bug_id"].astype(int))
-    return dict(zip(keys, map(tuple, fractions.itertuples(index=False, name=None))))
-
-
-def paper_accuracy(dataset_name: str, model_name: str, bug_id: int) -> dict:
-    """Validation/test accuracy (fractions) the paper reports for one of its released versions."""
-    val_acc, test_acc = _paper_accuracy_table().get((dataset_name.upper(), model_name.lower(), bug_id or 0),
-                                                    (None, None))
-    return {"val_acc": val_acc, "test_acc": test_acc}
 
 
 class ModelManager:

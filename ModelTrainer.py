@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from storage.files import atomic_save_figure, pyplot
 from storage.settings import PAPER_RECIPE, TrainingRecipe
 from utils import choose_device
 
@@ -179,3 +180,24 @@ class ModelTrainer:
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
         return correct.item() / max(seen, 1), total_loss.item() / max(seen, 1)
+
+
+def save_loss_curve(history: dict, path, title: str = "") -> None:
+    """Training loss per epoch and validation accuracy where it was measured."""
+    plt = pyplot()
+    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
+    loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    if history.get("val_loss"):
+        loss_axis.plot(history["val_epoch"], history["val_loss"], marker="s", label="validation loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    if history.get("val_acc"):
+        acc_axis = loss_axis.twinx()
+        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^",
+                      label="validation accuracy")
+        acc_axis.set_ylabel("accuracy")
+        acc_axis.set_ylim(0, 1.02)
+        acc_axis.legend(loc="center right")
+    loss_axis.legend(loc="upper right")
+    loss_axis.set_title(title)
+    atomic_save_figure(path, figure)

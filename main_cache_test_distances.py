@@ -5,7 +5,7 @@ Per version ``{info-root}/test_information_cached/{DATASET}_{model}_bug{id}_{wha
 the label), ``probabilities`` (softmax) and ``logits`` (for the scores and methods that read them); per
 test set ``{DATASET}_ground_truth.npy`` (``{DATASET}_bug{11,12}_ground_truth.npy`` for the shifted sets).
 Another ``--distance`` mode's files carry its name (``…_distances_first-order.npy``). ``--shifts`` caches the
-test set under ImageNet-C corruptions (``shifts.py``) too, each in its folder beside the clean cache
+test set under ImageNet-C corruptions (``mydataset/corruptions.py``) too, each in its folder beside the clean cache
 (``test_information_cached/fog-3/``), the same names inside.
 
 Examples:
@@ -19,26 +19,26 @@ from __future__ import annotations
 
 import argparse
 
-from mydataset import shifts
-from pipeline import cli, grids
+import launchers
+from pipeline import cli, flags, grids
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.attack_step_parser(__doc__)
-    shifts.add_flags(parser, fit=False)
-    cli.add_run_flags(parser)
-    cli.add_root_flags(parser, "data", "model", "info", "output", output_help="folder of the launchers' logs")
-    cli.add_launcher_flags(parser)
+    parser = flags.attack_step_parser(__doc__)
+    flags.add_shift_flags(parser, fit=False)
+    flags.add_run_flags(parser)
+    flags.add_root_flags(parser, "data", "model", "info", "output", output_help="folder of the launchers' logs")
+    launchers.add_launcher_flags(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    launch = launchers.launch_settings(args)
     grid, _ = cli.prepare(args, writable=[args.info_root])
     versions = grids.trained_versions(grid, args.model_root)
     settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return cli.launch_and_report(cli.make_jobs("cache", versions, args, settings, args.shifts),
-                                 cli.launch_settings(args))
+    return launchers.launch_and_report(cli.make_jobs("cache", versions, args, settings, args.shifts), launch)
 
 
 if __name__ == "__main__":

@@ -32,28 +32,28 @@ from distances import costs
 from distances.concurrent import attack_concurrently
 from distances.feature import training_feature_mean
 from evaluation import deployment, paper, selective
-from mydataset import shifts
-from pipeline import cli, grids
-from selection import unmet_needs
+from mydataset import corruptions
+from pipeline import cli, flags, grids
+from selection import METHODS, SetContext, preference_by_validation_accuracy, unmet_needs
 from storage import caches, files, layout, manifests
-from storage.settings import NO_SHIFT
+from storage.shifts import NO_SHIFT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.attack_step_parser(__doc__)
+    parser = flags.attack_step_parser(__doc__)
     paper.add_posterior_flag(parser)
-    shifts.add_flags(parser)
-    parser.add_argument("--devices", nargs="+", type=cli.device_flag, default=None, metavar="DEVICE",
+    flags.add_shift_flags(parser)
+    parser.add_argument("--devices", nargs="+", type=flags.device_flag, default=None, metavar="DEVICE",
                         help="one device per version, in turn (e.g. cuda:0 cuda:1 cuda:2, or cpu cpu cpu): the "
                              "versions' attacks then run side by side (default: every version on --device)")
     selective.add_flags(parser)
     latency = parser.add_argument_group("deployment latency (latency.csv)")
-    latency.add_argument("--latency-inputs", type=cli.positive_int, default=64, metavar="N",
+    latency.add_argument("--latency-inputs", type=flags.positive_int, default=64, metavar="N",
                          help="test inputs the policies are timed on, per dataset (default 64)")
-    latency.add_argument("--latency-repeats", type=cli.non_negative_int, default=3, metavar="N",
+    latency.add_argument("--latency-repeats", type=flags.non_negative_int, default=3, metavar="N",
                          help="timed runs per policy, the median is kept (default 3; 0: no latency.csv)")
-    cli.add_run_flags(parser, force=False)
-    cli.add_root_flags(parser, "data", "model", "info", "output")
+    flags.add_run_flags(parser, force=False)
+    flags.add_root_flags(parser, "data", "model", "info", "output")
     parser.set_defaults(output=layout.DEFAULT_REALTIME_OUTPUT)
     return parser
 
@@ -77,13 +77,13 @@ def evaluate(args, grid, device) -> int:
         version_device = devices[index % len(devices)]
         model = ModelManager.load_version(model_name, dataset, bug, version_device, roots=roots)
         module = DeepFailGuardModule.of_version(model, roots.info, roots.model, dataset, model_name, bug,
-                                                device=version_device, deepfool=attack.deepfool,
+                                                device=version_device, distance=attack.distance,
                                                 failure_model=attack.failure_model)
         manifests.check_version(roots.info, roots.model, "fit", model_name, dataset, bug, attack.failure_model)
         module.posterior_rule = paper.posterior_rule(args.posterior)
         module.device_slot = index % len(devices) if args.devices else None
         data = datasets.get(dataset, bug, attack.max_inputs)
-        costs.ensure(roots.model, model, data, version_device, attack.deepfool.mode)
+        costs.ensure(roots.model, model, data, version_device, attack.distance.mode)
         training_feature_mean(module.attacker, model, data, attack.batch_size)
         loaded.append((dataset, model_name, bug, module, data, model))
     # what the versions answered on validation, read once for every shift
@@ -92,8 +92,9 @@ def evaluate(args, grid, device) -> int:
                   for d, m, b, _, data, _ in loaded}
     by_shift = {}
     for shift in args.shifts:
-        loaders = [ModelManager.loader_for(model, shifts.shifted(data, "test", model.metadata["image_size"], shift),
-                                           "test", attack.batch_size) for *_, data, model in loaded]
+        loaders = [ModelManager.loader_for(model, corruptions.shifted(data, "test", model.metadata["image_size"],
+                                                                      shift), "test", attack.batch_size)
+                   for *_, data, model in loaded]
         results = attack_concurrently([(entry[3], loader) for entry, loader in zip(loaded, loaders)],
                                       progress=not args.quiet, concurrent=bool(args.devices))
         records_by_dataset = {d: {} for d in grid.datasets}
@@ -104,8 +105,7 @@ def evaluate(args, grid, device) -> int:
             records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
                 dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
                 result.logits, validation[dataset, model_name, bug], costs.read(roots.model, model_name, dataset, bug),
-                attack.deepfool.mode, shift,
-                result.feature_margins, result.feature_deviations)
+                attack.distance.mode, shift, result.outputs)
         by_shift[shift] = records_by_dataset, truths_by_dataset
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,
@@ -136,7 +136,6 @@ def _healthy_sets(loaded, records_by_dataset):
 
 def _time_set(args, dataset, members, loaded_members, truths_by_dataset) -> list[dict]:
     """Voting, full DeepFailGuard and its cascade run for real on the set's first test inputs."""
-    from selection import METHODS, SetContext, preference_by_validation_accuracy
 
     data = loaded_members[0][1]
     truth = truths_by_dataset[dataset][""]

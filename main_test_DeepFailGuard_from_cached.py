@@ -8,7 +8,7 @@ Writes ``{output}/results.csv``, ``summary.csv``, ``failure_prediction.csv`` and
 
 ``--configurations paper`` (implied by ``--preset paper``) evaluates exactly the configurations the paper
 published and compares them with its figures in ``paper_comparison.csv``; ``--posterior paper`` uses
-the paper's arithmetic (paper.py). Datasets with no cached versions are skipped with a note. ``--shifts``
+the paper's arithmetic (``evaluation/paper.py``). Datasets with no cached versions are skipped with a note. ``--shifts``
 evaluates the test sets under those corruptions (each cached by main_cache_test_distances.py --shifts), every
 row with its ``shift``; ``--fit-shifts`` uses the failure models fitted under those shifts.
 
@@ -26,23 +26,23 @@ import sys
 
 import evaluation
 from evaluation import paper, selective
-from mydataset import shifts
-from pipeline import cli
+from pipeline import cli, flags
 from storage import files, layout
-from storage.settings import NO_SHIFT, AttackSettings, mode_flag
+from storage.settings import AttackSettings, mode_flag
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
+    parser = flags.new_parser(__doc__)
+    flags.add_grid_flags(parser)
     paper.add_configuration_flags(parser)
     paper.add_posterior_flag(parser)
-    cli.add_distance_flag(parser)
-    shifts.add_flags(parser)
+    flags.add_distance_flag(parser)
+    flags.add_shift_flags(parser)
     selective.add_flags(parser)
-    cli.add_run_flags(parser, force=False)
-    cli.add_root_flags(parser, "model", "info", "output")
+    flags.add_run_flags(parser, force=False)
+    flags.add_root_flags(parser, "model", "info", "output")
     return parser
 
 
@@ -64,7 +64,7 @@ def evaluate(args, grid) -> int:
     if published is not None and args.shifts != (NO_SHIFT,):
         raise UsageError("--configurations paper compares the clean test set with the paper's figures; leave out "
                          "--shifts (or evaluate the shifts with --configurations grid)")
-    failure_model = AttackSettings(deepfool=args.distance, fit_shifts=args.fit_shifts).failure_model
+    failure_model = AttackSettings(distance=args.distance, fit_shifts=args.fit_shifts).failure_model
     by_shift, bugs_by_dataset = {}, {}
     for shift in args.shifts:
         records_by_dataset, truths_by_dataset = {}, {}

@@ -16,28 +16,29 @@ from __future__ import annotations
 import argparse
 
 import FaultInjector
-from mydataset import shifts
-from pipeline import cli, grids
+import launchers
+from pipeline import cli, flags, grids
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.attack_step_parser(__doc__)
-    shifts.add_flags(parser, evaluation=False)
-    cli.add_run_flags(parser)
-    cli.add_root_flags(parser, "data", "model", "info", "output",
+    parser = flags.attack_step_parser(__doc__)
+    flags.add_shift_flags(parser, evaluation=False)
+    flags.add_run_flags(parser)
+    flags.add_root_flags(parser, "data", "model", "info", "output",
                        output_help="folder of the failure models' figures (figures/) and the launchers' logs")
-    cli.add_launcher_flags(parser)
+    launchers.add_launcher_flags(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    launch = launchers.launch_settings(args)
     grid, _ = cli.prepare(args, writable=[args.info_root, args.output])
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
     trained = grids.trained_versions(grid, args.model_root)
     versions = list(dict.fromkeys((d, m, FaultInjector.checkpoint_fault(b)) for d, m, b in trained))
     settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return cli.launch_and_report(cli.make_jobs("fit", versions, args, settings), cli.launch_settings(args))
+    return launchers.launch_and_report(cli.make_jobs("fit", versions, args, settings), launch)
 
 
 if __name__ == "__main__":

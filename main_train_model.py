@@ -13,22 +13,25 @@ import argparse
 from dataclasses import replace
 
 import FaultInjector
-from pipeline import cli
+import launchers
+from pipeline import cli, flags
 from pipeline.jobs import step_of
 from storage.settings import TrainSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
+    parser = flags.new_parser(__doc__)
+    flags.add_grid_flags(parser)
     parser.add_argument("--mode", choices=("train", "evaluate"), default="train",
                         help="train missing versions, or re-measure existing ones")
-    cli.add_training_job_flags(parser, output_help="folder of the launchers' logs")
+    flags.add_training_job_flags(parser, output_help="folder of the launchers' logs")
+    launchers.add_launcher_flags(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    launch = launchers.launch_settings(args)
     grid, _ = cli.prepare(args, writable=[args.model_root])  # bad requests refused before hours of work
     versions = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     if args.mode == "train":
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
         settings = cli.job_settings(args, mode=args.mode, training=replace(training, epochs=grid.epochs_for(model)))
         jobs += cli.make_jobs(step_of(bug) if args.mode == "train" else "train", [(dataset, model, bug)], args,
                               settings)
-    return cli.launch_and_report(jobs, cli.launch_settings(args))
+    return launchers.launch_and_report(jobs, launch)
 
 
 def with_healthy_versions(versions: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:

@@ -19,8 +19,11 @@ import sys
 from dataclasses import replace
 
 import FaultInjector
+import launchers
+import ModelManager
 from evaluation import fault_validation as fv
-from pipeline import cli
+from pipeline import cli, flags
+from pipeline.grids import parse_bug_ids
 from pipeline.jobs import Job, step_of
 from storage import layout
 from storage.metadata import read_metadata
@@ -29,17 +32,18 @@ from utils import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
+    parser = flags.new_parser(__doc__)
+    flags.add_grid_flags(parser)
     parser.set_defaults(preset="all-faults")
-    parser.add_argument("--seeds", type=cli.positive_int, default=fv.DEFAULT_SEEDS,
+    parser.add_argument("--seeds", type=flags.positive_int, default=fv.DEFAULT_SEEDS,
                         help="training seeds per version, from --seed up (at least 4 for a fault to be killable)")
     parser.add_argument("--search", nargs="*", default=None, metavar="BUG",
                         help="also bisect each parametric fault's parameter (these ids; none named: every "
                              "parametric fault of the grid) for the weakest value still killed")
-    parser.add_argument("--search-steps", type=cli.positive_int, default=3,
+    parser.add_argument("--search-steps", type=flags.positive_int, default=3,
                         help="bisection steps per searched fault (each trains --seeds versions)")
-    cli.add_training_job_flags(parser, output_help="where the tables (and the launchers' logs) go")
+    flags.add_training_job_flags(parser, output_help="where the tables (and the launchers' logs) go")
+    launchers.add_launcher_flags(parser)
     return parser
 
 
@@ -50,7 +54,7 @@ class Validation:
     def __init__(self, args: argparse.Namespace, grid):
         self.args, self.grid = args, grid
         self.seeds = fv.seed_list(args.seeds, args.seed)
-        self.launch = cli.launch_settings(args)
+        self.launch = launchers.launch_settings(args)
         self.faults = {(dataset, model): [bug for m, bug in grid.versions(dataset) if m == model and bug]
                        for dataset in grid.datasets for model in grid.models}
 
@@ -71,13 +75,11 @@ class Validation:
 
     def run(self, jobs: list[Job]) -> int:
         """Launch, report the failed jobs; the exit status (a failure from bad input is a UsageError)."""
-        return cli.launch_and_report(jobs, self.launch, failures_only=True)
+        return launchers.launch_and_report(jobs, self.launch, failures_only=True)
 
     def accuracies(self, dataset: str, model: str, bug: int, search: str | None = None,
                    value: float | None = None) -> list[float] | None:
         """The test accuracy of the version at every seed, or None while a seed lacks one trained as asked."""
-        import ModelManager
-
         found = []
         for seed in self.seeds:
             root = self.root(seed, search)
@@ -127,7 +129,6 @@ def searched_faults(requested: list[str] | None, validation: Validation) -> list
     if requested is None:
         return []
     in_grid = sorted({bug for bugs in validation.faults.values() for bug in bugs})
-    from pipeline.grids import parse_bug_ids
 
     bugs = parse_bug_ids(requested) if requested else [b for b in in_grid if FaultInjector.FAULTS[b].parameter]
     for bug in bugs:

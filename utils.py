@@ -13,6 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+#: the one seed of the pipeline: splits, faults, training, input sampling and bootstrap intervals start from it
+SEED = 42
+
 
 class UsageError(Exception):
     """Bad input from the user (argument, missing or corrupt file).
@@ -114,7 +117,7 @@ def seed_everything(seed: int) -> None:
 
 def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices ``(keep, held_out)`` with ``fraction`` held out, stratified by label where possible."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # deferred: scikit-learn takes over a second to load
 
     indices = np.arange(len(y))
     try:

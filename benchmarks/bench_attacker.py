@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from storage.layout import Roots  # noqa: E402
 from storage.settings import DEEPFOOL  # noqa: E402
 from utils import choose_device  # noqa: E402
@@ -111,12 +111,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["squeezenet", "densenet", "resnet"])
     parser.add_argument("--dataset", default="DIGITS")
-    parser.add_argument("--batch-sizes", nargs="+", type=cli.positive_int, default=[8, 64])
-    parser.add_argument("--inputs", type=cli.positive_int, default=128, help="test inputs per configuration")
-    parser.add_argument("--repeats", type=cli.positive_int, default=3)
+    parser.add_argument("--batch-sizes", nargs="+", type=flags.positive_int, default=[8, 64])
+    parser.add_argument("--inputs", type=flags.positive_int, default=128, help="test inputs per configuration")
+    parser.add_argument("--repeats", type=flags.positive_int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model-root", default="mymodel/model")
-    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+    parser.add_argument("--image-size", type=flags.positive_int, default=None,
                         help="attack inputs resized to this size (default: the size each version was trained at)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-foolbox", action="store_true", help="time our attack only")

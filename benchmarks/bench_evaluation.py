@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluation  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from selection import METHODS, SCORES  # noqa: E402
 from storage import (
     caches,  # noqa: E402
@@ -126,9 +126,9 @@ def logpdf_row(rng, n_points: int, n_queries: int, repeats: int = 3) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=cli.positive_int, default=10_000)
-    parser.add_argument("--kde-points", type=cli.positive_int, default=10_000)
-    parser.add_argument("--paper-sets", type=cli.positive_int, default=2,
+    parser.add_argument("--inputs", type=flags.positive_int, default=10_000)
+    parser.add_argument("--kde-points", type=flags.positive_int, default=10_000)
+    parser.add_argument("--paper-sets", type=flags.positive_int, default=2,
                         help="two-version sets evaluated the paper's way (timed, and decisions compared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logpdf-only", action="store_true", help="only the log-density rows (ours vs SciPy)")

@@ -14,7 +14,7 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
   vote   majority voting: the three networks' forward passes under ``torch.no_grad`` and the vote,
          in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
 
-and prints, for each distance mode of ``--distances`` (``settings.distance_mode``: the paper's ``deepfool``,
+and prints, for each distance mode of ``--distances`` (``settings.distance_mode``: the paper's ``distance``,
 ``deepfool:K``, ``first-order[:K]``, ``feature[:K]``), milliseconds per input, the ratio dfg/vote, and each
 version's attack alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
 
@@ -43,10 +43,11 @@ from bf16_diagnosis import subset  # noqa: E402
 
 import ModelManager  # noqa: E402
 from Attacker import full_float32_convolutions  # noqa: E402
-from DatasetManager import create_dataset, resize_batch  # noqa: E402
+from DatasetManager import create_dataset  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
-from pipeline import cli  # noqa: E402
+from mydataset.base import resize_batch  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from storage.layout import Roots  # noqa: E402
 from storage.settings import TrainSettings, distance_mode  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
@@ -99,13 +100,13 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs=3, default=["squeezenet", "densenet", "resnet"], metavar="MODEL")
     parser.add_argument("--model-root", default=None, help="load healthy DIGITS checkpoints from here where present")
     parser.add_argument("--train-epochs", type=int, default=2, help="train missing versions this long (0: untrained)")
-    parser.add_argument("--max-train", type=cli.positive_int, default=None, help="train on the first N images only")
-    parser.add_argument("--image-size", type=cli.positive_int, default=None,
+    parser.add_argument("--max-train", type=flags.positive_int, default=None, help="train on the first N images only")
+    parser.add_argument("--image-size", type=flags.positive_int, default=None,
                         help="input size of every version (default: each version's own)")
-    parser.add_argument("--batch", type=cli.positive_int, default=64, help="the batched measurement's size")
-    parser.add_argument("--repeats", type=cli.positive_int, default=20)
-    parser.add_argument("--kde-points", type=cli.positive_int, default=360, help="DIGITS' validation size")
-    parser.add_argument("--distances", nargs="+", type=cli.distance_flag,
+    parser.add_argument("--batch", type=flags.positive_int, default=64, help="the batched measurement's size")
+    parser.add_argument("--repeats", type=flags.positive_int, default=20)
+    parser.add_argument("--kde-points", type=flags.positive_int, default=360, help="DIGITS' validation size")
+    parser.add_argument("--distances", nargs="+", type=flags.distance_flag,
                         default=[distance_mode(m) for m in ("deepfool", "deepfool:2", "first-order", "first-order:2",
                                                             "feature")],
                         help="distance modes to time (default: deepfool deepfool:2 first-order first-order:2 feature)")
@@ -143,9 +144,9 @@ def main(argv=None) -> int:
             vote(images[:batch_size])  # warm-up: cuDNN autotuning, allocator
             vote_ms[batch_size] = 1000 * median_seconds(vote, images[:batch_size], device, args.repeats) / batch_size
         rows, alone = [], {}
-        for deepfool in args.distances:
+        for distance in args.distances:
             modules = [DeepFailGuardModule(model, *paths, 0.95, device=device, name=model.model_name,
-                                           image_size=size, deepfool=deepfool)
+                                           image_size=size, distance=distance)
                        for model, paths, size in zip(versions, kdes, sizes)]
             guard = DeepFailGuard(modules)
             single = iter(range(10 ** 9))
@@ -159,12 +160,12 @@ def main(argv=None) -> int:
             for batch_size, dfg in ((1, dfg_single), (args.batch, dfg_batch)):
                 batch = images[:batch_size]
                 dfg(batch)  # warm-up
-                rows.append((deepfool.mode, batch_size,
+                rows.append((distance.mode, batch_size,
                              1000 * median_seconds(dfg, batch, device, args.repeats) / batch_size))
             batch = images[:args.batch]
             for module in modules:
                 module.attack(batch)
-                alone[deepfool.mode, module.name] = \
+                alone[distance.mode, module.name] = \
                     1000 * median_seconds(module.attack, batch, device, args.repeats) / len(batch)
         print(f"{'distance':<15} {'batch':>5} {'dfg_ms/input':>12} {'vote_ms/input':>13} {'dfg/vote':>9}")
         for mode, batch_size, dfg_ms in rows:

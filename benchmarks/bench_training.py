@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 PRECISIONS = {"bf16-cl": (True, True), "bf16": (True, False), "fp32": (False, False), "fp32-cl": (False, True)}
@@ -123,11 +123,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", nargs="+", default=list(ModelManager.MODELS))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["bf16-cl", "fp32"])
-    parser.add_argument("--image-size", type=cli.positive_int, default=128, help="the paper's size (AlexNet: >= 63)")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: DIGITS' for each model")
-    parser.add_argument("--steps", type=cli.positive_int, default=50, help="timed steps per timing")
+    parser.add_argument("--image-size", type=flags.positive_int, default=128, help="the paper's size (AlexNet: >= 63)")
+    parser.add_argument("--batch-size", type=flags.positive_int, default=None, help="default: DIGITS' for each model")
+    parser.add_argument("--steps", type=flags.positive_int, default=50, help="timed steps per timing")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--repeats", type=cli.positive_int, default=3, help="median of this many interleaved timings")
+    parser.add_argument("--repeats", type=flags.positive_int, default=3, help="median of this many interleaved timings")
     parser.add_argument("--resize-on", nargs="+", choices=["device", "host"], default=["device"],
                         help="where batches are upsampled: device (ModelTrainer's way) and/or host (the former)")
     args = parser.parse_args(argv)

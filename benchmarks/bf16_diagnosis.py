@@ -49,10 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from DatasetManager import MyData, create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from storage.layout import Roots  # noqa: E402
-from storage.settings import SEED, TrainSettings  # noqa: E402
-from utils import choose_device, seed_everything  # noqa: E402
+from storage.settings import TrainSettings  # noqa: E402
+from utils import SEED, choose_device, seed_everything  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")
 
@@ -169,11 +169,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="squeezenet", help="architecture (the head variant needs .classifier)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[SEED, SEED + 1])
-    parser.add_argument("--epochs", type=cli.positive_int, default=None, help="default: DIGITS' for the model (24)")
-    parser.add_argument("--max-train", type=cli.positive_int, default=None, help="first N training images only")
-    parser.add_argument("--max-eval", type=cli.positive_int, default=None,
+    parser.add_argument("--epochs", type=flags.positive_int, default=None, help="default: DIGITS' for the model (24)")
+    parser.add_argument("--max-train", type=flags.positive_int, default=None, help="first N training images only")
+    parser.add_argument("--max-eval", type=flags.positive_int, default=None,
                         help="a stratified N validation and N test images only")
-    parser.add_argument("--image-size", type=cli.positive_int, default=None, help="default: DIGITS' size (32)")
+    parser.add_argument("--image-size", type=flags.positive_int, default=None, help="default: DIGITS' size (32)")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     data = subset(create_dataset("DIGITS"), args.max_train, args.max_eval)

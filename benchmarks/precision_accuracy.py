@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bf16_diagnosis import accuracy, amp_dtype, dead_classes, describe_device, subset, train_via_create_model  # noqa: E402
 
 from DatasetManager import create_dataset  # noqa: E402
-from pipeline import cli  # noqa: E402
-from storage.settings import SEED  # noqa: E402
-from utils import choose_device  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
+from utils import (
+    SEED,  # noqa: E402
+    choose_device,  # noqa: E402
+)
 
 PRECISIONS = {"bf16": True, "fp32": False}
 
@@ -40,10 +42,10 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["squeezenet", "resnet"])
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[SEED, SEED + 1])
-    parser.add_argument("--epochs", type=cli.positive_int, default=None, help="default: DIGITS' for each model")
-    parser.add_argument("--image-size", type=cli.positive_int, default=None, help="default: DIGITS' size (32)")
-    parser.add_argument("--max-train", type=cli.positive_int, default=None, help="first N training images only")
-    parser.add_argument("--max-eval", type=cli.positive_int, default=None,
+    parser.add_argument("--epochs", type=flags.positive_int, default=None, help="default: DIGITS' for each model")
+    parser.add_argument("--image-size", type=flags.positive_int, default=None, help="default: DIGITS' size (32)")
+    parser.add_argument("--max-train", type=flags.positive_int, default=None, help="first N training images only")
+    parser.add_argument("--max-eval", type=flags.positive_int, default=None,
                         help="a stratified N validation and N test images only")
     parser.add_argument("--model-root", default=None, help="keep the checkpoints here (default: a temporary folder)")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ many (version, corruption) pairs ``dfg`` beats ``max_softmax`` (AUROC; sign test
 ``--fit-shifts`` (SHIFTED, evaluated on corruptions of families it was not fitted on; CLEAN evaluated on at least
 those): AUROC and AUGRC per severity, accuracy per severity and N, each with its sign test over the pairs.
 
-    python benchmarks/shift_study.py scores feature=sh_feat first-order:2=sh_fo2 deepfool=sh_df
+    python benchmarks/shift_study.py scores feature=sh_feat first-order:2=sh_fo2 distance=sh_df
     python benchmarks/shift_study.py fitted clean=sh_feat noise+blur=fs_feat_nb
 """
 
@@ -28,9 +28,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.metrics import sign_test  # noqa: E402
-from mydataset.shifts import family, severity  # noqa: E402
 from pipeline import cli  # noqa: E402
 from storage import layout  # noqa: E402
+from storage.shifts import family, severity  # noqa: E402
 
 SCORES = ("dfg", "dfg_plus", "max_softmax", "doctor", "energy", "maxlogit_pnorm", "fdbd")
 #: DeepFailGuard's scores, which depend on the distance mode (the rest are the same in every folder)

@@ -18,16 +18,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import evaluation  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import cli, flags  # noqa: E402
 from selection import METHODS, PREFERRED_MEMBER, SetContext, preference_by_validation_accuracy  # noqa: E402
 
 
 def build_parser():
-    parser = cli.new_parser(__doc__)
-    cli.add_grid_flags(parser)
-    cli.add_distance_flag(parser)
-    cli.add_run_flags(parser, force=False)
-    cli.add_root_flags(parser, "model", "info")
+    parser = flags.new_parser(__doc__)
+    flags.add_grid_flags(parser)
+    flags.add_distance_flag(parser)
+    flags.add_run_flags(parser, force=False)
+    flags.add_root_flags(parser, "model", "info")
     return parser
 
 

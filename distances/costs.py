@@ -24,14 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from ModelManager import loader_for
 from storage.files import atomic_write_json
 from storage.layout import metadata_path
 from storage.metadata import read_metadata
-from storage.settings import distance_mode
+from storage.settings import DISTANCE_MODES, DistanceSettings, distance_mode
 
-#: the distance modes every version is costed for (the mode a run uses is added when it is not one of them)
-COST_MODES = ("deepfool", "deepfool:2", "first-order", "first-order:2")
+
+def cost_modes() -> tuple[str, ...]:
+    """The distance modes every version is costed for, as the registry's entries declare them (``costed``); the mode
+    a run uses is added when it is not one of them."""
+    return tuple(DistanceSettings(mode.name, count).mode for mode in DISTANCE_MODES.values() for count in mode.costed)
 #: validation inputs the FLOPs are averaged over
 COST_INPUTS = 8
 #: the batch (at most) and the repeats of the forward latency, whose median is recorded
@@ -54,22 +59,19 @@ class _GlobalOnly:
 def flop_counter():
     """A ``torch.utils.flop_counter.FlopCounterMode`` that counts the whole computation, gradients to the input
     included (``get_total_flops``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalOnly()
     return counter
 
 
-def measure(network: torch.nn.Module, images: torch.Tensor, device, modes=COST_MODES,
+def measure(network: torch.nn.Module, images: torch.Tensor, device, modes=None,
             latency_images: torch.Tensor | None = None) -> dict:
     """The ``costs`` record of a network (a ``MyModel``'s ``model_structure``) on ``images`` (validation inputs at
     the version's size): FLOPs per input of the forward pass and of each mode's attack, the forward latency per
-    input at the batch of ``latency_images`` (default ``images``), and where that latency was measured."""
-    from Attacker import Attacker
-
-    attackers = {mode: Attacker.from_settings(network, distance_mode(mode), device, check_success=False)
-                 for mode in modes}  # as deployed: no pass at the final point to flag success
+    input at the batch of ``latency_images`` (default ``images``), and where that latency was measured. ``modes``
+    default: :func:`cost_modes`."""
+    attackers = {mode: distance_mode(mode).attacker(network, device, check_success=False)
+                 for mode in modes or cost_modes()}  # as deployed: no pass at the final point to flag success
     first = next(iter(attackers.values()))
     inputs = images.to(first.device, dtype=first.dtype)
     if inputs.ndim == 4:
@@ -118,11 +120,9 @@ def device_name(device: torch.device) -> str:
 
 def measure_version(model, data, device, mode: str | None = None, modes=None) -> dict:
     """The ``costs`` record of a loaded version (a ``MyModel``) on its validation inputs, also costing ``mode``
-    when it is not one of :data:`COST_MODES` (``modes``: exactly these instead)."""
-    from ModelManager import loader_for
-
+    when it is not one of :func:`cost_modes` (``modes``: exactly these instead)."""
     if modes is None:
-        modes = COST_MODES if mode is None or mode in COST_MODES else (*COST_MODES, mode)
+        modes = cost_modes() if mode is None or mode in cost_modes() else (*cost_modes(), mode)
     batch = next(iter(loader_for(model, data, "val", LATENCY_BATCH)))[0]
     return measure(model.model_structure, batch[:COST_INPUTS], device, modes, latency_images=batch)
 

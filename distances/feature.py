@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from attack_result import AttackResult
-from Attacker import NORM_EPSILON, STEP_STABILISER, Attacker
-from DatasetManager import resize_batch
+import ModelManager
+from Attacker import NORM_EPSILON, STEP_STABILISER, Attacker, AttackResult
+from mydataset.base import resize_batch
 from utils import UsageError
 
 
@@ -50,6 +50,11 @@ class FeatureDistance(Attacker):
                                                                                                  self.dtype)
         self._linear: bool | None = None  # decided on the first batch
         self._weight_distances: torch.Tensor | None = None
+
+    @classmethod
+    def from_settings(cls, pytorch_model: nn.Module, settings, device=None, **options) -> "FeatureDistance":
+        """The measurement with ``settings``' candidate classes and overshoot (the feature mode takes no steps)."""
+        return cls(pytorch_model, device, candidates=settings.candidates, overshoot=settings.overshoot, **options)
 
     @property
     def linear_head(self) -> bool | None:
@@ -125,7 +130,12 @@ class FeatureDistance(Attacker):
             deviations = (z.detach().flatten(1) - self.feature_mean).norm(dim=1).cpu().numpy()
         return AttackResult(distances.detach().cpu().numpy(), labels.cpu().numpy(), success,
                             logits.softmax(dim=1).cpu().numpy(), logits=logits.cpu().numpy(),
-                            feature_margins=margins.detach().cpu().numpy(), feature_deviations=deviations)
+                            outputs=self._outputs(margins.detach().cpu().numpy(), deviations))
+
+    @staticmethod
+    def _outputs(margins: np.ndarray, deviations: np.ndarray | None) -> dict[str, np.ndarray]:
+        """fDBD's parts, the mode's outputs (the deviations once the training features' mean is known)."""
+        return {"feature_margins": margins, **({"feature_deviations": deviations} if deviations is not None else {})}
 
     def _linear_parts(self, logits: torch.Tensor):
         """Closed form: the logit gaps l_c − l_k and ‖w_c − w_k‖ for every class k, and the step towards k."""
@@ -158,8 +168,6 @@ def training_feature_mean(attacker, model, data, batch_size: int) -> None:
     it is."""
     if not isinstance(attacker, FeatureDistance):
         return
-    import ModelManager
-
     key = (model.model_name, data.dataset_name, data.bug_id, model.metadata.get("checkpoint_sha256"),
            model.metadata.get("image_size"), len(data.y_train), str(attacker.device), attacker.dtype)
     if key[3] is None or key not in _TRAINING_MEANS:

@@ -32,7 +32,7 @@ from evaluation.records import (
 from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
 from evaluation.selective import Abstention
 from storage import layout
-from storage.settings import NO_SHIFT
+from storage.shifts import NO_SHIFT
 
 __all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Abstention", "Evaluation", "MethodLog", "VersionRecord", "canonical",
            "canonical_key", "check_dataset", "dataset_classes", "evaluate_and_report", "evaluate_datasets",

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import FaultInjector
@@ -38,7 +40,8 @@ from evaluation.metrics import (
 from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
 from evaluation.selective import Abstention
 from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validation_accuracy, unmet_needs
-from storage.settings import NO_SHIFT
+from selection.dynamic import competence_region
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 MAX_VERSIONS = 5
@@ -171,9 +174,6 @@ def evaluate_sets(dataset: str, records: dict[tuple[str, int], VersionRecord], t
     What the methods may know of the dataset (its number of classes, the region of competence of each test
     set) is computed once here; the methods a set cannot run are logged in ``log``; with ``abstention``, each
     set's rows of ``selective.csv`` are gathered there."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     num_classes = dataset_classes(records, truths)
     workers = torch.get_num_threads()  # the job's --threads
     regions = {}
@@ -216,8 +216,6 @@ def reference_bug(test_set: str) -> int:
 def region_of(records: dict[tuple[str, int], VersionRecord], test_set: str):
     """The region of competence of ``test_set`` (``selection.dynamic``): the healthy weights' validation and test
     softmax outputs of every architecture that has both, in canonical order; None where none has."""
-    from selection.dynamic import competence_region
-
     reference = [r for key, r in sorted(records.items(), key=lambda item: canonical_key(item[0]))
                  if key[1] == reference_bug(test_set) and r.has("validation") and r.has("probabilities")]
     if not reference:

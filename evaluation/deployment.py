@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from DatasetManager import resize_batch
-from evaluation.metrics import majority_vote
+from mydataset.base import resize_batch
+from selection.base import majority_vote
 
 LATENCY_COLUMNS = ["dataset", "n_versions", "models", "bug_ids", "policy", "ms_per_input", "ratio_to_voting",
                    "accuracy", "compute", "agreement", "inputs", "batch_size", "repeats", "device", "threads"]

@@ -24,8 +24,7 @@ from scipy.stats import mannwhitneyu
 
 import FaultInjector
 from storage.files import atomic_write_table
-from storage.settings import SEED
-from utils import UsageError
+from utils import SEED, UsageError
 
 ALPHA = 0.05
 #: Vargha and Delaney's (2000) thresholds on A12: 0.56 small, 0.64 medium, 0.71 large

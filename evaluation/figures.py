@@ -1,56 +1,12 @@
-"""Every figure the pipeline draws; each is written atomically as a PNG."""
+"""The evaluation's figures: methods against N, accuracy against compute, risk-coverage curves, reliability
+diagrams; each written atomically as a PNG."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from storage.files import atomic_save_figure  # noqa: E402
-
-
-def save_loss_curve(history: dict, path, title: str = "") -> None:
-    """Training loss per epoch and validation accuracy where it was measured."""
-    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
-    loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
-    if history.get("val_loss"):
-        loss_axis.plot(history["val_epoch"], history["val_loss"], marker="s", label="validation loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("loss")
-    if history.get("val_acc"):
-        acc_axis = loss_axis.twinx()
-        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^",
-                      label="validation accuracy")
-        acc_axis.set_ylabel("accuracy")
-        acc_axis.set_ylim(0, 1.02)
-        acc_axis.legend(loc="center right")
-    loss_axis.legend(loc="upper right")
-    loss_axis.set_title(title)
-    atomic_save_figure(path, figure)
-    plt.close(figure)
-
-
-def save_kde_figure(distances, correct, correct_kde, wrong_kde, path, title: str = "") -> None:
-    """Histograms of a version's validation distances (correct / wrong) under their two fitted densities."""
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    high = float(np.quantile(distances, 0.995)) * 1.1 if len(distances) else 1.0
-    bins = np.linspace(0.0, max(high, 1e-6), 40)
-    grid = np.linspace(0.0, max(high, 1e-6), 400)
-    for mask, kde, colour, label in ((correct, correct_kde, "tab:blue", "correct"),
-                                     (~correct, wrong_kde, "tab:red", "wrong")):
-        if mask.any():
-            axis.hist(distances[mask], bins=bins, density=True, alpha=0.35, color=colour,
-                      label=f"{label} (n={int(mask.sum())})")
-        if kde.n:
-            axis.plot(grid, kde.pdf(grid), color=colour, label=f"KDE {label}")
-    axis.set_xlabel("L2 distance to the decision boundary (the fit's distance mode)")
-    axis.set_ylabel("density")
-    axis.set_title(title)
-    axis.legend()
-    atomic_save_figure(path, figure)
-    plt.close(figure)
+from evaluation.metrics import accepted_errors, expected_calibration_error, reliability_curve
+from storage.files import atomic_save_figure, pyplot
 
 
 def save_method_comparison(summary_rows, path, title: str = "") -> None:
@@ -58,6 +14,7 @@ def save_method_comparison(summary_rows, path, title: str = "") -> None:
     of the mean over the version sets where the summary has them; ``summary_rows`` is a list of rows, or panels
     of them by name (one per severity of shift). DeepFailGuard and voting stand out; the legend sits beside the
     axes, in the methods' order, so that twenty lines stay readable."""
+    plt = pyplot()
     panels = summary_rows if isinstance(summary_rows, dict) else {"": summary_rows}
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 3.3, 4.8), squeeze=False, sharey=True)
     for axis, (name, rows) in zip(axes.flat, panels.items()):
@@ -69,12 +26,11 @@ def save_method_comparison(summary_rows, path, title: str = "") -> None:
     figure.suptitle(title)
     figure.tight_layout()
     atomic_save_figure(path, figure)
-    plt.close(figure)
 
 
 def _plot_methods(axis, summary_rows: list[dict]) -> list[str]:
     methods = list(dict.fromkeys(row["method"] for row in summary_rows))
-    palette = plt.get_cmap("tab20")
+    palette = pyplot().get_cmap("tab20")
     for index, method in enumerate(methods):
         rows = sorted((r for r in summary_rows if r["method"] == method), key=lambda r: r["n_versions"])
         styles = {"dfg": dict(linewidth=2.8, marker="o", color="black"),
@@ -100,8 +56,7 @@ def save_risk_coverage(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], p
     score → one ``(scores, correct)`` per version), averaged over the versions at each coverage; ties count as
     their expected value over orderings (``metrics.accepted_errors``). Lower is better; at full coverage every
     score has the versions' mean error."""
-    from evaluation.metrics import accepted_errors
-
+    plt = pyplot()
     coverage = np.linspace(0.0, 1.0, points)[1:]
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for index, (name, versions) in enumerate(curves.items()):
@@ -123,12 +78,12 @@ def save_risk_coverage(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], p
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     atomic_save_figure(path, figure)
-    plt.close(figure)
 
 
 def save_accuracy_compute(summary_rows: list[dict], path, title: str = "") -> None:
     """Mean accuracy against mean FLOPs per input (log scale), one panel per number of versions N, one point per
     method: what each answer costs. Cascades stand out (open markers), DeepFailGuard and voting as elsewhere."""
+    plt = pyplot()
     sizes = sorted({r["n_versions"] for r in summary_rows})
     figure, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes) + 1.5, 3.6), squeeze=False, sharey=True)
     for axis, size in zip(axes.flat, sizes):
@@ -150,7 +105,6 @@ def save_accuracy_compute(summary_rows: list[dict], path, title: str = "") -> No
     figure.suptitle(title)
     figure.tight_layout()
     atomic_save_figure(path, figure)
-    plt.close(figure)
 
 
 def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str,
@@ -158,8 +112,7 @@ def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], p
     """Accuracy against mean P(correct) per confidence bin for each version (``curves``: label → (confidence,
     correct)); points below the dashed diagonal are over-confident. Up to 6 versions share one panel, more get
     one small panel each so that 20 lines do not hide one another."""
-    from evaluation.metrics import expected_calibration_error, reliability_curve
-
+    plt = pyplot()
     labels = list(curves)
     shared = len(labels) <= 6
     columns = 1 if shared else min(5, len(labels))
@@ -188,4 +141,3 @@ def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], p
     figure.suptitle(title)
     figure.tight_layout()
     atomic_save_figure(path, figure)
-    plt.close(figure)

@@ -1,25 +1,20 @@
-"""Evaluation metrics over (versions × inputs) arrays: voting, limits, improvements, e_k, AUROC.
+"""Evaluation metrics over (versions × inputs) arrays: limits, improvements, e_k, AUROC and the risk-coverage
+areas, significance, calibration (voting itself is ``selection.base.majority_vote``).
 
 No Python loop runs over inputs. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
+from scipy.stats import binned_statistic, binom, sem, t
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from storage.settings import SEED
-
-
-def majority_vote(version_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """The most frequent label per input; ties go to the smallest class index (the paper's rule)."""
-    version_labels = np.asarray(version_labels)
-    num_classes = num_classes or int(version_labels.max()) + 1
-    n_inputs = version_labels.shape[1]
-    cells = np.arange(n_inputs)[None, :] * num_classes + version_labels
-    counts = np.bincount(cells.ravel(), minlength=n_inputs * num_classes).reshape(n_inputs, num_classes)
-    return counts.argmax(axis=1)  # argmax takes the first maximum: the smallest class index
+from utils import SEED
 
 
 def accuracy(predictions: np.ndarray, truth: np.ndarray) -> float:
@@ -73,8 +68,6 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
 
     None when only one class is present (the area is undefined).
     """
-    from sklearn.metrics import roc_auc_score
-
     positives = np.asarray(positives, dtype=bool)
     if positives.all() or not positives.any():
         return None
@@ -151,8 +144,6 @@ def two_sided_half_p(successes: np.ndarray, trials: np.ndarray) -> np.ndarray:
     other tail: 0.4-0.85 ms per call (two tests per result row, 21,760 rows on the paper-sized grid of
     benchmarks/bench_evaluation.py: 17-37 s); one vectorised ``binom.cdf`` per set costs 11 µs per test.
     """
-    from scipy.stats import binom
-
     successes, trials = np.asarray(successes, dtype=np.int64), np.asarray(trials, dtype=np.int64)
     tail = binom.cdf(np.minimum(successes, trials - successes), np.maximum(trials, 1), 0.5)
     return np.where(trials > 0, np.minimum(1.0, 2.0 * tail), 1.0)
@@ -191,8 +182,6 @@ def paired_difference_intervals(methods_right: np.ndarray, baseline_right: np.nd
     """:func:`paired_difference_interval` of each row of ``methods_right`` (methods × inputs) against one baseline,
     on ``workers`` threads: NumPy draws the resamples without holding the interpreter lock, and each interval
     has a generator of its own, so the intervals do not depend on the number of workers."""
-    from concurrent.futures import ThreadPoolExecutor
-
     counts = [_discordant_counts(right, baseline_right) for right in methods_right]
     if workers <= 1 or len(counts) < 2:
         return [_bootstrap_interval(*c, confidence, resamples, seed) for c in counts]
@@ -219,8 +208,6 @@ def sign_test(wins: int, losses: int) -> float:
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) with a Student-t interval: how large the improvement is across configurations."""
-    from scipy.stats import sem, t
-
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")
@@ -248,8 +235,6 @@ def _calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) ->
 
     binned_statistic closes the last bin on the right, so a confidence of exactly 1.0 lands in it.
     """
-    from scipy.stats import binned_statistic
-
     means, _, numbers = binned_statistic(confidence, [confidence, correct.astype(np.float64)], statistic="mean",
                                          bins=bins, range=(0.0, 1.0))
     counts = np.bincount(numbers - 1, minlength=bins)
@@ -258,8 +243,6 @@ def _calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) ->
 
 def reliability_curve(confidence, correct, bins: int = 15):
     """Non-empty calibration bins as a table (bin_low, bin_high, count, mean_confidence, accuracy)."""
-    import pandas as pd
-
     confidence, correct = _calibration_inputs(confidence, correct)
     columns = ["bin_low", "bin_high", "count", "mean_confidence", "accuracy"]
     if confidence.size == 0:
@@ -286,8 +269,6 @@ def brier_score(confidence, correct) -> float:
 
     pos_label=1 keeps scikit-learn from refusing an all-correct (single-class) version.
     """
-    from sklearn.metrics import brier_score_loss
-
     confidence, correct = _calibration_inputs(confidence, correct)
     if confidence.size == 0:
         return float("nan")

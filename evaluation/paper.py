@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import gaussian_kde
 
 import evaluation
 from DatasetManager import paper_datasets
@@ -94,8 +95,6 @@ def scipy_kde(kde):
     Built from the same state a pickle restores, with SciPy's own kernel width (``cho_cov``) where the KDE
     came from the paper's pickle: ``sqrt(covariance)`` differs from it in the last bit about one time in four.
     """
-    from scipy.stats import gaussian_kde
-
     if kde.n == 0:
         return None
     width = getattr(kde, "scipy_cho_cov", kde.bandwidth)

@@ -16,10 +16,13 @@ import numpy as np
 
 from DeepFailGuard import Assessment, DeepFailGuardModule
 from distances import costs
+from ModelManager import MODELS
+from selection import SCORES
 from storage import caches, layout, manifests
 from storage.caches import VALIDATION_REMEDY, CachedAnswers
 from storage.layout import CACHE_REMEDY
-from storage.settings import DEEPFOOL, NO_SHIFT, DeepFoolSettings
+from storage.settings import DEEPFOOL, DistanceSettings
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 
@@ -43,15 +46,14 @@ class VersionRecord:
     mode: str = DEEPFOOL.mode
     #: the shift the test inputs were under (``shifts.py``; ``none``: the clean test set)
     shift: str = NO_SHIFT
-    #: the ``feature`` mode's fDBD parts of each test input (None in the other modes)
-    feature_margins: np.ndarray | None = None
-    feature_deviations: np.ndarray | None = None
+    #: what the distance mode measured besides on each test input (``DistanceMode.outputs``; the ``feature`` mode's
+    #: fDBD parts)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def test(self) -> CachedAnswers:
-        return CachedAnswers(self.labels, self.distances, self.probabilities, self.logits, None,
-                             self.feature_margins, self.feature_deviations)
+        return CachedAnswers(self.labels, self.distances, self.probabilities, self.logits, None, self.outputs)
 
     @cached_property
     def assessment(self) -> Assessment:
@@ -76,8 +78,9 @@ class VersionRecord:
         return costs.member_flops(self.costs, self.mode if attacked else None)
 
     def has(self, need: str) -> bool:
-        """Whether this version has an output a score or method needs (``selection.NEEDS``)."""
-        return getattr(self, need, None) is not None
+        """Whether this version has an output a score or method needs (``selection.NEEDS``): one of its own, or one
+        its distance mode measured."""
+        return getattr(self, need, None) is not None or need in self.outputs
 
     def fitted(self, key: str, fit):
         """``fit(self)``, computed once per version and kept: what a score or method learns from this version."""
@@ -87,8 +90,6 @@ class VersionRecord:
 
     def score(self, name: str) -> np.ndarray:
         """The registered score ``name`` of every test input, fitted on this version's validation outputs."""
-        from selection import SCORES
-
         if ("score", name) not in self._cache:
             score = SCORES[name]
             self._cache["score", name] = score.compute(self.fitted(f"score {name}", score.fit), self.test, self)
@@ -105,8 +106,6 @@ def canonical_key(version: tuple[str, int]) -> tuple:
     """Where a ``(model, bug)`` version stands in the canonical order: the architectures' registry order (names
     not registered after them, alphabetically), then the fault id. Version sets, their members, the region of
     competence and every table follow it, whatever order the flags were typed in."""
-    from ModelManager import MODELS  # the registry with what ModelManager.py itself registers
-
     model, bug = version
     names = list(MODELS)
     return (names.index(model), "", bug) if model in names else (len(names), model, bug)
@@ -118,25 +117,24 @@ def canonical(versions):
 
 
 def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int, num_classes: int | None = None,
-                       deepfool: DeepFoolSettings = DEEPFOOL, shift: str = NO_SHIFT,
+                       distance: DistanceSettings = DEEPFOOL, shift: str = NO_SHIFT,
                        failure_model: str | None = None) -> VersionRecord | None:
     """A version's cached answers on the test set under ``shift`` (labels checked against ``num_classes`` where
-    known) and its failure model (``failure_model``: fitted under shift, else on ``deepfool``'s distance mode) and
+    known) and its failure model (``failure_model``: fitted under shift, else on ``distance``'s distance mode) and
     validation outputs; None when that cache does not exist."""
-    answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, deepfool.mode, shift)
+    answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, distance.mode, shift)
     if answers is None:
         return None
-    fitted_as = failure_model or deepfool.mode
-    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, deepfool=deepfool,
+    fitted_as = failure_model or distance.mode
+    module = DeepFailGuardModule.of_version(None, info_root, model_root, dataset, model, bug, distance=distance,
                                             failure_model=fitted_as)
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
                          caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, fitted_as),
-                         costs.read(model_root, model, dataset, bug), deepfool.mode, shift, answers.feature_margins,
-                         answers.feature_deviations)
+                         costs.read(model_root, model, dataset, bug), distance.mode, shift, answers.outputs)
 
 
-def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool: DeepFoolSettings = DEEPFOOL,
+def load_cached_versions(info_root, model_root, dataset: str, versions, distance: DistanceSettings = DEEPFOOL,
                          shift: str = NO_SHIFT, failure_model: str | None = None
                          ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
     """The cached records of a dataset's ``(model, bug)`` versions that have a cache of the test set under
@@ -146,7 +144,7 @@ def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool
     num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
     records, missing = {}, []
     for model, bug in versions:
-        record = load_cached_record(info_root, model_root, dataset, model, bug, num_classes, deepfool, shift,
+        record = load_cached_record(info_root, model_root, dataset, model, bug, num_classes, distance, shift,
                                     failure_model)
         if record is None:
             missing.append(f"{model}/bug{bug}")
@@ -157,8 +155,8 @@ def load_cached_versions(info_root, model_root, dataset: str, versions, deepfool
     check_dataset(dataset, records, truths)  # what the files say of themselves first, then their manifests
     for record in canonical(records.values()):
         manifests.check_version(info_root, model_root, "fit", record.model, dataset, record.bug,
-                                failure_model or deepfool.mode)
-        manifests.check_version(info_root, model_root, "cache", record.model, dataset, record.bug, deepfool.mode,
+                                failure_model or distance.mode)
+        manifests.check_version(info_root, model_root, "cache", record.model, dataset, record.bug, distance.mode,
                                 shift)
     return records, truths, missing
 

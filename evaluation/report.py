@@ -6,12 +6,20 @@ from __future__ import annotations
 import pandas as pd
 
 from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, NO_SHIFT, Evaluation
+from evaluation.figures import (
+    save_accuracy_compute,
+    save_method_comparison,
+    save_reliability_diagram,
+    save_risk_coverage,
+)
 from evaluation.metrics import mean_interval, sign_test
 from evaluation.records import canonical_key
 from evaluation.selective import COLUMNS as SELECTIVE_COLUMNS
 from selection import METHODS, SCORES, describe, unmet_needs
 from storage import layout
 from storage.files import atomic_write_json, atomic_write_table
+from storage.shifts import order as shift_order
+from storage.shifts import severity
 
 RESULT_COLUMNS = (["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "method", "accuracy",
                    "voting_accuracy",
@@ -62,8 +70,6 @@ def summarize(rows) -> pd.DataFrame:
             summary[f"sign_test_p{suffix}"] = [sign_test(w, lo) for w, lo in zip(summary[f"wins_over_{baseline}"],
                                                                                   summary[f"losses_to_{baseline}"])]
     order = summary["method"].map(lambda method: list(METHODS).index(method) if method in METHODS else len(METHODS))
-    from mydataset.shifts import order as shift_order
-
     return summary.assign(_order=order, _shift=summary["shift"].map(shift_order)) \
         .sort_values(["dataset", "_shift", "n_versions", "_order"], kind="stable") \
         .drop(columns=["_order", "_shift"]).reset_index(drop=True)
@@ -103,14 +109,6 @@ def write_figures(summary: pd.DataFrame, by_shift: dict, output) -> None:
     """Per dataset: the methods against N (a panel per severity: the clean set, then each severity's mean over its
     corruptions) and accuracy against FLOPs (clean set); per dataset and shift: the reliability of DeepFailGuard's
     P(correct) and the risk-coverage curves of the failure scores."""
-    from evaluation.figures import (
-        save_accuracy_compute,
-        save_method_comparison,
-        save_reliability_diagram,
-        save_risk_coverage,
-    )
-    from mydataset.shifts import severity
-
     for dataset, rows in summary.groupby("dataset", sort=False):
         save_method_comparison(severity_panels(rows), layout.methods_figure_path(output, dataset), title=dataset)
         clean = rows[rows["shift"] == NO_SHIFT]
@@ -146,8 +144,6 @@ RISK_COVERAGE_SCORES = ("dfg", "dfg_plus", "distance", "max_softmax", "doctor", 
 def severity_panels(rows: pd.DataFrame) -> dict[str, list[dict]]:
     """A dataset's summary rows per severity: the clean set's as they are, each severity's averaged over its
     corruptions (per method and N); one panel per severity present."""
-    from mydataset.shifts import severity
-
     levels = rows["shift"].map(severity)
     panels = {}
     for level in sorted(levels.unique()):

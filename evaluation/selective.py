@@ -19,11 +19,14 @@ a grid fixed in advance, and this common relaxation is named here.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import binom
 
 from selection import SCORES, unmet_needs
+from selection.cascade import validation_scores
 
 #: the defaults of ``--alpha`` and ``--delta``
 ALPHA, DELTA = 0.05, 0.1
@@ -49,8 +52,6 @@ def ltt_threshold(confidence: np.ndarray, wrong: np.ndarray, alpha: float, delta
                   grid: int = GRID) -> float | None:
     """The lowest threshold certified by fixed-sequence testing (answer where ``confidence >= threshold``), or
     None where even the strictest candidate is not."""
-    from scipy.stats import binom
-
     confidence, wrong = np.asarray(confidence, dtype=np.float64), np.asarray(wrong, dtype=bool)
     kept = np.isfinite(confidence)  # NaN: validation too small to cross-fit the score
     confidence, wrong = confidence[kept], wrong[kept]
@@ -89,8 +90,6 @@ def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: flo
                    delta: float = DELTA) -> list[dict]:
     """One row per selecting score the members can all compute (and that has validation outputs): the certified
     threshold and what it gives on test. ``common`` holds the set's identifying columns."""
-    from selection.cascade import validation_scores
-
     if any(member.validation is None for member in members):
         return []
     rows = []
@@ -128,8 +127,6 @@ def add_flags(parser) -> None:
 
 
 def _level(flag: str):
-    import argparse
-
     def parse(text: str) -> float:
         try:
             value = float(text)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from Attacker import Attacker
 from DatasetManager import DatasetManager
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, DeepFailGuardTrainer
-from evaluation.metrics import majority_vote  # the paper's utils.nvp_results (ties: the smallest label)
 from ModelManager import ModelManager
+from selection.base import majority_vote  # the paper's utils.nvp_results (ties: the smallest label)
 
 DATASET = "DIGITS"
 BATCH_SIZE = 32

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import gaussian_kde
 
 from storage.files import atomic_save_npz, is_numpy_array_global
 from utils import UsageError
@@ -87,8 +88,6 @@ class GaussianKDE:
             scale = fallback_scale if fallback_scale and fallback_scale > 0 else None
             bandwidth = len(points) ** (-1 / 5) * scale if scale else FALLBACK_BANDWIDTH
             return cls(points, bandwidth)
-        from scipy.stats import gaussian_kde
-
         reference = gaussian_kde(points)
         return cls(points, math.sqrt(float(reference.covariance[0, 0])))
 
@@ -122,7 +121,7 @@ class GaussianKDE:
     # files
     # -----------------------------------------------------------------------------------------
 
-    #: the distance mode whose distances the KDE was fitted on (``settings.DeepFoolSettings.mode``), as its file
+    #: the distance mode whose distances the KDE was fitted on (``settings.DistanceSettings.mode``), as its file
     #: records it; None for a file that does not say (the paper's pickles and older files: DeepFool's)
     distance: str | None = None
 
@@ -254,8 +253,6 @@ class RestrictedKDEUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if name == "gaussian_kde" and (module, name) in self.ALLOWED:
-            from scipy.stats import gaussian_kde
-
             return gaussian_kde
         if (module, name) in self.ALLOWED or is_numpy_array_global(module, name):
             return super().find_class(module, name)

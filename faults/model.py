@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from utils import UsageError
 
@@ -23,9 +24,7 @@ def reduce_structure(network: nn.Module, architecture) -> nn.Module:
 
 def without_reduced_variant(architecture: type) -> str | None:
     """Fault 1 needs the architecture to declare its reduced variant (``build_reduced``)."""
-    from mymodel.base import MyModel
-
-    if architecture.build_reduced is MyModel.build_reduced:
+    if not architecture.has_reduced_variant():
         return "it declares no reduced variant (MyModel.build_reduced)"
     return None
 
@@ -82,8 +81,6 @@ def remove_activations(network: nn.Module, architecture=None) -> nn.Module:
 
 def functional_activations(network: nn.Module, image_size: int, device: str = "meta") -> list[str]:
     """The activation functions ``network``'s forward pass calls (on an input of ``image_size``), by name."""
-    from torch.overrides import TorchFunctionMode
-
     called = []
 
     class Recorder(TorchFunctionMode):

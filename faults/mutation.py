@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from faults.model import meta_network
+
 #: the layers whose weights and biases the initialisation and bias operators change
 WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -70,8 +72,6 @@ def set_dropout(network: nn.Module, architecture=None, value: float = 0.8) -> nn
 
 def without_dropout(architecture: type) -> str | None:
     """Fault 17 needs a dropout layer to change (ResNet and DenseNet have none)."""
-    from faults.model import meta_network
-
     if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in meta_network(architecture).modules()):
         return None
     return "its network has no dropout layer to change"

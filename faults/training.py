@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from storage.settings import SEED
-from utils import stratified_split
+from utils import SEED, stratified_split
 
 LR_FACTOR = 20  # paper: 0.002 instead of 0.0001
 EPOCH_DIVISOR = 3  # paper: 10 instead of 30
@@ -108,6 +107,6 @@ def add_gaussian_noise(images: torch.Tensor, generator: torch.Generator, std: fl
 
 def blur(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian blur (the X-ray variant of fault 10); ``generator`` is unused, blur is deterministic."""
-    from torchvision.transforms.v2.functional import gaussian_blur
+    from torchvision.transforms.v2.functional import gaussian_blur  # deferred: torchvision takes 1.5 s beyond torch
 
     return gaussian_blur(images, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA]).clamp_(0.0, 1.0)

@@ -1,8 +1,9 @@
 """Launchers: each takes the same list of jobs and runs them, here or on an engine.
 
 A launcher holds no algorithm: it places jobs and collects their outcomes; what a job does is
-``jobs.run_job``. ``local`` is here; the engines are ``launchers/ray_pool.py`` and
-``launchers/slurm_arrays.py``, and ``launchers/common.py`` holds what they share. Every launcher leaves
+``pipeline.runner.run_job``. Each is one module registering one entry (``launchers/base.py``: the registry, the
+settings, the flags built from it): ``local.py``, ``ray_pool.py``, ``slurm_arrays.py``; ``common.py`` holds what
+the engines share. Every launcher leaves
 the same files as ``local``. The engines pay a worker's start-up (an interpreter, the torch import, a
 CUDA context, the dataset) once per worker, not once per job.
 
@@ -31,52 +32,33 @@ CUDA context, the dataset) once per worker, not once per job.
   repository and the roots must be on a filesystem shared with the compute nodes, and the nodes must
   run the same Python environment (submitit starts ``sys.executable`` there).
 
-Ray and submitit are optional (``envs_requirements/requirements-cluster.txt``); ``check_engine``
-refuses a launcher whose engine is missing before any work starts.
+Ray and submitit are optional (``envs_requirements/requirements-cluster.txt``); each engine's check refuses
+it where its engine is missing, before any work starts. Every module of this package is imported here, so a
+launcher added as a module of its own registers itself.
 """
 
-from __future__ import annotations
-
 import importlib
-import shutil
+import pkgutil
 
-from tqdm.auto import tqdm
+from launchers.base import (
+    CLUSTER_REQUIREMENTS,
+    LAUNCHERS,
+    Launcher,
+    LaunchSettings,
+    add_launcher_flags,
+    launch,
+    launch_and_report,
+    launch_settings,
+    option,
+    register_launcher,
+)
 
-from launchers.ray_pool import run_ray
-from launchers.slurm_arrays import AUTO_JOBS_PER_TASK, jobs_per_task_flag, parse_sbatch_option, run_slurm
-from pipeline.jobs import Job, Outcome, run_job
-from storage.settings import DEFAULT_LAUNCH, LaunchSettings
-from utils import UsageError
+# isort: off
+from launchers import local, ray_pool, slurm_arrays  # noqa: F401 - registration, in this order (local: the default)
+# isort: on
 
-__all__ = ["AUTO_JOBS_PER_TASK", "CLUSTER_REQUIREMENTS", "LAUNCHERS", "check_engine", "jobs_per_task_flag", "launch",
-           "parse_sbatch_option"]
+for _module in pkgutil.iter_modules(__path__):  # any launcher added beside them
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
-
-
-def run_local(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
-    """In process, in order: exactly what the scripts did before there were launchers."""
-    return [run_job(job) for job in tqdm(jobs, desc="jobs", unit="job", disable=settings.quiet)]
-
-
-def check_engine(launcher: str) -> None:
-    """Refuse (UsageError: one line, exit 2) a launcher whose engine cannot be used here."""
-    if launcher == "local":
-        return
-    module = "ray" if launcher == "ray" else "submitit"
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"--launcher {launcher} needs the Python package {module!r} ({exc}); install it with "
-                         f"`pip install -r {CLUSTER_REQUIREMENTS}`") from None
-    if launcher == "slurm" and shutil.which("sbatch") is None:
-        raise UsageError("--launcher slurm needs the Slurm client (`sbatch` not found on PATH); run on a Slurm "
-                         "login node, or use --launcher local or ray")
-
-
-LAUNCHERS = {"local": run_local, "ray": run_ray, "slurm": run_slurm}
-
-
-def launch(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
-    """Run ``jobs`` with the launcher ``settings.launcher`` names; outcomes in the order of ``jobs``."""
-    return LAUNCHERS[settings.launcher](jobs, settings)
+__all__ = ["CLUSTER_REQUIREMENTS", "LAUNCHERS", "LaunchSettings", "Launcher", "add_launcher_flags", "launch",
+           "launch_and_report", "launch_settings", "option", "register_launcher"]

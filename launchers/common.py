@@ -1,16 +1,29 @@
-"""What every launcher shares: the failed outcome, a job's place among the jobs it needs, and how an engine's
-worker runs a job (``run_guarded``). A launcher's options come whole, as ``settings.LaunchSettings``."""
+"""What the engines share: their check that the engine is installed, the failed outcome, a job's place among the
+jobs it needs, and how an engine's worker runs a job (``run_guarded``)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import traceback
 from pathlib import Path
 
-from pipeline.jobs import FAILED, Job, Outcome, run_job
+from launchers.base import CLUSTER_REQUIREMENTS
+from pipeline.jobs import FAILED, Job, Outcome
+from pipeline.runner import run_job
+from utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def require_module(module: str, launcher: str) -> None:
+    """Refuse (one line, exit 2) a launcher whose engine's Python package cannot be imported here."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"--launcher {launcher} needs the Python package {module!r} ({exc}); install it with "
+                         f"`pip install -r {CLUSTER_REQUIREMENTS}`") from None
 
 
 def one_line(text: str) -> str:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
+import torch
 from tqdm.auto import tqdm
 
-from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
+from launchers.base import CLUSTER_REQUIREMENTS, Launcher, LaunchSettings, option, register_launcher
+from launchers.common import failed, one_line, require_module, run_guarded, upstream, worker_identity, worker_pythonpath
+from pipeline.flags import non_negative_float, positive_float
 from pipeline.jobs import Job, Outcome
 from storage.layout import log_folder
-from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 #: how often Ray reruns a job whose actor process died (killed, out of memory, node lost)
@@ -20,20 +23,25 @@ RAY_MAX_RETRIES = 3
 RAY_CONNECT_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """The ``ray`` launcher's flags."""
+
+    ray_address: str | None = option(None, "--ray-address", "join this running Ray cluster (host:port; default: "
+                                     "$RAY_ADDRESS, else start a local one)")
+    cpus_per_job: float | None = option(None, "--cpus-per-job", "CPUs Ray reserves per job (default: --threads)",
+                                        type=positive_float)
+    gpus_per_job: float | None = option(None, "--gpus-per-job", "GPUs Ray reserves per job, fractions allowed "
+                                        "(default: 1 where this machine has CUDA, else 0)", type=non_negative_float)
+
+
 def default_gpus_per_job() -> float:
     """One GPU per job where this machine has CUDA, none elsewhere."""
-    import torch
-
     return 1.0 if torch.cuda.is_available() else 0.0
 
 
 class JobWorker:
     """A Ray actor that runs jobs one after another in one long-lived process (its device slot)."""
-
-    def __init__(self):
-        from pipeline.jobs import import_step_modules
-
-        import_step_modules()
 
     def ready(self) -> str:
         return worker_identity()
@@ -48,21 +56,19 @@ def _release_device_memory() -> None:
     """Give the GPU memory a finished job's tensors held back to the device: another actor may share it.
     (No ``gc.collect()``: with torch and torchvision imported it takes 0.2 s, measured, and a job's tensors
     are freed as it returns.)"""
-    import torch
-
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
-def run_ray(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
+def run_ray(jobs: list[Job], settings: LaunchSettings) -> list[Outcome]:
     """A pool of long-lived actors on a running cluster (``--ray-address``) or a local one started here."""
-    import ray
+    import ray  # deferred: an optional engine, imported only to launch on it
 
     if not jobs:
         return []
     started_here = not ray.is_initialized()
     if started_here:
-        _connect_ray(ray, settings.ray_address)
+        _connect_ray(ray, settings.options.ray_address)
     try:
         return RayPool(ray, jobs, settings).run()
     finally:
@@ -128,11 +134,15 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> N
 RAY_RESOURCE_UNIT = 1e-4
 
 
-def check_job_size(settings: LaunchSettings) -> None:
+def check_ray(settings: LaunchSettings) -> None:
+    """Ray installed, and a job size it accepts (:func:`check_job_size`)."""
+    require_module("ray", "ray")
+    check_job_size(settings.options)
+
+
+def check_job_size(settings: RayOptions) -> None:
     """Refuse, before Ray starts, a job size Ray would reject (a nonzero fraction finer than ``RAY_RESOURCE_UNIT``,
     more than one GPU but not a whole number) or, for a cluster started here, one this machine cannot hold."""
-    import torch
-
     for flag, value in (("--cpus-per-job", settings.cpus_per_job), ("--gpus-per-job", settings.gpus_per_job)):
         if value is not None and 0 < value < RAY_RESOURCE_UNIT:
             raise UsageError(f"{flag} {value:g}: Ray counts resources in steps of {RAY_RESOURCE_UNIT:g}; ask for at "
@@ -171,8 +181,9 @@ class RayPool:
 
     def __init__(self, ray, jobs: list[Job], settings: LaunchSettings):
         self.ray, self.jobs, self.settings = ray, jobs, settings
-        cpus = float(jobs[0].settings.threads if settings.cpus_per_job is None else settings.cpus_per_job)
-        gpus = default_gpus_per_job() if settings.gpus_per_job is None else float(settings.gpus_per_job)
+        options = settings.options
+        cpus = float(jobs[0].settings.threads if options.cpus_per_job is None else options.cpus_per_job)
+        gpus = default_gpus_per_job() if options.gpus_per_job is None else float(options.gpus_per_job)
         self.size = pool_size(ray.cluster_resources(), cpus, gpus, len(jobs))
         # an actor is restarted whenever its process dies, and the job it was running retried on it; a job's
         # own exception is returned as a failed outcome (run_guarded), never retried
@@ -275,3 +286,8 @@ class RayPool:
         except OSError:
             return ""
         return str(log)
+
+
+register_launcher(Launcher("ray", run_ray, "a pool of Ray workers, one per device slot (a local cluster, or "
+                                            f"--ray-address; pip install -r {CLUSTER_REQUIREMENTS})",
+                           RayOptions, check_ray))

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from launchers.common import failed, one_line, run_guarded, upstream, worker_identity, worker_pythonpath
-from pipeline.jobs import Job, Outcome, import_step_modules
+from launchers.base import CLUSTER_REQUIREMENTS, Launcher, LaunchSettings, option, register_launcher
+from launchers.common import failed, one_line, require_module, run_guarded, upstream, worker_identity, worker_pythonpath
+from pipeline.flags import non_negative_int, positive_int
+from pipeline.jobs import Job, Outcome
 from storage.layout import log_folder
-from storage.settings import DEFAULT_LAUNCH, LaunchSettings
 from utils import UsageError
 
 SUBMITTED = "submitted"  # a Slurm job submitted with --no-wait: its outcome is not known here
@@ -42,6 +45,38 @@ def jobs_per_task_flag(text: str) -> int | None:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number of jobs or 'auto', got {text!r}")
     return int(text)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The ``slurm`` launcher's flags."""
+
+    slurm_partition: str | None = option(None, "--slurm-partition", "Slurm partition (default: the cluster's default)")
+    slurm_time: int = option(240, "--slurm-time", "time limit of each Slurm array task (all of its jobs), minutes "
+                             "(default 240)", type=positive_int)
+    slurm_jobs_per_task: int | None = option(
+        None, "--slurm-jobs-per-task", "jobs one Slurm array task runs one after another in one process, paying the "
+        f"start-up once (default: auto: up to {AUTO_JOBS_PER_TASK}, but a training alone)", type=jobs_per_task_flag,
+        metavar="N|auto")
+    slurm_cpus_per_job: int | None = option(None, "--slurm-cpus-per-job", "CPUs per Slurm array task (default: "
+                                            "--threads)", type=positive_int)
+    slurm_gpus_per_job: int = option(0, "--slurm-gpus-per-job", "GPUs per Slurm array task (gres; default 0)",
+                                     type=non_negative_int)
+    slurm_array_parallelism: int | None = option(None, "--slurm-array-parallelism", "at most this many tasks of one "
+                                                 "array run at once (default: Slurm's limit)", type=positive_int)
+    slurm_sbatch_options: tuple[tuple[str, str], ...] = option(
+        (), "--slurm-sbatch-option", "extra sbatch option, repeatable (e.g. account=myproject; default: none)",
+        type=parse_sbatch_option, action="append", metavar="KEY=VALUE")
+    no_wait: bool = option(False, "--no-wait", "submit, print the job ids and exit instead of waiting for the jobs",
+                           action="store_true")
+
+
+def check_slurm(settings: LaunchSettings) -> None:
+    """submitit installed, and a Slurm client (``sbatch``) on PATH."""
+    require_module("submitit", "slurm")
+    if shutil.which("sbatch") is None:
+        raise UsageError("--launcher slurm needs the Slurm client (`sbatch` not found on PATH); run on a Slurm "
+                         "login node, or use --launcher local or ray")
 
 
 def _is_training(job: Job) -> bool:
@@ -117,7 +152,6 @@ def array_waves(needs: list[set[int]]) -> list[int]:
 def run_packed(jobs: list[Job]) -> list[Outcome]:
     """One Slurm array task: its jobs in order in this one process. A job that raises is reported for itself
     (its traceback on this task's stderr) and the others still run, but those that need it."""
-    import_step_modules()  # once, before the first job: every job's time is then its own
     outcomes: list[Outcome] = []
     for index, job in enumerate(jobs):
         broken = [jobs[i] for i in upstream(jobs, index) if outcomes[i].trace]
@@ -132,14 +166,14 @@ def run_packed(jobs: list[Job]) -> list[Outcome]:
     return outcomes
 
 
-def run_slurm(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> list[Outcome]:
+def run_slurm(jobs: list[Job], settings: LaunchSettings) -> list[Outcome]:
     """Array tasks of several jobs each (``pack_tasks``); a task needing another task's job goes to a later
     array that starts after the arrays it needs."""
-    import submitit
+    import submitit  # deferred: an optional engine, imported only to launch on it
 
     if not jobs:
         return []
-    tasks = pack_tasks(jobs, settings.slurm_jobs_per_task)
+    tasks = pack_tasks(jobs, settings.options.slurm_jobs_per_task)
     needs = task_needs(jobs, tasks)
     waves = array_waves(needs)
     folder = log_folder(Path(jobs[0].roots.output).resolve(), "slurm") / "%j"
@@ -151,7 +185,7 @@ def run_slurm(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> lis
         after = sorted({arrays[waves[n]] for t in members for n in needs[t]})
         steps = "+".join(dict.fromkeys(jobs[i].step for t in members for i in tasks[t]))
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(**_slurm_parameters(steps, settings, after, jobs[0].settings.threads))
+        executor.update_parameters(**_slurm_parameters(steps, settings.options, after, jobs[0].settings.threads))
         try:
             submitted = executor.map_array(run_packed, [[jobs[i] for i in tasks[t]] for t in members])
         except Exception as exc:  # noqa: BLE001 - sbatch refused the array: its message is what matters
@@ -160,7 +194,7 @@ def run_slurm(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> lis
             handles[t] = handle
         arrays.append(submitted[0].job_id.split("_")[0])
         labels.append(f"{steps} {arrays[-1]}")
-    if settings.no_wait:
+    if settings.options.no_wait:
         print(f"submitted Slurm job array(s): {', '.join(labels)} ({len(tasks)} task(s) for {len(jobs)} job(s)); "
               f"logs in {folder.parent}", file=sys.stderr)
         outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -175,7 +209,7 @@ def run_slurm(jobs: list[Job], settings: LaunchSettings = DEFAULT_LAUNCH) -> lis
         raise
 
 
-def _slurm_parameters(steps: str, settings: LaunchSettings, needs: list[str], threads: int) -> dict:
+def _slurm_parameters(steps: str, settings: SlurmOptions, needs: list[str], threads: int) -> dict:
     extra = dict(settings.slurm_sbatch_options)
     if needs:
         after = "afterany:" + ":".join(needs)
@@ -270,3 +304,7 @@ def _exception_line(message: str) -> str:
             if not line.startswith("-----"):
                 return line
     return one_line(message)
+
+
+register_launcher(Launcher("slurm", run_slurm, "Slurm job arrays whose tasks run several jobs each (submitit; "
+                                                f"pip install -r {CLUSTER_REQUIREMENTS})", SlurmOptions, check_slurm))

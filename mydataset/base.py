@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import FaultInjector
 from storage.settings import PAPER_RECIPE, TrainingRecipe
@@ -110,3 +111,12 @@ def to_labels(array, what: str) -> torch.Tensor:
     if y.numel() and y.min() < 0:
         raise UsageError(f"{what}: negative labels")
     return y
+
+
+def resize_batch(x: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Resize a batch to ``image_size``² (bilinear; antialiased when shrinking)."""
+    if image_size is None or tuple(x.shape[-2:]) == (image_size, image_size):
+        return x
+    shrinking = image_size < max(x.shape[-2:])
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                         antialias=shrinking).clamp_(0.0, 1.0)

@@ -33,7 +33,7 @@ class Cifar10(MyDataset):
 
     @staticmethod
     def _torchvision_split(data_root: Path, is_train: bool):
-        from torchvision.datasets import CIFAR10
+        from torchvision.datasets import CIFAR10  # deferred: torchvision takes 1.5 s beyond torch
 
         try:
             return CIFAR10(root=str(data_root), train=is_train, download=False)

@@ -9,7 +9,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from mydataset.base import MyDataset, RawSplits, register_dataset, to_images, to_labels
-from storage.settings import SEED, TrainingRecipe
+from storage.settings import TrainingRecipe
+from utils import SEED
 
 TEST_FRACTION = 0.2
 

@@ -51,6 +51,11 @@ class MyModel:
         """Fault 1's "suboptimal structure": fewer blocks or layers than the healthy network."""
         raise UsageError(f"fault 1 (suboptimal structure) is not defined for architecture {self.name!r}")
 
+    @classmethod
+    def has_reduced_variant(cls) -> bool:
+        """Whether the architecture declares fault 1's reduced variant (overrides :meth:`build_reduced`)."""
+        return cls.build_reduced is not MyModel.build_reduced
+
     @property
     def val_acc(self) -> float | None:
         return self.metadata.get("val_acc")

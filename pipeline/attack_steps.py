@@ -1,6 +1,6 @@
 """The two steps that measure a version's boundary distances: ``fit`` (on the validation split, clean and under
 ``--fit-shifts``: the failure model and the validation outputs) and ``cache`` (on the test set, clean or under a
-shift). They are jobs (``jobs.py``): freshness checked by their manifests, inputs checked first, files written
+shift). They are jobs (``pipeline/jobs.py``): freshness checked by their manifests, inputs checked first, files written
 atomically and committed by the manifest, written last."""
 
 from __future__ import annotations
@@ -9,25 +9,33 @@ import itertools
 
 import numpy as np
 
+import FaultInjector
+import ModelManager
+from DatasetManager import shared_cache
+from DeepFailGuard import DeepFailGuardTrainer
 from distances import costs
-from pipeline.jobs import DONE, Job, Outcome, _checkpoint, _datasets, _out_of_date, _redone, _skipped
+from distances.feature import training_feature_mean
+from failure_model.figures import save_kde_figure
+from failure_model.kde import GaussianKDE
+from mydataset import corruptions
+from pipeline.jobs import DONE, Job, Outcome, skipped
 from storage import caches, layout, manifests
-from storage.files import check_writable
-from storage.settings import NO_SHIFT
+from storage.files import check_writable, is_fresh
+from storage.metadata import read_metadata
+from storage.shifts import NO_SHIFT
+from utils import UsageError
 
 
 def _load_for_attack(job: Job, bug: int):
     """The version's network (its checkpoint must exist: fail fast otherwise) and its data."""
-    import ModelManager
-
     model = ModelManager.load_version(job.model, job.dataset, bug, job.settings.device, roots=job.roots)
-    data = _datasets(job.roots.data).get(job.dataset, bug, job.settings.attack.max_inputs)
+    data = shared_cache(job.roots.data).get(job.dataset, bug, job.settings.attack.max_inputs)
     return model, data
 
 
 def _ensure_costs(job: Job) -> None:
     """A finished step still costs a version of ours that has no costs for its mode (``costs.ensure``)."""
-    mode = job.settings.attack.deepfool.mode
+    mode = job.settings.attack.distance.mode
     if not costs.missing(job.roots.model, job.model, job.dataset, job.bug, mode):
         return
     model, data = _load_for_attack(job, job.bug)
@@ -40,35 +48,28 @@ def run_fit(job: Job) -> Outcome:
     on it. With ``--fit-shifts`` the validation inputs are attacked clean and under each shift, and every file goes
     by the failure model's name (``AttackSettings.failure_model``). The files are committed as a unit by the
     version's manifest, written last."""
-    import ModelManager
-    from Attacker import Attacker
-    from DeepFailGuard import DeepFailGuardTrainer
-    from distances.feature import training_feature_mean
-    from evaluation import figures as plotting
-    from mydataset import shifts
-
     roots, s = job.roots, job.settings
-    mode, fitted_as, fit_shifts = s.attack.deepfool.mode, s.attack.failure_model, s.attack.fit_shifts
+    mode, fitted_as, fit_shifts = s.attack.distance.mode, s.attack.failure_model, s.attack.fit_shifts
     correct_path, wrong_path = layout.kde_paths(roots.info, job.model, job.dataset, job.bug, fitted_as)
     figure_path = layout.kde_figure_path(roots.output, job.model, job.dataset, job.bug, fitted_as)
     validation_paths = layout.validation_paths(roots.info, job.model, job.dataset, job.bug, fitted_as).values()
     manifest = layout.manifest_path(roots.info, "fit", job.model, job.dataset, job.bug, fitted_as)
-    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
-    made = {"fit_shifts": [shifts.describe(shift) for shift in fit_shifts]} if fit_shifts else None
+    data = shared_cache(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
+    made = {"fit_shifts": [corruptions.describe(shift) for shift in fit_shifts]} if fit_shifts else None
     reason = _out_of_date(job, manifest, [correct_path, wrong_path, *validation_paths],
                           len(data.y_val) * (1 + len(fit_shifts)), shift=made)
     if not s.force and reason is None:
         if not figure_path.is_file():  # e.g. a run killed between the KDEs and their figure
             _draw_figure_from_kdes(correct_path, wrong_path, figure_path, job.key)
         _ensure_costs(job)
-        return _skipped(job)
+        return skipped(job)
     model, data = _load_for_attack(job, job.bug)
     costs.ensure(roots.model, model, data, s.device, mode)
-    trainer = DeepFailGuardTrainer(s.attack.deepfool, progress=not s.quiet)
-    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    trainer = DeepFailGuardTrainer(s.attack.distance, progress=not s.quiet)
+    attacker = s.attack.distance.attacker(model.model_structure, s.device)
     training_feature_mean(attacker, model, data, s.attack.batch_size)
     size = model.metadata["image_size"]
-    loaders = [ModelManager.loader_for(model, shifts.shifted(data, "val", size, shift), "val", s.attack.batch_size)
+    loaders = [ModelManager.loader_for(model, corruptions.shifted(data, "val", size, shift), "val", s.attack.batch_size)
                for shift in (NO_SHIFT, *fit_shifts)]
     for folder in {correct_path.parent, manifest.parent}:
         check_writable(folder)  # before the manifest goes: a run that cannot write changes nothing
@@ -77,7 +78,7 @@ def run_fit(job: Job) -> Outcome:
                         attacker=attacker, fitted_as=fitted_as)
     caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets,
                                     fitted_as)
-    plotting.save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
+    save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                              title=f"{job.key}: validation distances")
     manifests.write(manifest, manifests.describe("fit", job.key, fitted_as, len(fit.correct), _checkpoint(job),
                                                  roots.info, [correct_path, wrong_path, *validation_paths],
@@ -89,13 +90,10 @@ def run_fit(job: Job) -> Outcome:
 
 def _draw_figure_from_kdes(correct_path, wrong_path, figure_path, key: str) -> None:
     """The figure of a fitted failure model, from its KDE files alone: their points are the distances."""
-    from evaluation import figures as plotting
-    from failure_model.kde import GaussianKDE
-
     correct_kde, wrong_kde = GaussianKDE.load(correct_path), GaussianKDE.load(wrong_path)
     distances = np.concatenate([correct_kde.points, wrong_kde.points])
     correct = np.arange(len(distances)) < correct_kde.n
-    plotting.save_kde_figure(distances, correct, correct_kde, wrong_kde, figure_path,
+    save_kde_figure(distances, correct, correct_kde, wrong_kde, figure_path,
                              title=f"{key}: validation distances")
 
 
@@ -103,27 +101,22 @@ def run_cache(job: Job) -> Outcome:
     """Cache the version's test-set distances, labels, success flags, softmax and logits in the paper's layout
     (of the test set under the job's shift: in its folder beside the clean cache), committed as a unit by the
     version's manifest (written last, with the ground truth they answer and how the inputs were corrupted)."""
-    import ModelManager
-    from Attacker import Attacker
-    from distances.feature import training_feature_mean
-    from mydataset import shifts
-
     roots, s, shift = job.roots, job.settings, job.shift
-    data = _datasets(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
+    data = shared_cache(roots.data).get(job.dataset, job.bug, s.attack.max_inputs)
     truth_path = caches.write_ground_truth(roots.info, job.dataset, job.bug, data.y_test.numpy(), shift)
-    mode = s.attack.deepfool.mode
+    mode = s.attack.distance.mode
     outputs = list(layout.cache_paths(roots.info, job.model, job.dataset, job.bug, mode, shift).values())
     manifest = layout.manifest_path(roots.info, "cache", job.model, job.dataset, job.bug, mode, shift)
-    made = None if shift == NO_SHIFT else shifts.describe(shift)
+    made = None if shift == NO_SHIFT else corruptions.describe(shift)
     reason = _out_of_date(job, manifest, outputs, len(data.y_test), truth_path, made)
     if not s.force and reason is None:
         _ensure_costs(job)
-        return _skipped(job)
+        return skipped(job)
     model, data = _load_for_attack(job, job.bug)
     costs.ensure(roots.model, model, data, s.device, mode)
-    test = shifts.shifted(data, "test", model.metadata["image_size"], shift)
+    test = corruptions.shifted(data, "test", model.metadata["image_size"], shift)
     loader = ModelManager.loader_for(model, test, "test", s.attack.batch_size)
-    attacker = Attacker.from_settings(model.model_structure, s.attack.deepfool, s.device)
+    attacker = s.attack.distance.attacker(model.model_structure, s.device)
     training_feature_mean(attacker, model, data, s.attack.batch_size)
     check_writable(manifest.parent)  # before the manifest goes: a run that cannot write changes nothing
     manifests.discard(manifest)
@@ -135,3 +128,47 @@ def run_cache(job: Job) -> Outcome:
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
                                "median_d": f"{np.median(result.distances):.4f}"},
                    note=_redone("cached", reason, s.force))
+
+
+# ---------------------------------------------------------------------------------------------
+# freshness: is a version's fit or cache up to date?
+# ---------------------------------------------------------------------------------------------
+
+def _checkpoint(job: Job) -> str | None:
+    """The fingerprint of the checkpoint the job reads, checked against what its metadata records. A checkpoint
+    that is not the one recorded is loaded first, so that a hostile or broken file is refused for what it is."""
+    try:
+        return manifests.checkpoint_fingerprint(job.roots.model, job.model, job.dataset, job.bug, verify=True)
+    except UsageError:
+        ModelManager.load_version(job.model, job.dataset, job.bug, "cpu", roots=job.roots)
+        raise
+
+
+def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None, shift: dict | None = None) -> str | None:
+    """None when the version's files of this step are up to date, else why not (``manifests.mismatch``). The
+    paper's released versions (no metadata of ours) have no manifest: for them, make's rule on the files' times."""
+    metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, FaultInjector.checkpoint_fault(job.bug))
+    if not manifests.is_ours(metadata):
+        checkpoint = layout.checkpoint_path(job.roots.model, job.model, job.dataset, job.bug)
+        sources = [checkpoint, *([ground_truth] if ground_truth is not None else [])]
+        return None if is_fresh(outputs, sources) else "missing or older than the checkpoint"
+    read_metadata(metadata)  # a damaged version is refused here, not taken as up to date
+    checkpoint = _checkpoint(job)
+    try:
+        found = manifests.read(manifest)
+    except UsageError as exc:
+        return str(exc).split(";")[0]
+    if found is None:
+        return MISSING
+    return manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth, shift)
+
+
+#: why a version's step runs the first time (or after a run killed before its manifest)
+MISSING = "missing"
+
+
+def _redone(done: str, reason: str | None, forced: bool) -> str:
+    """The status of a step that ran: why, where it redid finished work."""
+    if reason in (None, MISSING):
+        return f"{done} (forced)" if forced and reason is None else done
+    return f"{done} ({reason})"

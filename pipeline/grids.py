@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import FaultInjector
+from DatasetManager import DATASETS, get_dataset, paper_datasets
+from evaluation.fault_validation import validated_faults
+from ModelManager import MODELS, get_model_class
 from mydataset import Digits
-from storage.layout import version_key
+from storage.layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV, checkpoint_path, version_key
 from utils import UsageError
 
 
@@ -87,9 +91,6 @@ class Preset:
 
     def resolved(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
         """``(datasets, models, bugs)`` with every ``None`` read from its registry now."""
-        from DatasetManager import paper_datasets
-        from ModelManager import MODELS
-
         return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
                 self.bugs or (FaultInjector.HEALTHY, *FaultInjector.fault_ids(self.families)))
 
@@ -132,9 +133,6 @@ class Grid:
 
     def versions(self, dataset: str) -> list[tuple[str, int]]:
         """``(model, bug)`` pairs that apply to ``dataset`` and that each architecture can carry, healthy first."""
-        from DatasetManager import get_dataset
-        from ModelManager import get_model_class
-
         unsupported = get_dataset(dataset).unsupported_faults
         return [(model, bug) for bug in self.bugs for model in self.models if bug not in unsupported
                 and not FaultInjector.unsupported_reason(bug, get_model_class(model))
@@ -155,16 +153,11 @@ class Grid:
     def training_epochs(self, dataset: str, model: str) -> int:
         """The epochs a version of ``model`` on ``dataset`` trains for here (asked for, or the dataset's recipe):
         a fault validated with another recipe says nothing of this one."""
-        from DatasetManager import get_dataset
-
         return self.epochs_for(model) or get_dataset(dataset).training_defaults(model).epochs
 
 
 def resolve_grid(args: argparse.Namespace) -> Grid:
     """The versions a command line asks for, every name and pair checked before any work starts."""
-    from DatasetManager import DATASETS, get_dataset
-    from ModelManager import MODELS, get_model_class
-
     preset = PRESETS[args.preset]
     preset_datasets, preset_models, preset_bugs = preset.resolved()
     named_datasets, named_models = split_list(args.datasets, "--datasets"), split_list(args.models, "--models")
@@ -193,11 +186,6 @@ def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str
     """``--bugs validated``: the killed, non-trivial faults of each ``(dataset, model, epochs)`` in
     ``fault_validation.csv`` of ``--output`` (or, for a script writing elsewhere, the default output); without
     one, a UsageError naming the command that makes it."""
-    from pathlib import Path
-
-    from evaluation.fault_validation import validated_faults
-    from storage.layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV
-
     folders = dict.fromkeys(p for p in (getattr(args, "output", None), DEFAULT_OUTPUT) if p)
     found = next((Path(f) / FAULT_VALIDATION_CSV for f in folders if (Path(f) / FAULT_VALIDATION_CSV).is_file()), None)
     if found is None:
@@ -222,8 +210,6 @@ def note_unvalidated(grid: Grid) -> None:
 def check_pairs(grid: Grid, explicit: bool) -> None:
     """Refuse an (architecture, fault) pair an architecture cannot carry when both were named on the command line
     (``explicit``); otherwise say in one note which pairs the grid drops, and why."""
-    from ModelManager import get_model_class
-
     unsupported = {}
     for model in grid.models:
         for bug in grid.bugs:
@@ -247,8 +233,6 @@ def trained_versions(grid: Grid, model_root) -> list[tuple[str, str, int]]:
     Missing ones are listed on stderr and skipped (the paper's release lacks a few); if none of the
     requested versions exists, that is a UsageError.
     """
-    from storage.layout import checkpoint_path
-
     wanted = [(dataset, model, bug) for dataset in grid.datasets for model, bug in grid.versions(dataset)]
     found = [v for v in wanted if checkpoint_path(model_root, v[1], v[0], v[2]).is_file()]
     missing = [v for v in wanted if v not in found]

@@ -40,10 +40,11 @@ Where a member lacks an output a score or method needs, or a method says it cann
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from utils import Registry
 
@@ -146,8 +147,6 @@ CROSS_FIT_FOLDS = 5
 def validation_folds(version, folds: int = CROSS_FIT_FOLDS):
     """(fitted on, scored) index pairs over the version's validation inputs: stratified by whether the version was
     right where each group has enough inputs, plain otherwise; seeded, so every run splits alike."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
     correct = version.validation.correct
     if len(correct) < 2:
         return []  # nothing to hold out from: every cross-fitted score stays NaN
@@ -158,17 +157,10 @@ def validation_folds(version, folds: int = CROSS_FIT_FOLDS):
 
 def cross_fitted(score: Score, version) -> np.ndarray:
     """Each validation input's score from :meth:`Score.fit` on the other folds' validation outputs."""
-    from dataclasses import fields, replace
-
-    def part(index):
-        answers = version.validation
-        return replace(answers, **{f.name: None if getattr(answers, f.name) is None else getattr(answers, f.name)[index]
-                                   for f in fields(answers)})
-
     scores = np.full(len(version.validation.labels), np.nan)
     for fitted_on, scored in validation_folds(version):
-        held_back = replace(version, validation=part(fitted_on))
-        scores[scored] = score.compute(score.fit(held_back), part(scored), held_back)
+        held_back = replace(version, validation=version.validation.subset(fitted_on))
+        scores[scored] = score.compute(score.fit(held_back), version.validation.subset(scored), held_back)
     return scores
 
 
@@ -284,6 +276,16 @@ def unmet_needs(needs, members, context: SetContext | None = None) -> list[str]:
         elif not all(member.has(need) for member in members):
             unmet.append(need)
     return unmet
+
+
+def majority_vote(version_labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """The most frequent label per input; ties go to the smallest class index (the paper's rule)."""
+    version_labels = np.asarray(version_labels)
+    num_classes = num_classes or int(version_labels.max()) + 1
+    n_inputs = version_labels.shape[1]
+    cells = np.arange(n_inputs)[None, :] * num_classes + version_labels
+    counts = np.bincount(cells.ravel(), minlength=n_inputs * num_classes).reshape(n_inputs, num_classes)
+    return counts.argmax(axis=1)  # argmax takes the first maximum: the smallest class index
 
 
 def weighted_vote(labels: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from selection.base import PREFERRED_MEMBER, SCORES, SMALLEST_CLASS, Method, register_method, stacked_labels
+from selection.base import (
+    PREFERRED_MEMBER,
+    SCORES,
+    SMALLEST_CLASS,
+    Method,
+    majority_vote,
+    register_method,
+    stacked_labels,
+)
 
 
 def validation_scores(name: str, member) -> np.ndarray:
@@ -123,8 +131,6 @@ class AgreementCascade(Method):
         return labels, labels[first_two[0]] == labels[first_two[1]]
 
     def predict(self, first_two, members, context):
-        from selection.combination import majority_vote
-
         labels, agree = self._agree(first_two, members)
         return np.where(agree, labels[first_two[0]], majority_vote(labels, context.num_classes))
 

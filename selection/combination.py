@@ -6,10 +6,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.linear_model import LogisticRegression
 
-from evaluation.metrics import majority_vote
-from selection.base import PREFERRED_MEMBER, SMALLEST_CLASS, Method, register_method, stacked_labels
-from storage.settings import SEED
+from selection.base import PREFERRED_MEMBER, SMALLEST_CLASS, Method, majority_vote, register_method, stacked_labels
+from utils import SEED, stratified_split
 
 
 @register_method
@@ -64,8 +67,6 @@ class TemperatureSoftVoting(Method):
 
     def scaled_softmax(self, version) -> np.ndarray:
         """The version's test softmax at its fitted temperature (once per version, shared by its sets)."""
-        from scipy.special import softmax
-
         temperature = fit_temperature(version, self.log_temperature_range)
         return softmax(np.asarray(version.logits, dtype=np.float64) / temperature, axis=1)
 
@@ -73,9 +74,6 @@ class TemperatureSoftVoting(Method):
 def fit_temperature(version, log_range: tuple[float, float] = (-3.0, 3.0)) -> float:
     """The temperature minimising the validation negative log-likelihood of ``version`` (a bounded 1-D search
     over log T within ``log_range``: the likelihood is smooth and unimodal in it)."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
     logits = np.asarray(version.validation.logits, dtype=np.float64)
     truth = version.validation.truth
     rows = np.arange(len(truth))
@@ -114,8 +112,6 @@ class Stacking(Method):
         return None if classes >= 2 else f"the validation split holds {classes} class(es); a classifier needs two"
 
     def fit(self, members, context):
-        from sklearn.linear_model import LogisticRegression
-
         truth = members[0].validation.truth
         kept = stacking_sample(truth, self.max_inputs)
         features = np.concatenate([member.validation.probabilities[kept] for member in members], axis=1)
@@ -127,10 +123,6 @@ class Stacking(Method):
 
 @lru_cache(maxsize=8)
 def _sample(truth_bytes: bytes, size: int, kept: int) -> np.ndarray:
-    import torch
-
-    from utils import stratified_split
-
     truth = np.frombuffer(truth_bytes, dtype=np.int64)
     _, sample = stratified_split(torch.from_numpy(truth.copy()), kept / size, SEED)
     return sample

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import entr, logsumexp
+from sklearn.metrics import roc_auc_score
 
 from selection.base import Score, register_score
 
@@ -55,8 +57,6 @@ class NegatedEntropy(Score):
     needs = ("probabilities",)
 
     def compute(self, state, answers, version):
-        from scipy.special import entr
-
         return -entr(_probabilities(answers)).sum(axis=1)
 
 
@@ -66,8 +66,6 @@ class Energy(Score):
     needs = ("logits",)
 
     def compute(self, state, answers, version):
-        from scipy.special import logsumexp
-
         return logsumexp(np.asarray(answers.logits, dtype=np.float64), axis=1)
 
 
@@ -120,12 +118,10 @@ class MaxLogitPNorm(Score):
     fallback: float = 2.0
 
     def fit(self, version):
-        from evaluation.metrics import auroc
-
         logits, correct = version.validation.logits, version.validation.correct
-        quality = [auroc(pnorm_max_logit(logits, p), correct) for p in self.candidates]
-        if any(value is None for value in quality):
+        if correct.all() or not correct.any():  # no right (or no wrong) answer: AUROC cannot choose
             return self.fallback
+        quality = [roc_auc_score(correct, pnorm_max_logit(logits, p)) for p in self.candidates]
         return self.candidates[int(np.argmax(quality))]
 
     def compute(self, p, answers, version):

@@ -5,8 +5,14 @@ Each is selected like DeepFailGuard: per input, the member with the highest scor
 
 from __future__ import annotations
 
-import numpy as np
+import copy
 
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from DeepFailGuard import Assessment
+from failure_model.kde import GaussianKDE
 from selection.base import Score, register_score, validation_folds
 
 
@@ -15,11 +21,6 @@ def cross_fitted_assessment(version):
     fits them) on the other folds' distances (``selection.base.validation_folds``): the fitted KDEs have seen
     every validation distance, and score their own points as far more certain than new ones. The prior stays
     the validation accuracy."""
-    import copy
-
-    from DeepFailGuard import Assessment
-    from failure_model.kde import GaussianKDE
-
     def fit() -> Assessment:
         distances = np.asarray(version.validation.distances, dtype=np.float64)
         correct = version.validation.correct
@@ -118,9 +119,6 @@ class DeepFailGuardPlus(Score):
     folds: int = 3
 
     def fit(self, version):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
-
         correct = version.validation.correct
         if min(int(correct.sum()), int((~correct).sum())) < self.folds:
             return None

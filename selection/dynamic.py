@@ -27,13 +27,14 @@ import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.neighbors import NearestNeighbors
 
-from evaluation.metrics import majority_vote
 from selection.base import (
     PREFERRED_MEMBER,
     SMALLEST_CLASS,
     Method,
     answer_of,
+    majority_vote,
     register_method,
     stacked_labels,
     weighted_vote,
@@ -59,8 +60,6 @@ class Region:
     def neighbours(self, k: int) -> np.ndarray:
         """(test inputs × k) indices into the validation split, nearest first (Euclidean, DESlib's default);
         fewer columns where validation has fewer than ``k`` inputs."""
-        from sklearn.neighbors import NearestNeighbors
-
         k = min(k, len(self.validation_features))
         if k not in self._found:
             search = NearestNeighbors(n_neighbors=k).fit(self.validation_features)

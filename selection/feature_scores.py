@@ -1,5 +1,5 @@
 """Scores read from the penultimate features, kept by the ``feature`` distance mode's caches
-(``feature_distance.py``).
+(``distances/feature.py``).
 
 - ``fdbd``: fDBD (Liu & Qin, ICML 2024), training-free: the mean feature-space distance from the input's features
   to the decision boundary of every other class, divided by the features' distance to their mean over the
@@ -18,4 +18,4 @@ class FeatureBoundaryDistance(Score):
     needs = ("feature_deviations",)
 
     def compute(self, state, answers, version):
-        return fdbd(answers.feature_margins, answers.feature_deviations)
+        return fdbd(answers.outputs["feature_margins"], answers.outputs["feature_deviations"])

@@ -6,7 +6,7 @@ step kept for the methods that learn from them) and the test sets' ground truth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +15,13 @@ from storage.files import atomic_save_npy, load_array, read_json
 from storage.layout import (
     CACHE_REMEDY,
     CACHE_SUBDIR,
-    FEATURE_FILES,
     cache_paths,
     ground_truth_path,
     validation_paths,
     version_key,
 )
-from storage.settings import DEEPFOOL_MODE, NO_SHIFT
+from storage.settings import DEEPFOOL_MODE, mode_outputs
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 #: what rewrites the validation outputs (the test cache's remedy is ``layout.CACHE_REMEDY``)
@@ -40,9 +40,17 @@ class CachedAnswers:
     logits: np.ndarray | None = None
     #: the split's true labels (kept for the validation split, whose truth the methods fit on)
     truth: np.ndarray | None = None
-    #: the ``feature`` mode's fDBD parts (``feature_distance.py``; None in the other modes)
-    feature_margins: np.ndarray | None = None
-    feature_deviations: np.ndarray | None = None
+    #: what the distance mode measures besides, by name (its ``DistanceMode.outputs``: the ``feature`` mode's fDBD
+    #: parts), one value per input each
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def subset(self, index) -> "CachedAnswers":
+        """The answers on some of the inputs (``index``: positions or a boolean mask), every array cut alike."""
+        def cut(array):
+            return None if array is None else array[index]
+
+        return CachedAnswers(*(cut(getattr(self, f.name)) for f in fields(self) if f.name != "outputs"),
+                             outputs={name: cut(array) for name, array in self.outputs.items()})
 
     @property
     def correct(self) -> np.ndarray:
@@ -56,14 +64,15 @@ def write_version_cache(info_root, model_name: str, dataset_name: str, bug_id: i
                         distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> None:
     """A version's attack result (an ``AttackResult``) as its cache files (of the test set under ``shift``);
     distances last."""
+    arrays = {"dnn_labels": result.labels, **result.outputs}
     for what, path in cache_paths(info_root, model_name, dataset_name, bug_id, distance, shift).items():
-        atomic_save_npy(path, getattr(result, "labels" if what == "dnn_labels" else what))
+        atomic_save_npy(path, arrays[what] if what in arrays else getattr(result, what))
 
 
 def write_validation_outputs(info_root, model_name: str, dataset_name: str, bug_id: int | None, result,
                              truth: np.ndarray, distance: str = DEEPFOOL_MODE) -> None:
     """A version's validation attack result and the labels it answered; distances last."""
-    arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels}
+    arrays = {"ground_truth": np.asarray(truth).astype(np.int64), "dnn_labels": result.labels, **result.outputs}
     for what, path in validation_paths(info_root, model_name, dataset_name, bug_id, distance).items():
         atomic_save_npy(path, arrays[what] if what in arrays else getattr(result, what))
 
@@ -88,8 +97,7 @@ def read_validation_outputs(info_root, model_name: str, dataset_name: str, bug_i
                                              paths["distances"], remedy),
                             probabilities, check_logits(load("logits"), paths["logits"], remedy),
                             check_labels(load("ground_truth"), paths["ground_truth"], num_classes, remedy),
-                            *(_feature_part(load(what), paths[what], remedy)
-                              for what in FEATURE_FILES if what in paths))
+                            {what: _output(load(what), paths[what], remedy) for what in mode_outputs(distance)})
     key = version_key(model_name, dataset_name, bug_id)
     _check_lengths(answers, paths["distances"].parent, key, remedy)
     if answers.logits.shape[1] != probabilities.shape[1]:
@@ -106,7 +114,8 @@ def _one_dimensional(distances: np.ndarray, path, remedy: str = CACHE_REMEDY) ->
 
 def _check_lengths(answers: CachedAnswers, folder, key: str, remedy: str = CACHE_REMEDY) -> None:
     """Every array of one version's answers covers the same inputs."""
-    lengths = {name: len(array) for name, array in vars(answers).items() if array is not None}
+    arrays = {**{name: array for name, array in vars(answers).items() if name != "outputs"}, **answers.outputs}
+    lengths = {name: len(array) for name, array in arrays.items() if array is not None}
     if len(set(lengths.values())) > 1:
         raise UsageError(f"{folder}: {key}'s files cover different numbers of inputs {lengths}; {remedy}")
 
@@ -120,9 +129,12 @@ def check_logits(logits: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.nda
     return logits
 
 
-def _feature_part(values: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
-    """An fDBD part: one finite, non-negative distance per input (checked as the distances are)."""
-    return _one_dimensional(check_distances(values, path, remedy), path, remedy)
+def _output(values: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
+    """One of a distance mode's outputs: one finite number per input."""
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise UsageError(f"{path}: expected a 1-D array of finite numbers, one per input, got {values.dtype} "
+                         f"{values.shape}; {remedy}")
+    return values.astype(np.float64)
 
 
 def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: int | None,
@@ -145,9 +157,9 @@ def read_version_cache(info_root, model_name: str, dataset_name: str, bug_id: in
     if paths["logits"].is_file():
         logits = check_logits(load_array(paths["logits"]), paths["logits"])
     labels = check_labels(load_array(paths["dnn_labels"]), paths["dnn_labels"], num_classes)
-    parts = [_feature_part(load_array(paths[what]), paths[what]) if paths[what].is_file() else None
-             for what in FEATURE_FILES if what in paths]
-    return CachedAnswers(labels, distances, probabilities, logits, None, *parts)
+    outputs = {what: _output(load_array(paths[what]), paths[what]) for what in mode_outputs(distance)
+               if paths[what].is_file()}
+    return CachedAnswers(labels, distances, probabilities, logits, None, outputs)
 
 
 def check_probabilities(probabilities: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:

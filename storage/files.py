@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import importlib
 import json
 import os
 import socket
@@ -95,7 +97,7 @@ def folder_lock(folder, what: str):
     folder waits for the first, saying which run holds it, instead of racing it file by file. (POSIX ``flock``;
     where it does not exist, no lock.)"""
     try:
-        import fcntl
+        import fcntl  # deferred: POSIX only (elsewhere there is no lock)
     except ImportError:
         yield
         return
@@ -183,8 +185,6 @@ _DIGESTS: dict = {}
 def file_digest(path) -> str:
     """The SHA-256 of a file's bytes, computed once per process for a file whose size, time and inode are
     unchanged (a checkpoint is read by several jobs of one worker)."""
-    import hashlib
-
     stat = os.stat(path)
     key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _DIGESTS:
@@ -196,9 +196,22 @@ def file_digest(path) -> str:
     return _DIGESTS[key]
 
 
+def pyplot():
+    """matplotlib's pyplot drawing off-screen (Agg): every figure here is a file. Imported on first use (deferred:
+    matplotlib takes a second to load, and only the steps that draw need it)."""
+    import matplotlib  # deferred: heavy, and only drawing needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: as matplotlib
+
+    return plt
+
+
 def atomic_save_figure(path, figure) -> None:
+    """Write a figure as a PNG, atomically, and free it."""
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(figure)
 
 
 def atomic_write_table(path, table, columns=None) -> None:
@@ -214,7 +227,7 @@ def atomic_write_table(path, table, columns=None) -> None:
 
 
 def _numeric_if_possible(column):
-    import pandas as pd
+    import pandas as pd  # deferred: the storage layer loads for every step, the tables only for evaluations
 
     if column.dtype != object:
         return column
@@ -280,8 +293,6 @@ def is_numpy_array_global(module: str, name: str) -> bool:
 
 def _numpy_safe_globals() -> list:
     """The allow-list as objects, for ``torch.serialization.safe_globals``."""
-    import importlib
-
     found = []
     for module, name in sorted(NUMPY_ARRAY_GLOBALS):
         if module.startswith("numpy.core.") and hasattr(np, "_core"):

@@ -28,7 +28,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import FaultInjector
-from storage.settings import DEEPFOOL_MODE, FEATURE, NO_SHIFT, mode_flag
+from storage.settings import DEEPFOOL_MODE, mode_flag, mode_outputs
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parent
@@ -48,8 +49,6 @@ PAPER_RESULTS = REPO / "mymodel" / "paper_results.csv"
 CACHE_FILES = ("dnn_labels", "success", "probabilities", "logits", "distances")
 #: what the fit step keeps of a version's validation answers, for the methods that fit on them; distances last
 VALIDATION_FILES = ("ground_truth", "dnn_labels", "probabilities", "logits", "distances")
-#: what the ``feature`` distance mode's caches and validation outputs hold besides (fDBD's parts), before distances
-FEATURE_FILES = ("feature_margins", "feature_deviations")
 RESULTS_CSV, SUMMARY_CSV, FAILURE_PREDICTION_CSV = "results.csv", "summary.csv", "failure_prediction.csv"
 #: what produced the tables: every method and score that ran, with its class, parameters and tie rule
 METHODS_JSON = "methods.json"
@@ -222,10 +221,9 @@ def kde_figure_path(output, model_name: str, dataset_name: str, bug_id: int | No
 # ---------------------------------------------------------------------------------------------
 
 def files_of(files: tuple[str, ...], distance: str) -> tuple[str, ...]:
-    """A mode's files: ``files`` with the ``feature`` mode's fDBD parts before the distances (written last)."""
-    if not distance.startswith(FEATURE):
-        return files
-    return (*files[:-1], *FEATURE_FILES, files[-1])
+    """A mode's files: ``files`` with what the mode measures besides (its ``DistanceMode.outputs``) before the
+    distances (written last)."""
+    return (*files[:-1], *mode_outputs(distance), files[-1])
 
 
 def shift_folder(shift: str = NO_SHIFT) -> str:

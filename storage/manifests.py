@@ -23,7 +23,8 @@ import FaultInjector
 from storage import layout
 from storage.files import atomic_write_json, file_digest
 from storage.metadata import read_metadata
-from storage.settings import DEEPFOOL_MODE, NO_SHIFT, mode_flag
+from storage.settings import DEEPFOOL_MODE, mode_flag
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 #: what rewrites each step's files, for the messages

@@ -3,15 +3,18 @@
 What training writes there is read back to rebuild the network (``structure_fault``, ``num_classes``), to size
 its inputs (``image_size``), to decide on retraining (``settings``) and as the failure model's prior
 (``val_acc``). A file edited by hand or damaged is refused with one line naming the file and the field, never a
-traceback deep inside the code that used it. Fields a file lacks (older metadata) are not required here.
+traceback deep inside the code that used it. Fields a file lacks (older metadata) are not required here. The
+paper's released versions have no metadata: their accuracies are the paper's published figures.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 from storage.files import read_json
+from storage.layout import PAPER_ACCURACIES, metadata_path, version_key
 from utils import UsageError
 
 
@@ -66,3 +69,38 @@ def check_image_size(metadata: dict, path, model_name: str, minimum: int) -> Non
     if size is not None and size < minimum:
         raise UsageError(f"{Path(path)}: field 'image_size' is {size}, below {model_name}'s minimum input of "
                          f"{minimum}; retrain the version with --force (or restore the file)")
+
+
+def recorded_validation_accuracy(model_root, model_name: str, dataset_name: str,
+                                 bug_id: int) -> tuple[object, str]:
+    """A version's validation accuracy as recorded, unchecked, and where it came from.
+
+    From the version's metadata file, else the paper's published figure for its released versions
+    (which come without metadata); the failure predictor checks that it is a fraction.
+    """
+    path = metadata_path(model_root, model_name, dataset_name, bug_id)
+    if path.is_file():
+        return read_metadata(path).get("val_acc"), str(path)
+    value = paper_accuracy(dataset_name, model_name, bug_id)["val_acc"]
+    if value is None:
+        raise UsageError(f"no validation accuracy for {version_key(model_name, dataset_name, bug_id)}: no {path} and "
+                         "not one of the paper's released versions; train it with main_train_model.py")
+    return value, f"{PAPER_ACCURACIES.name} ({version_key(model_name, dataset_name, bug_id)})"
+
+
+@lru_cache(maxsize=1)
+def _paper_accuracy_table() -> dict[tuple[str, str, int], tuple[float | None, float | None]]:
+    import pandas as pd  # deferred: pandas takes a second to load, and only the paper's versions need it
+
+    table = pd.read_csv(PAPER_ACCURACIES)
+    fractions = table[["val_acc_percent", "test_acc_percent"]] / 100
+    fractions = fractions.astype(object).where(fractions.notna(), None)
+    keys = zip(table["dataset"], table["model"], table["bug_id"].astype(int))
+    return dict(zip(keys, map(tuple, fractions.itertuples(index=False, name=None))))
+
+
+def paper_accuracy(dataset_name: str, model_name: str, bug_id: int) -> dict:
+    """Validation/test accuracy (fractions) the paper reports for one of its released versions."""
+    val_acc, test_acc = _paper_accuracy_table().get((dataset_name.upper(), model_name.lower(), bug_id or 0),
+                                                    (None, None))
+    return {"val_acc": val_acc, "test_acc": test_acc}

@@ -2,16 +2,20 @@
 
 A script turns its flags into these frozen objects once and hands them whole to the jobs,
 ``ModelManager.create_model``, the trainer and the attacker: nothing further down reads a flag or
-repeats a default. Paths and the four roots are ``layout.py``'s; a dataset's training recipe is
-declared by its ``mydataset`` class as a :class:`TrainingRecipe`.
+repeats a default. Paths and the four roots are ``storage/layout.py``'s, the shifts' names
+``storage/shifts.py``'s; a dataset's training recipe is declared by its ``mydataset`` class as a
+:class:`TrainingRecipe`; a launcher's options by the launcher (``launchers/``). The distance modes are a
+registry here because the file names, the costs and ``--distance`` all read it.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, replace
 
-#: the one seed of the pipeline: splits, faults, training, input sampling and bootstrap intervals start from it
-SEED = 42
+from storage.shifts import tag
+from utils import SEED, Registry, UsageError
+
 #: inputs attacked together by the fit, cache and real-time steps (``--batch-size`` there); finished inputs
 #: leave the batch, so a larger one is cheaper per input
 ATTACK_BATCH = 128
@@ -67,32 +71,96 @@ class TrainSettings:
 DEFAULT_TRAINING = TrainSettings()
 
 
-@dataclass(frozen=True)
-class DeepFoolSettings:
-    """foolbox 3's ``L2DeepFoolAttack`` parameters; its defaults are the paper's. ``first_order`` replaces the
-    iteration by its first linearisation: the distance is min over the top ``candidates`` classes k of
-    |l_k − l_0| / ‖∇(l_k − l_0)‖ (one forward and candidates − 1 input gradients), a cheaper estimate."""
+DEEPFOOL_MODE = "deepfool"
+#: the candidate classes a distance mode considers unless its name says otherwise (``first-order:2``)
+DEFAULT_CANDIDATES = 10
 
+
+@dataclass(frozen=True)
+class DistanceMode:
+    """One way of measuring a version's distance to its decision boundary (``--distance NAME[:K]``), an entry of
+    :data:`DISTANCE_MODES`. Its measurement is a class with ``from_settings(network, settings, device, **options)``
+    returning an object with ``attack(images)`` and ``attack_loader(loader)`` (``Attacker``'s interface), named by
+    a ``"module:Class"`` path (imported on first use, so that a command line lists and checks the modes without
+    importing torch) or given as the class itself."""
+
+    name: str
+    measurement: str | type
+    #: one line for ``--distance``'s help
+    help: str
+    #: the candidate counts K every version is costed for in this mode (``distances/costs.py``); a mode a run uses
+    #: is costed anyway
+    costed: tuple[int, ...] = ()
+    #: what the mode's caches and validation outputs hold besides the labels, softmax, logits and distances
+    #: (attributes of its results, written before the distances)
+    outputs: tuple[str, ...] = ()
+
+    def measurement_class(self) -> type:
+        if isinstance(self.measurement, str):
+            module, _, name = self.measurement.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.measurement
+
+
+#: every distance mode, by name, in registration order; ``--distance``, the file names and the costs read it
+DISTANCE_MODES = Registry("distance mode", str.lower)
+
+
+def register_distance_mode(mode: DistanceMode) -> DistanceMode:
+    """Enter a distance mode in :data:`DISTANCE_MODES` (a lower-case name, once)."""
+    DISTANCE_MODES.add(mode.name, mode)
+    return mode
+
+
+#: the built-in modes (a new one: its measurement class in a module, and one ``register_distance_mode`` line)
+DISTANCE_TABLE: tuple[DistanceMode, ...] = tuple(register_distance_mode(mode) for mode in (
+    DistanceMode(DEEPFOOL_MODE, "Attacker:Attacker", costed=(DEFAULT_CANDIDATES, 2),
+                 help="the paper's: foolbox 3's L2 DeepFool, up to 50 steps"),
+    DistanceMode("first-order", "distances.first_order:FirstOrderDistance", costed=(DEFAULT_CANDIDATES, 2),
+                 help="DeepFool's first linearisation only, no iteration: cheaper"),
+    DistanceMode("feature", "distances.feature:FeatureDistance", outputs=("feature_margins", "feature_deviations"),
+                 help="at the penultimate layer, fDBD's: one forward pass"),
+))
+
+
+@dataclass(frozen=True)
+class DistanceSettings:
+    """How a version's boundary distances are measured: the mode (:data:`DISTANCE_MODES`), its candidate classes K
+    (the top K of the clean logits; foolbox's ``candidates``) and DeepFool's step budget and overshoot (foolbox 3's
+    ``L2DeepFoolAttack`` parameters; the defaults are the paper's)."""
+
+    name: str = DEEPFOOL_MODE
+    candidates: int = DEFAULT_CANDIDATES
     steps: int = 50
-    candidates: int = 10
     overshoot: float = 0.02
-    first_order: bool = False
-    #: measure at the penultimate layer instead of the input (``feature_distance.py``): one forward pass
-    feature: bool = False
 
     @property
     def mode(self) -> str:
-        """The distance mode's name (``--distance``): ``deepfool``, ``deepfool:K``, ``first-order[:K]``,
-        ``feature[:K]``."""
-        name = FEATURE if self.feature else FIRST_ORDER if self.first_order else DEEPFOOL_MODE
-        return name if self.candidates == DEFAULT_CANDIDATES else f"{name}:{self.candidates}"
+        """The mode as ``--distance`` names it: ``deepfool``, ``first-order:2``, ..."""
+        return self.name if self.candidates == DEFAULT_CANDIDATES else f"{self.name}:{self.candidates}"
+
+    def attacker(self, network, device=None, **options):
+        """The mode's measurement of ``network`` (a ``MyModel`` or its ``nn.Module``) with these settings."""
+        return DISTANCE_MODES.get_class(self.name).measurement_class().from_settings(network, self, device, **options)
 
 
-DEEPFOOL_MODE, FIRST_ORDER, FEATURE = "deepfool", "first-order", "feature"
-#: the ``shift`` of the clean test set (``shifts.py`` names the corruptions)
-NO_SHIFT = "none"
-DEFAULT_CANDIDATES = 10
-DEEPFOOL = DeepFoolSettings()
+DEEPFOOL = DistanceSettings()
+
+
+def distance_mode(text: str) -> DistanceSettings:
+    """The settings of a distance mode named on the command line, ``NAME`` or ``NAME:K`` (a registered mode; K >= 2
+    candidate classes); anything else is a UsageError naming the modes."""
+    name, colon, count = str(text).strip().lower().partition(":")
+    if name not in DISTANCE_MODES or (colon and not (count.isdigit() and int(count) >= 2)):
+        raise UsageError(f"unknown distance mode {text!r}: use {', '.join(f'{n}[:K]' for n in DISTANCE_MODES)} "
+                         "with an integer K >= 2 (candidate classes)")
+    return DistanceSettings(name, int(count) if count else DEFAULT_CANDIDATES)
+
+
+def mode_outputs(mode: str) -> tuple[str, ...]:
+    """What a mode's files hold besides the standard ones, for a mode as named in files (``feature:3``, or a failure
+    model fitted under shift, ``feature+noise3``)."""
+    return DISTANCE_MODES.get_class(mode.partition("+")[0].partition(":")[0]).outputs
 
 
 def mode_flag(mode: str) -> str:
@@ -105,21 +173,6 @@ def mode_flag(mode: str) -> str:
     return flag
 
 
-def distance_mode(text: str) -> DeepFoolSettings:
-    """The settings of a distance mode named on the command line: ``deepfool`` (the paper's: 10 candidate
-    classes, up to 50 steps), ``deepfool:K`` (the top K classes, K >= 2, foolbox's ``candidates``),
-    ``first-order`` or ``first-order:K`` (one linearisation, no iteration), ``feature`` or ``feature:K`` (the
-    distance at the penultimate layer, fDBD's: closed form for a linear head)."""
-    from utils import UsageError
-
-    name, colon, count = str(text).strip().lower().partition(":")
-    if name not in (DEEPFOOL_MODE, FIRST_ORDER, FEATURE) or (colon and not (count.isdigit() and int(count) >= 2)):
-        raise UsageError(f"unknown distance mode {text!r}: use deepfool, deepfool:K, first-order[:K] or feature[:K] "
-                         "with an integer K >= 2 (candidate classes)")
-    return DeepFoolSettings(candidates=int(count) if count else DEFAULT_CANDIDATES, first_order=name == FIRST_ORDER,
-                            feature=name == FEATURE)
-
-
 @dataclass(frozen=True)
 class AttackSettings:
     """How the fit, cache and real-time steps attack a version's validation or test inputs."""
@@ -127,54 +180,13 @@ class AttackSettings:
     batch_size: int = ATTACK_BATCH
     #: at most this many validation and test inputs per version (a stratified sample; None: all)
     max_inputs: int | None = None
-    deepfool: DeepFoolSettings = field(default=DEEPFOOL)
-    #: the fit step also attacks the validation inputs under these shifts (``--fit-shifts``; ``shifts.py``)
+    distance: DistanceSettings = field(default=DEEPFOOL)
+    #: the fit step also attacks the validation inputs under these shifts (``--fit-shifts``; ``storage/shifts.py``)
     fit_shifts: tuple[str, ...] = ()
 
     @property
     def failure_model(self) -> str:
         """The name the failure model (and every file of its fit) goes by: the distance mode, with the shifts it
         was fitted under (``deepfool+noise3+blur3``): a failure model fitted under shift is used only as such."""
-        if not self.fit_shifts:
-            return self.deepfool.mode
-        from mydataset.shifts import tag
+        return f"{self.distance.mode}+{tag(self.fit_shifts)}" if self.fit_shifts else self.distance.mode
 
-        return f"{self.deepfool.mode}+{tag(self.fit_shifts)}"
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    """Where a launch's jobs run and how: ``--launcher`` and its engine's flags, built once from the command line
-    (``cli.launch_settings``) and handed whole to the launcher. ``None`` means the default that depends on the
-    jobs or the machine, stated beside each field."""
-
-    launcher: str = "local"
-    quiet: bool = False
-    #: Ray: join this cluster (None: ``$RAY_ADDRESS``, else a local cluster started for the launch)
-    ray_address: str | None = None
-    #: Ray: CPUs reserved per job (None: the jobs' ``--threads``)
-    cpus_per_job: float | None = None
-    #: Ray: GPUs reserved per job, fractions allowed (None: 1 where this machine has CUDA, else 0)
-    gpus_per_job: float | None = None
-    slurm_partition: str | None = None
-    #: Slurm: time limit of one array task (all of its jobs), minutes
-    slurm_time: int = 240
-    #: Slurm: jobs per array task (None: ``auto``, see ``launchers.slurm_arrays.pack_tasks``)
-    slurm_jobs_per_task: int | None = None
-    #: Slurm: CPUs per array task (None: the jobs' ``--threads``)
-    slurm_cpus_per_job: int | None = None
-    slurm_gpus_per_job: int = 0
-    slurm_array_parallelism: int | None = None
-    #: Slurm: extra sbatch options, ``(key, value)`` pairs
-    slurm_sbatch_options: tuple[tuple[str, str], ...] = ()
-    #: Slurm: submit and return instead of waiting
-    no_wait: bool = False
-
-    def engine_fields(self) -> dict[str, str]:
-        """Each engine flag's field and the launcher it belongs to."""
-        return {name: ("ray" if name in ("ray_address", "cpus_per_job", "gpus_per_job") else "slurm")
-                for name in self.__dataclass_fields__ if name.startswith(("ray_", "cpus_", "gpus_", "slurm_"))
-                or name == "no_wait"}
-
-
-DEFAULT_LAUNCH = LaunchSettings()

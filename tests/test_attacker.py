@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from Attacker import NORM_EPSILON, STEP_STABILISER, Attacker, AttackResult
-from DatasetManager import resize_batch
+from mydataset.base import resize_batch
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -480,14 +480,14 @@ def test_cuda_graph_step_gives_the_eager_step_distances(n):
 # (c) distance modes: deepfool:K and first-order
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, candidates, first_order", [
-    ("deepfool", 10, False), ("deepfool:2", 2, False), ("DeepFool:7", 7, False), ("first-order", 10, True),
-    ("first-order:3", 3, True)])
-def test_distance_modes_parse_and_name_themselves(text, candidates, first_order):
+@pytest.mark.parametrize("text, candidates, name", [
+    ("deepfool", 10, "deepfool"), ("deepfool:2", 2, "deepfool"), ("DeepFool:7", 7, "deepfool"),
+    ("first-order", 10, "first-order"), ("first-order:3", 3, "first-order")])
+def test_distance_modes_parse_and_name_themselves(text, candidates, name):
     from storage.settings import DEEPFOOL, distance_mode
 
     settings = distance_mode(text)
-    assert (settings.candidates, settings.first_order) == (candidates, first_order)
+    assert (settings.candidates, settings.name) == (candidates, name)
     assert (settings.steps, settings.overshoot) == (DEEPFOOL.steps, DEEPFOOL.overshoot)
     assert distance_mode(settings.mode) == settings and settings.mode == text.lower()
     assert distance_mode("deepfool") == DEEPFOOL
@@ -509,7 +509,7 @@ def test_first_order_is_the_closed_form_on_a_float64_linear_model(candidates):
 
     model = linear_model().double()
     x = 0.5 + 0.05 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    attacker = Attacker.from_settings(model, distance_mode(f"first-order:{candidates}"), "cpu")
+    attacker = distance_mode(f"first-order:{candidates}").attacker(model, "cpu")
     result = attacker.attack(x)
 
     layer = model[1]
@@ -525,7 +525,7 @@ def test_first_order_is_the_closed_form_on_a_float64_linear_model(candidates):
     assert result.distances.dtype == np.float64
     assert result.success.all()  # the step with overshoot crosses the (linear) boundary
     # on a linear model the full DeepFool takes the same single step, with overshoot and its stabiliser
-    full = Attacker.from_settings(model, distance_mode(f"deepfool:{candidates}"), "cpu").attack(x)
+    full = distance_mode(f"deepfool:{candidates}").attacker(model, "cpu").attack(x)
     np.testing.assert_allclose(full.distances, 1.02 * (result.distances + STEP_STABILISER), rtol=1e-6)
 
 
@@ -538,8 +538,8 @@ def test_first_order_on_a_cnn_is_an_estimate_that_ranks_like_deepfool():
 
     model = small_cnn(10)
     x = images(32)
-    first = Attacker.from_settings(model, distance_mode("first-order"), "cpu").attack(x)
-    full = Attacker.from_settings(model, distance_mode("deepfool"), "cpu").attack(x)
+    first = distance_mode("first-order").attacker(model, "cpu").attack(x)
+    full = distance_mode("deepfool").attacker(model, "cpu").attack(x)
     np.testing.assert_array_equal(first.labels, full.labels)
     np.testing.assert_allclose(first.probabilities, full.probabilities)
     assert np.isfinite(first.distances).all() and (first.distances >= 0).all()
@@ -553,7 +553,7 @@ def test_deepfool_k_mode_is_foolbox_with_k_candidates(mode):
 
     model, x = small_cnn(10), images(16)
     settings = distance_mode(mode)
-    ours = Attacker.from_settings(model, settings, "cpu").attack(x)
+    ours = settings.attacker(model, "cpu").attack(x)
     attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=settings.candidates, overshoot=0.02)
     clean = model(x).argmax(dim=1)
     raw, _, fb_success = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.Misclassification(clean),

@@ -15,7 +15,6 @@ from scipy.stats import binom
 from test_selection import MODELS, versions  # noqa: F401 - the seeded toy versions, with costs
 
 import evaluation
-from Attacker import Attacker
 from distances import costs
 from evaluation.selective import COLUMNS, least_answered, ltt_threshold
 from selection import METHODS, SetContext, preference_by_validation_accuracy
@@ -48,7 +47,7 @@ def test_training_records_costs_and_older_metadata_gets_them_on_the_next_step(pi
     ws = pipeline_copy
     recorded = json.loads(ws.metadata().read_text())["costs"]
     flops = recorded["distance_flops"]
-    assert set(costs.COST_MODES) <= set(flops)
+    assert set(costs.cost_modes()) <= set(flops)
     assert flops["deepfool"] > flops["first-order"] > flops["first-order:2"] > recorded["forward_flops"] > 0
     metadata = json.loads(ws.metadata().read_text())
     del metadata["costs"]
@@ -59,7 +58,7 @@ def test_training_records_costs_and_older_metadata_gets_them_on_the_next_step(pi
     assert "squeezenet_DIGITS.json had no costs" in result.stderr
     again = json.loads(ws.metadata().read_text())["costs"]
     assert again["forward_flops"] == recorded["forward_flops"]
-    for mode in costs.COST_MODES:  # DeepFool's steps depend on the inputs: the fit's are a stratified sample
+    for mode in costs.cost_modes():  # DeepFool's steps depend on the inputs: the fit's are a stratified sample
         assert again["distance_flops"][mode] == pytest.approx(flops[mode], rel=0 if "first" in mode else 0.1)
     assert os.stat(ws.metadata()).st_mtime_ns == 10**18  # the version did not change: its time stays
 
@@ -69,16 +68,16 @@ def test_fused_first_order_gives_the_unfused_distances():
     network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                   torch.nn.Linear(4 * 6 * 6, 5)).eval()
     images = torch.rand(16, 1, 8, 8)
-    fused = Attacker.from_settings(network, distance_mode("first-order:2"), "cpu", check_success=False)
+    fused = distance_mode("first-order:2").attacker(network, "cpu", check_success=False)
     result = fused.attack(images)
     assert result.success is None  # deployment does not pay for the flag
-    unfused = Attacker.from_settings(network, distance_mode("first-order:2"), "cpu")
+    unfused = distance_mode("first-order:2").attacker(network, "cpu")
     x0 = images.contiguous(memory_format=unfused.memory_format)
     logits, classes = unfused._clean(x0)
     distances, _ = unfused._first_order(x0, classes)
     np.testing.assert_array_equal(result.distances, distances.numpy())
     np.testing.assert_array_equal(result.labels, classes[:, 0].numpy())
-    assert Attacker.from_settings(network, distance_mode("first-order:2"), "cpu").attack(images).success is not None
+    assert distance_mode("first-order:2").attacker(network, "cpu").attack(images).success is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from Attacker import Attacker, AttackResult
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, DeepFailGuardTrainer, posterior
 from failure_model.kde import GaussianKDE
-from storage.settings import DeepFoolSettings
+from storage.settings import DistanceSettings
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -208,7 +208,7 @@ def test_train_writes_two_kde_files_that_load_back(tmp_path):
     correct_path = tmp_path / "kde_results" / "tiny_DIGITS_correct.npz"
     wrong_path = tmp_path / "kde_results" / "tiny_DIGITS_wrong.npz"
 
-    fit = DeepFailGuardTrainer(DeepFoolSettings(steps=50)).train(model, loader, correct_path, wrong_path, device="cpu")
+    fit = DeepFailGuardTrainer(DistanceSettings(steps=50)).train(model, loader, correct_path, wrong_path, device="cpu")
 
     expected = Attacker(model, device="cpu").attack(x)
     np.testing.assert_allclose(fit.distances, expected.distances, rtol=1e-5)

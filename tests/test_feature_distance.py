@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from Attacker import Attacker
 from distances.feature import FeatureDistance, fdbd, penultimate_head
 from storage.layout import mode_tag
 from storage.settings import distance_mode
@@ -31,9 +30,9 @@ def inputs(n: int = 12, seed: int = 1) -> torch.Tensor:
 
 def test_the_mode_is_named_and_built_like_the_others():
     settings = distance_mode("feature:3")
-    assert (settings.feature, settings.candidates, settings.mode) == (True, 3, "feature:3")
+    assert (settings.name, settings.candidates, settings.mode) == ("feature", 3, "feature:3")
     assert distance_mode("feature").mode == "feature" and mode_tag("feature:3") == "feature3"
-    attacker = Attacker.from_settings(linear_headed(), settings, "cpu", check_success=False)
+    attacker = settings.attacker(linear_headed(), "cpu", check_success=False)
     assert isinstance(attacker, FeatureDistance) and attacker.candidates == 3 and not attacker.check_success
 
 
@@ -54,9 +53,9 @@ def test_a_linear_head_gives_the_closed_form(candidates):
         gap = {k: (logits[i, c] - logits[i, k]) / np.linalg.norm(weight[c] - weight[k]) for k in range(6) if k != c}
         assert result.labels[i] == c
         assert result.distances[i] == pytest.approx(min(gap[k] for k in order[1:candidates]), rel=1e-9)
-        assert result.feature_margins[i] == pytest.approx(np.mean(list(gap.values())), rel=1e-9)
+        assert result.outputs["feature_margins"][i] == pytest.approx(np.mean(list(gap.values())), rel=1e-9)
     assert result.success.all()  # the step to the nearest boundary, with the overshoot, crosses it
-    assert result.feature_deviations is None  # no training mean given
+    assert "feature_deviations" not in result.outputs  # no training mean given
 
 
 def test_the_first_order_step_through_a_linear_head_is_the_closed_form():
@@ -66,7 +65,7 @@ def test_the_first_order_step_through_a_linear_head_is_the_closed_form():
     stepped._linear = False  # force the general path
     general = stepped.attack(x)
     np.testing.assert_allclose(general.distances, exact.distances, rtol=1e-9)
-    np.testing.assert_allclose(general.feature_margins, exact.feature_margins, rtol=1e-9)
+    np.testing.assert_allclose(general.outputs["feature_margins"], exact.outputs["feature_margins"], rtol=1e-9)
 
 
 def test_a_non_linear_head_is_one_first_order_step_at_its_input():
@@ -83,7 +82,7 @@ def test_a_non_linear_head_is_one_first_order_step_at_its_input():
         c = order[0]
         gap = {k: abs(logits[c] - logits[k]) / np.linalg.norm(jacobian[k] - jacobian[c]) for k in range(6) if k != c}
         assert result.distances[i] == pytest.approx(min(gap[k] for k in order[1:4]), rel=1e-6)
-        assert result.feature_margins[i] == pytest.approx(np.mean(list(gap.values())), rel=1e-6)
+        assert result.outputs["feature_margins"][i] == pytest.approx(np.mean(list(gap.values())), rel=1e-6)
 
 
 def test_deviations_are_the_features_distance_to_their_training_mean():
@@ -96,9 +95,9 @@ def test_deviations_are_the_features_distance_to_their_training_mean():
         expected = (network[:3](x) - expected_mean).norm(dim=1).numpy()
     torch.testing.assert_close(mean, expected_mean)
     result = attacker.attack(x)
-    np.testing.assert_allclose(result.feature_deviations, expected, rtol=1e-9)
-    np.testing.assert_allclose(fdbd(result.feature_margins, result.feature_deviations),
-                               result.feature_margins / expected)
+    np.testing.assert_allclose(result.outputs["feature_deviations"], expected, rtol=1e-9)
+    np.testing.assert_allclose(fdbd(result.outputs["feature_margins"], result.outputs["feature_deviations"]),
+                               result.outputs["feature_margins"] / expected)
 
 
 def test_the_feature_mode_costs_about_a_forward_pass():

@@ -17,6 +17,7 @@ from conftest import assert_usage_error, run_script
 from launchers import ray_pool, slurm_arrays
 from launchers.common import worker_identity
 from pipeline import jobs as jobs_module
+from pipeline import runner
 from pipeline.jobs import FAILED, Job, Outcome
 from storage.layout import Roots
 from utils import UsageError
@@ -133,8 +134,8 @@ def test_run_packed_reports_each_job_and_skips_what_needs_a_broken_one(tmp_path,
             raise RuntimeError("boom")
         return Outcome(job, jobs_module.DONE)
 
-    monkeypatch.setitem(jobs_module.RUNNERS, "train", train)
-    monkeypatch.setitem(jobs_module.RUNNERS, "derive", train)
+    monkeypatch.setitem(runner.RUNNERS, "train", train)
+    monkeypatch.setitem(runner.RUNNERS, "derive", train)
     roots = Roots(model=str(tmp_path / "model"), info=str(tmp_path / "info"), output=str(tmp_path))
     jobs = train_launch(roots, trained=(0, 1), derived=(10,))  # train0, train1, derive10 (needs train0)
     outcomes = slurm_arrays.run_packed(jobs)

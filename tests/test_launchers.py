@@ -170,9 +170,9 @@ def test_unreachable_ray_address_is_one_line_at_once(reference, loopback_ns, tmp
 REAL_BUG_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from pipeline import cli
+    from launchers import LAUNCHERS, LaunchSettings, launch_and_report
     from pipeline.jobs import Job, JobSettings, Roots
-    from storage.settings import AttackSettings, LaunchSettings
+    from storage.settings import AttackSettings
 
     out = sys.argv[2]
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -181,7 +181,8 @@ REAL_BUG_DRIVER = textwrap.dedent("""
     jobs = [Job("cache", "DIGITS", "squeezenet", 0, roots, settings)]
     engine = dict(cpus_per_job=1, gpus_per_job=0) if sys.argv[1] == "ray" else dict(slurm_time=5,
                                                                                      slurm_cpus_per_job=1)
-    sys.exit(cli.launch_and_report(jobs, LaunchSettings(launcher=sys.argv[1], quiet=True, **engine)))
+    options = LAUNCHERS.get_class(sys.argv[1]).options(**engine)
+    sys.exit(launch_and_report(jobs, LaunchSettings(sys.argv[1], True, options)))
 """).format(repo=str(REPO))
 
 
@@ -296,8 +297,8 @@ ISOLATION_DRIVER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import ray
     from launchers import ray_pool
+    from launchers import LaunchSettings
     from pipeline.jobs import Job, JobSettings, Roots
-    from storage.settings import LaunchSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -305,8 +306,8 @@ ISOLATION_DRIVER = textwrap.dedent("""
     ray_pool._connect_ray(ray, None)
     report = {{}}
     for gpus in (1.0, 2.0, 0.5):
-        pool = ray_pool.RayPool(ray, jobs, LaunchSettings(launcher="ray", quiet=True, cpus_per_job=0.5,
-                                                          gpus_per_job=gpus))
+        pool = ray_pool.RayPool(ray, jobs, LaunchSettings("ray", True, ray_pool.RayOptions(cpus_per_job=0.5,
+                                                                                           gpus_per_job=gpus)))
         # the pool's actors all up at once (in a launch, fast jobs may all be done before the last actor is)
         actors = [pool.actor_class.remote() for _ in range(pool.size)]
         together = ray.get([actor.ready.remote() for actor in actors])
@@ -396,9 +397,10 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
 PACKED_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from pipeline import cli
+    from launchers import LaunchSettings, launch_and_report
+    from launchers.slurm_arrays import SlurmOptions
     from pipeline.jobs import Job, JobSettings, Roots
-    from storage.settings import AttackSettings, LaunchSettings
+    from storage.settings import AttackSettings
 
     out = {out!r}
     roots = Roots(model=out + "/model", info=out + "/info", output=out)
@@ -408,8 +410,8 @@ PACKED_DRIVER = textwrap.dedent("""
     working = JobSettings(quiet=True, attack=AttackSettings(max_inputs=20), device="cpu")
     jobs = [Job("cache", "DIGITS", "squeezenet", 10, roots, broken),
             *(Job("cache", "DIGITS", "squeezenet", bug, roots, working) for bug in (0, 1))]
-    settings = LaunchSettings(launcher="slurm", quiet=True, slurm_time=5, slurm_cpus_per_job=1, slurm_jobs_per_task=3)
-    sys.exit(cli.launch_and_report(jobs, settings))
+    settings = LaunchSettings("slurm", True, SlurmOptions(slurm_time=5, slurm_cpus_per_job=1, slurm_jobs_per_task=3))
+    sys.exit(launch_and_report(jobs, settings))
 """)
 
 

@@ -18,9 +18,9 @@ from evaluation.metrics import (
     error_breakdown,
     improvements,
     lower_limit,
-    majority_vote,
     upper_limit,
 )
+from selection.base import majority_vote
 
 # A hand-checked example (3 versions × 8 inputs, classes 0-3), also used in test_evaluation.py:
 #   input          0      1      2      3        4        5      6      7

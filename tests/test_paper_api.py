@@ -21,7 +21,7 @@ from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, DeepFailGuardTrain
 from FaultInjector import FaultInjector
 from ModelManager import ModelManager
 from ModelTrainer import ModelTrainer
-from storage.settings import DeepFoolSettings
+from storage.settings import DistanceSettings
 from utils import UsageError
 
 PAPER_DEVICE = 0  # the paper's habit: an int, cuda:0 where there is CUDA, else the CPU
@@ -114,7 +114,7 @@ def test_trainer_returns_the_paper_pair_of_callable_kdes_and_they_reload(paper_p
     # called on an instance (its own settings), on the first validation batch: the same distances
     model, (_, fitted) = paper_pipeline["models"][0], paper_pipeline["kdes"][0]
     first_batch = [next(iter(paper_pipeline["data"].val_loader))]
-    again = DeepFailGuardTrainer(DeepFoolSettings(steps=50)).train(model, first_batch,
+    again = DeepFailGuardTrainer(DistanceSettings(steps=50)).train(model, first_batch,
                                                                    paper_pipeline["root"] / "again_correct.npz",
                                                                    paper_pipeline["root"] / "again_wrong.npz")
     np.testing.assert_allclose(again.distances, fitted.distances[:len(again.distances)], rtol=1e-5, atol=1e-6)

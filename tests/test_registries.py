@@ -26,7 +26,7 @@ from faults import model as model_faults
 from ModelTrainer import ModelTrainer
 from mydataset import MyDataset, RawSplits, register_dataset
 from mymodel import MyModel, register_model
-from pipeline import cli, grids
+from pipeline import flags, grids
 from storage.settings import TrainingRecipe
 from utils import UsageError
 
@@ -234,8 +234,8 @@ def test_the_readme_one_liner_drops_fault1_from_a_default_grid_and_refuses_it_by
     assert_usage_error(refused, f"--models {name} --bugs 1", "cannot carry fault 1", "no reduced variant")
     assert not ws.root.exists()  # refused before anything was written
     # a preset's faults: the unsupported pair dropped, in one note, and the rest of the grid kept
-    args = cli.new_parser("x")
-    cli.add_grid_flags(args)
+    args = flags.new_parser("x")
+    flags.add_grid_flags(args)
     capsys.readouterr()
     grid = grids.resolve_grid(args.parse_args(["--models", name]))
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]

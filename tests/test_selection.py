@@ -64,8 +64,7 @@ def versions(tmp_path):
             records[model, bug] = evaluation.VersionRecord("TOY", model, bug, test.labels, test.distances, module, "",
                                                           test.probabilities, test.logits, validation,
                                                           toy_costs(MODELS.index(model)),
-                                                          feature_margins=test.feature_margins,
-                                                          feature_deviations=test.feature_deviations)
+                                                          outputs=test.outputs)
     return records, test_truth
 
 
@@ -394,8 +393,7 @@ def test_no_test_truth_reaches_any_fit(versions, tmp_path):
     def run(test_truth):
         fresh = {key: evaluation.VersionRecord(r.dataset, r.model, r.bug, r.labels, r.distances, r.module, r.test_set,
                                               r.probabilities, r.logits, r.validation, r.costs,
-                                              feature_margins=r.feature_margins,
-                                              feature_deviations=r.feature_deviations)
+                                              outputs=r.outputs)
                  for key, r in records.items()}
         members = [fresh[key] for key in members_keys]
         context = SetContext(CLASSES, evaluation.region_of(fresh, ""))

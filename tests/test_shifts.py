@@ -1,4 +1,5 @@
-"""Distribution shift (``shifts.py``): naming, seeded corruption, the shifted caches beside the clean one, the
+"""Distribution shift (``storage/shifts.py``, ``mydataset/corruptions.py``):
+naming, seeded corruption, the shifted caches beside the clean one, the
 failure model fitted under shift, and the tiny grid ``--distance feature --shifts gaussian_noise:5 fog:3`` end to
 end (cached equals real time; ``augrc_max_softmax`` equals a computation of its own)."""
 
@@ -12,8 +13,10 @@ import pytest
 import torch
 from conftest import assert_usage_error, run_in_process, script_module
 
-from mydataset import shifts
-from storage.settings import NO_SHIFT, AttackSettings, distance_mode, mode_flag
+from mydataset import corruptions
+from storage import shifts
+from storage.settings import AttackSettings, distance_mode, mode_flag
+from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 HEALTHY = ["--models", "squeezenet", "densenet", "--bugs", "0"]
@@ -46,7 +49,7 @@ def test_a_bad_shift_on_the_command_line_is_one_line_and_exit_2(capsys, pipeline
 
 
 def test_a_failure_model_fitted_under_shift_has_a_name_that_says_how_to_ask_for_it():
-    settings = AttackSettings(deepfool=distance_mode("feature"), fit_shifts=shifts.parse(["noise:3", "blur:3"]))
+    settings = AttackSettings(distance=distance_mode("feature"), fit_shifts=shifts.parse(["noise:3", "blur:3"]))
     assert settings.failure_model == "feature+noise3+blur3"
     assert mode_flag(settings.failure_model) == " --distance feature --fit-shifts noise:3 blur:3"
     partial = AttackSettings(fit_shifts=shifts.parse(["fog:3", "gaussian_noise:5"]))
@@ -69,22 +72,22 @@ def test_corruption_is_seeded_per_image_and_leaves_the_global_generator_alone():
     images = grey_images()
     np.random.seed(7)
     before = np.random.get_state()[1].copy()
-    first = shifts.corrupt_images(images, "gaussian_noise:3")
+    first = corruptions.corrupt_images(images, "gaussian_noise:3")
     assert np.array_equal(np.random.get_state()[1], before)
-    torch.testing.assert_close(first, shifts.corrupt_images(images, "gaussian_noise:3"), rtol=0, atol=0)
+    torch.testing.assert_close(first, corruptions.corrupt_images(images, "gaussian_noise:3"), rtol=0, atol=0)
     # image i's noise depends on its index only: the last four corrupted on their own are the same
-    tail = shifts.corrupt_images(images[2:], "gaussian_noise:3", first_index=2)
+    tail = corruptions.corrupt_images(images[2:], "gaussian_noise:3", first_index=2)
     torch.testing.assert_close(first[2:], tail, rtol=0, atol=0)
     assert not torch.equal(first[0], first[1])  # equal images, different noise
-    assert not torch.equal(first, shifts.corrupt_images(images, "gaussian_noise:3", seed=1))
+    assert not torch.equal(first, corruptions.corrupt_images(images, "gaussian_noise:3", seed=1))
 
 
 def test_severity_strengthens_a_corruption_and_shapes_survive():
     images = grey_images()
-    change = {level: float((shifts.corrupt_images(images, f"gaussian_noise:{level}") - images).abs().mean())
+    change = {level: float((corruptions.corrupt_images(images, f"gaussian_noise:{level}") - images).abs().mean())
               for level in (1, 5)}
     assert change[5] > 2 * change[1] > 0
-    grey = shifts.corrupt_images(images[:, :1], "defocus_blur:3")
+    grey = corruptions.corrupt_images(images[:, :1], "defocus_blur:3")
     assert grey.shape == images[:, :1].shape and grey.dtype == images.dtype
     assert float(grey.min()) >= 0 and float(grey.max()) <= 1
 
@@ -92,11 +95,11 @@ def test_severity_strengthens_a_corruption_and_shapes_survive():
 @pytest.mark.parametrize("corruption", shifts.CORRUPTIONS)
 def test_every_corruption_runs_at_the_versions_resolution_and_repeats_exactly(corruption):
     images = grey_images(2, 32)
-    out = shifts.corrupt_images(images, f"{corruption}:5")
+    out = corruptions.corrupt_images(images, f"{corruption}:5")
     assert out.shape == images.shape and torch.isfinite(out).all()
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     np.random.seed(123)  # whatever the caller's generators hold, the same images come out
-    torch.testing.assert_close(shifts.corrupt_images(images, f"{corruption}:5"), out, rtol=0, atol=0)
+    torch.testing.assert_close(corruptions.corrupt_images(images, f"{corruption}:5"), out, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def test_shifted_caches_live_beside_the_clean_one_and_record_how_they_were_made(
     assert (folder / "DIGITS_ground_truth.npy").is_file()
     manifest = json.loads((folder / "DIGITS_densenet_bug0_manifest_feature.json").read_text())
     assert manifest["shift"] == {"shift": "fog:3", "corruption": "fog", "severity": 3, "family": "weather",
-                                 "library": "corrupt-tta", "version": shifts.library_version(), "seed": 42}
+                                 "library": "corrupt-tta", "version": corruptions.library_version(), "seed": 42}
     assert np.array_equal(np.load(folder / "DIGITS_ground_truth.npy"), np.load(shifted_grid.truth))
     clean = np.load(shifted_grid.cached / "DIGITS_densenet_bug0_distances_feature.npy")
     assert not np.array_equal(clean, np.load(folder / "DIGITS_densenet_bug0_distances_feature.npy"))

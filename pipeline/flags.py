@@ -1,0 +1,207 @@
+"""The command line's flags, in pieces: each script's parser takes the pieces it uses (as torchvision's reference
+scripts do), so a flag a script would ignore is an argparse error there. What a parsed command line becomes, and
+the checks made before any work, are ``pipeline/cli.py``'s; the launchers' flags are ``launchers/``'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import FaultInjector
+import utils
+from DatasetManager import DATASETS
+from ModelManager import MODELS
+from pipeline.grids import PRESETS
+from storage import layout, shifts
+from storage.settings import ATTACK_BATCH, DEEPFOOL, DISTANCE_MODES, THREADS, DistanceSettings, distance_mode
+from storage.shifts import NO_SHIFT
+from utils import SEED, UsageError
+
+
+def _number_parser(convert, wording: str, zero_allowed: bool):
+    """An argparse type: ``convert`` the text, refuse non-finite, negative (and, if asked, zero) values."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number_parser(int, "a positive whole number", zero_allowed=False)
+non_negative_int = _number_parser(int, "a whole number >= 0", zero_allowed=True)
+positive_float = _number_parser(float, "a number > 0", zero_allowed=False)
+non_negative_float = _number_parser(float, "a number >= 0", zero_allowed=True)
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default to its help unless the help already states it or there is none."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------------------------
+# the flags, in pieces: each script's parser takes the pieces it uses, and nothing else
+# ---------------------------------------------------------------------------------------------
+
+class _ScriptParser(argparse.ArgumentParser):
+    """argparse's parser, pointing to ``--help`` when a flag is not one of the script's."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments"):
+            message += f" ({self.prog} does not use them: run it with --help to see the flags it takes)"
+        super().error(message)
+
+
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser, described by the first line of its docstring. Flags are spelt out in full: an
+    abbreviation could silently stand for another flag than the one meant (``--mode`` for ``--models``)."""
+    return _ScriptParser(description=doc.splitlines()[0], formatter_class=_DefaultsHelpFormatter,
+                         allow_abbrev=False)
+
+
+def attack_step_parser(doc: str) -> argparse.ArgumentParser:
+    """The start of the parsers of the steps that attack versions (fit, cache, real-time evaluation): what
+    to run, how to attack, where."""
+    parser = new_parser(doc)
+    add_grid_flags(parser)
+    add_attack_flags(parser)
+    add_device_flag(parser)
+    return parser
+
+
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help=f"datasets, of {', '.join(DATASETS)} (default: the preset's)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"architectures, of {', '.join(MODELS)} (default: the preset's)")
+    parser.add_argument("--bugs", nargs="+", default=None,
+                        help=f"fault ids, {FaultInjector.describe_ids()}, ranges allowed (e.g. 0 1-10), or "
+                             "'validated': each architecture's faults that main_validate_faults.py found killed and "
+                             "not trivial (default: the preset's)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="digits",
+                        help="the grid used where --datasets/--models/--bugs are not given: "
+                             + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=device_flag, default=None,
+                        help="cpu, cuda, cuda:N or mps (default: best available)")
+
+
+def device_flag(text: str) -> str:
+    """``--device``'s (and ``--devices``') spelling, checked while parsing (``utils.parse_device``); whether
+    this machine has it is checked where the jobs run."""
+    try:
+        utils.parse_device(text)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda, cuda:N or mps") from None
+    return text
+
+
+#: the four roots: ``layout.Roots`` field -> (its flag, its default, what it holds)
+ROOT_FLAGS = {
+    "data": ("--data-root", layout.DEFAULT_DATA_ROOT, "folder of the datasets"),
+    "model": ("--model-root", layout.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
+    "info": ("--info-root", layout.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
+    "output": ("--output", layout.DEFAULT_OUTPUT, "folder of result CSVs and figures"),
+}
+
+
+def destination(flag: str) -> str:
+    """argparse's attribute for a flag: ``--data-root`` -> ``data_root``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_root_flags(parser: argparse.ArgumentParser, *roots: str, output_help: str | None = None) -> None:
+    """The roots a script reads or writes, of ``data``, ``model``, ``info`` and ``output``."""
+    for root in roots:
+        flag, default, text = ROOT_FLAGS[root]
+        parser.add_argument(flag, default=default, help=output_help if root == "output" and output_help else text)
+
+
+def add_run_flags(parser: argparse.ArgumentParser, force: bool = True) -> None:
+    """``--threads``, ``--quiet``, and ``--force`` for the scripts that skip finished work."""
+    if force:
+        parser.add_argument("--force", action="store_true", help="redo work whose output already exists")
+    parser.add_argument("--threads", type=positive_int, default=THREADS,
+                        help="CPU threads each job computes with, on every launcher (results depend on it: float "
+                             "rounding; Ray and Slurm reserve as many CPUs per job unless told otherwise)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """What training asks for (``settings.TrainSettings``); unset numbers keep the dataset's recipe."""
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="training epochs (default: the dataset's recipe for each architecture, or the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="training batch size (default: the dataset's recipe for each architecture)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="learning rate (default: the dataset's recipe for each architecture)")
+    parser.add_argument("--seed", type=non_negative_int, default=SEED, help="random seed of training")
+    parser.add_argument("--image-size", type=positive_int, default=None,
+                        help="side length the versions see (default: the dataset's, at least the model's minimum)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed-precision (bfloat16) training; a trained version is kept, add --force to retrain "
+                             "(default: on with CUDA, off elsewhere)")
+
+
+def add_training_job_flags(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """What a script whose jobs train versions takes after its own flags: training, device, run, roots (the
+    launcher's flags follow: ``launchers.add_launcher_flags``)."""
+    add_training_flags(parser)
+    add_device_flag(parser)
+    add_run_flags(parser)
+    add_root_flags(parser, "data", "model", "output", output_help=output_help)
+
+
+def add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    """How DeepFool attacks the inputs (``settings.AttackSettings``)."""
+    parser.add_argument("--batch-size", type=positive_int, default=ATTACK_BATCH,
+                        help="inputs attacked together (finished inputs leave the batch)")
+    parser.add_argument("--max-inputs", type=positive_int, default=None,
+                        help="attack at most this many validation and test inputs per version (a stratified "
+                             "sample; default: all, or the preset's)")
+    add_distance_flag(parser)
+
+
+def add_distance_flag(parser: argparse.ArgumentParser) -> None:
+    """Which boundary distance the failure models are fitted on and the versions are judged by."""
+    modes = "; ".join(f"{name}: {mode.help}" for name, mode in DISTANCE_MODES.items())
+    parser.add_argument("--distance", type=distance_flag, default=DEEPFOOL, metavar="MODE[:K]",
+                        help=f"the boundary distance, a mode and its top K candidate classes (default "
+                             f"{DEEPFOOL.mode}, K = {DEEPFOOL.candidates}): {modes}; each mode's failure models and "
+                             "caches live beside the others'")
+
+
+def distance_flag(text: str) -> DistanceSettings:
+    """``--distance``'s value as ``settings.DistanceSettings`` (argparse turns the error into exit status 2)."""
+    try:
+        return distance_mode(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_shift_flags(parser: argparse.ArgumentParser, evaluation: bool = True, fit: bool = True) -> None:
+    """``--shifts`` (the cache step and the evaluations: which test sets) and ``--fit-shifts`` (the fit step and
+    the evaluations: which failure model); the words are ``storage/shifts.py``'s."""
+    if evaluation:
+        parser.add_argument("--shifts", nargs="+", default=[NO_SHIFT], metavar="NAME:SEVERITY",
+                            help="test sets under shift: a corruption (gaussian_noise:5), a family (noise:3, "
+                                 f"{', '.join(list(shifts.FAMILIES)[1:])}) or all:S for each of its corruptions at "
+                                 "severity S, none for the clean test set (default: none); each shift's cache lives "
+                                 "beside the clean one")
+    if fit:
+        parser.add_argument("--fit-shifts", nargs="+", default=[], metavar="NAME:SEVERITY",
+                            help="fit the failure models on the validation inputs clean and under these shifts too "
+                                 "(same words as --shifts); such a failure model is used only with the same "
+                                 "--fit-shifts, and should be judged on shifts of other families")
