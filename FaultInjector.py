@@ -4,7 +4,7 @@ what it claims to.
 Model faults (1-3) rebuild or rewire the network before training, hyper-parameter faults (4-6)
 change the trainer that will train it, data faults (7-12) change the splits it learns from or is
 tested on. In the paper repository faults 2, 3, 4 and 6 changed nothing training sees; here they do.
-Faults 13 and up (``mutation_faults.py``) are DeepCrime's training-time operators that the twelve do not
+Faults 13 and up (``faults/mutation.py``) are DeepCrime's training-time operators that the twelve do not
 cover; a parametric one declares its parameter (:class:`FaultParameter`), which training may set
 (``TrainSettings.fault_parameter``) and ``main_validate_faults.py --search`` bisects.
 
@@ -315,7 +315,7 @@ FAULT_TABLE: tuple[Fault, ...] = tuple(register_fault(fault) for fault in (
           replaces_test_set=True, datasets=("CIFAR10",), family=PAPER, description="a re-collected test set"),
     Fault(12, "distribution shift (CIFAR-10.1 v6)", "data", shift_test_set, test_data_only=True,
           replaces_test_set=True, datasets=("CIFAR10",), family=PAPER, description="a re-collected test set"),
-    # DeepCrime's training-time operators the twelve do not cover (mutation_faults.py)
+    # DeepCrime's training-time operators the twelve do not cover (faults/mutation.py)
     Fault(13, "wrong optimiser", "hyper-parameter", mutation.use_plain_sgd, family=MUTATION,
           description="the optimiser swapped for plain SGD, keeping the learning rate tuned for Adam"),
     Fault(14, "excessive weight decay", "hyper-parameter", mutation.set_weight_decay, family=MUTATION,

@@ -1,14 +1,15 @@
 # The two set-up-and-run commands of the README:
 #   make demo   the whole pipeline on the bundled DIGITS data (CPU, about five minutes on two cores)
-#   make test   the test suite
-# Both create .venv and install what they need on first use.
+#   make test   the test suite (with the import contracts over the whole tree)
+# Both create .venv and install what they need on first use. The quick loop while developing:
+#   make check  the import contracts, ruff, and the tests but the slow ones (cluster, kill-and-rerun, README)
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := --preset demo
 
-.PHONY: demo test bench
+.PHONY: demo test check lint bench
 
 $(VENV)/.runtime: envs_requirements/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,15 @@ demo: $(VENV)/.runtime
 	$(PY) main_test_DeepFailGuard.py $(DEMO) --quiet
 	$(PY) main_test_DeepFailGuard_from_cached.py $(DEMO)
 
-test: $(VENV)/.dev
+lint: $(VENV)/.dev
+	$(PY) scripts/lint_imports.py
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup tests
+
+check: lint
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup -m "not slow" tests
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_attacker.py

@@ -5,7 +5,7 @@ A version is (architecture, dataset, fault). Its checkpoint ``{key}.pth`` is a p
 
 Architectures register themselves (``@register_model`` in ``mymodel``): ``MODELS`` is that registry. The paper's
 habit works too: a ``register_model(...)`` line (or a decorated ``MyModel`` class) at the end of this file.
-What a training run asks for comes in whole, as a ``settings.TrainSettings`` and a ``layout.Roots``.
+What a training run asks for comes in whole, as a ``storage.settings.TrainSettings`` and a ``storage.layout.Roots``.
 """
 
 from __future__ import annotations

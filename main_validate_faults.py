@@ -1,5 +1,5 @@
 """Validate the faults: train the healthy recipe and each fault over several seeds, and test whether the fault
-changes accuracy by more than a reseed does (``fault_validation.py`` says how it decides).
+changes accuracy by more than a reseed does (``evaluation/fault_validation.py`` says how it decides).
 
 Writes ``{output}/fault_validation.csv`` (and, with ``--search``, ``fault_search.csv``). The first seed's
 versions are the pipeline's own, in ``--model-root``; the other seeds' in ``{model-root}/fault_validation/``.

@@ -1,7 +1,7 @@
 """The small remainder every room shares: the usage-error type, device choice, seeding, splits.
 
-Files live in ``storage.py`` (atomic writes, safe loading), paths in ``layout.py``, defaults and
-settings in ``settings.py``, metrics in ``metrics.py``; anything specific to a dataset, an
+Files live in ``storage/files.py`` (atomic writes, safe loading), paths in ``storage/layout.py``, defaults and
+settings in ``storage/settings.py``, metrics in ``evaluation/metrics.py``; anything specific to a dataset, an
 architecture, a fault, the attacker or the failure predictor lives in its own module.
 """
 

@@ -9,7 +9,7 @@ per input; it is timed on a sample of pairs and extrapolated to the grid (runnin
 hours). Decisions of both are compared on whole sets, wherever the paper's densities do not
 underflow to 0/0.
 
-First, the log-density alone: ``GaussianKDE.logpdf`` (kde.py's block expansion) against the obvious
+First, the log-density alone: ``GaussianKDE.logpdf`` (failure_model/kde.py's block expansion) against the obvious
 replacement, one vectorised ``scipy.stats.gaussian_kde(points, bw_method=...).logpdf(queries)`` call
 with the same points, weights and bandwidth, on the same queries in the same process (median of
 3 runs each), at the grid's size (KDE points × test inputs) and at 1,000 × 1,000.

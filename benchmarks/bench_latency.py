@@ -14,7 +14,7 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
   vote   majority voting: the three networks' forward passes under ``torch.no_grad`` and the vote,
          in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
 
-and prints, for each distance mode of ``--distances`` (``settings.distance_mode``: the paper's ``distance``,
+and prints, for each distance mode of ``--distances`` (``storage.settings.distance_mode``: the paper's ``deepfool``,
 ``deepfool:K``, ``first-order[:K]``, ``feature[:K]``), milliseconds per input, the ratio dfg/vote, and each
 version's attack alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
 

@@ -2,12 +2,12 @@
 distance mode, next to the paper's DeepFool, from the evaluations of one grid in each mode.
 
 Each ``MODE=FOLDER`` names a mode and the ``--output`` folder of ``main_test_DeepFailGuard_from_cached.py
---distance MODE`` on the same versions (the first is the reference, normally ``distance``). Prints, per N, the
+--distance MODE`` on the same versions (the first is the reference, normally ``deepfool``). Prints, per N, the
 mean accuracy of ``--method`` (default ``dfg``) in each mode, its difference from the reference, and the sign
 test over the version sets (wins/losses of the mode against the reference, set by set); then per version the
 AUROC of the mode's ``dfg`` and ``distance`` scores for telling its right test answers from its wrong ones.
 
-    python benchmarks/distance_tradeoff.py distance=out first-order=out_fo deepfool:2=out_df2
+    python benchmarks/distance_tradeoff.py deepfool=out first-order=out_fo deepfool:2=out_df2
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ many (version, corruption) pairs ``dfg`` beats ``max_softmax`` (AUROC; sign test
 ``--fit-shifts`` (SHIFTED, evaluated on corruptions of families it was not fitted on; CLEAN evaluated on at least
 those): AUROC and AUGRC per severity, accuracy per severity and N, each with its sign test over the pairs.
 
-    python benchmarks/shift_study.py scores feature=sh_feat first-order:2=sh_fo2 distance=sh_df
+    python benchmarks/shift_study.py scores feature=sh_feat first-order:2=sh_fo2 deepfool=sh_df
     python benchmarks/shift_study.py fitted clean=sh_feat noise+blur=fs_feat_nb
 """
 

@@ -23,7 +23,7 @@ _INTERRUPTED = False
 def interrupted_attacks() -> bool:
     """Whether Ctrl-C interrupted ``attack_concurrently`` in this process. The interpreter's shutdown then
     crashed in 2 of 3 probes (SIGSEGV or SIGABRT inside torch, after every attack thread had stopped), so the
-    caller ends the process at once instead (``cli.run_main``)."""
+    caller ends the process at once instead (``pipeline.cli.run_main``)."""
     return _INTERRUPTED
 
 

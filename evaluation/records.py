@@ -41,10 +41,10 @@ class VersionRecord:
     logits: np.ndarray | None = None
     #: what the version answered on validation, with the validation truth (None: not kept, as in the paper's release)
     validation: CachedAnswers | None = None
-    #: what running it costs (``costs.py``; None: not recorded, as for the paper's release) and its distance mode
+    #: what running it costs (``distances/costs.py``; None: not recorded, as for the paper's release) and its distance mode
     costs: dict | None = None
     mode: str = DEEPFOOL.mode
-    #: the shift the test inputs were under (``shifts.py``; ``none``: the clean test set)
+    #: the shift the test inputs were under (``storage/shifts.py``; ``none``: the clean test set)
     shift: str = NO_SHIFT
     #: what the distance mode measured besides on each test input (``DistanceMode.outputs``; the ``feature`` mode's
     #: fDBD parts)
@@ -120,7 +120,7 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
                        distance: DistanceSettings = DEEPFOOL, shift: str = NO_SHIFT,
                        failure_model: str | None = None) -> VersionRecord | None:
     """A version's cached answers on the test set under ``shift`` (labels checked against ``num_classes`` where
-    known) and its failure model (``failure_model``: fitted under shift, else on ``distance``'s distance mode) and
+    known) and its failure model (``failure_model``: fitted under shift, else on ``distance``'s mode) and
     validation outputs; None when that cache does not exist."""
     answers = caches.read_version_cache(info_root, model, dataset, bug, num_classes, distance.mode, shift)
     if answers is None:

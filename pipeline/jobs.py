@@ -63,7 +63,7 @@ class Job:
     bug: int
     roots: Roots
     settings: JobSettings = field(default_factory=JobSettings, hash=False, compare=False)
-    #: the cache step's test set: clean (``none``) or under a shift (``shifts.py``)
+    #: the cache step's test set: clean (``none``) or under a shift (``storage/shifts.py``)
     shift: str = NO_SHIFT
 
     @property

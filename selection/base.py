@@ -29,7 +29,7 @@ The contract, for both:
   the paper's figures are reproduced). Ties between *classes* (a vote) go to the smallest class index.
 - *What a method runs*: by default every member on every input (``compute`` 1.0). A method that stops early
   (a cascade) says per input which members it ran (:meth:`Method.visits`), and the evaluation prices that with
-  the members' costs (``costs.py``, in their metadata).
+  the members' costs (``distances/costs.py``, in their metadata).
 - *Per-version work goes through* ``version.fitted(key, fit)``, keyed by the registered name, so that the sets
   a version joins share it.
 

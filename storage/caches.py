@@ -1,7 +1,7 @@
 """Reading and writing what the steps measured, checked as it is read: a version's test cache (the paper's
 format: labels and distances, plus our success flags, softmax and logits), its validation outputs (what the fit
 step kept for the methods that learn from them) and the test sets' ground truth. Where they live is
-``layout.py``'s; every problem found is one line naming the file and the step that rewrites it.
+``storage/layout.py``'s; every problem found is one line naming the file and the step that rewrites it.
 """
 
 from __future__ import annotations

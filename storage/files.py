@@ -3,7 +3,7 @@
 Every result is written to a temporary file beside its target and moved into place with
 ``os.replace``, so an interrupted run leaves the old file (or none), never half a file, and a rerun
 can trust what it finds. Loading uses ``torch.load(weights_only=True)`` with one NumPy allow-list,
-shared with the restricted unpickler of the paper's KDE pickles (``kde.py``).
+shared with the restricted unpickler of the paper's KDE pickles (``failure_model/kde.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where every file of the pipeline lives (``caches.py`` reads and writes the test cache and validation outputs).
+"""Where every file of the pipeline lives (``storage/caches.py`` reads and writes the test cache and validation outputs).
 
 One argument order everywhere: ``(root, model, dataset, bug)``. Names follow the paper repository
 (``resnet_CIFAR10_bug3``, ``CIFAR10_resnet_bug3_distances.npy``), so its released weights, KDEs and
@@ -32,7 +32,7 @@ from storage.settings import DEEPFOOL_MODE, mode_flag, mode_outputs
 from storage.shifts import NO_SHIFT
 from utils import UsageError
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = "mydataset/data"
 DEFAULT_MODEL_ROOT = "mymodel/model"
 DEFAULT_INFO_ROOT = "input_information"
@@ -282,7 +282,7 @@ def validation_paths(info_root, model_name: str, dataset_name: str, bug_id: int 
 def manifest_path(info_root, step: str, model_name: str, dataset_name: str, bug_id: int | None,
                   distance: str = DEEPFOOL_MODE, shift: str = NO_SHIFT) -> Path:
     """The manifest of a version's fit (beside its validation outputs; shared by faults 10-12 with the healthy
-    version, as the fit is) or of its test cache under a shift (``manifests.py``)."""
+    version, as the fit is) or of its test cache under a shift (``storage/manifests.py``)."""
     if step == "fit":
         return validation_path(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json")
     return cache_path(info_root, model_name, dataset_name, bug_id, "manifest", distance, ".json", shift)

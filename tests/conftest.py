@@ -296,13 +296,17 @@ def write_fake_cache(info, dataset: str, truth, versions: dict) -> None:
 
 @pytest.fixture
 def restore_registries():
-    """Architectures, datasets, faults, scores and selection methods registered by the test are gone after it."""
+    """Architectures, datasets, faults, scores, selection methods, distance modes and launchers registered by the
+    test are gone after it."""
     import FaultInjector
+    import launchers
     import mydataset
     import mymodel
     import selection
+    from storage.settings import DISTANCE_MODES
 
-    registries = (mymodel.MODELS, mydataset.DATASETS, FaultInjector.FAULTS, selection.SCORES, selection.METHODS)
+    registries = (mymodel.MODELS, mydataset.DATASETS, FaultInjector.FAULTS, selection.SCORES, selection.METHODS,
+                  DISTANCE_MODES, launchers.LAUNCHERS)
     saved = [dict(registry) for registry in registries]
     yield
     for registry, entries in zip(registries, saved):

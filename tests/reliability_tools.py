@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error
 
-from pipeline.jobs import LOCK_FOLDER
+from pipeline.runner import LOCK_FOLDER
 
 PARTIAL_MARK = ".partial."  # storage.atomic_path's temporary files: ".{name}.partial.XXXX{ext}"
 #: a message says what to do: a command to run, a flag or value to use, a file to replace, ...

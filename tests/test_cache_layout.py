@@ -1,4 +1,4 @@
-"""File names in the paper's layout (layout.py) and the DIGITS pipeline steps 2-3 end to end."""
+"""File names in the paper's layout (storage/layout.py) and the DIGITS pipeline steps 2-3 end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``feature`` distance mode (``feature_distance.py``) against its closed form, and fDBD's parts."""
+"""The ``feature`` distance mode (``distances/feature.py``) against its closed form, and fDBD's parts."""
 
 from __future__ import annotations
 

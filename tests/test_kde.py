@@ -1,4 +1,4 @@
-"""GaussianKDE (kde.py): SciPy's densities, degenerate fits, .npz files, the paper's pickles."""
+"""GaussianKDE (failure_model/kde.py): SciPy's densities, degenerate fits, .npz files, the paper's pickles."""
 
 from __future__ import annotations
 

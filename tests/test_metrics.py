@@ -1,4 +1,4 @@
-"""The evaluation metrics of metrics.py, against hand-computed values and reference
+"""The evaluation metrics of evaluation/metrics.py, against hand-computed values and reference
 implementations (plain Python loops, scikit-learn)."""
 
 from __future__ import annotations

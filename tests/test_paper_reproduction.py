@@ -97,7 +97,7 @@ def reference_choices(score_lists) -> list[int]:
 
 
 def reference_log_choices(members, written) -> np.ndarray:
-    """The default posterior's choices, from SciPy's log densities (not kde.py)."""
+    """The default posterior's choices, from SciPy's log densities (not failure_model/kde.py)."""
     posteriors = []
     for member in members:
         _, distances, correct_kde, wrong_kde = written["versions"][member]

@@ -10,7 +10,11 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -19,15 +23,21 @@ from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error, run_in_proce
 
 import DatasetManager
 import FaultInjector
+import launchers
 import ModelManager
 import mymodel
+from Attacker import Attacker
 from FaultInjector import Fault, register_fault
 from faults import model as model_faults
+from launchers import option
+from launchers.common import upstream
 from ModelTrainer import ModelTrainer
 from mydataset import MyDataset, RawSplits, register_dataset
 from mymodel import MyModel, register_model
 from pipeline import flags, grids
-from storage.settings import TrainingRecipe
+from pipeline.runner import run_job
+from storage import layout
+from storage.settings import DISTANCE_MODES, DistanceMode, TrainingRecipe, register_distance_mode
 from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("single_thread", "restore_registries")
@@ -265,3 +275,80 @@ def test_an_architecture_added_at_the_end_of_model_manager_trains(tmp_path):
     metadata = json.loads((tmp_path / "model" / "edited_DIGITS.json").read_text())
     assert metadata["model"] == "edited" and 0.0 <= metadata["val_acc"] <= 1.0
     assert (tmp_path / "model" / "edited_DIGITS.pth").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# a distance mode and a launcher, each one class or function and its registration
+# ---------------------------------------------------------------------------------------------
+
+class LogitMargin(Attacker):
+    """A distance mode of the test's own: the gap between the two largest clean logits (no attack: one forward
+    pass), and the top softmax probability as an output of the mode."""
+
+    def _measure(self, x0, clean):
+        logits, classes = clean
+        top = logits.gather(1, classes[:, :2])
+        return logits, classes, top[:, 0] - top[:, 1], x0
+
+    def attack(self, images):
+        result = super().attack(images)
+        result.outputs["top_probability"] = result.probabilities.max(axis=1)
+        return result
+
+
+def test_a_distance_mode_is_one_class_and_its_registration(capsys, pipeline_copy):
+    name = unused_name(DISTANCE_MODES, "logit-margin")
+    register_distance_mode(DistanceMode(name, LogitMargin, help="the top two logits' gap",
+                                        outputs=("top_probability",)))
+    assert name in " ".join(help_text(capsys, "fit").split())  # --distance's help reads the registry
+    ws, versions = pipeline_copy, ["--models", "squeezenet", "densenet", "--bugs", "0", "10", "--distance", name]
+    for script in ("fit", "cache", "evaluate"):
+        result = run_in_process(capsys, script, *ws.argv(script, *versions, grid=[]))
+        assert result.returncode == 0, result.stderr
+    logits = np.load(layout.cache_path(ws.info, "squeezenet", "DIGITS", 0, "logits", name))
+    top = np.sort(logits, axis=1)[:, -2:]
+    np.testing.assert_allclose(np.load(layout.cache_path(ws.info, "squeezenet", "DIGITS", 0, "distances", name)),
+                               top[:, 1] - top[:, 0], rtol=1e-6)
+    assert layout.cache_path(ws.info, "squeezenet", "DIGITS", 10, "top_probability", name).is_file()
+    assert json.loads(ws.metadata().read_text())["costs"]["distance_flops"][name] > 0  # costed as any mode
+    results = pd.read_csv(ws.out / "results.csv")
+    assert set(results["models"]) == {"densenet-squeezenet"} and (results["method"] == "dfg").any()
+    assert_usage_error(run_in_process(capsys, "fit", *ws.argv("fit", "--distance", "margin-of-logits")),
+                       "unknown distance mode", name)
+
+
+@dataclass(frozen=True)
+class ThreadOptions:
+    pool_threads: int = option(2, "--pool-threads", "threads the jobs run on", type=flags.positive_int)
+
+
+def run_on_threads(jobs, settings):
+    """A launcher of the test's own: the jobs on a pool of threads of this process, each once the jobs it needs
+    are done."""
+    outcomes = [None] * len(jobs)
+    with ThreadPoolExecutor(settings.options.pool_threads) as pool:
+        waiting = list(range(len(jobs)))
+        while waiting:
+            ready = [i for i in waiting if all(outcomes[j] is not None for j in upstream(jobs, i))]
+            for index, outcome in zip(ready, pool.map(run_job, [jobs[i] for i in ready])):
+                outcomes[index] = outcome
+            waiting = [i for i in waiting if i not in ready]
+    return outcomes
+
+
+def test_a_launcher_is_one_function_and_its_registration(capsys, pipeline, tmp_path):
+    name = unused_name(launchers.LAUNCHERS, "threads")
+    launchers.register_launcher(launchers.Launcher(name, run_on_threads, "a pool of threads", ThreadOptions))
+    help = " ".join(help_text(capsys, "cache").split())
+    assert f"--launcher {name}" in help and "--pool-threads" in help
+    runs = {}
+    for launcher in ("local", name):
+        ws = pipeline.clone(tmp_path / launcher)
+        extra = ["--distance", "first-order:2", "--launcher", launcher, *(["--pool-threads", "3"] if launcher == name
+                                                                          else [])]
+        result = run_in_process(capsys, "cache", *ws.argv("cache", *extra))
+        assert result.returncode == 0, result.stderr
+        runs[launcher] = {path.name: path.read_bytes() for path in ws.cached.glob("*first-order2*")}
+    assert runs["local"] and runs["local"] == runs[name]  # the same files as local, byte for byte
+    assert_usage_error(run_in_process(capsys, "cache", *pipeline.argv("cache", "--pool-threads", "3")),
+                       "--pool-threads is a --launcher " + name, "--launcher local")

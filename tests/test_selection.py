@@ -43,8 +43,8 @@ def random_answers(rng, truth, accuracy, with_truth=False) -> caches.CachedAnswe
     distances = np.where(labels == truth, rng.gamma(4.0, 0.25, n), rng.gamma(1.5, 0.2, n))
     # fDBD's parts, from what is drawn (no draw of their own: the other arrays stay as they were)
     margins, deviations = 2.0 * distances + 0.1, 1.0 + logits.std(axis=1)
-    return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None, margins,
-                                deviations)
+    return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None,
+                                {"feature_margins": margins, "feature_deviations": deviations})
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def versions(tmp_path):
 
 
 def toy_costs(rank: int) -> dict:
-    """A costs record (``costs.py``) for the rank-th architecture: the later, the dearer."""
+    """A costs record (``distances/costs.py``) for the rank-th architecture: the later, the dearer."""
     return {"forward_flops": (rank + 1) * 10**6, "distance_flops": {"deepfool": (rank + 1) * 5 * 10**7}}
 
 

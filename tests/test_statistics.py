@@ -1,4 +1,4 @@
-"""Significance tests, intervals and calibration metrics in metrics.py, on hand-computed cases."""
+"""Significance tests, intervals and calibration metrics in evaluation/metrics.py, on hand-computed cases."""
 
 from __future__ import annotations
 
