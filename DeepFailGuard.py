@@ -150,7 +150,8 @@ class DeepFailGuardModule:
         return self.assess(distances).margin
 
     #: how :meth:`assess` scores distances: None for the log-space posterior (:meth:`log_assessment`), or a
-    #: function ``(module, distances) -> Assessment`` such as ``evaluation.paper.paper_assessment`` (``--posterior paper``)
+    #: function ``(module, distances) -> Assessment`` such as ``evaluation.paper.paper_assessment``
+    #: (``--posterior paper``)
     posterior_rule = None
 
     def assess(self, distances) -> "Assessment":

@@ -128,8 +128,16 @@ def measure_version(model, data, device, mode: str | None = None, modes=None) ->
 
 
 def record(model, data, device) -> None:
-    """Put the version's costs into its (in-memory) metadata: training and deriving call this before writing it."""
+    """Put the version's costs into its (in-memory) metadata: training calls this before writing it."""
     model.metadata["costs"] = measure_version(model, data, device)
+
+
+def record_unless_inherited(model, data, device) -> None:
+    """:func:`record`, but for a version derived from the healthy weights (faults 10-12 change only the test set),
+    whose metadata starts as its healthy version's: the same network on the same validation inputs costs the same,
+    so it keeps the costs measured there (measuring DenseNet-121's again took 7 s of a 9 s derivation)."""
+    if not model.metadata.get("costs"):
+        record(model, data, device)
 
 
 def read(model_root, model_name: str, dataset: str, bug: int) -> dict | None:

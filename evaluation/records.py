@@ -41,7 +41,8 @@ class VersionRecord:
     logits: np.ndarray | None = None
     #: what the version answered on validation, with the validation truth (None: not kept, as in the paper's release)
     validation: CachedAnswers | None = None
-    #: what running it costs (``distances/costs.py``; None: not recorded, as for the paper's release) and its distance mode
+    #: what running it costs (``distances/costs.py``; None: not recorded, as for the paper's release) and its
+    #: distance mode
     costs: dict | None = None
     mode: str = DEEPFOOL.mode
     #: the shift the test inputs were under (``storage/shifts.py``; ``none``: the clean test set)

@@ -27,8 +27,9 @@ def run_train(job: Job) -> Outcome:
     if s.mode == "train" and not s.force and reason is None:
         model = ModelManager.create_model(job.model, job.dataset, "load", job.bug, device="cpu", roots=roots)
         return skipped(job, **_train_cells(model))
+    measure = costs.record_unless_inherited if job.step == "derive" else costs.record
     model = ModelManager.create_model(job.model, job.dataset, s.mode, job.bug, device=s.device, settings=s.training,
-                                      roots=roots, progress=not s.quiet, measure=costs.record)
+                                      roots=roots, progress=not s.quiet, measure=measure)
     note = "evaluated" if s.mode == "evaluate" or job.step == "derive" else "trained"
     if s.mode == "train" and reason not in (None, "missing"):
         note += f" ({reason})"

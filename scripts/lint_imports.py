@@ -70,7 +70,7 @@ def main() -> int:
         folder = Path(tmp)
         config = whole_tree_config(folder, linked_tree(folder))
         env = {**os.environ, "PYTHONPATH": str(folder)}
-        return subprocess.run([str(lint), "--config", str(config), "--no-cache"], cwd=folder, env=env).returncode
+        return subprocess.run([str(lint), str(config), "--no-cache"], cwd=folder, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Where every file of the pipeline lives (``storage/caches.py`` reads and writes the test cache and validation outputs).
+"""Where every file of the pipeline lives (``storage/caches.py`` reads and writes the test cache and validation
+outputs).
 
 One argument order everywhere: ``(root, model, dataset, bug)``. Names follow the paper repository
 (``resnet_CIFAR10_bug3``, ``CIFAR10_resnet_bug3_distances.npy``), so its released weights, KDEs and

@@ -45,8 +45,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     #: the SHA-256 of the ground truth the answers are of (the cache step; None for the fit)
     ground_truth: str | None = None
-    #: how shifted inputs were made (``mydataset.corruptions.describe``: the corruption, library, version, seed; for a fit on
-    #: shifted validation inputs, the list of them); None for clean inputs
+    #: how shifted inputs were made (``mydataset.corruptions.describe``: the corruption, library, version, seed;
+    #: for a fit on shifted validation inputs, the list of them); None for clean inputs
     shift: dict | None = None
 
 

@@ -129,8 +129,9 @@ def assert_usage_error(result: subprocess.CompletedProcess, *fragments, engine_l
 # a workspace: the four roots of one pipeline (or a copy of one)
 # ---------------------------------------------------------------------------------------------
 
-#: what every script gets unless a test says otherwise (where the script takes the flag)
-COMMON_FLAGS = {"--device": "cpu", "--max-inputs": "20"}
+#: what every script gets unless a test says otherwise (where the script takes the flag): the real-time evaluation
+#: times its live policies on 4 inputs once (the timing is tested, not measured, here: 20 inputs 4 times took 30 s)
+COMMON_FLAGS = {"--device": "cpu", "--max-inputs": "20", "--latency-inputs": "4", "--latency-repeats": "1"}
 
 
 @dataclass(frozen=True)
@@ -223,43 +224,116 @@ PIPELINE_GRID = {
     "realtime": PIPELINE_VERSIONS,
     "validate": ["--models", "squeezenet", "--bugs", "9", "--epochs", "1", "--seeds", "2"],
 }
-PIPELINE_STEPS = [
-    ("train", ["--models", "densenet", "--bugs", "0", "10", "--epochs", "1"]),
-    ("train", PIPELINE_GRID["train"]),
-    ("fit", PIPELINE_VERSIONS),
-    ("cache", PIPELINE_VERSIONS),
-    ("evaluate", PIPELINE_VERSIONS),
-    ("realtime", PIPELINE_VERSIONS),
-]
+#: the reference run in parts: each architecture's versions trained, fitted and cached (independent: no file is
+#: written by both), then the two evaluations of them all. Under pytest-xdist the workers build the two
+#: architectures' parts side by side; the files are those of one run of every step in order
+PIPELINE_PARTS = {
+    "densenet": [("train", ["--models", "densenet", "--bugs", "0", "10", "--epochs", "1"]),
+                 ("fit", ["--models", "densenet", "--bugs", "0", "10"]),
+                 ("cache", ["--models", "densenet", "--bugs", "0", "10"])],
+    "squeezenet": [("train", PIPELINE_GRID["train"]),
+                   ("fit", ["--models", "squeezenet", "--bugs", "0", "1", "10"]),
+                   ("cache", ["--models", "squeezenet", "--bugs", "0", "1", "10"])],
+    "evaluations": [("evaluate", PIPELINE_VERSIONS)],
+    # built for the tests that read the real-time evaluation's files (``pipeline_realtime``: all are slow)
+    "realtime": [("realtime", PIPELINE_VERSIONS)],
+}
+#: what the ``pipeline`` fixture waits for (the real-time part is ``pipeline_realtime``'s)
+CACHED_PARTS = ("densenet", "squeezenet", "evaluations")
 
 
-def build_pipeline(ws: Workspace) -> Workspace:
-    """The uninterrupted reference run: every step through its script's entry point, with default flags
-    (each step sets its own thread count, ``--threads``; the test process's is restored after)."""
+def build_steps(ws: Workspace, steps) -> Workspace:
+    """Steps through their scripts' entry points, with default flags (each step sets its own thread count,
+    ``--threads``; the test process's is restored after)."""
     previous = torch.get_num_threads()
     try:
-        for script, grid in PIPELINE_STEPS:
+        for script, grid in steps:
             assert script_module(script).main(ws.argv(script, grid=grid)) == 0, script
     finally:
         torch.set_num_threads(previous)
     return ws
 
 
+def build_pipeline(ws: Workspace, parts=CACHED_PARTS) -> Workspace:
+    """The uninterrupted reference run of ``parts``, in this process."""
+    return build_steps(ws, [step for part in parts for step in PIPELINE_PARTS[part]])
+
+
+def build_shared_pipeline(shared: Path, parts=CACHED_PARTS) -> Workspace:
+    """The reference pipeline's ``parts`` in ``shared/pipeline``, built by whoever gets there first: each caller
+    builds every architecture's part nobody else is building, waits for the others, then builds (or waits for) the
+    evaluations, and returns the workspace. Each part is built under a file lock and marked done when finished,
+    so a builder that died leaves its part to the next caller."""
+    from filelock import FileLock, Timeout
+
+    ws = Workspace(shared / "pipeline")
+
+    def build(part: str, wait: bool) -> None:
+        done = shared / f"pipeline-{part}.done"
+        try:
+            with FileLock(str(shared / f"pipeline-{part}.lock"), timeout=-1 if wait else 0):
+                if not done.is_file():
+                    build_steps(ws, PIPELINE_PARTS[part])
+                    done.touch()
+        except Timeout:  # another process builds it
+            pass
+
+    for part in ("densenet", "squeezenet"):
+        build(part, wait=False)
+    for part in parts:
+        build(part, wait=True)
+    return ws
+
+
+#: the background builder: ``python -c BUILDER SHARED`` builds the shared pipeline in a process of its own
+BUILDER = ("import sys; from pathlib import Path; import conftest; "
+           "conftest.build_shared_pipeline(Path(sys.argv[1]), tuple(sys.argv[2:]))")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pipeline_in_the_background(request, tmp_path_factory):
+    """Under pytest-xdist, when any collected test needs the reference pipeline, the first worker starts building
+    it in a process of its own at once, while both workers run the tests that need none (they come first): the
+    pipeline's minute is spent beside them, not before them. The process is waited for at the end."""
+    fixtures = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or "pipeline" not in fixtures:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent
+    parts = [*CACHED_PARTS, *(["realtime"] if "pipeline_realtime" in fixtures else [])]
+    with open(shared / "pipeline-builder.log", "w") as log:
+        builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(shared), *parts], cwd=REPO, stdout=log,
+                                   stderr=subprocess.STDOUT,
+                                   env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": os.pathsep.join(
+                                       [str(REPO / "tests"), str(REPO)])})
+    yield
+    builder.wait()
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory) -> Workspace:
-    """The reference pipeline, built once (shared by xdist workers through a lock); do not change it."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
+    """The reference pipeline, built once per session (do not change it; ``pipeline_copy`` for a test that does):
+    in this process, or under xdist shared by the workers and the background builder (``build_shared_pipeline``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
         return build_pipeline(Workspace(tmp_path_factory.mktemp("pipeline")))
-    from filelock import FileLock
+    return build_shared_pipeline(tmp_path_factory.getbasetemp().parent)
 
-    shared = tmp_path_factory.getbasetemp().parent
-    done = shared / "pipeline.done"
-    with FileLock(str(shared / "pipeline.lock")):
-        if not done.is_file():
-            build_pipeline(Workspace(shared / "pipeline"))
-            done.touch()
-    return Workspace(shared / "pipeline")
+
+@pytest.fixture(scope="session")
+def pipeline_realtime(pipeline, tmp_path_factory) -> Workspace:
+    """The reference pipeline with its real-time evaluation too (``out/realtime``); request it before
+    ``pipeline_copy`` for a copy that has it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        if not (pipeline.realtime / "results.csv").is_file():
+            build_steps(pipeline, PIPELINE_PARTS["realtime"])
+        return pipeline
+    return build_shared_pipeline(tmp_path_factory.getbasetemp().parent, (*CACHED_PARTS, "realtime"))
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that need the reference pipeline run after the others (in their order): under xdist every worker
+    has work while the pipeline is built in the background, and the workers reach it together."""
+    items.sort(key=lambda item: "pipeline" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture

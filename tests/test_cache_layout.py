@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_usage_error, run_script
+from conftest import assert_usage_error, run_in_process
 from scipy.stats import gaussian_kde
 
 from failure_model.kde import GaussianKDE
@@ -142,9 +142,10 @@ def test_pipeline_writes_the_papers_files(pipeline, digits):
     assert np.isfinite(correct.points).all() and np.isfinite(wrong.points).all()
 
 
-def test_cache_step_reports_the_accuracy_of_the_cached_labels(pipeline, tmp_path):
+def test_cache_step_reports_the_accuracy_of_the_cached_labels(pipeline, tmp_path, capsys):
     ws = pipeline.clone(tmp_path / "ws")
-    result = run_script("cache", *ws.argv("cache", "--force", grid=["--models", "squeezenet", "--bugs", "0"]))
+    result = run_in_process(capsys, "cache", *ws.argv("cache", "--force",
+                                                      grid=["--models", "squeezenet", "--bugs", "0"]))
     assert result.returncode == 0, result.stderr[-3000:]
     truth = np.load(ws.truth)
     labels = np.load(ws.cache("dnn_labels"))
@@ -153,12 +154,12 @@ def test_cache_step_reports_the_accuracy_of_the_cached_labels(pipeline, tmp_path
         np.testing.assert_array_equal(np.load(ws.cache(what)), np.load(pipeline.cache(what)))
 
 
-def test_rerun_skips_finished_work(pipeline, tmp_path):
+def test_rerun_skips_finished_work(pipeline, tmp_path, capsys):
     ws = pipeline.clone(tmp_path / "ws")
     files = sorted(ws.info.rglob("*.np*"))
     before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in files}
     for script in ("fit", "cache"):
-        result = run_script(script, *ws.argv(script))
+        result = run_in_process(capsys, script, *ws.argv(script))
         assert result.returncode == 0, result.stderr[-2000:]
         assert "skipped" in result.stdout and "fitted" not in result.stdout and "cached" not in result.stdout, \
             result.stdout
@@ -167,19 +168,19 @@ def test_rerun_skips_finished_work(pipeline, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["fit", "cache"])
-def test_missing_checkpoint_is_a_clean_error(empty_workspace, script):
+def test_missing_checkpoint_is_a_clean_error(empty_workspace, script, capsys):
     ws = empty_workspace
-    result = run_script(script, *ws.argv(script, grid=["--models", "squeezenet", "--bugs", "0"]))
+    result = run_in_process(capsys, script, *ws.argv(script, grid=["--models", "squeezenet", "--bugs", "0"]))
     assert_usage_error(result, "checkpoint", "main_train_model.py")
     assert not ws.kdes.exists() or not any(ws.kdes.iterdir())
     assert not ws.cache("distances").exists()
 
 
-def test_corrupt_kde_file_is_a_clean_error_when_evaluating(pipeline_copy):
+def test_corrupt_kde_file_is_a_clean_error_when_evaluating(pipeline_copy, capsys):
     ws = pipeline_copy
     correct = ws.kde("correct")
     correct.write_bytes(correct.read_bytes()[:40])
     output = ws.root / "fresh-output"
-    result = run_script("evaluate", *ws.argv("evaluate", "--output", output))
+    result = run_in_process(capsys, "evaluate", *ws.argv("evaluate", "--output", output))
     assert_usage_error(result, "corrupt KDE file", str(correct))
     assert not (output / "results.csv").exists()

@@ -196,8 +196,9 @@ def test_selective_csv_and_bad_levels(pipeline, capsys):
         assert_usage_error(result, flag)
 
 
-def test_latency_csv_of_the_live_policies(pipeline):
-    table = pd.read_csv(pipeline.realtime / layout.LATENCY_CSV)
+@pytest.mark.slow
+def test_latency_csv_of_the_live_policies(pipeline_realtime):
+    table = pd.read_csv(pipeline_realtime.realtime / layout.LATENCY_CSV)
     assert list(table["policy"]) == ["voting", "dfg", "cascade_dfg"]
     assert table.loc[0, "ratio_to_voting"] == 1.0 and (table["ms_per_input"] > 0).all()
     assert table.loc[1, "compute"] == 1.0 and 0 < table.loc[2, "compute"] <= 1.0

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import assert_usage_error, run_in_process
 
 from failure_model.kde import GaussianKDE
@@ -15,6 +16,7 @@ from storage import caches, layout
 MODE = "first-order"
 
 
+@pytest.mark.slow
 def test_another_mode_lives_beside_the_default_and_is_evaluated(pipeline_copy, capsys):
     ws = pipeline_copy
     before = {path: path.read_bytes() for path in ws.info.rglob("*.np[yz]")}
@@ -65,7 +67,8 @@ def test_a_mode_without_its_failure_model_names_the_step_and_the_flag(pipeline_c
                        "main_train_DeepFailGuard.py --distance deepfool:2")
 
 
-def test_versions_on_devices_of_their_own_decide_as_on_one(pipeline_copy, capsys):
+@pytest.mark.slow
+def test_versions_on_devices_of_their_own_decide_as_on_one(pipeline_realtime, pipeline_copy, capsys):
     """Three CPU "devices": the versions' attacks run side by side, on threads, and every result is the one of
     the reference pipeline's real-time run on one device (same flags, same thread count)."""
     ws = pipeline_copy
@@ -77,7 +80,8 @@ def test_versions_on_devices_of_their_own_decide_as_on_one(pipeline_copy, capsys
         pd.testing.assert_frame_equal(pd.read_csv(ws.root / "three" / name), pd.read_csv(ws.realtime / name))
 
 
-def test_one_cpu_device_for_every_version_says_they_run_in_turn(pipeline_copy, capsys):
+@pytest.mark.slow
+def test_one_cpu_device_for_every_version_says_they_run_in_turn(pipeline_realtime, pipeline_copy, capsys):
     ws = pipeline_copy
     result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--devices", "cpu", "--output", ws.root / "one"))
     assert result.returncode == 0, result.stderr

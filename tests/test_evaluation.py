@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_usage_error, run_in_process, run_script, script_module, write_fake_cache
+from conftest import assert_usage_error, run_in_process, script_module, write_fake_cache
 from reliability_tools import payload
 from scipy.stats import gaussian_kde, norm
 from sklearn.metrics import roc_auc_score
@@ -347,11 +347,11 @@ def write_paper_cache(info: Path, seed: int = 7) -> dict:
 PAPER_ARGS = ["--datasets", "CIFAR10", "--models", *PAPER_MODELS, "--bugs", "0"]
 
 
-def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch):
+def test_paper_cache_evaluates_as_computed_by_hand(tmp_path, monkeypatch, capsys):
     info, model_root, output = tmp_path / "info", tmp_path / "model", tmp_path / "output"
     written = write_paper_cache(info)
-    result = run_script("main_test_DeepFailGuard_from_cached.py", *PAPER_ARGS, "--info-root", info,
-                        "--model-root", model_root, "--output", output, "--quiet", timeout=300)
+    result = run_in_process(capsys, "evaluate", *PAPER_ARGS, "--info-root", info, "--model-root", model_root,
+                            "--output", output, "--quiet")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not model_root.exists()  # no metadata: the validation accuracies are the paper's
 
@@ -674,8 +674,10 @@ def evaluated_both_ways(pipeline, tmp_path_factory):
     return pipeline, outputs, records
 
 
-def test_realtime_and_cached_results_are_identical(pipeline):
+@pytest.mark.slow
+def test_realtime_and_cached_results_are_identical(pipeline_realtime):
     """The session pipeline's two evaluations of the same grid: one from the cache, one attacking live."""
+    pipeline = pipeline_realtime
     for name in ("results.csv", "failure_prediction.csv", "summary.csv"):
         assert read_csv(pipeline.out / name) == read_csv(pipeline.realtime / name), name
         assert (pipeline.out / name).read_text() == (pipeline.realtime / name).read_text(), name
@@ -694,6 +696,7 @@ def test_realtime_and_cached_results_are_identical(pipeline):
         ("squeezenet", "10", "20")]  # by fault, then in the registry's order
 
 
+@pytest.mark.slow
 def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
     """The live attack in the real-time script gives the cached labels, distances and softmax bit
     for bit, hence the same P(correct) and the same DeepFailGuard decision on every input."""
@@ -740,6 +743,7 @@ def test_realtime_and_cached_decisions_are_identical(evaluated_both_ways):
     assert checked & {order for order, _ in both_chosen}
 
 
+@pytest.mark.slow
 def test_the_order_flags_are_typed_in_changes_no_byte(pipeline, tmp_path, capsys):
     """``--models squeezenet densenet`` and ``--models densenet squeezenet`` (and the faults in another order)
     write byte-identical tables and ``methods.json``: members come in the canonical order, whatever was typed."""

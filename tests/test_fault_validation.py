@@ -93,6 +93,7 @@ def validate(capsys, ws, *flags):
                           "--data-root", ws.data, "--model-root", ws.model, "--output", ws.out, "--quiet", *flags)
 
 
+@pytest.mark.slow
 def test_tiny_validation_writes_the_table_and_reruns_skip(capsys, empty_workspace):
     """Three seeds, faults 4 and 9, one epoch: the file and its columns; the seeds' versions where documented; a
     rerun trains nothing and writes the same table; ``--force`` retrains."""

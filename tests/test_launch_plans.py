@@ -12,7 +12,7 @@ import argparse
 import random
 
 import pytest
-from conftest import assert_usage_error, run_script
+from conftest import assert_usage_error, run_in_process
 
 from launchers import ray_pool, slurm_arrays
 from launchers.common import worker_identity
@@ -99,8 +99,8 @@ def test_jobs_per_task_flag():
             slurm_arrays.jobs_per_task_flag(bad)
 
 
-def test_bad_jobs_per_task_is_one_line(tmp_path):
-    result = run_script("cache", "--slurm-jobs-per-task", "0", "--model-root", tmp_path / "model")
+def test_bad_jobs_per_task_is_one_line(tmp_path, capsys):
+    result = run_in_process(capsys, "cache", "--slurm-jobs-per-task", "0", "--model-root", tmp_path / "model")
     assert_usage_error(result, "--slurm-jobs-per-task", "positive number of jobs or 'auto'")
 
 

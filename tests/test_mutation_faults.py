@@ -159,6 +159,7 @@ def test_a_searched_value_is_recorded_and_a_change_retrains(capsys, empty_worksp
     assert status(None) == "settings changed: fault_parameter 0.3 -> 0.1"  # the default is what an unset value builds
 
 
+@pytest.mark.slow
 def test_the_operators_train_from_the_command_line(capsys, empty_workspace):
     ws = empty_workspace
     grid = ["--models", "squeezenet", "--bugs", *map(str, MUTATIONS)]

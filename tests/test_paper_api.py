@@ -24,6 +24,9 @@ from ModelTrainer import ModelTrainer
 from storage.settings import DistanceSettings
 from utils import UsageError
 
+#: one worker runs the module, so that its module fixture is built once
+pytestmark = pytest.mark.xdist_group("paper_api")
+
 PAPER_DEVICE = 0  # the paper's habit: an int, cuda:0 where there is CUDA, else the CPU
 EXPECTED_DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 # (name as the paper's scripts spell it, fault): the session pipeline's two squeezenet versions

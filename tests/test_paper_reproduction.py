@@ -279,6 +279,7 @@ def test_scipy_kde_keeps_the_pickles_kernel_width():
 # the published configurations, compared, through the script
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_paper_posterior_reproduces_every_published_figure(release, tmp_path, capsys):
     root, written, published = release
     result = run(capsys, *flags(root, tmp_path / "out", "--posterior", "paper"))
@@ -376,6 +377,7 @@ def test_negative_distance_in_a_paper_cache_is_refused(tmp_path, capsys):
     assert not list((tmp_path / "out").rglob("*.csv"))
 
 
+@pytest.mark.slow
 def test_partial_release_evaluates_what_is_there(release, tmp_path, capsys):
     """--preset paper with the shipped table on a release that holds only some CIFAR10 versions: the other
     datasets are notes, the published CIFAR10 configurations it holds are evaluated; with nothing, exit 2."""

@@ -255,6 +255,7 @@ def test_the_readme_one_liner_drops_fault1_from_a_default_grid_and_refuses_it_by
                                                           if b not in (1, 11, 12)]
 
 
+@pytest.mark.slow
 def test_an_architecture_added_at_the_end_of_model_manager_trains(tmp_path):
     """The paper's habit: a registration appended to ModelManager.py (in a copy of the repository) is an
     architecture like the others for the scripts."""
@@ -301,7 +302,7 @@ def test_a_distance_mode_is_one_class_and_its_registration(capsys, pipeline_copy
     register_distance_mode(DistanceMode(name, LogitMargin, help="the top two logits' gap",
                                         outputs=("top_probability",)))
     assert name in " ".join(help_text(capsys, "fit").split())  # --distance's help reads the registry
-    ws, versions = pipeline_copy, ["--models", "squeezenet", "densenet", "--bugs", "0", "10", "--distance", name]
+    ws, versions = pipeline_copy, ["--models", "squeezenet", "densenet", "--bugs", "0", "--distance", name]
     for script in ("fit", "cache", "evaluate"):
         result = run_in_process(capsys, script, *ws.argv(script, *versions, grid=[]))
         assert result.returncode == 0, result.stderr
@@ -309,7 +310,7 @@ def test_a_distance_mode_is_one_class_and_its_registration(capsys, pipeline_copy
     top = np.sort(logits, axis=1)[:, -2:]
     np.testing.assert_allclose(np.load(layout.cache_path(ws.info, "squeezenet", "DIGITS", 0, "distances", name)),
                                top[:, 1] - top[:, 0], rtol=1e-6)
-    assert layout.cache_path(ws.info, "squeezenet", "DIGITS", 10, "top_probability", name).is_file()
+    assert layout.cache_path(ws.info, "densenet", "DIGITS", 0, "top_probability", name).is_file()
     assert json.loads(ws.metadata().read_text())["costs"]["distance_flops"][name] > 0  # costed as any mode
     results = pd.read_csv(ws.out / "results.csv")
     assert set(results["models"]) == {"densenet-squeezenet"} and (results["method"] == "dfg").any()

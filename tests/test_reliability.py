@@ -93,8 +93,8 @@ NO_MPS = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None) and torch.
 
 
 @pytest.fixture
-def ws(pipeline_copy) -> Workspace:
-    """The copy of the session's pipeline a case breaks."""
+def ws(pipeline_realtime, pipeline_copy) -> Workspace:
+    """The copy of the session's pipeline (its real-time evaluation too) a case breaks."""
     return pipeline_copy
 
 
@@ -795,7 +795,7 @@ def background(request, tmp_path_factory):
     pool = ThreadPoolExecutor(max_workers=2)
     jobs = {}
     for needs_pipeline in (False, True):
-        pipeline = request.getfixturevalue("pipeline") if needs_pipeline else None
+        pipeline = request.getfixturevalue("pipeline_realtime") if needs_pipeline else None
         for name in chains:
             if bool(CHAINS[name].inputs) == needs_pipeline:
                 jobs[name] = pool.submit(run_chain, CHAINS[name], pipeline, base / name)

@@ -122,6 +122,7 @@ def shifted_grid(pipeline, tmp_path_factory):
     return ws
 
 
+@pytest.mark.slow
 def test_every_table_has_a_row_per_shift_and_cached_equals_real_time(shifted_grid):
     for name in ("results.csv", "summary.csv", "failure_prediction.csv", "selective.csv"):
         table = pd.read_csv(shifted_grid.out / name)
@@ -135,12 +136,14 @@ def test_every_table_has_a_row_per_shift_and_cached_equals_real_time(shifted_gri
             assert (shifted_grid.out / "figures" / f"{stem}_DIGITS{suffix}.png").is_file()
 
 
+@pytest.mark.slow
 def test_severity_5_noise_lowers_accuracy(shifted_grid):
     failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv").set_index(["shift", "model"])
     clean, noisy = failure.loc["none", "test_accuracy"], failure.loc["gaussian_noise:5", "test_accuracy"]
     assert noisy.mean() < clean.mean(), (clean, noisy)
 
 
+@pytest.mark.slow
 def test_augrc_of_max_softmax_equals_a_computation_of_its_own(shifted_grid):
     failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv").set_index(["shift", "model"])
     cached = shifted_grid.cached / "gaussian_noise-5"
@@ -159,6 +162,7 @@ def test_augrc_of_max_softmax_equals_a_computation_of_its_own(shifted_grid):
                                                                                                 abs=1e-6)
 
 
+@pytest.mark.slow
 def test_shifted_caches_live_beside_the_clean_one_and_record_how_they_were_made(shifted_grid):
     folder = shifted_grid.cached / "fog-3"
     assert (folder / "DIGITS_ground_truth.npy").is_file()
@@ -170,12 +174,14 @@ def test_shifted_caches_live_beside_the_clean_one_and_record_how_they_were_made(
     assert not np.array_equal(clean, np.load(folder / "DIGITS_densenet_bug0_distances_feature.npy"))
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_every_finished_shift(shifted_grid, capsys):
     assert script_module("cache").main(shifted_grid.argv("cache", *HEALTHY, *FEATURE, *SHIFTS)) == 0
     out = capsys.readouterr().out
     assert out.count("skipped (up to date)") == 6 and "densenet_DIGITS fog:3" in out
 
 
+@pytest.mark.slow
 def test_the_failure_model_fitted_under_shift_is_its_own_and_refused_where_absent(shifted_grid, capsys):
     kdes = sorted(p.name for p in shifted_grid.kdes.glob("densenet_DIGITS_feature*_correct.npz"))
     assert kdes == ["densenet_DIGITS_feature+noise5_correct.npz", "densenet_DIGITS_feature_correct.npz"]
@@ -197,6 +203,7 @@ def test_the_failure_model_fitted_under_shift_is_its_own_and_refused_where_absen
     assert_usage_error(result, "feature+blur5", "--fit-shifts blur:5")
 
 
+@pytest.mark.slow
 def test_fdbd_is_its_two_cached_parts_divided(shifted_grid):
     from distances.feature import fdbd
 
@@ -215,6 +222,7 @@ def test_no_shift_is_the_clean_cache_itself(pipeline):
     assert layout.ground_truth_path(pipeline.info, "DIGITS", 0, "fog:3").parent.name == "fog-3"
 
 
+@pytest.mark.slow
 def test_the_feature_mode_joins_the_recorded_costs_and_leaves_the_others_alone(shifted_grid, pipeline):
     for model in ("squeezenet", "densenet"):
         before = json.loads(pipeline.metadata(model).read_text())["costs"]
