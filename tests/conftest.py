@@ -342,6 +342,25 @@ def pipeline_copy(pipeline, tmp_path) -> Workspace:
     return pipeline.clone(tmp_path / "ws")
 
 
+#: the paper's habit: an architecture registered by a line appended to ModelManager.py
+APPENDED_ARCHITECTURE = ("\n\nregister_model(torchvision_architecture('edited', "
+                         "torchvision.models.mobilenet_v3_small))\n")
+
+
+def repository_copy(destination: Path, appended_to_model_manager: str = "") -> Path:
+    """A copy of the repository's code and tables (what git tracks or would, ``.py`` and ``.csv``), with
+    ``appended_to_model_manager`` at the end of its ``ModelManager.py``; its path."""
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for path in tracked:
+        if path.endswith((".py", ".csv", ".toml")):
+            (destination / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / path, destination / path)
+    with open(destination / "ModelManager.py", "a") as handle:
+        handle.write(appended_to_model_manager)
+    return destination
+
+
 # ---------------------------------------------------------------------------------------------
 # a release in the paper's layout, made up
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from cluster import kill_pid
-from conftest import REPO, SCRIPT_ENV, Workspace, assert_usage_error
+from conftest import APPENDED_ARCHITECTURE, REPO, SCRIPT_ENV, Workspace, assert_usage_error, repository_copy
 from reliability_tools import assert_same_file, is_partial
 
 pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
@@ -118,6 +118,23 @@ def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     assert set(statuses(results[2].stdout).values()) == {"cached"}
     equal = assert_same_as(ws, reference)
     print(f"equal to local, file by file ({len(equal)}): {' '.join(equal)}")
+
+
+def test_an_architecture_appended_to_model_manager_trains_on_ray(loopback_ns, ray_cluster, tmp_path):
+    """The paper's habit on Ray: the workers import the repository the driver runs from (a copy here, with a
+    registration appended to its ModelManager.py), so they know the architecture it adds."""
+    copy = repository_copy(tmp_path / "repo", APPENDED_ARCHITECTURE)
+    model_root = tmp_path / "model"
+    result = loopback_ns.run([sys.executable, copy / "main_train_model.py", "--models", "edited", "--bugs", "0",
+                              "--epochs", "1", "--device", "cpu", "--model-root", model_root, "--quiet",
+                              *RAY_CPU_FLAGS, "--ray-address", ray_cluster.address],
+                             env={**SCRIPT_ENV, **ray_cluster.auth_env}, timeout=300, cwd=copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("edited_DIGITS"))
+    assert row.endswith("  trained"), result.stdout
+    metadata = json.loads((model_root / "edited_DIGITS.json").read_text())
+    assert metadata["model"] == "edited" and 0.0 <= metadata["val_acc"] <= 1.0
+    assert (model_root / "edited_DIGITS.pth").is_file()
 
 
 def test_ray_cluster_wanting_a_token_is_one_clear_line(reference, loopback_ns, ray_cluster, tmp_path):

@@ -7,7 +7,6 @@ or at the end of ModelManager.py, is checked like the built-in five, or told cle
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from conftest import REPO, SCRIPT_ENV, SCRIPTS, assert_usage_error, run_in_process, unused_fault_id, unused_name
+from conftest import (
+    APPENDED_ARCHITECTURE,
+    SCRIPT_ENV,
+    SCRIPTS,
+    assert_usage_error,
+    repository_copy,
+    run_in_process,
+    unused_fault_id,
+    unused_name,
+)
 
 import DatasetManager
 import FaultInjector
@@ -258,16 +266,8 @@ def test_the_readme_one_liner_drops_fault1_from_a_default_grid_and_refuses_it_by
 @pytest.mark.slow
 def test_an_architecture_added_at_the_end_of_model_manager_trains(tmp_path):
     """The paper's habit: a registration appended to ModelManager.py (in a copy of the repository) is an
-    architecture like the others for the scripts."""
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout.split()
-    copy = tmp_path / "repo"
-    for path in tracked:
-        if path.endswith(".py") or path.endswith(".csv"):
-            (copy / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / path, copy / path)
-    with open(copy / "ModelManager.py", "a") as handle:
-        handle.write("\n\nregister_model(torchvision_architecture('edited', torchvision.models.mobilenet_v3_small))\n")
+    architecture like the others for the scripts (``tests/test_launchers.py``: on Ray too)."""
+    copy = repository_copy(tmp_path / "repo", APPENDED_ARCHITECTURE)
     result = subprocess.run([sys.executable, "main_train_model.py", "--models", "edited", "--bugs", "0",
                              "--epochs", "1", "--device", "cpu", "--model-root", str(tmp_path / "model"), "--quiet"],
                             cwd=copy, env={**SCRIPT_ENV, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
