@@ -19,7 +19,7 @@ import FaultInjector
 import mydataset
 from mydataset import DATASETS
 from mydataset.base import resize_batch
-from storage.layout import DEFAULT_DATA_ROOT
+from storage.settings import DEFAULT_DATA_ROOT
 from utils import SEED, UsageError, stratified_split
 
 VALIDATION_FRACTION = 0.2

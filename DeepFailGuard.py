@@ -20,9 +20,9 @@ from Attacker import AttackResult
 from distances.concurrent import attack_concurrently
 from failure_model.kde import GaussianKDE
 from storage.caches import check_distances, read_version_cache
-from storage.layout import DEFAULT_INFO_ROOT, cache_path, find_kde_files, version_key
+from storage.layout import cache_path, find_kde_files, version_key
 from storage.metadata import recorded_validation_accuracy
-from storage.settings import DEEPFOOL, DEEPFOOL_MODE, DistanceSettings, mode_flag
+from storage.settings import DEEPFOOL, DEEPFOOL_MODE, DEFAULT_INFO_ROOT, DistanceSettings, mode_flag
 from utils import UsageError
 
 

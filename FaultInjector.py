@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from faults import mutation
+from faults import CUSTOM, FAMILIES, MUTATION, PAPER, mutation
 from faults.model import (
     reduce_structure,
     remove_activations,
@@ -77,9 +77,6 @@ class FaultParameter:
         return float(value)
 
 
-#: the faults' families: the paper's twelve, the DL-mutation operators, and a user's (``register_fault``'s default)
-FAMILIES = ("paper", "mutation", "custom")
-PAPER, MUTATION, CUSTOM = FAMILIES
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ A version is (architecture, dataset, fault). Its checkpoint ``{key}.pth`` is a p
 
 Architectures register themselves (``@register_model`` in ``mymodel``): ``MODELS`` is that registry. The paper's
 habit works too: a ``register_model(...)`` line (or a decorated ``MyModel`` class) at the end of this file.
-What a training run asks for comes in whole, as a ``storage.settings.TrainSettings`` and a ``storage.layout.Roots``.
+What a training run asks for comes in whole, as a ``storage.settings.TrainSettings`` and a ``storage.settings.Roots``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,13 @@ from ModelTrainer import ModelTrainer, save_loss_curve
 from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
 from storage.files import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
 from storage.layout import (
-    DEFAULT_ROOTS,
-    Roots,
     checkpoint_path,
     loss_curve_path,
     metadata_path,
     version_key,
 )
 from storage.metadata import check_image_size, paper_accuracy, read_metadata
-from storage.settings import ATTACK_BATCH, DEFAULT_TRAINING, TrainSettings
+from storage.settings import ATTACK_BATCH, DEFAULT_ROOTS, DEFAULT_TRAINING, Roots, TrainSettings
 from utils import UsageError, choose_device, seed_everything
 
 MODES = ("load", "train", "evaluate")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import launchers
-from pipeline import cli, flags, grids
+from pipeline import flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    launch = launchers.launch_settings(args)
-    grid, _ = cli.prepare(args, writable=[args.info_root])
-    versions = grids.trained_versions(grid, args.model_root)
-    settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return launchers.launch_and_report(cli.make_jobs("cache", versions, args, settings, args.shifts), launch)
+    from commands import cache  # deferred: the pipeline loads torch; --help and usage errors answer before it
+
+    return cache.run(args)
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

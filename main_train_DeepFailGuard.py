@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-import FaultInjector
 import launchers
-from pipeline import cli, flags, grids
+from pipeline import flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    launch = launchers.launch_settings(args)
-    grid, _ = cli.prepare(args, writable=[args.info_root, args.output])
-    # one failure model per checkpoint: faults 10-12 reuse the healthy one
-    trained = grids.trained_versions(grid, args.model_root)
-    versions = list(dict.fromkeys((d, m, FaultInjector.checkpoint_fault(b)) for d, m, b in trained))
-    settings = cli.job_settings(args, attack=cli.attack_settings(args, grid))
-    return launchers.launch_and_report(cli.make_jobs("fit", versions, args, settings), launch)
+    from commands import fit  # deferred: the pipeline loads torch; --help and usage errors answer before it
+
+    return fit.run(args)
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

@@ -7,11 +7,12 @@ architecture, a fault, the attacker or the failure predictor lives in its own mo
 
 from __future__ import annotations
 
+import importlib
 import random
+import re
 from typing import Callable
 
 import numpy as np
-import torch
 
 #: the one seed of the pipeline: splits, faults, training, input sampling and bootstrap intervals start from it
 SEED = 42
@@ -59,6 +60,15 @@ class Registry(dict):
         return cls
 
 
+def resolve(reference):
+    """``reference`` itself, or the object a ``"module:name"`` string names, imported now: a registry entry may
+    name its code by path, so that the registry is read (``--help``, checks) without importing that code."""
+    if not isinstance(reference, str):
+        return reference
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _label(entry) -> str:
     """A registry entry as messages name it: its class's name."""
     return entry.__name__ if isinstance(entry, type) else type(entry).__name__
@@ -66,30 +76,40 @@ def _label(entry) -> str:
 
 #: the kinds of device the pipeline runs on (``--device``, ``--devices``, the API's ``device=``)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+#: a device's spelling: a kind, with an index or not (``cuda:1``); ``auto`` is the best available
+DEVICE_SPELLING = re.compile(rf"(?:{'|'.join(DEVICE_TYPES)})(?::\d+)?")
 
 
-def parse_device(device: str | int | torch.device | None, flag: str = "--device") -> torch.device | None:
+def check_device_spelling(device, flag: str = "--device") -> None:
+    """Refuse (a UsageError naming ``flag``) a device request that is not spelled as one: checked without torch,
+    so that a command line answers a typo at once."""
+    if not (device is None or str(device) == "auto" or (isinstance(device, int) and not isinstance(device, bool))
+            or DEVICE_SPELLING.fullmatch(str(device))):
+        raise UsageError(f"unknown {flag} {device!r}: use cpu, cuda, cuda:N or mps")
+
+
+def parse_device(device, flag: str = "--device"):
     """The spelling of a device request checked, not whether this machine has it: ``None`` (or ``auto``) for
     "the best available", else a ``torch.device`` of one of :data:`DEVICE_TYPES`; an int ``n`` (the paper
     repository's habit) is ``cuda:n``. Anything else is a UsageError naming ``flag``."""
+    import torch  # deferred: torch takes two seconds to load; the command line checks spellings without it
+
     if device is None or str(device) == "auto":
         return None
-    try:
-        parsed = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool)
-                              else device)
-    except (RuntimeError, TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.type not in DEVICE_TYPES:
-        raise UsageError(f"unknown {flag} {device!r}: use cpu, cuda, cuda:N or mps")
-    return parsed
+    if isinstance(device, torch.device):
+        device = str(device)
+    check_device_spelling(device, flag)
+    return torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else device)
 
 
-def choose_device(device: str | int | torch.device | None = None, flag: str = "--device") -> torch.device:
-    """The device to run on: ``None`` picks CUDA, then Apple MPS, then CPU; an explicit request
-    (:func:`parse_device`) that this machine cannot meet is a UsageError.
+def choose_device(device=None, flag: str = "--device"):
+    """The device to run on (a ``torch.device``): ``None`` picks CUDA, then Apple MPS, then CPU; an explicit
+    request (:func:`parse_device`) that this machine cannot meet is a UsageError.
 
     An int ``n`` (the paper repository's habit) means ``cuda:n``, or the CPU where there is no CUDA.
     """
+    import torch  # deferred: as in parse_device
+
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -110,13 +130,16 @@ def choose_device(device: str | int | torch.device | None = None, flag: str = "-
 
 def seed_everything(seed: int) -> None:
     """Seed every generator the pipeline touches, so a CPU run is reproducible bit for bit."""
+    import torch  # deferred: as in parse_device
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted indices ``(keep, held_out)`` with ``fraction`` held out, stratified by label where possible."""
+def stratified_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(keep, held_out)`` of labels ``y`` (a tensor) with ``fraction`` held out, stratified by label
+    where possible."""
     from sklearn.model_selection import train_test_split  # deferred: scikit-learn takes over a second to load
 
     indices = np.arange(len(y))

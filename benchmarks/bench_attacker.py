@@ -32,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from Attacker import Attacker  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
-from storage.layout import Roots  # noqa: E402
-from storage.settings import DEEPFOOL  # noqa: E402
+from pipeline import flags  # noqa: E402
+from storage.settings import (
+    DEEPFOOL,  # noqa: E402
+    Roots,  # noqa: E402
+)
 from utils import choose_device  # noqa: E402
 
 
@@ -170,4 +172,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluation  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
+from pipeline import flags  # noqa: E402
 from selection import METHODS, SCORES  # noqa: E402
 from storage import (
     caches,  # noqa: E402
@@ -199,4 +199,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

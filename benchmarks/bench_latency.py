@@ -47,9 +47,12 @@ from DatasetManager import create_dataset  # noqa: E402
 from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
 from mydataset.base import resize_batch  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
-from storage.layout import Roots  # noqa: E402
-from storage.settings import TrainSettings, distance_mode  # noqa: E402
+from pipeline import flags  # noqa: E402
+from storage.settings import (  # noqa: E402
+    Roots,  # noqa: E402
+    TrainSettings,
+    distance_mode,
+)
 from utils import choose_device, seed_everything  # noqa: E402
 
 
@@ -178,4 +181,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
+from pipeline import flags  # noqa: E402
 from utils import choose_device, seed_everything  # noqa: E402
 
 PRECISIONS = {"bf16-cl": (True, True), "bf16": (True, False), "fp32": (False, False), "fp32-cl": (False, True)}
@@ -160,4 +160,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

@@ -49,9 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ModelManager  # noqa: E402
 from DatasetManager import MyData, create_dataset  # noqa: E402
 from ModelTrainer import ModelTrainer  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
-from storage.layout import Roots  # noqa: E402
-from storage.settings import TrainSettings  # noqa: E402
+from pipeline import flags  # noqa: E402
+from storage.settings import (
+    Roots,  # noqa: E402
+    TrainSettings,  # noqa: E402
+)
 from utils import SEED, choose_device, seed_everything  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-fp32head", "bf16-plain", "bf16-contig", "fp32-repeat")
@@ -198,4 +200,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bf16_diagnosis import accuracy, amp_dtype, dead_classes, describe_device, subset, train_via_create_model  # noqa: E402
 
 from DatasetManager import create_dataset  # noqa: E402
-from pipeline import cli, flags  # noqa: E402
+from pipeline import flags  # noqa: E402
 from utils import (
     SEED,  # noqa: E402
     choose_device,  # noqa: E402
@@ -77,4 +77,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

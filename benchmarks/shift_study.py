@@ -28,7 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.metrics import sign_test  # noqa: E402
-from pipeline import cli  # noqa: E402
+from pipeline import flags  # noqa: E402
 from storage import layout  # noqa: E402
 from storage.shifts import family, severity  # noqa: E402
 
@@ -149,4 +149,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

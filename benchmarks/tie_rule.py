@@ -76,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    flags.run_main(main)

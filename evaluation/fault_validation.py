@@ -30,7 +30,6 @@ ALPHA = 0.05
 #: Vargha and Delaney's (2000) thresholds on A12: 0.56 small, 0.64 medium, 0.71 large
 MEDIUM_EFFECT = 0.64
 TRIVIAL_MARGIN = 0.05
-DEFAULT_SEEDS = 10
 #: a row's identity: one fault of one architecture trained for a number of epochs (another recipe is another row)
 KEY = ("dataset", "model", "bug", "epochs")
 COLUMNS = ("dataset", "model", "bug", "fault", "seeds", "healthy_mean", "healthy_std", "faulty_mean", "faulty_std",

@@ -57,24 +57,6 @@ FIGURES = (("method", "our_accuracy", "paper_accuracy", "accuracy_diff"),
 # flags
 # ---------------------------------------------------------------------------------------------
 
-def add_posterior_flag(parser) -> None:
-    parser.add_argument("--posterior", choices=("log", "paper"), default="log",
-                        help="how P(correct) is computed: log = a·f_c/(a·f_c + (1 − a)·f_w) in log space (never "
-                             "0/0); paper = the paper's arithmetic (SciPy densities per input, their products, "
-                             "log(1 + d)·a where both are 0), which reproduces its decisions exactly")
-
-
-def add_configuration_flags(parser) -> None:
-    parser.add_argument("--configurations", choices=("grid", "paper"), default=None,
-                        help="grid: every combination of architectures and faults; paper: exactly the "
-                             "configurations the paper published, compared with its figures in "
-                             f"{{output}}/{layout.PAPER_COMPARISON_CSV} (default: paper with --preset paper, else "
-                             "grid)")
-    parser.add_argument("--paper-results", default=None,
-                        help="another published table in the format of mymodel/paper_results.csv "
-                             "(default: that file)")
-
-
 def configurations_mode(args) -> str:
     """``grid`` or ``paper``: ``--preset paper`` means the published configurations unless told otherwise."""
     return args.configurations or ("paper" if args.preset == "paper" else "grid")

@@ -19,7 +19,6 @@ a grid fixed in advance, and this common relaxation is named here.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,9 +26,8 @@ from scipy.stats import binom
 
 from selection import SCORES, unmet_needs
 from selection.cascade import validation_scores
+from storage.settings import ALPHA, DELTA
 
-#: the defaults of ``--alpha`` and ``--delta``
-ALPHA, DELTA = 0.05, 0.1
 #: candidate thresholds at most
 GRID = 1000
 COLUMNS = ["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "score", "alpha", "delta", "certified",
@@ -115,28 +113,6 @@ def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: flo
                        validation_risk=float((answer != validation_truth)[validation_answered].mean()))
         rows.append(row)
     return rows
-
-
-def add_flags(parser) -> None:
-    """``--alpha`` and ``--delta`` on an evaluation script."""
-    group = parser.add_argument_group("risk-controlled abstention (selective.csv)")
-    group.add_argument("--alpha", type=_level("--alpha"), default=ALPHA,
-                       help=f"the selective risk to certify, a probability in (0, 1) (default {ALPHA})")
-    group.add_argument("--delta", type=_level("--delta"), default=DELTA,
-                       help=f"the probability the certificate may fail, in (0, 1) (default {DELTA})")
-
-
-def _level(flag: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not 0.0 < value < 1.0:
-            raise argparse.ArgumentTypeError(f"{flag} must be a probability strictly between 0 and 1, got {text!r}")
-        return value
-
-    return parse
 
 
 def from_args(args) -> Abstention:

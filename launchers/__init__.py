@@ -1,9 +1,9 @@
 """Launchers: each takes the same list of jobs and runs them, here or on an engine.
 
 A launcher holds no algorithm: it places jobs and collects their outcomes; what a job does is
-``pipeline.runner.run_job``. Each is one module registering one entry (``launchers/base.py``: the registry, the
-settings, the flags built from it): ``local.py``, ``ray_pool.py``, ``slurm_arrays.py``; ``common.py`` holds what
-the engines share. Every launcher leaves
+``pipeline.runner.run_job``. Each is one module and one entry of the registry (``launchers/base.py``: the
+registry, the settings, the flags built from it; the built-ins' options in ``options.py``): ``local.py``,
+``ray_pool.py``, ``slurm_arrays.py``; ``common.py`` holds what the engines share. Every launcher leaves
 the same files as ``local``. The engines pay a worker's start-up (an interpreter, the torch import, a
 CUDA context, the dataset) once per worker, not once per job.
 
@@ -33,12 +33,10 @@ CUDA context, the dataset) once per worker, not once per job.
   run the same Python environment (submitit starts ``sys.executable`` there).
 
 Ray and submitit are optional (``envs_requirements/requirements-cluster.txt``); each engine's check refuses
-it where its engine is missing, before any work starts. Every module of this package is imported here, so a
-launcher added as a module of its own registers itself.
+it where its engine is missing, before any work starts. This package's face loads no engine (the built-in table
+names their code by path): a script reads it for its flags before it imports the pipeline. A launch runs with
+``launchers.running.launch_and_report``.
 """
-
-import importlib
-import pkgutil
 
 from launchers.base import (
     CLUSTER_REQUIREMENTS,
@@ -46,19 +44,20 @@ from launchers.base import (
     Launcher,
     LaunchSettings,
     add_launcher_flags,
-    launch,
-    launch_and_report,
     launch_settings,
     option,
     register_launcher,
 )
+from launchers.options import RayOptions, SlurmOptions
 
-# isort: off
-from launchers import local, ray_pool, slurm_arrays  # noqa: F401 - registration, in this order (local: the default)
-# isort: on
+#: the built-in launchers, local first (the default); their code is imported when a launch uses it
+LAUNCHER_TABLE: tuple[Launcher, ...] = tuple(register_launcher(launcher) for launcher in (
+    Launcher("local", "launchers.local:run_local", "in this process, in order (the default)"),
+    Launcher("ray", "launchers.ray_pool:run_ray", "a pool of Ray workers, one per device slot (a local cluster, or "
+             f"--ray-address; pip install -r {CLUSTER_REQUIREMENTS})", RayOptions, "launchers.ray_pool:check_ray"),
+    Launcher("slurm", "launchers.slurm_arrays:run_slurm", "Slurm job arrays whose tasks run several jobs each "
+             f"(submitit; pip install -r {CLUSTER_REQUIREMENTS})", SlurmOptions, "launchers.slurm_arrays:check_slurm"),
+))
 
-for _module in pkgutil.iter_modules(__path__):  # any launcher added beside them
-    importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["CLUSTER_REQUIREMENTS", "LAUNCHERS", "LaunchSettings", "Launcher", "add_launcher_flags", "launch",
-           "launch_and_report", "launch_settings", "option", "register_launcher"]
+__all__ = ["CLUSTER_REQUIREMENTS", "LAUNCHERS", "LAUNCHER_TABLE", "LaunchSettings", "Launcher", "add_launcher_flags",
+           "launch_settings", "option", "register_launcher"]

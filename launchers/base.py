@@ -4,18 +4,21 @@ A launcher is one :class:`Launcher` entry of :data:`LAUNCHERS`: its name, the fu
 its options (a frozen dataclass whose fields, declared with :func:`option`, are its command-line flags, grouped
 under its name in ``--help``) and the check that its engine can run here. ``--launcher`` and the options' flags
 are built from the registry, and a flag of another launcher than the one chosen is refused naming both: adding a
-launcher is its module and one :func:`register_launcher` line.
+launcher is its module and one :func:`register_launcher` line. An entry may name its run function and check by
+``"module:name"`` (imported when a launch uses them): the registry loads no engine, and the command line that
+reads it answers at once. Running a launch is ``launchers/running.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from pipeline.jobs import Job, Outcome, print_outcomes
-from utils import Registry, UsageError
+from utils import Registry, UsageError, resolve
+
+if TYPE_CHECKING:
+    from pipeline.jobs import Job, Outcome
 
 CLUSTER_REQUIREMENTS = "envs_requirements/requirements-cluster.txt"
 
@@ -30,14 +33,15 @@ class Launcher:
     """One way of running a launch's jobs (``--launcher NAME``)."""
 
     name: str
-    #: ``run(jobs, settings) -> outcomes``, one per job, in the jobs' order
-    run: Callable[[list[Job], "LaunchSettings"], list[Outcome]]
+    #: ``run(jobs, settings) -> outcomes``, one per job, in the jobs' order (or its ``"module:name"``)
+    run: Callable[[list[Job], LaunchSettings], list[Outcome]] | str
     #: one line for ``--help``
     description: str
     #: its options: a frozen dataclass whose fields (:func:`option`) are its flags, with their defaults
     options: type = NoOptions
-    #: ``check(settings)`` refuses (a UsageError) before any work what this machine or the options cannot do
-    check: Callable[["LaunchSettings"], None] | None = None
+    #: ``check(settings)`` refuses (a UsageError) before any work what this machine or the options cannot do (or
+    #: its ``"module:name"``)
+    check: Callable[[LaunchSettings], None] | str | None = None
 
 
 #: every launcher by name, in registration order (``local`` first: the default)
@@ -108,37 +112,10 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
                                 if item.name in given})
     settings = LaunchSettings(chosen.name, bool(given.get("quiet", False)), options)
     if chosen.check is not None:
-        chosen.check(settings)
+        resolve(chosen.check)(settings)
     return settings
 
 
 def _as_value(value):
     """An option's value as its field holds it (a repeated flag's list as a tuple)."""
     return tuple(value) if isinstance(value, list) else value
-
-
-def launch(jobs: list[Job], settings: LaunchSettings | None = None) -> list[Outcome]:
-    """Run ``jobs`` with the launcher ``settings.launcher`` names (default: ``local``); outcomes in the order of
-    ``jobs``."""
-    settings = settings or LaunchSettings()
-    return LAUNCHERS.get_class(settings.launcher).run(jobs, settings)
-
-
-def launch_and_report(jobs: list[Job], settings: LaunchSettings, failures_only: bool = False) -> int:
-    """Run the jobs with the chosen launcher, print one status table (of the failed jobs only, with
-    ``failures_only``: hundreds of trainings make a table that says nothing), and return the exit status.
-
-    A failed job does not stop the others. Exit 1 if any failed for a real bug; a failure from bad
-    input (a missing or corrupt file) is a UsageError (exit 2) naming the first such reason.
-    """
-    outcomes = launch(jobs, settings)
-    failed = [o for o in outcomes if o.status == "failed"]
-    print_outcomes(failed if failures_only else outcomes)
-    bugs = [o for o in failed if not o.usage_error]
-    if bugs:
-        print(f"{len(bugs)} job(s) failed with an error (see the table and logs above)", file=sys.stderr)
-        return 1
-    if failed:
-        more = f" ({len(failed) - 1} more failed job(s) in the table above)" if len(failed) > 1 else ""
-        raise UsageError(f"{failed[0].reason}{more}")
-    return 0

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from launchers.base import Launcher, LaunchSettings, register_launcher
+from launchers.base import LaunchSettings
 from pipeline.jobs import Job, Outcome
 from pipeline.runner import run_job
 
 
 def run_local(jobs: list[Job], settings: LaunchSettings) -> list[Outcome]:
     return [run_job(job) for job in tqdm(jobs, desc="jobs", unit="job", disable=settings.quiet)]
-
-
-register_launcher(Launcher("local", run_local, "in this process, in order (the default)"))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from launchers.base import CLUSTER_REQUIREMENTS, Launcher, LaunchSettings, option, register_launcher
+from launchers.base import LaunchSettings
 from launchers.common import failed, one_line, require_module, run_guarded, upstream, worker_identity, worker_pythonpath
-from pipeline.flags import non_negative_float, positive_float
+from launchers.options import RayOptions
 from pipeline.jobs import Job, Outcome
 from storage.layout import log_folder
 from utils import UsageError
@@ -21,18 +20,6 @@ from utils import UsageError
 RAY_MAX_RETRIES = 3
 #: seconds a Ray address has to accept a connection before the launch is refused
 RAY_CONNECT_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """The ``ray`` launcher's flags."""
-
-    ray_address: str | None = option(None, "--ray-address", "join this running Ray cluster (host:port; default: "
-                                     "$RAY_ADDRESS, else start a local one)")
-    cpus_per_job: float | None = option(None, "--cpus-per-job", "CPUs Ray reserves per job (default: --threads)",
-                                        type=positive_float)
-    gpus_per_job: float | None = option(None, "--gpus-per-job", "GPUs Ray reserves per job, fractions allowed "
-                                        "(default: 1 where this machine has CUDA, else 0)", type=non_negative_float)
 
 
 def default_gpus_per_job() -> float:
@@ -286,8 +273,3 @@ class RayPool:
         except OSError:
             return ""
         return str(log)
-
-
-register_launcher(Launcher("ray", run_ray, "a pool of Ray workers, one per device slot (a local cluster, or "
-                                            f"--ray-address; pip install -r {CLUSTER_REQUIREMENTS})",
-                           RayOptions, check_ray))

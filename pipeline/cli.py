@@ -1,7 +1,7 @@
 """What a parsed command line becomes, and the exit-status contract of the six ``main_*`` scripts.
 
 The checks made before any work (:func:`prepare`), the settings objects a command line becomes (once:
-``JobSettings``, ``AttackSettings``, ``storage.layout.Roots``, handed whole to the jobs; the launch's are
+``JobSettings``, ``AttackSettings``, ``storage.settings.Roots``, handed whole to the jobs; the launch's are
 ``launchers.launch_settings``), the jobs, and the contract: 0 on success, 2 on bad input (one line on stderr, no
 traceback), 1 on a real bug. The flags are ``pipeline/flags.py``'s; the grid a command line asks for is
 ``pipeline/grids.py``'s.
@@ -11,40 +11,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 import utils
 from DatasetManager import get_dataset
-from distances.concurrent import interrupted_attacks
 from mydataset.corruptions import library_version
 from pipeline.flags import ROOT_FLAGS, destination
 from pipeline.grids import Grid, resolve_grid
 from pipeline.jobs import Job, JobSettings
-from storage import files, layout, shifts
+from storage import files, settings, shifts
 from storage.settings import AttackSettings
 from storage.shifts import NO_SHIFT
 from utils import UsageError
-
-
-def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a script's ``main`` under the exit-status contract."""
-    try:
-        status = main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
-        if interrupted_attacks():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)  # every write is atomic and done or undone by now, every lock released
-        sys.exit(130)
-    sys.exit(status or 0)
 
 
 def prepare(args: argparse.Namespace, writable=()):
@@ -113,10 +94,10 @@ def check_datasets_available(datasets: Sequence[str], data_root) -> None:
 # jobs: building them from a command line, launching them, reporting what they did
 # ---------------------------------------------------------------------------------------------
 
-def roots_of(args: argparse.Namespace) -> layout.Roots:
+def roots_of(args: argparse.Namespace) -> settings.Roots:
     """The roots a command line names; those its script has no flag for keep their defaults."""
     given = {root: vars(args).get(destination(flag)) for root, (flag, _, _) in ROOT_FLAGS.items()}
-    return layout.Roots(**{root: path for root, path in given.items() if path is not None})
+    return settings.Roots(**{root: path for root, path in given.items() if path is not None})
 
 
 def attack_settings(args: argparse.Namespace, grid: Grid) -> AttackSettings:

@@ -1,22 +1,34 @@
-"""The command line's flags, in pieces: each script's parser takes the pieces it uses (as torchvision's reference
-scripts do), so a flag a script would ignore is an argparse error there. What a parsed command line becomes, and
-the checks made before any work, are ``pipeline/cli.py``'s; the launchers' flags are ``launchers/``'.
+"""The command line's front: the flags, in pieces, and the exit-status contract (:func:`run_main`).
+
+Each script's parser takes the pieces it uses (as torchvision's reference scripts do), so a flag a script would
+ignore is an argparse error there, in one line. This module loads nothing heavy (no torch, pandas, SciPy or
+matplotlib): a script builds its parser and parses before it imports the pipeline, so ``--help`` and a usage
+error answer at once; names that registries hold (datasets, architectures, faults) are checked after parsing
+(``pipeline/cli.py``), with the registered ones in the message. The launchers' flags are ``launchers/``'.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+from typing import Callable, Sequence
 
-import FaultInjector
-import utils
-from DatasetManager import DATASETS
-from ModelManager import MODELS
-from pipeline.grids import PRESETS
-from storage import layout, shifts
-from storage.settings import ATTACK_BATCH, DEEPFOOL, DISTANCE_MODES, THREADS, DistanceSettings, distance_mode
+from pipeline.presets import PRESETS
+from storage import settings, shifts
+from storage.settings import (
+    ALPHA,
+    ATTACK_BATCH,
+    DEEPFOOL,
+    DELTA,
+    DISTANCE_MODES,
+    THREADS,
+    DistanceSettings,
+    distance_mode,
+)
 from storage.shifts import NO_SHIFT
-from utils import SEED, UsageError
+from utils import SEED, UsageError, check_device_spelling
 
 
 def _number_parser(convert, wording: str, zero_allowed: bool):
@@ -53,12 +65,13 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ---------------------------------------------------------------------------------------------
 
 class _ScriptParser(argparse.ArgumentParser):
-    """argparse's parser, pointing to ``--help`` when a flag is not one of the script's."""
+    """argparse's parser, but a usage error is one line, ``prog: error: ...; see --help``, and exit status 2
+    (argparse prints its whole usage block first)."""
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments"):
-            message += f" ({self.prog} does not use them: run it with --help to see the flags it takes)"
-        super().error(message)
+            message += f" ({self.prog} does not use them)"
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
 def new_parser(doc: str) -> argparse.ArgumentParser:
@@ -81,11 +94,13 @@ def attack_step_parser(doc: str) -> argparse.ArgumentParser:
 def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
     parser.add_argument("--datasets", nargs="+", default=None,
-                        help=f"datasets, of {', '.join(DATASETS)} (default: the preset's)")
+                        help="registered datasets (the bundled DIGITS; CIFAR10 and the paper's six need their files; "
+                             "an unknown name is refused, listing them; default: the preset's)")
     parser.add_argument("--models", nargs="+", default=None,
-                        help=f"architectures, of {', '.join(MODELS)} (default: the preset's)")
+                        help="registered architectures (torchvision's five and any added in mymodel/ or "
+                             "ModelManager.py; an unknown name is refused, listing them; default: the preset's)")
     parser.add_argument("--bugs", nargs="+", default=None,
-                        help=f"fault ids, {FaultInjector.describe_ids()}, ranges allowed (e.g. 0 1-10), or "
+                        help="fault ids, 0 for healthy (docs/faults.md lists them), ranges allowed (e.g. 0 1-10), or "
                              "'validated': each architecture's faults that main_validate_faults.py found killed and "
                              "not trivial (default: the preset's)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="digits",
@@ -99,21 +114,21 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def device_flag(text: str) -> str:
-    """``--device``'s (and ``--devices``') spelling, checked while parsing (``utils.parse_device``); whether
-    this machine has it is checked where the jobs run."""
+    """``--device``'s (and ``--devices``') spelling, checked while parsing (``utils.check_device_spelling``);
+    whether this machine has it is checked where the jobs run."""
     try:
-        utils.parse_device(text)
+        check_device_spelling(text)
     except UsageError:
         raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda, cuda:N or mps") from None
     return text
 
 
-#: the four roots: ``layout.Roots`` field -> (its flag, its default, what it holds)
+#: the four roots: ``settings.Roots`` field -> (its flag, its default, what it holds)
 ROOT_FLAGS = {
-    "data": ("--data-root", layout.DEFAULT_DATA_ROOT, "folder of the datasets"),
-    "model": ("--model-root", layout.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
-    "info": ("--info-root", layout.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
-    "output": ("--output", layout.DEFAULT_OUTPUT, "folder of result CSVs and figures"),
+    "data": ("--data-root", settings.DEFAULT_DATA_ROOT, "folder of the datasets"),
+    "model": ("--model-root", settings.DEFAULT_MODEL_ROOT, "folder of checkpoints and their metadata"),
+    "info": ("--info-root", settings.DEFAULT_INFO_ROOT, "folder of failure models (KDEs) and test caches"),
+    "output": ("--output", settings.DEFAULT_OUTPUT, "folder of result CSVs and figures"),
 }
 
 
@@ -205,3 +220,66 @@ def add_shift_flags(parser: argparse.ArgumentParser, evaluation: bool = True, fi
                             help="fit the failure models on the validation inputs clean and under these shifts too "
                                  "(same words as --shifts); such a failure model is used only with the same "
                                  "--fit-shifts, and should be judged on shifts of other families")
+
+
+def add_posterior_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--posterior", choices=("log", "paper"), default="log",
+                        help="how P(correct) is computed: log = a·f_c/(a·f_c + (1 − a)·f_w) in log space (never "
+                             "0/0); paper = the paper's arithmetic (SciPy densities per input, their products, "
+                             "log(1 + d)·a where both are 0), which reproduces its decisions exactly")
+
+
+def add_configuration_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configurations", choices=("grid", "paper"), default=None,
+                        help="grid: every combination of architectures and faults; paper: exactly the "
+                             "configurations the paper published, compared with its figures (paper_comparison.csv "
+                             "in --output; default: paper with --preset paper, else grid)")
+    parser.add_argument("--paper-results", default=None,
+                        help="another published table in the format of mymodel/paper_results.csv "
+                             "(default: that file)")
+
+
+def add_abstention_flags(parser: argparse.ArgumentParser) -> None:
+    """``--alpha`` and ``--delta`` of an evaluation (``evaluation/selective.py``)."""
+    group = parser.add_argument_group("risk-controlled abstention (selective.csv)")
+    group.add_argument("--alpha", type=probability("--alpha"), default=ALPHA,
+                       help=f"the selective risk to certify, a probability in (0, 1) (default {ALPHA})")
+    group.add_argument("--delta", type=probability("--delta"), default=DELTA,
+                       help=f"the probability the certificate may fail, in (0, 1) (default {DELTA})")
+
+
+def probability(flag: str) -> Callable[[str], float]:
+    """An argparse type: a number strictly between 0 and 1."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a probability strictly between 0 and 1, got {text!r}")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# the exit-status contract
+# ---------------------------------------------------------------------------------------------
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a script's ``main`` under the exit-status contract: 0 on success, 2 on bad input (one line on stderr,
+    no traceback), 1 on a real bug (its traceback); Ctrl-C is 130, finished work kept."""
+    try:
+        status = main(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        attacks = sys.modules.get("distances.concurrent")  # only a run that attacked side by side has it loaded
+        if attacks is not None and attacks.interrupted_attacks():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)  # every write is atomic and done or undone by now, every lock released
+        sys.exit(130)
+    sys.exit(status or 0)

@@ -19,8 +19,9 @@ import FaultInjector
 from DatasetManager import DATASETS, get_dataset, paper_datasets
 from evaluation.fault_validation import validated_faults
 from ModelManager import MODELS, get_model_class
-from mydataset import Digits
-from storage.layout import DEFAULT_OUTPUT, FAULT_VALIDATION_CSV, checkpoint_path, version_key
+from pipeline.presets import PRESETS, Preset
+from storage.layout import FAULT_VALIDATION_CSV, checkpoint_path, version_key
+from storage.settings import DEFAULT_OUTPUT
 from utils import UsageError
 
 
@@ -67,53 +68,10 @@ def parse_bug_ids(values: Sequence[str] | None) -> list[int] | None:
     return sorted(set(bugs))
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A default grid of versions: what runs when ``--datasets/--models/--bugs`` are not given.
-
-    ``None`` stands for "every one registered", read when the grid is resolved: an architecture, a
-    dataset or a fault added to its registry joins the presets that take them all.
-    """
-
-    description: str
-    #: dataset names (None: the paper's datasets)
-    datasets: tuple[str, ...] | None = None
-    #: architecture names (None: every registered architecture)
-    models: tuple[str, ...] | None = None
-    #: fault ids (None: healthy and every fault of ``families``; each dataset keeps those that apply to it)
-    bugs: tuple[int, ...] | None = None
-    #: the fault families ``bugs=None`` takes (``FaultInjector.FAMILIES``; None: every family)
-    families: tuple[str, ...] | None = None
-    #: training epochs of some architectures (the others: their dataset's recipe)
-    epochs: dict[str, int] = field(default_factory=dict)
-    #: validation and test inputs attacked per version (None: all)
-    max_inputs: int | None = None
-
-    def resolved(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
-        """``(datasets, models, bugs)`` with every ``None`` read from its registry now."""
-        return (self.datasets or paper_datasets(), self.models or tuple(MODELS),
-                self.bugs or (FaultInjector.HEALTHY, *FaultInjector.fault_ids(self.families)))
-
-
-#: the paper's faults and any a user registers; the DL-mutation operators (13 and up) have a preset of their own
-NOT_MUTATIONS = (FaultInjector.PAPER, FaultInjector.CUSTOM)
-
-PRESETS = {
-    "digits": Preset("DIGITS x every architecture x every fault that applies to it (but the mutation operators)",
-                     datasets=(Digits.name,), families=NOT_MUTATIONS),
-    # the README's one-command demo, sized for five minutes on two CPU cores: three architectures trained
-    # briefly (so they make mistakes worth predicting), a trained fault (5: a third of the epochs) and a
-    # test-data fault (10: noisy inputs), 40 attacked inputs per split (the attack is most of the time)
-    "demo": Preset("DIGITS x squeezenet, densenet, resnet x faults 0, 5, 10, brief training, 40 inputs per split",
-                   datasets=(Digits.name,), models=("squeezenet", "densenet", "resnet"), bugs=(0, 5, 10),
-                   epochs={"densenet": 3, "resnet": 2}, max_inputs=40),
-    "paper": Preset("the paper's datasets x every architecture x every fault that applies (but the mutation "
-                    "operators)", families=NOT_MUTATIONS),
-    "all-faults": Preset("DIGITS x every architecture x every fault that applies (the paper's and the mutation "
-                         "operators): main_validate_faults.py's default", datasets=(Digits.name,)),
-    "mutations": Preset("DIGITS x every architecture x the DL-mutation operators (faults 13 and up) that apply",
-                        datasets=(Digits.name,), families=(FaultInjector.MUTATION,)),
-}
+def resolved(preset: Preset) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+    """A preset's ``(datasets, models, bugs)``, every ``None`` read from its registry now."""
+    return (preset.datasets or paper_datasets(), preset.models or tuple(MODELS),
+            preset.bugs or (FaultInjector.HEALTHY, *FaultInjector.fault_ids(preset.families)))
 
 
 @dataclass(frozen=True)
@@ -159,7 +117,7 @@ class Grid:
 def resolve_grid(args: argparse.Namespace) -> Grid:
     """The versions a command line asks for, every name and pair checked before any work starts."""
     preset = PRESETS[args.preset]
-    preset_datasets, preset_models, preset_bugs = preset.resolved()
+    preset_datasets, preset_models, preset_bugs = resolved(preset)
     named_datasets, named_models = split_list(args.datasets, "--datasets"), split_list(args.models, "--models")
     datasets = {get_dataset(name).name for name in (named_datasets or preset_datasets)}
     models = {get_model_class(name).name for name in (named_models or preset_models)}

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 import FaultInjector
 from storage import layout
-from storage.layout import Roots
-from storage.settings import THREADS, AttackSettings, TrainSettings
+from storage.settings import THREADS, AttackSettings, Roots, TrainSettings
 from storage.shifts import NO_SHIFT
 
 STEPS = ("train", "derive", "fit", "cache")

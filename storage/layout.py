@@ -25,7 +25,6 @@ caches drop in unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import FaultInjector
@@ -34,11 +33,6 @@ from storage.shifts import NO_SHIFT
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_ROOT = "mydataset/data"
-DEFAULT_MODEL_ROOT = "mymodel/model"
-DEFAULT_INFO_ROOT = "input_information"
-DEFAULT_OUTPUT = "dfg_results"
-DEFAULT_REALTIME_OUTPUT = "dfg_results/realtime"
 KDE_SUBDIR = "kde_results"
 CACHE_SUBDIR = "test_information_cached"
 VALIDATION_SUBDIR = "val_information_cached"
@@ -69,22 +63,6 @@ LOGS_SUBDIR = "logs"
 CACHE_REMEDY = "rerun main_cache_test_distances.py --force"
 
 
-@dataclass(frozen=True)
-class Roots:
-    """The four folders every step reads and writes (``--data-root``, ``--model-root``, ``--info-root``,
-    ``--output``), as text so that a job holding them pickles and compares plainly."""
-
-    data: str = DEFAULT_DATA_ROOT
-    model: str = DEFAULT_MODEL_ROOT
-    info: str = DEFAULT_INFO_ROOT
-    output: str = DEFAULT_OUTPUT
-
-    def __post_init__(self):
-        for field in fields(self):  # Path or str in, str kept
-            object.__setattr__(self, field.name, str(getattr(self, field.name)))
-
-
-DEFAULT_ROOTS = Roots()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,12 +10,24 @@ registry here because the file names, the costs and ``--distance`` all read it.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from storage.shifts import tag
-from utils import SEED, Registry, UsageError
+from utils import SEED, Registry, UsageError, resolve
 
+#: the four roots' defaults (``--data-root``, ``--model-root``, ``--info-root``, ``--output``; relative paths are
+#: read from the folder a script runs in) and the real-time evaluation's own output
+DEFAULT_DATA_ROOT = "mydataset/data"
+DEFAULT_MODEL_ROOT = "mymodel/model"
+DEFAULT_INFO_ROOT = "input_information"
+DEFAULT_OUTPUT = "dfg_results"
+DEFAULT_REALTIME_OUTPUT = "dfg_results/realtime"
+
+#: the selective risk an abstention threshold certifies and the probability the certificate may fail (``--alpha``,
+#: ``--delta``; ``evaluation/selective.py``)
+ALPHA, DELTA = 0.05, 0.1
+#: training seeds per version of a fault validation (``main_validate_faults.py --seeds``; the first is the pipeline's)
+FAULT_VALIDATION_SEEDS = 10
 #: inputs attacked together by the fit, cache and real-time steps (``--batch-size`` there); finished inputs
 #: leave the batch, so a larger one is cheaper per input
 ATTACK_BATCH = 128
@@ -24,6 +36,24 @@ ATTACK_BATCH = 128
 #: Ray or Slurm job gets without asking for more, gives results that do not depend on the machine's core count,
 #: and is the fastest per core for the DIGITS networks on a busy machine; raise it for big CPU-only training.
 THREADS = 1
+
+
+@dataclass(frozen=True)
+class Roots:
+    """The four folders every step reads and writes (``--data-root``, ``--model-root``, ``--info-root``,
+    ``--output``), as text so that a job holding them pickles and compares plainly."""
+
+    data: str = DEFAULT_DATA_ROOT
+    model: str = DEFAULT_MODEL_ROOT
+    info: str = DEFAULT_INFO_ROOT
+    output: str = DEFAULT_OUTPUT
+
+    def __post_init__(self):
+        for root in fields(self):  # Path or str in, str kept
+            object.__setattr__(self, root.name, str(getattr(self, root.name)))
+
+
+DEFAULT_ROOTS = Roots()
 
 
 @dataclass(frozen=True)
@@ -96,10 +126,7 @@ class DistanceMode:
     outputs: tuple[str, ...] = ()
 
     def measurement_class(self) -> type:
-        if isinstance(self.measurement, str):
-            module, _, name = self.measurement.partition(":")
-            return getattr(importlib.import_module(module), name)
-        return self.measurement
+        return resolve(self.measurement)
 
 
 #: every distance mode, by name, in registration order; ``--distance``, the file names and the costs read it

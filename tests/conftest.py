@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -73,16 +74,16 @@ def run_script(script: str, *args, cwd=None, timeout: int = 600, env: dict | Non
 
 
 def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
-    """A script's entry point, ``cli.run_main(main, argv)``, in this process: the same exit-status contract
+    """A script's entry point, ``flags.run_main(main, argv)``, in this process: the same exit-status contract
     as on the command line without an interpreter's start-up; an escaping exception is exit 1 with its
     traceback on stderr, as the interpreter would print it."""
-    from pipeline import cli
+    from pipeline import flags
 
     main = script_module(script).main
     capsys.readouterr()
     trace = ""
     try:
-        cli.run_main(main, [str(a) for a in args])
+        flags.run_main(main, [str(a) for a in args])
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -96,21 +97,20 @@ def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
 def usage_error_message(result: subprocess.CompletedProcess, engine_lines: bool = False) -> str:
     """The one error line of a failed run (asserting the contract), without its ``error:`` prefix.
 
-    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it (and,
-    with ``engine_lines``, what an engine such as Ray logs on the driver's stderr on its own).
-    argparse's own: its ``usage:`` lines, then one ``prog: error: argument --flag: ...`` line.
-    Either way exit status 2 and no traceback.
+    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it (and, with
+    ``engine_lines``, what an engine such as Ray logs on the driver's stderr on its own). argparse's (a flag that
+    does not parse): the one line ``prog: error: ...; see --help`` and nothing else. Either way exit status 2 and
+    no traceback.
     """
     stderr = result.stderr
     assert result.returncode == 2, f"exit status {result.returncode}, expected 2; stderr:\n{stderr[-3000:]}"
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, "nothing on stderr"
-    if lines[0].startswith("usage:"):
-        errors = [line for line in lines if ": error: " in line]
-        assert len(errors) == 1 and errors[0] == lines[-1], lines
-        assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), lines
-        return errors[0].split(": error: ", 1)[1]
+    usage = re.fullmatch(r"\S+: error: (.*; see --help)", lines[-1])
+    if usage:
+        assert len(lines) == 1, lines
+        return usage.group(1)
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == lines[-1], lines
     assert engine_lines or all(line.startswith(("error:", "note:")) for line in lines), lines
@@ -285,6 +285,9 @@ def build_shared_pipeline(shared: Path, parts=CACHED_PARTS) -> Workspace:
     return ws
 
 
+#: how much lower than the background builder the xdist workers run (``os.nice``): the tests that need no pipeline
+#: run beside it, on what it leaves
+BUILDER_PRECEDENCE = 10
 #: the background builder: ``python -c BUILDER SHARED`` builds the shared pipeline in a process of its own
 BUILDER = ("import sys; from pathlib import Path; import conftest; "
            "conftest.build_shared_pipeline(Path(sys.argv[1]), tuple(sys.argv[2:]))")
@@ -293,21 +296,27 @@ BUILDER = ("import sys; from pathlib import Path; import conftest; "
 @pytest.fixture(scope="session", autouse=True)
 def pipeline_in_the_background(request, tmp_path_factory):
     """Under pytest-xdist, when any collected test needs the reference pipeline, the first worker starts building
-    it in a process of its own at once, while both workers run the tests that need none (they come first): the
-    pipeline's minute is spent beside them, not before them. The process is waited for at the end."""
+    it in a process of its own at once, while both workers run the tests that need none (they come first), at a
+    lower priority: the pipeline's minute is spent beside them, not before them. The builder is waited for at the
+    end."""
     fixtures = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or "pipeline" not in fixtures:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or "pipeline" not in fixtures:
         yield
         return
-    shared = tmp_path_factory.getbasetemp().parent
-    parts = [*CACHED_PARTS, *(["realtime"] if "pipeline_realtime" in fixtures else [])]
-    with open(shared / "pipeline-builder.log", "w") as log:
-        builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(shared), *parts], cwd=REPO, stdout=log,
-                                   stderr=subprocess.STDOUT,
-                                   env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": os.pathsep.join(
-                                       [str(REPO / "tests"), str(REPO)])})
+    builder = None
+    if worker == "gw0":
+        shared = tmp_path_factory.getbasetemp().parent
+        parts = [*CACHED_PARTS, *(["realtime"] if "pipeline_realtime" in fixtures else [])]
+        with open(shared / "pipeline-builder.log", "w") as log:
+            builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(shared), *parts], cwd=REPO, stdout=log,
+                                       stderr=subprocess.STDOUT,
+                                       env={**os.environ, **SCRIPT_ENV, "PYTHONPATH": os.pathsep.join(
+                                           [str(REPO / "tests"), str(REPO)])})
+    os.nice(BUILDER_PRECEDENCE)  # every worker yields the cores to the builder: the pipeline is the critical path
     yield
-    builder.wait()
+    if builder is not None:
+        builder.wait()
 
 
 @pytest.fixture(scope="session")
@@ -330,10 +339,14 @@ def pipeline_realtime(pipeline, tmp_path_factory) -> Workspace:
     return build_shared_pipeline(tmp_path_factory.getbasetemp().parent, (*CACHED_PARTS, "realtime"))
 
 
+#: fixtures that need the reference pipeline (the reliability suite's ``background`` asks for it as it runs)
+PIPELINE_USERS = {"pipeline", "background"}
+
+
 def pytest_collection_modifyitems(items):
     """The tests that need the reference pipeline run after the others (in their order): under xdist every worker
     has work while the pipeline is built in the background, and the workers reach it together."""
-    items.sort(key=lambda item: "pipeline" in getattr(item, "fixturenames", ()))
+    items.sort(key=lambda item: bool(PIPELINE_USERS & set(getattr(item, "fixturenames", ()))))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from conftest import SCRIPTS, assert_usage_error, run_in_process, script_flags
 import FaultInjector
 from DatasetManager import paper_datasets
 from ModelManager import MODELS
-from pipeline import grids
+from pipeline import grids, presets
 from storage.settings import ATTACK_BATCH
 
 #: flags of other scripts that each script has no use for
@@ -58,10 +58,10 @@ def test_batch_size_help_says_what_it_sets(capsys, script, says):
 
 
 def test_presets_read_the_registries():
-    datasets, models, bugs = grids.PRESETS["paper"].resolved()
+    datasets, models, bugs = grids.resolved(grids.PRESETS["paper"])
     assert datasets == paper_datasets() and len(datasets) == 7 and "DIGITS" not in datasets
-    assert models == tuple(MODELS) and bugs == (0, *FaultInjector.fault_ids(grids.NOT_MUTATIONS)) == tuple(range(13))
-    digits = grids.PRESETS["digits"].resolved()
+    assert models == tuple(MODELS) and bugs == (0, *FaultInjector.fault_ids(presets.NOT_MUTATIONS)) == tuple(range(13))
+    digits = grids.resolved(grids.PRESETS["digits"])
     assert digits[0] == ("DIGITS",) and digits[1] == tuple(MODELS) and digits[2] == tuple(range(13))
 
 

@@ -39,6 +39,7 @@ def validation_arrays(ws, mode: str = "deepfool") -> dict:
 # 1, 2: files of one mode and one input count, committed as a unit
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_distance_modes_share_no_file(pipeline_copy, capsys):
     """A first-order:2 fit at 30 inputs beside the deepfool fit at 20: the deepfool files are untouched, the
     deepfool fit stays up to date and its evaluation runs."""
@@ -56,6 +57,7 @@ def test_two_distance_modes_share_no_file(pipeline_copy, capsys):
     assert evaluated.returncode == 0, evaluated.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", [1, 3, 7])
 def test_a_refit_killed_mid_write_is_redone(pipeline_copy, capsys, write):
     """A refit at 30 inputs (the fit had 20) dies at its first, third (the first validation array) or last

@@ -14,12 +14,12 @@ import random
 import pytest
 from conftest import assert_usage_error, run_in_process
 
-from launchers import ray_pool, slurm_arrays
+from launchers import options, ray_pool, slurm_arrays
 from launchers.common import worker_identity
 from pipeline import jobs as jobs_module
 from pipeline import runner
 from pipeline.jobs import FAILED, Job, Outcome
-from storage.layout import Roots
+from storage.settings import Roots
 from utils import UsageError
 
 
@@ -92,11 +92,11 @@ def test_random_launches_keep_the_invariants(seed, tmp_path):
 
 
 def test_jobs_per_task_flag():
-    assert slurm_arrays.jobs_per_task_flag("auto") is None
-    assert slurm_arrays.jobs_per_task_flag("3") == 3
+    assert options.jobs_per_task_flag("auto") is None
+    assert options.jobs_per_task_flag("3") == 3
     for bad in ("0", "-2", "two", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="positive number of jobs or 'auto'"):
-            slurm_arrays.jobs_per_task_flag(bad)
+            options.jobs_per_task_flag(bad)
 
 
 def test_bad_jobs_per_task_is_one_line(tmp_path, capsys):

@@ -187,7 +187,8 @@ def test_unreachable_ray_address_is_one_line_at_once(reference, loopback_ns, tmp
 REAL_BUG_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from launchers import LAUNCHERS, LaunchSettings, launch_and_report
+    from launchers import LAUNCHERS, LaunchSettings
+    from launchers.running import launch_and_report
     from pipeline.jobs import Job, JobSettings, Roots
     from storage.settings import AttackSettings
 
@@ -414,7 +415,8 @@ def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path
 PACKED_DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from launchers import LaunchSettings, launch_and_report
+    from launchers import LaunchSettings
+    from launchers.running import launch_and_report
     from launchers.slurm_arrays import SlurmOptions
     from pipeline.jobs import Job, JobSettings, Roots
     from storage.settings import AttackSettings

@@ -14,8 +14,7 @@ import FaultInjector
 import ModelManager
 import mymodel
 from mymodel.densenet import DenseNet121, DenseNetWithStem
-from storage.layout import Roots
-from storage.settings import TrainSettings
+from storage.settings import Roots, TrainSettings
 from utils import UsageError
 
 # tiny networks gain nothing from threads; on a busy machine threads slow them down

@@ -42,9 +42,9 @@ def test_at_least_eight_mutation_operators_after_the_papers_twelve():
 
 
 def test_presets_take_the_operators_by_family():
-    assert grids.PRESETS["digits"].resolved()[2] == tuple(range(13))
-    assert grids.PRESETS["mutations"].resolved()[2] == (0, *MUTATIONS)
-    assert grids.PRESETS["all-faults"].resolved()[2] == FaultInjector.all_bug_ids()
+    assert grids.resolved(grids.PRESETS["digits"])[2] == tuple(range(13))
+    assert grids.resolved(grids.PRESETS["mutations"])[2] == (0, *MUTATIONS)
+    assert grids.resolved(grids.PRESETS["all-faults"])[2] == FaultInjector.all_bug_ids()
 
 
 def test_fault13_swaps_adam_for_plain_sgd_with_the_same_learning_rate():

@@ -2,7 +2,7 @@
 
 Contract checked by every failure case: exit status 2; on stderr exactly one line starting with
 ``error:``, the last one (``note:`` lines may come before it) — or, for errors argparse itself
-reports, its ``usage:`` lines and one ``prog: error: argument --flag: ...`` line; no traceback; the
+reports, the one line ``prog: error: argument --flag: ...; see --help``; no traceback; the
 message names the file or argument and says what to do; files finished before are untouched (same
 size, mtime and inode) and no temporary (``.partial``) or half-written file appears.
 
@@ -14,7 +14,7 @@ files (``os.replace``) and the tests unlink a file before planting a bad one.
 
 How the cases run:
 
-- In process, through ``cli.run_main(script.main, argv)`` (the scripts' own entry point, same exit
+- In process, through ``flags.run_main(script.main, argv)`` (the scripts' own entry point, same exit
   contract, without the ~10 s interpreter start-up): the full grid of bad command lines, bad files,
   hostile files and unwritable folders, across the scripts.
 - As real subprocesses (``python main_*.py ...``, ``SUBPROCESS_CASES``), started in the background

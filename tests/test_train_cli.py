@@ -111,6 +111,7 @@ def test_a_tiny_training_run_wrote_a_loadable_version_and_a_rerun_skips_it(capsy
     assert json.loads(metadata_file.read_text()) == metadata
 
 
+@pytest.mark.slow
 def test_the_thread_count_is_a_setting_recorded_with_the_version(capsys, empty_workspace, monkeypatch, make_subset):
     """``--threads`` is what training computes with (whatever the process had before), and it is recorded."""
     create_dataset = DatasetManager.create_dataset
@@ -121,6 +122,7 @@ def test_the_thread_count_is_a_setting_recorded_with_the_version(capsys, empty_w
     assert json.loads(empty_workspace.metadata().read_text())["threads"] == 2
 
 
+@pytest.mark.slow
 def test_force_retrains(capsys, empty_workspace, monkeypatch, make_subset):
     """In process on a few DIGITS images: a rerun keeps a (planted) checkpoint, --force replaces it."""
     create_dataset = DatasetManager.create_dataset
