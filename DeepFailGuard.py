@@ -137,6 +137,15 @@ class DeepFailGuardModule:
         """Our ``.npz`` or the paper's pickled ``gaussian_kde`` (restricted unpickler)."""
         return GaussianKDE.load(path)
 
+    @property
+    def degenerate(self) -> str | None:
+        """Why this failure model cannot predict a failure (fitted without a wrong, or without a correct, validation
+        input: every distance then gets the same verdict), or None where it can."""
+        right, wrong = self.correct_kde.n, self.wrong_kde.n
+        if right and wrong:
+            return None
+        return f"failure model fitted on {right} correct and {wrong} wrong validation inputs"
+
     def log_densities(self, distances) -> tuple[np.ndarray, np.ndarray]:
         distances = check_distances(distances, self.name)
         return self.correct_kde.logpdf(distances), self.wrong_kde.logpdf(distances)

@@ -11,6 +11,7 @@ What a training run asks for comes in whole, as a ``storage.settings.TrainSettin
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ import torchvision
 import DatasetManager
 import FaultInjector
 import mymodel
-from ModelTrainer import ModelTrainer, save_loss_curve
+from ModelTrainer import STALE_BATCH_NORM, ModelTrainer, batch_norm_layers, save_loss_curve
 from mymodel import MODELS, MyModel, register_model, torchvision_architecture  # noqa: F401 - for additions here
 from storage.files import atomic_path, atomic_write_json, file_digest, is_fresh, safe_torch_load, save_torch
 from storage.layout import (
@@ -34,9 +35,11 @@ from storage.layout import (
 )
 from storage.metadata import check_image_size, paper_accuracy, read_metadata
 from storage.settings import ATTACK_BATCH, DEFAULT_ROOTS, DEFAULT_TRAINING, Roots, TrainSettings
-from utils import UsageError, choose_device, seed_everything
+from utils import UsageError, choose_device, seed_everything, warn
 
 MODES = ("load", "train", "evaluate")
+#: a version whose validation or test accuracy is at most this far above chance (1 / classes) is warned of
+CHANCE_MARGIN = 0.05
 #: what else a caller measures on a version while its metadata is made: ``measure(model, data, device)`` may add
 #: entries to ``model.metadata`` (the pipeline's training steps record the version's costs, ``distances/costs.py``)
 Measure = Callable[[mymodel.MyModel, DatasetManager.MyData, torch.device], None]
@@ -170,6 +173,12 @@ def _train_version(architecture: type[mymodel.MyModel], dataset, bug_id: int, de
     FaultInjector.inject_hyperparameters_fault(trainer, bug_id,
                                                parameter if FaultInjector.is_kind(bug_id, "hyper-parameter") else None)
     history = trainer.train_model(data.train_loader, data.val_loader)
+    settled = history.get("batch_norm") or {}
+    if settled.get("reestimated"):
+        print(f"note: {version_key(model.model_name, data.dataset_name, bug_id)}: its batch-norm running statistics "
+              f"had not settled (validation accuracy {settled['val_acc']:.3f}, "
+              f"{settled['val_acc_batch_statistics']:.3f} with batch statistics) and were re-estimated "
+              f"over the training inputs: {settled['val_acc_reestimated']:.3f}", file=sys.stderr)
     model.model_structure = trainer.model.to(memory_format=torch.contiguous_format).eval()
     _describe(model, data.dataset_name, bug_id, structure_fault, origin="trained")
     as_run = replace(settings, batch_size=data.batch_size, image_size=data.image_size)
@@ -223,8 +232,30 @@ def _measure_into_metadata(model: mymodel.MyModel, data: DatasetManager.MyData, 
     model.model_structure = evaluator.model.eval()
     model.metadata.update(val_acc=val_acc, val_loss=val_loss, test_acc=test_acc, test_loss=test_loss,
                           num_val=len(data.y_val), num_test=len(data.y_test), image_size=data.image_size)
+    model.metadata["warnings"] = _accuracy_warnings(model, evaluator, data)
+    for line in model.metadata["warnings"]:
+        warn(line)
     if measure is not None:
         measure(model, data, device)
+
+
+def _accuracy_warnings(model: mymodel.MyModel, evaluator: ModelTrainer, data: DatasetManager.MyData) -> list[str]:
+    """A version whose validation or test accuracy is within :data:`CHANCE_MARGIN` of chance, said in one line
+    (none: an empty list); where its batch-norm layers answer far better with batch statistics, the line names
+    their stale running statistics as the cause."""
+    metadata, chance = model.metadata, 1 / model.num_classes
+    low = [f"{split} accuracy {metadata[key]:.3f}" for split, key in (("validation", "val_acc"), ("test", "test_acc"))
+           if metadata[key] <= chance + CHANCE_MARGIN]
+    if not low:
+        return []
+    line = f"{metadata['key']} is at chance: {' and '.join(low)}, against {chance:.3f} for {model.num_classes} classes"
+    if batch_norm_layers(model.model_structure):
+        with_batch_statistics = evaluator.accuracy_with_batch_statistics(data.val_loader)
+        if with_batch_statistics - metadata["val_acc"] > STALE_BATCH_NORM:
+            line += (f"; with batch statistics it reaches {with_batch_statistics:.3f} on validation: its batch-norm "
+                     "running statistics are stale (too few training steps for their momentum); retrain it with "
+                     "main_train_model.py --force (stale statistics are re-estimated after training) or more epochs")
+    return [line]
 
 
 def _describe(model: mymodel.MyModel, dataset_name: str, bug_id: int, structure_fault: int, origin: str) -> None:

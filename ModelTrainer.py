@@ -13,6 +13,7 @@ Submodules named in ``float32_modules`` run in float32 inside the autocast regio
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import replace
 
@@ -23,6 +24,17 @@ from tqdm.auto import tqdm
 from storage.files import atomic_save_figure, pyplot
 from storage.settings import PAPER_RECIPE, TrainingRecipe
 from utils import choose_device
+
+#: validation accuracy points by which batch statistics must beat the running ones for the running statistics to be
+#: called stale and re-estimated (:meth:`ModelTrainer.settle_batch_norm`)
+STALE_BATCH_NORM = 0.05
+BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def batch_norm_layers(network: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers of ``network`` that keep running statistics."""
+    return [layer for layer in network.modules()
+            if isinstance(layer, BATCH_NORM) and layer.track_running_stats]
 
 
 class ModelTrainer:
@@ -106,7 +118,51 @@ class ModelTrainer:
                 postfix["val_acc"] = f"{val_acc:.3f}"
             bar.set_postfix(postfix)
         history["seconds"] = time.perf_counter() - started
+        if val_loader is not None:
+            history["batch_norm"] = self.settle_batch_norm(train_loader, val_loader)
         return history
+
+    def settle_batch_norm(self, train_loader, val_loader) -> dict | None:
+        """Re-estimate the batch-norm running statistics where they never settled; what was found, or None for a
+        network without batch norm.
+
+        A running statistic is an exponential average (``momentum``, 0.1 in most layers, 0.01 in MobileNetV3's):
+        with few training steps it still weighs its initial value and the early weights', and the network in
+        evaluation mode answers far worse than with its batch statistics (the README's MobileNetV3 on DIGITS:
+        0.10 against 0.98 on validation). Where the validation accuracy with batch statistics exceeds the
+        evaluation-mode one by more than :data:`STALE_BATCH_NORM` the statistics are recomputed as plain averages
+        over one pass of the training inputs (``torch.optim.swa_utils.update_bn``), and kept only if the
+        validation accuracy rises. A network whose statistics settled is left as it is (its checkpoint and
+        numbers do not change)."""
+        if not batch_norm_layers(self.model):
+            return None
+        accuracy, _ = self.evaluate_model(val_loader)
+        with_batch_statistics = self.accuracy_with_batch_statistics(val_loader)
+        found = {"val_acc": accuracy, "val_acc_batch_statistics": with_batch_statistics, "reestimated": False}
+        if with_batch_statistics - accuracy <= STALE_BATCH_NORM:
+            return found
+        kept = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        torch.optim.swa_utils.update_bn(self.device_batches(train_loader), self.model, self.device)
+        reestimated, _ = self.evaluate_model(val_loader)
+        if reestimated > accuracy:
+            found.update(reestimated=True, val_acc_reestimated=reestimated)
+        else:
+            self.model.load_state_dict(kept)
+        return found
+
+    def accuracy_with_batch_statistics(self, loader) -> float:
+        """The accuracy on ``loader`` with every batch-norm layer normalising by its batch's statistics (training
+        mode), on a copy: this network's running statistics do not move."""
+        probe = copy.deepcopy(self.model).eval()
+        for layer in batch_norm_layers(probe):
+            layer.train()
+        correct = seen = 0
+        with torch.no_grad():
+            for x, y in loader:
+                x, y = self._to_device(x, y)
+                correct += int((probe(x).argmax(dim=1) == y).sum())
+                seen += len(y)
+        return correct / max(seen, 1)
 
     @contextlib.contextmanager
     def float32_regions(self):
@@ -183,21 +239,30 @@ class ModelTrainer:
 
 
 def save_loss_curve(history: dict, path, title: str = "") -> None:
-    """Training loss per epoch and validation accuracy where it was measured."""
+    """Training loss per epoch and validation loss and accuracy where they were measured (accuracy on its own
+    axis, right; a star for the accuracy after stale batch-norm statistics were re-estimated), whole epochs on
+    the x axis, one legend below the axes."""
     plt = pyplot()
-    figure, loss_axis = plt.subplots(figsize=(6, 3.5))
-    loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    figure, loss_axis = plt.subplots(figsize=(6, 4))
+    lines = loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="training loss")
     if history.get("val_loss"):
-        loss_axis.plot(history["val_epoch"], history["val_loss"], marker="s", label="validation loss")
+        lines += loss_axis.plot(history["val_epoch"], history["val_loss"], marker="s", label="validation loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
+    loss_axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     if history.get("val_acc"):
         acc_axis = loss_axis.twinx()
-        acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^",
-                      label="validation accuracy")
+        lines += acc_axis.plot(history["val_epoch"], history["val_acc"], color="tab:green", marker="^",
+                               label="validation accuracy (right)")
+        settled = history.get("batch_norm") or {}
+        if settled.get("reestimated"):  # what the saved network answers: its statistics re-estimated after training
+            lines += acc_axis.plot(history["val_epoch"][-1:], [settled["val_acc_reestimated"]], color="tab:green",
+                                   marker="*", markersize=12, linestyle="none",
+                                   label="validation accuracy, batch norm re-estimated")
         acc_axis.set_ylabel("accuracy")
         acc_axis.set_ylim(0, 1.02)
-        acc_axis.legend(loc="center right")
-    loss_axis.legend(loc="upper right")
+    loss_axis.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(lines), 2),
+                     fontsize=8, frameon=False)
     loss_axis.set_title(title)
+    figure.tight_layout()
     atomic_save_figure(path, figure)

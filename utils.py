@@ -1,4 +1,5 @@
-"""The small remainder every room shares: the usage-error type, device choice, seeding, splits.
+"""The small remainder every room shares: the usage-error type and warnings, registries, device choice, seeding,
+splits.
 
 Files live in ``storage/files.py`` (atomic writes, safe loading), paths in ``storage/layout.py``, defaults and
 settings in ``storage/settings.py``, metrics in ``evaluation/metrics.py``; anything specific to a dataset, an
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import random
 import re
+import sys
 from typing import Callable
 
 import numpy as np
@@ -23,6 +25,12 @@ class UsageError(Exception):
 
     Scripts turn it into one line on stderr and exit status 2; anything else is a real bug.
     """
+
+
+def warn(message: str) -> None:
+    """A result that cannot mean what its column says, said where it is found: one ``warning:`` line on stderr
+    (the fact is kept beside the result too, in metadata or a table column, by the caller)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class Registry(dict):

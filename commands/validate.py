@@ -19,7 +19,7 @@ from pipeline.jobs import Job, step_of
 from storage import layout
 from storage.metadata import read_metadata
 from storage.settings import TrainSettings
-from utils import UsageError
+from utils import UsageError, warn
 
 
 class Validation:
@@ -70,6 +70,9 @@ class Validation:
 def run(args) -> int:
     grid, _ = cli.prepare(args, writable=[args.model_root, args.output])
     validation = Validation(args, grid)
+    too_few = fv.seeds_warning(len(validation.seeds))
+    if too_few:
+        warn(too_few)
     searched = searched_faults(args.search, validation)
     versions = [(dataset, model, bug) for (dataset, model), bugs in validation.faults.items() for bug in [0, *bugs]]
     status = validation.run(validation.jobs(versions))

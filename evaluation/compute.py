@@ -229,13 +229,17 @@ def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truth
     """How well each registered score predicts its version's own test failures: AUROC, the area under the
     risk-coverage curve (AURC), its excess over the oracle's (e-AURC) and the generalized one (AUGRC) for every
     score, ECE and Brier score for those that are probabilities (empty where the version lacks what the score
-    needs)."""
+    needs, or where the score reads a failure model fitted without a wrong or a correct input: it cannot predict
+    a failure, and a measured-looking 0.5 would say otherwise). ``warnings`` holds what was warned of the
+    version's files."""
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
         row = {"dataset": record.dataset, "shift": record.shift, "model": model, "bug_id": bug, "n_test": len(correct),
-               "test_accuracy": float(correct.mean()), "val_acc": record.val_acc}
-        available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])]
+               "test_accuracy": float(correct.mean()), "val_acc": record.val_acc,
+               "warnings": " | ".join(record.warnings)}
+        available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])
+                     and not (score.failure_model and record.module.degenerate)]
         for metric, function in (("auroc", auroc), ("aurc", aurc), ("eaurc", eaurc), ("augrc", augrc)):
             row.update({f"{metric}_{name}": function(record.score(name), correct) if name in available else None
                         for name in SCORES})

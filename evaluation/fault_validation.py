@@ -65,6 +65,30 @@ def compare(healthy, faulty) -> Comparison:
     return Comparison(p_value, effect, bool(p_value < ALPHA and effect >= MEDIUM_EFFECT))
 
 
+def smallest_p(seeds: int) -> float:
+    """The smallest two-sided p-value the exact rank test can give two samples of ``seeds`` accuracies (reached when
+    they do not overlap): 2 / C(2n, n)."""
+    return min(1.0, 2 / math.comb(2 * seeds, seeds))
+
+
+def least_killing_seeds(alpha: float = ALPHA) -> int:
+    """The fewest seeds a side with which a fault can be killed at all (4 at p < 0.05)."""
+    seeds = 1
+    while smallest_p(seeds) >= alpha:
+        seeds += 1
+    return seeds
+
+
+def seeds_warning(seeds: int) -> str | None:
+    """What a validation at ``seeds`` seeds a side cannot find (None: it can kill a fault)."""
+    least = least_killing_seeds()
+    if seeds >= least:
+        return None
+    return (f"--seeds {seeds}: no fault can be killed with fewer than {least} seeds a side (the rank test's smallest "
+            f"p-value at {seeds} is {smallest_p(seeds):.3g}, not below {ALPHA}): every row will read killed False, "
+            f"and --bugs validated will keep no fault; use --seeds {least} or more")
+
+
 def is_trivial(faulty_mean: float, num_classes: int) -> bool:
     """A wreck: mean accuracy at or below chance plus ``TRIVIAL_MARGIN``."""
     return bool(faulty_mean <= 1.0 / num_classes + TRIVIAL_MARGIN + 1e-12)
@@ -110,10 +134,28 @@ def read_table(path: Path, columns=COLUMNS) -> pd.DataFrame:
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise UsageError(f"{path} lacks the column(s) {', '.join(missing)}; rerun main_validate_faults.py --force")
-    for flag in ("killed", "trivial", "weakest_killing"):
+    for flag in ("killed", "trivial", "weakest_killing"):  # every row, whichever rows a run reads
         if flag in table.columns:
-            table[flag] = table[flag].astype(str).str.lower() == "true"
+            words = table[flag].astype(str).str.lower()
+            _refuse_cells(path, table, flag, ~words.isin(["true", "false"]), "True or False")
+            table[flag] = words == "true"
+    for number in ("faulty_mean", "p_value", "effect_size", "bug", "seeds"):
+        if number in table.columns:
+            values = pd.to_numeric(table[number], errors="coerce")
+            _refuse_cells(path, table, number, values.isna(), "a number")
+            table[number] = values
     return table
+
+
+def _refuse_cells(path: Path, table: pd.DataFrame, column: str, bad, expected: str) -> None:
+    """A UsageError naming the first cell of ``column`` that is not ``expected`` (``bad`` marks them)."""
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        cell = table[column].iloc[row]
+        shown = "an empty cell" if pd.isna(cell) else repr(str(cell))
+        raise UsageError(f"{path}: row {row + 2}, column {column}: {shown} is not {expected} "
+                         f"({int(bad.sum())} such cell(s)); the table is damaged: restore it, or delete it and rerun "
+                         "main_validate_faults.py (finished seeds are skipped)")
 
 
 def validated_faults(path: Path) -> dict[tuple[str, str, int], tuple[int, ...]]:
@@ -174,3 +216,22 @@ def bisect(parameter: FaultInjector.FaultParameter, default_killed: bool, killed
             break
         weak, strong = (weak, middle) if verdict else (middle, strong)
     return strong
+
+
+def dropped_faults(path: Path, wanted) -> list[str]:
+    """Why ``--bugs validated`` leaves out each fault of ``fault_validation.csv`` it drops for the ``wanted``
+    ``(dataset, model, epochs)``, one line per architecture: not killed (its p-value, effect size and seeds), or
+    trivial (its accuracy)."""
+    table = read_table(path)
+    lines = []
+    for (dataset, model, epochs), group in table.groupby(["dataset", "model", "epochs"], sort=True):
+        if (str(dataset).upper(), str(model).lower(), int(epochs)) not in wanted:
+            continue
+        reasons = [f"{int(row.bug)} ({row.fault}: "
+                   + (f"trivial, accuracy {row.faulty_mean:.3f}" if row.trivial else
+                      f"not killed, p = {row.p_value:.3g} and A12 = {row.effect_size:.2f} at {int(row.seeds)} seeds")
+                   + ")" for row in group.itertuples() if not row.killed or row.trivial]
+        if reasons:
+            lines.append(f"--bugs validated drops {model}'s fault(s) on {dataset} at {int(epochs)} epochs: "
+                         + ", ".join(reasons))
+    return lines

@@ -21,6 +21,7 @@ from selection import SCORES
 from storage import caches, layout, manifests
 from storage.caches import VALIDATION_REMEDY, CachedAnswers
 from storage.layout import CACHE_REMEDY
+from storage.metadata import read_metadata
 from storage.settings import DEEPFOOL, DistanceSettings
 from storage.shifts import NO_SHIFT
 from utils import UsageError
@@ -50,6 +51,9 @@ class VersionRecord:
     #: what the distance mode measured besides on each test input (``DistanceMode.outputs``; the ``feature`` mode's
     #: fDBD parts)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: what the steps that made the version's files warned of them (at chance, an attack that flipped too few
+    #: labels, a degenerate failure model), one line each
+    warnings: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
@@ -132,7 +136,24 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
     return VersionRecord(dataset, model, bug, answers.labels, answers.distances, module, layout.test_set_of(bug),
                          answers.probabilities, answers.logits,
                          caches.read_validation_outputs(info_root, model, dataset, bug, num_classes, fitted_as),
-                         costs.read(model_root, model, dataset, bug), distance.mode, shift, answers.outputs)
+                         costs.read(model_root, model, dataset, bug), distance.mode, shift, answers.outputs,
+                         recorded_warnings(info_root, model_root, dataset, model, bug, distance.mode, fitted_as, shift,
+                                           module))
+
+
+def recorded_warnings(info_root, model_root, dataset: str, model: str, bug: int, mode: str, fitted_as: str,
+                      shift: str, module: DeepFailGuardModule) -> list[str]:
+    """What was warned of a version's files, once each: its training's (metadata), its fit's and its test
+    cache's (manifests), and a degenerate failure model (also of the paper's, which have neither)."""
+    metadata = layout.metadata_path(model_root, model, dataset, bug)
+    found = list(read_metadata(metadata).get("warnings", [])) if metadata.is_file() else []
+    for step, measured in (("fit", fitted_as), ("cache", mode)):
+        manifest = manifests.read(layout.manifest_path(info_root, step, model, dataset, bug, measured,
+                                                       shift if step == "cache" else NO_SHIFT))
+        found += manifest.warnings if manifest is not None else []
+    if module.degenerate and not any("failure model" in line for line in found):
+        found.append(f"{layout.version_key(model, dataset, bug)}: its {module.degenerate}")
+    return list(dict.fromkeys(found))
 
 
 def load_cached_versions(info_root, model_root, dataset: str, versions, distance: DistanceSettings = DEEPFOOL,

@@ -7,7 +7,9 @@ member with the highest score) and its confidence is that highest score. Candida
 the strictest down (fixed-sequence testing): the null hypothesis "the selective risk at this threshold exceeds
 ``alpha``" is rejected when the binomial tail ``P(X <= errors | answered, alpha)`` of the answered validation
 inputs is at most ``delta`` (exact, SciPy's ``binom``); the first threshold not rejected stops the sequence, and
-the last rejected one is certified. None rejected: no threshold is certified, and the row says so (coverage 0).
+the last rejected one is certified. None rejected: no threshold is certified, and the row says so (coverage 0, and
+``risk_held`` empty: nothing answered holds or breaks a risk); where the validation inputs are fewer than any
+certificate needs, ``note`` says so and one warning line per dataset and shift too.
 The sequence starts at the strictest threshold that answers enough inputs to be certified at all
 (:func:`least_answered`: 45 at the defaults); stricter ones could never be, and would stop it at once.
 
@@ -27,11 +29,13 @@ from scipy.stats import binom
 from selection import SCORES, unmet_needs
 from selection.cascade import validation_scores
 from storage.settings import ALPHA, DELTA
+from utils import warn
 
 #: candidate thresholds at most
 GRID = 1000
 COLUMNS = ["dataset", "n_versions", "models", "bug_ids", "setting", "shift", "score", "alpha", "delta", "certified",
-           "threshold", "coverage", "selective_risk", "risk_held", "validation_coverage", "validation_risk"]
+           "threshold", "coverage", "selective_risk", "risk_held", "validation_coverage", "validation_risk",
+           "n_validation", "note"]
 
 
 @dataclass
@@ -41,9 +45,16 @@ class Abstention:
     alpha: float = ALPHA
     delta: float = DELTA
     rows: list = field(default_factory=list)
+    #: the (dataset, shift) pairs already warned of (once each, not once per set)
+    warned: set = field(default_factory=set)
 
     def add(self, common: dict, members, truth: np.ndarray, context) -> None:
-        self.rows.extend(selective_rows(common, members, truth, context, self.alpha, self.delta))
+        rows = selective_rows(common, members, truth, context, self.alpha, self.delta)
+        noted = next((row["note"] for row in rows if row["note"]), "")
+        if noted and (common["dataset"], common.get("shift")) not in self.warned:
+            self.warned.add((common["dataset"], common.get("shift")))
+            warn(f"{common['dataset']}: selective.csv: {noted}")
+        self.rows.extend(rows)
 
 
 def ltt_threshold(confidence: np.ndarray, wrong: np.ndarray, alpha: float, delta: float,
@@ -92,6 +103,11 @@ def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: flo
         return []
     rows = []
     validation_truth = members[0].validation.truth
+    fewest = least_answered(alpha, delta)
+    note = "" if len(validation_truth) >= fewest else \
+        (f"{len(validation_truth)} validation inputs cannot certify risk {alpha:g} at delta {delta:g}: that takes at "
+         f"least {fewest} answered (without an error); no threshold is certified and nothing is answered "
+         "(more inputs: --max-inputs, or a larger --alpha or --delta)")
     validation_labels = np.stack([member.validation.labels for member in members])
     test_labels = np.stack([member.labels for member in members])
     for name, score in SCORES.items():
@@ -103,12 +119,13 @@ def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: flo
         test_answer, test_confidence = system_confidence(np.stack([m.score(name) for m in members]), test_labels,
                                                          context)
         row = dict(common, score=name, alpha=alpha, delta=delta, certified=threshold is not None,
-                   threshold=threshold, coverage=0.0, selective_risk=None, risk_held=True,
-                   validation_coverage=0.0, validation_risk=None)
+                   threshold=threshold, coverage=0.0, selective_risk=None, risk_held=None,
+                   validation_coverage=0.0, validation_risk=None, n_validation=len(validation_truth), note=note)
         if threshold is not None:
             answered, validation_answered = test_confidence >= threshold, confidence >= threshold
             risk = float((test_answer[answered] != truth[answered]).mean()) if answered.any() else None
-            row.update(coverage=float(answered.mean()), selective_risk=risk, risk_held=risk is None or risk <= alpha,
+            row.update(coverage=float(answered.mean()), selective_risk=risk,
+                       risk_held=None if risk is None else risk <= alpha,
                        validation_coverage=float(validation_answered.mean()),
                        validation_risk=float((answer != validation_truth)[validation_answered].mean()))
         rows.append(row)

@@ -22,8 +22,12 @@ from pipeline.jobs import DONE, Job, Outcome, skipped
 from storage import caches, layout, manifests
 from storage.files import check_writable, is_fresh
 from storage.metadata import read_metadata
+from storage.settings import DISTANCE_MODES
 from storage.shifts import NO_SHIFT
-from utils import UsageError
+from utils import UsageError, warn
+
+#: the share of labels a mode that walks to the boundary must flip for its distances to be taken as boundary distances
+FLIPPED_AT_LEAST = 0.5
 
 
 def _load_for_attack(job: Job, bug: int):
@@ -79,10 +83,12 @@ def run_fit(job: Job) -> Outcome:
     caches.write_validation_outputs(roots.info, job.model, job.dataset, job.bug, fit.result, fit.result.targets,
                                     fitted_as)
     save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
-                             title=f"{job.key}: validation distances")
+                    title=f"{job.key}: validation distances")
+    warnings = _said([*_flip_warnings(job, fit.result.success, "validation"),
+                      *_failure_model_warnings(job, fit.correct)])
     manifests.write(manifest, manifests.describe("fit", job.key, fitted_as, len(fit.correct), _checkpoint(job),
                                                  roots.info, [correct_path, wrong_path, *validation_paths],
-                                                 shift=made))
+                                                 shift=made, warnings=warnings))
     return Outcome(job, DONE, {"n_val": len(fit.correct), "correct": int(fit.correct.sum()),
                                "wrong": int((~fit.correct).sum()), "flipped": f"{fit.result.success.mean():.3f}"},
                    note=_redone("fitted", reason, s.force))
@@ -122,12 +128,48 @@ def run_cache(job: Job) -> Outcome:
     manifests.discard(manifest)
     result = attacker.attack_loader(loader, progress=not s.quiet, description=job.label)
     caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode, shift)
+    warnings = _said(_flip_warnings(job, result.success, "test" if shift == NO_SHIFT else f"{shift} test"))
     manifests.write(manifest, manifests.describe("cache", job.key, mode, len(result.labels), _checkpoint(job),
-                                                 roots.info, outputs, truth_path, made))
+                                                 roots.info, outputs, truth_path, made, warnings))
     accuracy = float((result.labels == data.y_test.numpy()).mean())
     return Outcome(job, DONE, {"n_test": len(result.labels), "test_acc": f"{accuracy:.4f}",
                                "median_d": f"{np.median(result.distances):.4f}"},
                    note=_redone("cached", reason, s.force))
+
+
+# ---------------------------------------------------------------------------------------------
+# health: what a step finds its files cannot mean, said where it is found and kept in the manifest
+# ---------------------------------------------------------------------------------------------
+
+def _flip_warnings(job: Job, success, inputs: str) -> list[str]:
+    """An attack that flipped no label, or under half of them in a mode that walks to the boundary
+    (``DistanceMode.reaches_boundary``): its distances are not distances to the boundary."""
+    if success is None or not len(success):
+        return []
+    distance = job.settings.attack.distance
+    rate, walks = float(np.mean(success)), DISTANCE_MODES.get_class(distance.name).reaches_boundary
+    if rate > 0 and not (walks and rate < FLIPPED_AT_LEAST):
+        return []
+    return [f"{job.key}: the {distance.mode} attack flipped the label of {rate:.1%} of its {len(success)} {inputs} "
+            "inputs: its distances are not distances to the decision boundary (a version at chance, or an attack "
+            "stopped short: more --steps?)"]
+
+
+def _failure_model_warnings(job: Job, correct: np.ndarray) -> list[str]:
+    """A failure model fitted without a wrong (or without a correct) validation input: it cannot tell them apart."""
+    right, wrong = int(correct.sum()), int((~correct).sum())
+    if right and wrong:
+        return []
+    missing = "wrong" if right else "correct"
+    return [f"{job.key}: its failure model was fitted on {right} correct and {wrong} wrong validation inputs: with no "
+            f"{missing} one it cannot predict a failure, and failure_prediction.csv leaves its failure-model scores "
+            "empty (more validation inputs: --max-inputs)"]
+
+
+def _said(warnings: list[str]) -> list[str]:
+    for line in warnings:
+        warn(line)
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from typing import Sequence
 
 import FaultInjector
 from DatasetManager import DATASETS, get_dataset, paper_datasets
-from evaluation.fault_validation import validated_faults
+from evaluation.fault_validation import dropped_faults, validated_faults
 from ModelManager import MODELS, get_model_class
 from pipeline.presets import PRESETS, Preset
 from storage.layout import FAULT_VALIDATION_CSV, checkpoint_path, version_key
 from storage.settings import DEFAULT_OUTPUT
-from utils import UsageError
+from utils import UsageError, warn
 
 
 def split_list(values: Sequence[str] | None, flag: str = "") -> list[str] | None:
@@ -123,7 +123,8 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     models = {get_model_class(name).name for name in (named_models or preset_models)}
     named_bugs = parse_bug_ids(args.bugs)
     wants_validated = named_bugs is not None and any(item.lower() == VALIDATED for item in split_list(args.bugs))
-    validated = read_validated(args, datasets, models) if wants_validated else None
+    table = validation_table(args, datasets, models) if wants_validated else None
+    validated = validated_faults(table) if table is not None else None
     explicit_ids = tuple(named_bugs or ())
     if validated is not None:
         named_bugs = sorted({*explicit_ids, FaultInjector.HEALTHY, *(b for bugs in validated.values() for b in bugs)})
@@ -137,13 +138,16 @@ def resolve_grid(args: argparse.Namespace) -> Grid:
     check_pairs(grid, explicit=named_models is not None and named_bugs is not None and validated is None)
     if validated is not None:
         note_unvalidated(grid)
+        for line in dropped_faults(table, {(d, m, grid.training_epochs(d, m)) for d in grid.datasets
+                                           for m in grid.models}):
+            warn(line)
     return grid
 
 
-def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str, str, int], tuple[int, ...]]:
-    """``--bugs validated``: the killed, non-trivial faults of each ``(dataset, model, epochs)`` in
-    ``fault_validation.csv`` of ``--output`` (or, for a script writing elsewhere, the default output); without
-    one, a UsageError naming the command that makes it."""
+def validation_table(args: argparse.Namespace, datasets, models) -> Path:
+    """``--bugs validated``'s table: ``fault_validation.csv`` of ``--output`` (or, for a script writing elsewhere,
+    the default output), whose killed, non-trivial faults of each ``(dataset, model, epochs)`` the grid keeps;
+    without one, a UsageError naming the command that makes it."""
     folders = dict.fromkeys(p for p in (getattr(args, "output", None), DEFAULT_OUTPUT) if p)
     found = next((Path(f) / FAULT_VALIDATION_CSV for f in folders if (Path(f) / FAULT_VALIDATION_CSV).is_file()), None)
     if found is None:
@@ -152,7 +156,7 @@ def read_validated(args: argparse.Namespace, datasets, models) -> dict[tuple[str
                          f"{' '.join(sorted(datasets))} --models {' '.join(sorted(models))}")
     if getattr(args, "output", None) and found.parent != Path(args.output):
         print(f"note: --bugs validated reads {found}", file=sys.stderr)
-    return validated_faults(found)
+    return found
 
 
 def note_unvalidated(grid: Grid) -> None:

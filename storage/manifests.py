@@ -48,6 +48,9 @@ class Manifest:
     #: how shifted inputs were made (``mydataset.corruptions.describe``: the corruption, library, version, seed;
     #: for a fit on shifted validation inputs, the list of them); None for clean inputs
     shift: dict | None = None
+    #: what the step found its files cannot mean (an attack that flipped too few labels, a failure model without a
+    #: wrong input), each one line: the evaluations carry them into ``failure_prediction.csv``
+    warnings: list[str] = field(default_factory=list)
 
 
 def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verify: bool = False) -> str | None:
@@ -71,13 +74,13 @@ def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verif
 
 
 def describe(step: str, version: str, distance: str, inputs: int, checkpoint: str, info_root, files,
-             ground_truth=None, shift: dict | None = None) -> Manifest:
+             ground_truth=None, shift: dict | None = None, warnings=()) -> Manifest:
     """The manifest of ``files`` as they are on disk now (their digests), made from the checkpoint of fingerprint
-    ``checkpoint`` (from inputs made as ``shift`` says)."""
+    ``checkpoint`` (from inputs made as ``shift`` says), with what the step warned of them."""
     root = Path(info_root)
     return Manifest(step, version, distance, int(inputs), checkpoint,
                     {Path(p).relative_to(root).as_posix(): file_digest(p) for p in files},
-                    None if ground_truth is None else file_digest(ground_truth), shift)
+                    None if ground_truth is None else file_digest(ground_truth), shift, list(warnings))
 
 
 def discard(path) -> None:
@@ -98,7 +101,8 @@ def read(path) -> Manifest | None:
     try:
         found = json.loads(path.read_text())
         manifest = Manifest(**found)
-        if not (isinstance(manifest.files, dict) and isinstance(manifest.inputs, int)):
+        if not (isinstance(manifest.files, dict) and isinstance(manifest.inputs, int)
+                and isinstance(manifest.warnings, list) and all(isinstance(w, str) for w in manifest.warnings)):
             raise TypeError("wrong field types")
     except (OSError, ValueError, TypeError) as exc:
         step = "fit" if "val_information" in path.parts[-2] else "cache"

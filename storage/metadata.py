@@ -48,6 +48,8 @@ FIELDS = {
     "settings": (lambda v: isinstance(v, dict), "an object of the training settings"),
     "costs": (lambda v: isinstance(v, dict) and isinstance(v.get("forward_flops"), (int, float)),
               "an object of the version's costs (forward_flops, distance_flops, ...)"),
+    "warnings": (lambda v: isinstance(v, list) and all(isinstance(line, str) for line in v),
+                 "a list of warning lines"),
     "checkpoint_sha256": (lambda v: isinstance(v, str) and len(v) == 64, "the checkpoint's SHA-256 (64 hex digits)"),
 }
 

@@ -124,6 +124,10 @@ class DistanceMode:
     #: what the mode's caches and validation outputs hold besides the labels, softmax, logits and distances
     #: (attributes of its results, written before the distances)
     outputs: tuple[str, ...] = ()
+    #: the measurement walks each input to the boundary and past it (DeepFool): where under half of the inputs'
+    #: labels flip, its distances are not distances to the boundary, and the fit and cache steps warn (any mode
+    #: warns where none flips)
+    reaches_boundary: bool = False
 
     def measurement_class(self) -> type:
         return resolve(self.measurement)
@@ -141,7 +145,7 @@ def register_distance_mode(mode: DistanceMode) -> DistanceMode:
 
 #: the built-in modes (a new one: its measurement class in a module, and one ``register_distance_mode`` line)
 DISTANCE_TABLE: tuple[DistanceMode, ...] = tuple(register_distance_mode(mode) for mode in (
-    DistanceMode(DEEPFOOL_MODE, "Attacker:Attacker", costed=(DEFAULT_CANDIDATES, 2),
+    DistanceMode(DEEPFOOL_MODE, "Attacker:Attacker", costed=(DEFAULT_CANDIDATES, 2), reaches_boundary=True,
                  help="the paper's: foolbox 3's L2 DeepFool, up to 50 steps"),
     DistanceMode("first-order", "distances.first_order:FirstOrderDistance", costed=(DEFAULT_CANDIDATES, 2),
                  help="DeepFool's first linearisation only, no iteration: cheaper"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,7 @@ def test_tiny_validation_writes_the_table_and_reruns_skip(capsys, empty_workspac
     assert table["bug"].tolist() == [4, 9] and (table["seeds"] == 3).all()
     assert table["p_value"].between(0, 1).all() and table["effect_size"].between(0, 1).all()
     assert not table["killed"].any()  # three seeds a side cannot reach p < 0.05
+    assert "warning: --seeds 3: no fault can be killed with fewer than 4 seeds a side" in result.stderr
     first = ws.checkpoint("squeezenet", 9)
     others = [ws.model / "fault_validation" / f"seed{seed}" / first.name for seed in (43, 44)]
     assert first.is_file() and all(path.is_file() for path in others)
@@ -152,7 +154,13 @@ def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_wo
     grid = grids.resolve_grid(namespace(ws, ["validated", "5"]))
     assert set(grid.versions("DIGITS")) == {("squeezenet", 0), ("densenet", 0), ("squeezenet", 5), ("densenet", 5),
                                             ("squeezenet", 9)}
-    assert "does not cover densenet on DIGITS" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "does not cover densenet on DIGITS" in said
+    dropped = [line for line in said.splitlines() if line.startswith("warning: --bugs validated drops")]
+    assert len(dropped) == 1 and f"squeezenet's fault(s) on DIGITS at {recipe} epochs" in dropped[0]
+    assert "4 (suboptimal learning rate: trivial, accuracy 0.100)" in dropped[0]
+    assert "14 (" in dropped[0] and "19 (" in dropped[0] and "not killed, p = " in dropped[0]
+    assert "18 (" not in dropped[0] and " 9 (" not in dropped[0]  # killed here, or at another recipe
     brief = grids.resolve_grid(argparse.Namespace(**{**vars(namespace(ws, ["validated"])), "epochs": 2}))
     assert set(brief.versions("DIGITS")) == {("squeezenet", 0), ("densenet", 0), ("squeezenet", 18)}
 
@@ -194,3 +202,26 @@ def test_a_table_without_epochs_is_one_clear_line(tmp_path):
     path.write_text("dataset,model\nDIGITS,squeezenet\n")
     with pytest.raises(UsageError, match="lacks the column"):
         fv.validated_faults(path)
+
+
+@pytest.mark.parametrize("column, damage", [("killed", "yes"), ("p_value", "n.s."), ("trivial", "1.5")])
+def test_a_damaged_cell_is_one_clear_line_whatever_rows_a_run_reads(tmp_path, column, damage):
+    """A cell that is not what its column holds is refused naming it, also in a row of another training recipe
+    (a damaged table is damaged whatever rows a run needs)."""
+    path = tmp_path / layout.FAULT_VALIDATION_CSV
+    rows = [fv.summary("DIGITS", "squeezenet", 9, HEALTHY, FAULTY, 10, 24),
+            fv.summary("DIGITS", "squeezenet", 9, HEALTHY, FAULTY, 10, 2)]
+    table = pd.DataFrame(rows, columns=list(fv.COLUMNS)).astype({column: object})
+    table.loc[1, column] = damage
+    table.to_csv(path, index=False)
+    with pytest.raises(UsageError, match=rf"row 3, column {column}: '{re.escape(damage)}' is not .*damaged"):
+        fv.validated_faults(path)
+
+
+def test_the_fewest_seeds_that_can_kill_is_four_at_5_percent():
+    """Two samples of n that do not overlap give the exact two-sided p of 2 / C(2n, n): SciPy's, for n = 2 ... 5."""
+    for n in range(2, 6):
+        healthy, faulty = np.linspace(0.9, 0.95, n), np.linspace(0.5, 0.55, n)
+        assert fv.smallest_p(n) == pytest.approx(mannwhitneyu(healthy, faulty, method="exact").pvalue)
+    assert fv.least_killing_seeds(0.05) == 4 and fv.least_killing_seeds(0.01) == 5
+    assert fv.seeds_warning(4) is None and "every row will read killed False" in fv.seeds_warning(3)
