@@ -29,14 +29,22 @@ from evaluation.records import (
     load_cached_record,
     load_cached_versions,
 )
-from evaluation.report import RESULT_COLUMNS, format_summary, provenance, summarize, write_evaluation
+from evaluation.report import (
+    RESULT_COLUMNS,
+    format_summary,
+    format_takeaway,
+    format_whereabouts,
+    provenance,
+    summarize,
+    write_evaluation,
+)
 from evaluation.selective import Abstention
-from storage import layout
 from storage.shifts import NO_SHIFT
 
 __all__ = ["DEEPFAILGUARD", "RESULT_COLUMNS", "Abstention", "Evaluation", "MethodLog", "VersionRecord", "canonical",
            "canonical_key", "check_dataset", "dataset_classes", "evaluate_and_report", "evaluate_datasets",
            "evaluate_set", "evaluate_sets", "evaluate_shifts", "failure_prediction_rows", "format_summary",
+           "format_takeaway", "format_whereabouts",
            "load_cached_record",
            "load_cached_versions", "predict_set", "provenance", "region_of", "run_evaluation", "set_columns",
            "summarize", "version_sets", "write_evaluation"]
@@ -65,4 +73,5 @@ def evaluate_and_report(records_by_dataset: dict, truths_by_dataset: dict, model
     summary = run_evaluation(records_by_dataset, truths_by_dataset, models, bugs_by_dataset, output,
                              progress=progress, abstention=abstention, by_shift=by_shift)
     print(format_summary(summary))
-    print(f"results in {output}/{', '.join(layout.RESULT_FILES)}")
+    print(format_takeaway(summary))
+    print(format_whereabouts(output))

@@ -221,8 +221,9 @@ def evaluate_and_compare(published: pd.DataFrame, records_by_dataset: dict, trut
     summary = evaluation.write_evaluation(evaluated, records_by_dataset, truths_by_dataset, output)
     atomic_write_table(layout.result_path(output, layout.PAPER_COMPARISON_CSV), comparison, COMPARISON_COLUMNS)
     print(evaluation.format_summary(summary))
+    print(evaluation.format_takeaway(summary))
     print(format_comparison(comparison))
-    print(f"results in {output}/{', '.join((*layout.RESULT_FILES, layout.PAPER_COMPARISON_CSV))}")
+    print(evaluation.format_whereabouts(output, (*layout.RESULT_FILES, layout.PAPER_COMPARISON_CSV)))
     return comparison
 
 

@@ -15,7 +15,7 @@ from evaluation.figures import (
 from evaluation.metrics import mean_interval, sign_test
 from evaluation.records import canonical_key
 from evaluation.selective import COLUMNS as SELECTIVE_COLUMNS
-from selection import METHODS, SCORES, describe, unmet_needs
+from selection import METHODS, SCORES, describe, family_of, unmet_needs
 from storage import layout
 from storage.files import atomic_write_json, atomic_write_table
 from storage.shifts import order as shift_order
@@ -110,11 +110,14 @@ def write_figures(summary: pd.DataFrame, by_shift: dict, output) -> None:
     corruptions) and accuracy against FLOPs (clean set); per dataset and shift: the reliability of DeepFailGuard's
     P(correct) and the risk-coverage curves of the failure scores."""
     for dataset, rows in summary.groupby("dataset", sort=False):
-        save_method_comparison(severity_panels(rows), layout.methods_figure_path(output, dataset), title=dataset)
+        families = {method: family_of(method) if method in METHODS else "other" for method in rows["method"]}
+        save_method_comparison(severity_panels(rows), layout.methods_figure_path(output, dataset),
+                               title=f"{dataset}: mean accuracy of each method against the number of versions",
+                               families=families)
         clean = rows[rows["shift"] == NO_SHIFT]
         if clean["flops_per_input"].notna().any():
             save_accuracy_compute(clean.to_dict("records"), layout.compute_figure_path(output, dataset),
-                                  title=f"{dataset}: accuracy against what an answer costs")
+                                  title=f"{dataset}: accuracy against what an answer costs", families=families)
     evaluated = {(row["dataset"], row["shift"]) for row in summary[["dataset", "shift"]].to_dict("records")}
     for shift, (records_by_dataset, truths_by_dataset) in by_shift.items():
         under = "" if shift == NO_SHIFT else f" under {shift} (severity {severity(shift)})"
@@ -186,3 +189,32 @@ def format_summary(summary: pd.DataFrame) -> str:
                      + "".join(f"{per_size.at[n, 'upper_limit']:>{width - 8}.4f}{'':>8}" for n in sizes))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def format_takeaway(summary: pd.DataFrame) -> str:
+    """What the table says, per dataset and shift: the best method at each N (ties named together), and
+    DeepFailGuard against voting at each N (mean accuracies, wins and losses over the sets, the sign test's
+    p-value)."""
+    lines = []
+    for (dataset, shift), rows in summary.groupby(["dataset", "shift"], sort=False):
+        where = dataset if shift == NO_SHIFT else f"{dataset} {shift}"
+        best = []
+        for n, at_n in rows.groupby("n_versions", sort=False):
+            top = at_n["accuracy"].max()
+            leaders = at_n.loc[at_n["accuracy"] >= top - 1e-12, "method"]
+            best.append(f"N={n} {', '.join(leaders)} {top:.4f}")
+        lines.append(f"{where}: best method per N: {'; '.join(best)}")
+        dfg = rows[rows["method"] == DEEPFAILGUARD]
+        if len(dfg) and "sign_test_p" in dfg:
+            against = [f"N={row.n_versions} {row.accuracy:.4f} against {row.voting_accuracy:.4f}, better in "
+                       f"{row.wins_over_voting} and worse in {row.losses_to_voting} of {row.configurations} sets "
+                       f"(sign test p = {row.sign_test_p:.3g})" for row in dfg.itertuples()]
+            lines.append(f"{where}: DeepFailGuard against voting: {'; '.join(against)}")
+    return "\n".join(lines)
+
+
+def format_whereabouts(output, files=layout.RESULT_FILES) -> str:
+    """Where the run's tables and figures are, in two lines."""
+    figures = layout.figure_path(output, "")
+    return (f"results in {output}/{', '.join(files)} (columns: docs/outputs.md)\n"
+            f"figures in {figures}/ (methods_*, compute_*, reliability_*, risk_coverage_*, kde_*)")

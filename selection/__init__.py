@@ -22,6 +22,7 @@ from selection.base import (
     SelectBy,
     SetContext,
     describe,
+    family_of,
     preference_by_validation_accuracy,
     register_method,
     register_score,
@@ -39,5 +40,5 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["METHODS", "NEEDS", "PREFERRED_MEMBER", "SCORES", "SMALLEST_CLASS", "Method", "Score", "SelectBy",
-           "SetContext", "describe", "preference_by_validation_accuracy", "register_method", "register_score",
-           "unmet_needs", "weighted_vote"]
+           "SetContext", "describe", "family_of", "preference_by_validation_accuracy", "register_method",
+           "register_score", "unmet_needs", "weighted_vote"]

@@ -81,6 +81,9 @@ class Plugin:
     ties: ClassVar[str] = ""
     #: each member it runs is also attacked (its distance is read)
     attacks: ClassVar[bool] = False
+    #: the family the figures draw it with (a panel each): empty for the family of its module
+    #: (:data:`MODULE_FAMILIES`), "other" where that has none
+    family: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -99,6 +102,9 @@ class Score(Plugin):
     probability: ClassVar[bool] = False
     #: False for a score that is only a failure predictor, not a selector
     selects: ClassVar[bool] = True
+    #: the score reads the version's failure model (its KDEs): it means nothing where that was fitted without a
+    #: wrong (or without a right) validation answer, and ``failure_prediction.csv`` leaves it empty there
+    failure_model: ClassVar[bool] = False
 
     def fit(self, version):
         """What the score learns from ``version.validation`` (and its failure model); None: nothing."""
@@ -213,6 +219,22 @@ class SelectBy(Method):
     def predict(self, state, members, context) -> np.ndarray:
         return answer_of(context.first_preferred_max(np.stack([member.score(self.score) for member in members])),
                          members)
+
+
+#: the families of the built-in plugins' modules (a method selecting by a score is of its score's family)
+MODULE_FAMILIES = {"selection.deepfailguard": "DeepFailGuard and its ablations",
+                   "selection.combination": "combining the answers",
+                   "selection.weighted_voting": "combining the answers",
+                   "selection.confidence": "softmax and logit scores",
+                   "selection.feature_scores": "softmax and logit scores",
+                   "selection.dynamic": "dynamic selection", "selection.cascade": "cascades"}
+
+
+def family_of(method: str) -> str:
+    """The family of a registered method (``Plugin.family``, else its module's, else "other")."""
+    entry = METHODS[method]
+    plugin = SCORES[entry.score] if isinstance(entry, SelectBy) else entry
+    return plugin.family or MODULE_FAMILIES.get(type(plugin).__module__, "other")
 
 
 def _configure(cls: type, registry_name: str | None, values: dict, base: type):

@@ -21,6 +21,7 @@ class MostAccurate(Method):
 
     name = "val_acc_only"
     ties = PREFERRED_MEMBER
+    family = "DeepFailGuard and its ablations"
 
     def predict(self, state, members, context):
         accuracies = np.array([[member.val_acc] for member in members], dtype=np.float64)

@@ -44,6 +44,7 @@ class PCorrect(Score):
     name = "dfg"
     attacks = True
     probability = True
+    failure_model = True
 
     def compute(self, state, answers, version):
         return version.assess(answers).confidence
@@ -58,6 +59,7 @@ class DensityMargin(Score):
 
     name = "distance_only"
     attacks = True
+    failure_model = True
 
     def compute(self, state, answers, version):
         return version.assess(answers).margin
@@ -114,6 +116,7 @@ class DeepFailGuardPlus(Score):
     attacks = True
     needs = ("probabilities", "validation")
     probability = True
+    failure_model = True  # with too few wrong validation answers it is DeepFailGuard's P(correct)
     #: the candidate models, simplest first (of :data:`FORMS`)
     forms: tuple[str, ...] = FORMS
     folds: int = 3
