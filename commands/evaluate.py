@@ -53,13 +53,16 @@ def evaluate(args, grid) -> int:
                       f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}", file=sys.stderr)
             records_by_dataset[dataset] = records
         by_shift[shift] = records_by_dataset, truths_by_dataset
-    if published is None and not any(records for records_by_dataset, _ in by_shift.values()
-                                     for records in records_by_dataset.values()):
-        mode = args.distance.mode
+    # a shift asked for that no version has a cache of is refused, alone or beside others: its rows would be missing
+    empty = [shift for shift, (records_by_dataset, _) in by_shift.items() if not any(records_by_dataset.values())]
+    if published is None and empty:
+        mode, shift = args.distance.mode, empty[0]
         example = layout.cache_path(args.info_root, grid.models[0], grid.datasets[0], 0, "distances", mode,
-                                    shift=args.shifts[0])
-        raise UsageError(f"no {mode} test cache for any requested version (e.g. {example}); run main_cache_test_"
-                         f"distances.py{mode_flag(mode)} with the same --datasets/--models/--bugs/--shifts first")
+                                    shift=shift)
+        which = "the clean test set (none)" if shift == NO_SHIFT else f"the test set under {shift}"
+        raise UsageError(f"no {mode} test cache of {which} for any requested version (e.g. {example}); run "
+                         f"main_cache_test_distances.py{mode_flag(mode)} --shifts {shift} with the same "
+                         "--datasets/--models/--bugs first")
     records_by_dataset, truths_by_dataset = next(iter(by_shift.values()))
     if published is not None:
         paper.evaluate_and_compare(published, records_by_dataset, truths_by_dataset, args.output, args.posterior,

@@ -13,6 +13,7 @@ from pipeline import cli, grids
 def run(args) -> int:
     launch = launchers.launch_settings(args)
     grid, _ = cli.prepare(args, writable=[args.info_root, args.output])
+    cli.check_corruption_library(args.fit_shifts)
     # one failure model per checkpoint: faults 10-12 reuse the healthy one
     trained = grids.trained_versions(grid, args.model_root)
     versions = list(dict.fromkeys((d, m, FaultInjector.checkpoint_fault(b)) for d, m, b in trained))

@@ -29,6 +29,7 @@ from storage.shifts import NO_SHIFT
 
 def run(args) -> int:
     grid, device = cli.prepare(args, writable=[args.output])
+    cli.check_corruption_library(args.shifts)
     with files.folder_lock(args.output, "a real-time evaluation (main_test_DeepFailGuard.py)"):
         return evaluate(args, grid, device)
 

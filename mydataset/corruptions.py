@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
@@ -39,6 +40,21 @@ def library_version() -> str:
                          f"(or pip install {LIBRARY}==0.1.7)") from None
 
 
+@functools.cache
+def library():
+    """The corruption library (imported on first use, by name: it loads OpenCV and scikit-image);
+    installed but failing to import (a broken install, a missing system library) is a UsageError naming the
+    package, the error and the remedy."""
+    installed = library_version()
+    try:
+        return importlib.import_module("corrupt_tta")
+    except (ImportError, OSError) as exc:
+        raise UsageError(f"shifts need the {LIBRARY} package, which is installed ({installed}) but fails to import: "
+                         f"{type(exc).__name__}: {exc}; reinstall it with its dependencies (pip install "
+                         f"--force-reinstall {LIBRARY}=={installed}), or install the system library the error names "
+                         "(OpenCV needs libGL: apt-get install libgl1)") from None
+
+
 def describe(shift: str, seed: int = SEED) -> dict:
     """What a shifted cache records of how its inputs were made (its manifest): the corruption, its severity and
     family, the library and its version, and the seed."""
@@ -52,15 +68,14 @@ def _seeded_library(seed: int):
     """The corruption library with every random draw from ``seed``: NumPy's global generator (most corruptions;
     the caller's state is restored after) and the generator scikit-image's ``random_noise`` takes (impulse noise,
     which otherwise draws from a fresh unseeded one: a rerun would corrupt differently)."""
-    import corrupt_tta.corruptions as library  # deferred: the library loads OpenCV and scikit-image
-
-    state, random_noise = np.random.get_state(), library.random_noise
+    module = library().corruptions
+    state, random_noise = np.random.get_state(), module.random_noise
     np.random.seed(seed)
-    library.random_noise = functools.partial(random_noise, rng=seed)
+    module.random_noise = functools.partial(random_noise, rng=seed)
     try:
-        yield
+        yield module
     finally:
-        library.random_noise = random_noise
+        module.random_noise = random_noise
         np.random.set_state(state)
 
 
@@ -74,8 +89,7 @@ def image_seed(seed: int, shift: str, index: int) -> int:
 def corrupt_images(images: torch.Tensor, shift: str, seed: int = SEED, first_index: int = 0) -> torch.Tensor:
     """``images`` (N×C×H×W in [0, 1], C = 1 or 3) under ``shift``, same shape and dtype; image ``i`` is corrupted
     with :func:`image_seed` of ``first_index + i``."""
-    library_version()
-    from corrupt_tta import corrupt  # deferred: the library loads OpenCV and scikit-image
+    corrupt = library().corrupt
 
     name, level = split(shift)
     if images.ndim != 4 or images.shape[1] not in (1, 3):

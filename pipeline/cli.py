@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import torch
 
 import utils
 from DatasetManager import get_dataset
-from mydataset.corruptions import library_version
+from mydataset.corruptions import library, library_version
 from pipeline.flags import ROOT_FLAGS, destination
 from pipeline.grids import Grid, resolve_grid
 from pipeline.jobs import Job, JobSettings
@@ -66,6 +67,13 @@ def checked_shifts(texts, flag: str) -> tuple[str, ...]:
     return found
 
 
+def check_corruption_library(shifts) -> None:
+    """A step that corrupts inputs under ``shifts`` needs the corruption library to import, not only to be
+    installed: checked before any job starts (one line naming the package and the remedy)."""
+    if any(shift != NO_SHIFT for shift in shifts):
+        library()
+
+
 def check_threads(threads: int) -> None:
     """More compute threads than this machine has CPUs is refused (torch would try to start them all)."""
     cpus = os.cpu_count() or 1
@@ -76,12 +84,27 @@ def check_threads(threads: int) -> None:
 def check_roots(args: argparse.Namespace) -> None:
     """A root that exists must be a folder: a file there is refused naming its flag, before it is read as an
     empty folder (nothing found) or written into."""
-    for flag, _, _ in ROOT_FLAGS.values():
+    for flag, default, _ in ROOT_FLAGS.values():
         if destination(flag) not in vars(args):
             continue
         path = Path(vars(args)[destination(flag)])
         if path.exists() and not path.is_dir():
             raise UsageError(f"{flag} {path} is not a folder; point {flag} at a folder (or a path not yet there)")
+        note_root_elsewhere(flag, path, default)
+
+
+#: the repository's folder: the default roots are relative to the folder a script runs in, which is usually it
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def note_root_elsewhere(flag: str, path: Path, default: str) -> None:
+    """A default root that does not exist in the folder the script runs in but does in the repository: say which
+    folder is read (the user ran it from elsewhere, and would otherwise be told to redo steps already done)."""
+    here = Path.cwd().resolve()
+    if str(path) != default or here == REPOSITORY or path.exists() or not (REPOSITORY / default).is_dir():
+        return
+    print(f"note: {flag} is {default} in this folder ({here}), where there is none; the repository's is "
+          f"{REPOSITORY / default}: run from {REPOSITORY}, or pass {flag} {REPOSITORY / default}", file=sys.stderr)
 
 
 def check_datasets_available(datasets: Sequence[str], data_root) -> None:

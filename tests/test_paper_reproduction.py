@@ -402,5 +402,6 @@ def test_partial_release_evaluates_what_is_there(release, tmp_path, capsys):
     assert_usage_error(result, "none of the 887 published configurations")
     result = run(capsys, *common, "--configurations", "grid", "--info-root", tmp_path / "empty", "--output",
                  tmp_path / "none")
-    assert_usage_error(result, "no deepfool test cache for any requested version", "main_cache_test_distances.py")
+    assert_usage_error(result, "no deepfool test cache of the clean test set (none) for any requested version",
+                       "main_cache_test_distances.py")
     assert not list((tmp_path / "none").rglob("*.csv"))

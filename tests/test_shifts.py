@@ -6,12 +6,17 @@ end (cached equals real time; ``augrc_max_softmax`` equals a computation of its 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_usage_error, run_in_process, script_module
+from conftest import SCRIPT_ENV, assert_usage_error, run_in_process, script_module
+from test_readme import python_blocks
 
 from mydataset import corruptions
 from storage import shifts
@@ -230,3 +235,30 @@ def test_the_feature_mode_joins_the_recorded_costs_and_leaves_the_others_alone(s
         assert "feature" not in before["distance_flops"]
         assert after["distance_flops"] == {**before["distance_flops"], "feature": after["distance_flops"]["feature"]}
         assert before["forward_flops"] <= after["distance_flops"]["feature"] < 1.1 * before["forward_flops"]
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_reads_a_shift_evaluation(shifted_grid, tmp_path):
+    """The README's pandas snippet on an evaluation under shifts (a row per shift of each method and N)."""
+    block = next(b for b in python_blocks() if "dfg_results/summary.csv" in b)
+    shutil.copytree(shifted_grid.out, tmp_path / "dfg_results")
+    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env={**os.environ, **SCRIPT_ENV},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(shift in result.stdout for shift in ("none", "fog:3", "gaussian_noise:5")), result.stdout
+
+
+@pytest.mark.slow
+def test_a_shift_asked_for_without_its_cache_is_refused_beside_others(shifted_grid, tmp_path, capsys):
+    """``--shifts none fog:3`` where the clean test set was never cached: one line naming the clean test set and
+    exit 2, as when it is the only shift asked for (not fog:3's rows alone, exit 0)."""
+    ws = shifted_grid.clone(tmp_path / "ws")
+    cached = ws.info / "test_information_cached"
+    for path in cached.iterdir():
+        if path.is_file():
+            path.unlink()  # the clean cache (the shifted ones are in folders of their own)
+    result = run_in_process(capsys, "evaluate", *ws.argv("evaluate", *HEALTHY, *FEATURE, "--shifts", "none",
+                                                             "fog:3"))
+    assert_usage_error(result, "no feature test cache of the clean test set (none)", "--shifts none")
+    assert not (ws.out / "results.csv").exists() or (ws.out / "results.csv").read_text() == \
+        (shifted_grid.out / "results.csv").read_text()
