@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.presets import PRESETS
@@ -91,6 +92,18 @@ def attack_step_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def fault_ids_text(text: str) -> str:
+    """One ``--bugs`` word as the parser checks it, before any registry is loaded: comma-separated whole numbers,
+    ranges ``LOW-HIGH`` or ``validated``. Whether each id is a registered fault is checked after parsing
+    (``pipeline.grids.parse_bug_ids``: the fault table loads torch)."""
+    for item in (piece.strip() for piece in text.split(",") if piece.strip()):
+        ends = item.split("-", 1) if "-" in item[1:] else [item]
+        if item.lower() != "validated" and not all(end.strip().lstrip("-").isdigit() for end in ends):
+            raise argparse.ArgumentTypeError(f"{item!r} is not a fault id (a whole number, 0 for healthy, a range "
+                                             "like 1-10, or 'validated')")
+    return text
+
+
 def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
     parser.add_argument("--datasets", nargs="+", default=None,
@@ -99,7 +112,7 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None,
                         help="registered architectures (torchvision's five and any added in mymodel/ or "
                              "ModelManager.py; an unknown name is refused, listing them; default: the preset's)")
-    parser.add_argument("--bugs", nargs="+", default=None,
+    parser.add_argument("--bugs", nargs="+", default=None, type=fault_ids_text,
                         help="fault ids, 0 for healthy (docs/faults.md lists them), ranges allowed (e.g. 0 1-10), or "
                              "'validated': each architecture's faults that main_validate_faults.py found killed and "
                              "not trivial (default: the preset's)")
@@ -268,11 +281,12 @@ def probability(flag: str) -> Callable[[str], float]:
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a script's ``main`` under the exit-status contract: 0 on success, 2 on bad input (one line on stderr,
-    no traceback), 1 on a real bug (its traceback); Ctrl-C is 130, finished work kept."""
+    ``main_x.py: error: ...``, no traceback), 1 on a real bug (its traceback); Ctrl-C is 130, finished work kept."""
     try:
         status = main(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UsageError as exc:  # prefixed like argparse's own errors: the script's file name
+        script = getattr(sys.modules.get(main.__module__), "__file__", None) or sys.argv[0]
+        print(f"{Path(script).name}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to resume", file=sys.stderr)

@@ -95,12 +95,12 @@ def run_in_process(capsys, script: str, *args) -> subprocess.CompletedProcess:
 
 
 def usage_error_message(result: subprocess.CompletedProcess, engine_lines: bool = False) -> str:
-    """The one error line of a failed run (asserting the contract), without its ``error:`` prefix.
+    """The one error line of a failed run (asserting the contract), without its ``prog: error:`` prefix.
 
-    Ours: exactly one line starting with ``error:``, the last one; only ``note:`` lines beside it (and, with
-    ``engine_lines``, what an engine such as Ray logs on the driver's stderr on its own). argparse's (a flag that
-    does not parse): the one line ``prog: error: ...; see --help`` and nothing else. Either way exit status 2 and
-    no traceback.
+    Ours: exactly one line ``main_x.py: error: ...``, the last one; only ``note:`` and ``warning:`` lines beside it
+    (and, with ``engine_lines``, what an engine such as Ray logs on the driver's stderr on its own). argparse's
+    (a flag that does not parse): the one line ``prog: error: ...; see --help`` and nothing else. Either way exit
+    status 2 and no traceback.
     """
     stderr = result.stderr
     assert result.returncode == 2, f"exit status {result.returncode}, expected 2; stderr:\n{stderr[-3000:]}"
@@ -111,10 +111,10 @@ def usage_error_message(result: subprocess.CompletedProcess, engine_lines: bool 
     if usage:
         assert len(lines) == 1, lines
         return usage.group(1)
-    errors = [line for line in lines if line.startswith("error:")]
+    errors = [line for line in lines if re.match(r"main_\w+\.py: error: ", line)]
     assert len(errors) == 1 and errors[0] == lines[-1], lines
-    assert engine_lines or all(line.startswith(("error:", "note:")) for line in lines), lines
-    return errors[0][len("error:"):].strip()
+    assert engine_lines or all(line in errors or line.startswith(("note:", "warning:")) for line in lines), lines
+    return errors[0].split(": error: ", 1)[1].strip()
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *fragments, engine_lines: bool = False) -> str:

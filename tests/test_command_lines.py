@@ -3,8 +3,11 @@ and what a shared flag sets is said truthfully in each script's ``--help``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from conftest import SCRIPTS, assert_usage_error, run_in_process, script_flags
+from conftest import REPO, SCRIPTS, assert_usage_error, run_in_process, script_flags
 
 import FaultInjector
 from DatasetManager import paper_datasets
@@ -92,3 +95,24 @@ def test_an_empty_list_is_refused_not_read_as_the_presets(capsys, empty_workspac
     result = run_in_process(capsys, "train", *empty_workspace.argv("train", flag, "", grid=[]))
     assert_usage_error(result, flag, "names nothing")
     assert not empty_workspace.root.exists()
+
+
+#: what a script must not load to answer ``--help`` or a usage error (the parser needs none of them)
+HEAVY = ("torch", "torchvision", "pandas", "scipy", "sklearn", "matplotlib", "ray", "submitit")
+#: runs a script as ``python main_x.py ARGS`` would, then prints which of ``HEAVY`` it loaded
+LOADED = ("import runpy, sys\nsys.argv = [{script!r}, *{args!r}]\ntry:\n    runpy.run_path({script!r}, "
+          "run_name='__main__')\nexcept SystemExit as exit:\n    status = exit.code\n"
+          "print(status, [name for name in {heavy!r} if name in sys.modules])")
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS.values()))
+def test_help_and_usage_errors_answer_without_loading_torch(script):
+    """``--help`` and a usage error are answered from the light parser: none of torch, pandas, SciPy, scikit-learn,
+    matplotlib or the engines is imported (benchmarks/bench_cli.py times it); the usage error is one line."""
+    for args, status in ((["--help"], "0"), (["--bugs", "x"], "2")):
+        done = subprocess.run([sys.executable, "-c", LOADED.format(script=script, args=args, heavy=HEAVY)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.stdout.strip().splitlines()[-1] == f"{status} []", (args, done.stdout[-300:], done.stderr)
+        if status == "2":
+            assert done.stderr.startswith(f"{script}: error: argument --bugs: 'x' is not a fault id"), done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
