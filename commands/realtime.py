@@ -20,11 +20,15 @@ from distances import costs
 from distances.concurrent import attack_concurrently
 from distances.feature import training_feature_mean
 from evaluation import deployment, paper, selective
+from evaluation.records import recorded_warnings
 from mydataset import corruptions
 from pipeline import cli, grids
+from pipeline.attack_steps import flip_warnings, test_inputs
 from selection import METHODS, SetContext, preference_by_validation_accuracy, unmet_needs
 from storage import caches, files, layout, manifests
+from storage.layout import version_key
 from storage.shifts import NO_SHIFT
+from utils import warn
 
 
 def run(args) -> int:
@@ -71,10 +75,16 @@ def evaluate(args, grid, device) -> int:
         for (dataset, model_name, bug, module, data, _), result in zip(loaded, results):
             test_set = layout.test_set_of(bug)
             truths_by_dataset[dataset][test_set] = data.y_test.numpy()
+            flips = flip_warnings(version_key(model_name, dataset, bug), attack.distance, result.success,
+                                  test_inputs(shift))
+            for line in flips:
+                warn(line)
+            warnings = recorded_warnings(roots.info, roots.model, dataset, model_name, bug, attack.distance.mode,
+                                         attack.failure_model, shift, module, live_attack=flips)
             records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
                 dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
                 result.logits, validation[dataset, model_name, bug], costs.read(roots.model, model_name, dataset, bug),
-                attack.distance.mode, shift, result.outputs)
+                attack.distance.mode, shift, result.outputs, warnings)
         by_shift[shift] = records_by_dataset, truths_by_dataset
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,

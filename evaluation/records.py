@@ -142,15 +142,18 @@ def load_cached_record(info_root, model_root, dataset: str, model: str, bug: int
 
 
 def recorded_warnings(info_root, model_root, dataset: str, model: str, bug: int, mode: str, fitted_as: str,
-                      shift: str, module: DeepFailGuardModule) -> list[str]:
-    """What was warned of a version's files, once each: its training's (metadata), its fit's and its test
-    cache's (manifests), and a degenerate failure model (also of the paper's, which have neither)."""
+                      shift: str, module: DeepFailGuardModule, live_attack: list[str] | None = None) -> list[str]:
+    """What was warned of a version, once each: its training's (metadata), its fit's (manifest), its test
+    attack's (the cache's manifest, or ``live_attack``: what the real-time evaluation found attacking it), and a
+    degenerate failure model (also of the paper's, which have no manifests)."""
     metadata = layout.metadata_path(model_root, model, dataset, bug)
     found = list(read_metadata(metadata).get("warnings", [])) if metadata.is_file() else []
-    for step, measured in (("fit", fitted_as), ("cache", mode)):
+    steps = (("fit", fitted_as),) + ((("cache", mode),) if live_attack is None else ())
+    for step, measured in steps:
         manifest = manifests.read(layout.manifest_path(info_root, step, model, dataset, bug, measured,
                                                        shift if step == "cache" else NO_SHIFT))
         found += manifest.warnings if manifest is not None else []
+    found += live_attack or []
     if module.degenerate and not any("failure model" in line for line in found):
         found.append(f"{layout.version_key(model, dataset, bug)}: its {module.degenerate}")
     return list(dict.fromkeys(found))

@@ -84,7 +84,7 @@ def run_fit(job: Job) -> Outcome:
                                     fitted_as)
     save_kde_figure(fit.distances, fit.correct, fit.correct_kde, fit.wrong_kde, figure_path,
                     title=f"{job.key}: validation distances")
-    warnings = _said([*_flip_warnings(job, fit.result.success, "validation"),
+    warnings = _said([*flip_warnings(job.key, job.settings.attack.distance, fit.result.success, "validation"),
                       *_failure_model_warnings(job, fit.correct)])
     manifests.write(manifest, manifests.describe("fit", job.key, fitted_as, len(fit.correct), _checkpoint(job),
                                                  roots.info, [correct_path, wrong_path, *validation_paths],
@@ -128,7 +128,7 @@ def run_cache(job: Job) -> Outcome:
     manifests.discard(manifest)
     result = attacker.attack_loader(loader, progress=not s.quiet, description=job.label)
     caches.write_version_cache(roots.info, job.model, job.dataset, job.bug, result, mode, shift)
-    warnings = _said(_flip_warnings(job, result.success, "test" if shift == NO_SHIFT else f"{shift} test"))
+    warnings = _said(flip_warnings(job.key, job.settings.attack.distance, result.success, test_inputs(shift)))
     manifests.write(manifest, manifests.describe("cache", job.key, mode, len(result.labels), _checkpoint(job),
                                                  roots.info, outputs, truth_path, made, warnings))
     accuracy = float((result.labels == data.y_test.numpy()).mean())
@@ -141,18 +141,23 @@ def run_cache(job: Job) -> Outcome:
 # health: what a step finds its files cannot mean, said where it is found and kept in the manifest
 # ---------------------------------------------------------------------------------------------
 
-def _flip_warnings(job: Job, success, inputs: str) -> list[str]:
-    """An attack that flipped no label, or under half of them in a mode that walks to the boundary
-    (``DistanceMode.reaches_boundary``): its distances are not distances to the boundary."""
+def flip_warnings(key: str, distance, success, inputs: str) -> list[str]:
+    """An attack in ``distance``'s mode that flipped no label of ``key``'s ``inputs``, or under half of them in a
+    mode that walks to the boundary (``DistanceMode.reaches_boundary``): its distances are not distances to the
+    boundary. (The cache step keeps the line in its manifest; the real-time evaluation finds it itself.)"""
     if success is None or not len(success):
         return []
-    distance = job.settings.attack.distance
     rate, walks = float(np.mean(success)), DISTANCE_MODES.get_class(distance.name).reaches_boundary
     if rate > 0 and not (walks and rate < FLIPPED_AT_LEAST):
         return []
-    return [f"{job.key}: the {distance.mode} attack flipped the label of {rate:.1%} of its {len(success)} {inputs} "
+    return [f"{key}: the {distance.mode} attack flipped the label of {rate:.1%} of its {len(success)} {inputs} "
             "inputs: its distances are not distances to the decision boundary (a version at chance, or an attack "
             "stopped short: more --steps?)"]
+
+
+def test_inputs(shift: str) -> str:
+    """How the flip warning names a test set under ``shift``."""
+    return "test" if shift == NO_SHIFT else f"{shift} test"
 
 
 def _failure_model_warnings(job: Job, correct: np.ndarray) -> list[str]:
