@@ -11,9 +11,7 @@ import textwrap
 import pytest
 from cluster import LoopbackNamespace, SlurmCluster, _alive, loopback_available, slurm_available
 
-#: a test on the session's Ray cluster runs on the worker that holds it (xdist group "ray"), one on its Slurm on
-#: the worker that holds that (group "slurm"): the two engines side by side; the others on any worker
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
 
 
 def last_json(text: str):
@@ -53,7 +51,6 @@ RAY_DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xdist_group("ray")
 def test_ray_cluster_runs_tasks(loopback_ns, ray_cluster):
     assert ray_cluster.address.startswith("127.0.0.1:")
     assert ray_cluster.resources["CPU"] == 2 and ray_cluster.resources["GPU"] == 4
@@ -84,13 +81,11 @@ SUBMITIT_DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xdist_group("slurm")
 def test_slurm_node_idle_with_pretend_gpus(loopback_ns, slurm_cluster):
     info = loopback_ns.run(["sinfo", "-h", "-o", "%P %T %c %G"], env=slurm_cluster.env, check=True).stdout.split()
     assert info[0] == f"{slurm_cluster.partition}*" and info[1] == "idle" and info[3] == "gpu:4"
 
 
-@pytest.mark.xdist_group("slurm")
 def test_submitit_job_array_on_local_slurm(loopback_ns, slurm_cluster, tmp_path):
     if importlib.util.find_spec("submitit") is None:
         pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
@@ -105,7 +100,6 @@ def test_submitit_job_array_on_local_slurm(loopback_ns, slurm_cluster, tmp_path)
     assert all(r[1] in {"0", "1", "2", "3"} for r in results)  # one pretend GPU each
 
 
-@pytest.mark.xdist_group("slurm")
 def test_slurm_stop_kills_its_daemons(tmp_path):
     """A second, short-lived Slurm in its own namespace (the session one holds the default ports)."""
     ok, reason = slurm_available()

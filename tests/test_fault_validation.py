@@ -166,7 +166,7 @@ def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_wo
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("slurm")
+@pytest.mark.xdist_group("cluster")
 def test_validation_on_slurm_writes_what_local_writes(capsys, loopback_ns, slurm_cluster, tmp_path):
     """The seeds' trainings are ordinary jobs: on a real (one-node) Slurm they leave the same versions and table."""
     import importlib.util
