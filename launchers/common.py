@@ -11,7 +11,6 @@ from pathlib import Path
 
 from launchers.base import CLUSTER_REQUIREMENTS
 from pipeline.jobs import FAILED, Job, Outcome
-from pipeline.runner import run_job
 from utils import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +54,8 @@ def worker_identity() -> str:
 def run_guarded(job: Job) -> Outcome:
     """``run_job`` in an engine's worker: an exception the job raises (a bug; bad input is already a failed
     outcome) becomes a failed outcome carrying the traceback, so the worker lives on to run the next job."""
+    from pipeline.runner import run_job  # deferred: the steps load torch; an engine's worker comes up without it
+
     try:
         outcome = run_job(job)
     except Exception as exc:  # noqa: BLE001 - any bug of one job must not take the other jobs down

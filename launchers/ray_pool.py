@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 
-import torch
 from tqdm.auto import tqdm
 
 from launchers.base import LaunchSettings
@@ -24,6 +24,8 @@ RAY_CONNECT_TIMEOUT_S = 10.0
 
 def default_gpus_per_job() -> float:
     """One GPU per job where this machine has CUDA, none elsewhere."""
+    import torch  # deferred: a pool's actors come up without torch (their first job loads it); the driver asks
+
     return 1.0 if torch.cuda.is_available() else 0.0
 
 
@@ -43,7 +45,8 @@ def _release_device_memory() -> None:
     """Give the GPU memory a finished job's tensors held back to the device: another actor may share it.
     (No ``gc.collect()``: with torch and torchvision imported it takes 0.2 s, measured, and a job's tensors
     are freed as it returns.)"""
-    if torch.cuda.is_initialized():
+    torch = sys.modules.get("torch")  # an actor whose jobs never loaded torch holds no device memory
+    if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
@@ -139,6 +142,8 @@ def check_job_size(settings: RayOptions) -> None:
                          "number (Ray's rule)")
     if settings.ray_address or os.environ.get("RAY_ADDRESS"):
         return  # another cluster's size is known once connected (pool_size)
+    import torch  # deferred: a pool's actors come up without torch (their first job loads it); the driver asks
+
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     if settings.cpus_per_job is not None and settings.cpus_per_job > cpus:
         raise UsageError(f"--cpus-per-job {settings.cpus_per_job:g}: the local Ray cluster would have {cpus} CPUs; "

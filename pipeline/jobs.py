@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import FaultInjector
 from storage import layout
 from storage.settings import THREADS, AttackSettings, Roots, TrainSettings
 from storage.shifts import NO_SHIFT
@@ -84,9 +83,9 @@ class Job:
                 or other.step not in ("train", "derive"):
             return False
         if self.step == "derive":
-            return other.step == "train" and other.bug == FaultInjector.HEALTHY
+            return other.step == "train" and other.bug == layout.checkpoint_fault(self.bug)  # the healthy version
         if self.step in ("fit", "cache"):
-            return other.bug in (self.bug, FaultInjector.checkpoint_fault(self.bug))
+            return other.bug in (self.bug, layout.checkpoint_fault(self.bug))
         return False
 
 
@@ -134,6 +133,8 @@ def status_text(outcome) -> str:
 
 def step_of(bug: int) -> str:
     """Training step of a version: test-data faults are derived from the healthy weights, not trained."""
+    import FaultInjector  # deferred: the fault table loads torch; an engine's worker imports the jobs without it
+
     return "derive" if FaultInjector.is_test_data_only(bug) else "train"
 
 

@@ -27,10 +27,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import FaultInjector
 from storage.settings import DEEPFOOL_MODE, mode_flag, mode_outputs
 from storage.shifts import NO_SHIFT
 from utils import UsageError
+
+
+def _faults():
+    """The fault table, which says which versions share files (faults 10-12 keep the healthy checkpoint)."""
+    import FaultInjector  # deferred: the fault table loads torch; a Ray or Slurm worker imports the layout without it
+
+    return FaultInjector
+
+
+def checkpoint_fault(bug_id: int) -> int:
+    """The fault whose checkpoint (and failure model) a version uses: its own, or the healthy one for the faults
+    that change only the test data (10-12)."""
+    return _faults().checkpoint_fault(bug_id)
 
 REPO = Path(__file__).resolve().parents[1]
 KDE_SUBDIR = "kde_results"
@@ -129,7 +141,7 @@ def version_key(model_name: str, dataset_name: str, bug_id: int | None = 0) -> s
 
 def checkpoint_path(model_root, model_name: str, dataset_name: str, bug_id: int | None) -> Path:
     """The weights a version uses (test-data faults share the healthy version's)."""
-    key = version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))
+    key = version_key(model_name, dataset_name, checkpoint_fault(bug_id))
     return Path(model_root) / f"{key}.pth"
 
 
@@ -156,7 +168,7 @@ def _with_tag(stem: str, distance: str) -> str:
 def kde_paths(info_root, model_name: str, dataset_name: str, bug_id: int | None,
               distance: str = DEEPFOOL_MODE) -> tuple[Path, Path]:
     """``(correct, wrong)`` KDE files of a version, ours (``.npz``), for a distance mode."""
-    key = _with_tag(version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id)), distance)
+    key = _with_tag(version_key(model_name, dataset_name, checkpoint_fault(bug_id)), distance)
     folder = Path(info_root) / KDE_SUBDIR
     return folder / f"{key}_correct.npz", folder / f"{key}_wrong.npz"
 
@@ -171,7 +183,7 @@ def find_kde_files(info_root, model_name: str, dataset_name: str, bug_id: int | 
     """
     folder = Path(info_root) / KDE_SUBDIR
     keys = dict.fromkeys([version_key(model_name, dataset_name, bug_id),
-                          version_key(model_name, dataset_name, FaultInjector.checkpoint_fault(bug_id))])
+                          version_key(model_name, dataset_name, checkpoint_fault(bug_id))])
     suffixes = (".npz", ".pkl") if distance == DEEPFOOL_MODE else (".npz",)
     for key in keys:
         for suffix in suffixes:
@@ -228,7 +240,7 @@ def cache_paths(info_root, model_name: str, dataset_name: str, bug_id: int | Non
 
 def test_set_of(bug_id: int | None) -> str:
     """Which ground truth a version answers: ``""`` for the dataset's own test set, ``"bug11"`` for a swapped one."""
-    return f"bug{bug_id}" if FaultInjector.replaces_test_set(bug_id) else ""
+    return f"bug{bug_id}" if _faults().replaces_test_set(bug_id) else ""
 
 
 def ground_truth_path(info_root, dataset_name: str, bug_id: int | None, shift: str = NO_SHIFT) -> Path:
@@ -248,7 +260,7 @@ def validation_path(info_root, model_name: str, dataset_name: str, bug_id: int |
     """A version's validation output in the test cache's naming, e.g. ``CIFAR10_resnet_bug3_logits.npy`` (another
     distance mode's carry its name); a test-data fault's version answers validation with the healthy weights, so
     it shares the healthy files."""
-    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{FaultInjector.checkpoint_fault(bug_id)}_{what}"
+    name = f"{dataset_name.upper()}_{model_name.lower()}_bug{checkpoint_fault(bug_id)}_{what}"
     return Path(info_root) / VALIDATION_SUBDIR / f"{_with_tag(name, distance)}{suffix}"
 
 

@@ -19,7 +19,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import FaultInjector
 from storage import layout
 from storage.files import atomic_write_json, file_digest
 from storage.metadata import read_metadata
@@ -58,7 +57,7 @@ def checkpoint_fingerprint(model_root, model: str, dataset: str, bug: int, verif
     (older metadata) of the file itself; None where neither is there (an evaluation from caches alone). With
     ``verify`` (the steps, which read the checkpoint anyway), a checkpoint that is not the one its metadata
     records is refused."""
-    base = FaultInjector.checkpoint_fault(bug)
+    base = layout.checkpoint_fault(bug)
     path = layout.checkpoint_path(model_root, model, dataset, bug)
     meta = layout.metadata_path(model_root, model, dataset, base)
     recorded = read_metadata(meta).get("checkpoint_sha256") if meta.is_file() else None
@@ -144,7 +143,7 @@ def check_version(info_root, model_root, step: str, model: str, dataset: str, bu
     """Refuse (one line naming the version, the mode, why, and the step that redoes it) what one of our versions'
     manifest of ``step`` does not vouch for: files written by an interrupted run, changed since, made from a
     checkpoint retrained since, or answering another ground truth. The paper's versions need no manifest."""
-    if not is_ours(layout.metadata_path(model_root, model, dataset, FaultInjector.checkpoint_fault(bug))):
+    if not is_ours(layout.metadata_path(model_root, model, dataset, layout.checkpoint_fault(bug))):
         return
     if step == "fit" and layout.find_kde_files(info_root, model, dataset, bug, distance)[0].suffix == ".pkl":
         return  # the paper's failure model (its pickles): not one our fit step wrote
