@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from evaluation.compute import DEEPFAILGUARD, MAX_VERSIONS, NO_SHIFT, Evaluation
@@ -214,7 +216,9 @@ def format_takeaway(summary: pd.DataFrame) -> str:
 
 
 def format_whereabouts(output, files=layout.RESULT_FILES) -> str:
-    """Where the run's tables and figures are, in two lines."""
-    figures = layout.figure_path(output, "")
+    """Where the run's tables and figures are, in two lines (the figures by kind, those the folder holds)."""
+    figures = Path(layout.figure_path(output, ""))
+    kinds = [kind for kind in ("methods", "compute", "reliability", "risk_coverage", "kde")
+             if figures.is_dir() and any(figures.glob(f"{kind}_*.png"))]
     return (f"results in {output}/{', '.join(files)} (columns: docs/outputs.md)\n"
-            f"figures in {figures}/ (methods_*, compute_*, reliability_*, risk_coverage_*, kde_*)")
+            f"figures in {figures}/ ({', '.join(f'{kind}_*' for kind in kinds) or 'none'})")

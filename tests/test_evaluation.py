@@ -776,3 +776,15 @@ def test_methods_json_records_every_method_and_score_that_ran(pipeline):
     assert recorded["scores"]["rel_u"]["parameters"] == {"weight": 0.5}
     # every score but fdbd, whose parts only the feature mode's caches keep (the pipeline runs deepfool)
     assert set(recorded["scores"]) == set(selection.SCORES) - {"fdbd"}
+
+
+def test_the_summary_says_where_the_files_are_and_names_only_the_figures_there(tmp_path):
+    from evaluation.report import format_whereabouts
+
+    assert format_whereabouts(tmp_path).splitlines()[1] == f"figures in {tmp_path / 'figures'}/ (none)"
+    (tmp_path / "figures").mkdir()
+    for name in ("methods_DIGITS.png", "risk_coverage_DIGITS.png", "notes.txt"):
+        (tmp_path / "figures" / name).write_bytes(b"")
+    results, figures = format_whereabouts(tmp_path).splitlines()
+    assert results.startswith(f"results in {tmp_path}/results.csv, summary.csv") and "docs/outputs.md" in results
+    assert figures == f"figures in {tmp_path / 'figures'}/ (methods_*, risk_coverage_*)"
