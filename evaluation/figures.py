@@ -47,8 +47,10 @@ def save_method_comparison(summary_rows, path, title: str = "", families: dict[s
                 axis.set_xlabel("number of versions N", fontsize=8)
                 axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     figure.suptitle(title)
-    figure.tight_layout()
-    atomic_save_figure(path, figure)
+    width, height = figure.get_size_inches()  # margins in inches (tight_layout cost a third of the figure's time)
+    figure.subplots_adjust(left=0.75 / width, right=1 - 0.1 / width, top=1 - 0.7 / height, bottom=0.5 / height,
+                           wspace=0.12, hspace=0.3)
+    atomic_save_figure(path, figure)  # its bounding box takes in the legends below the panels
 
 
 def _plot_methods(axis, summary_rows: list[dict], methods: list[str]) -> None:
@@ -159,8 +161,9 @@ def save_accuracy_compute(summary_rows: list[dict], path, title: str = "",
                                else f"{method} ({families.get(method) or 'other'})") for method in methods]
     figure.legend(handles=handles, fontsize=7, loc="lower center", frameon=False, ncol=columns)
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
-    figure.subplots_adjust(wspace=0.45)
+    width, height = figure.get_size_inches()  # margins in inches, the labels' column right of each panel
+    figure.subplots_adjust(left=0.8 / width, right=1 - 1.1 / width, top=1 - 0.65 / height,
+                           bottom=(legend_height + 0.6) / height, wspace=0.4)
     atomic_save_figure(path, figure)
 
 
@@ -217,5 +220,7 @@ def save_reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], p
     figure.supxlabel("mean predicted P(correct) in bin (grey bars: share of the inputs in the bin, x 0.3)", fontsize=9)
     figure.supylabel("accuracy in bin (numbers: inputs in the bin)", fontsize=9)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    width, height = figure.get_size_inches()
+    figure.subplots_adjust(left=0.65 / width, right=1 - 0.1 / width, top=1 - 0.8 / height, bottom=0.55 / height,
+                           wspace=0.12, hspace=0.25)
     atomic_save_figure(path, figure)
