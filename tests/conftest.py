@@ -343,22 +343,10 @@ def pipeline_realtime(pipeline, tmp_path_factory) -> Workspace:
 PIPELINE_USERS = {"pipeline", "background"}
 
 
-#: the xdist group that runs longest on one worker (the engines' tests, one after another: about nine minutes of
-#: the full suite's eleven on two cores); it is handed out first, so that the other worker takes everything else
-LONGEST_GROUP = "cluster"
-
-
 def pytest_collection_modifyitems(items):
     """The tests that need the reference pipeline run after the others (in their order): under xdist every worker
-    has work while the pipeline is built in the background, and the workers reach it together. The longest group
-    goes first (its tests that need no pipeline leading): xdist hands out work in this order, and a group handed
-    out last would run alone at the end."""
-    def order(item):
-        group = item.get_closest_marker("xdist_group")
-        uses_pipeline = bool(PIPELINE_USERS & set(getattr(item, "fixturenames", ())))
-        return (not (group is not None and group.args[:1] == (LONGEST_GROUP,)), uses_pipeline)
-
-    items.sort(key=order)
+    has work while the pipeline is built in the background, and the workers reach it together."""
+    items.sort(key=lambda item: bool(PIPELINE_USERS & set(getattr(item, "fixturenames", ()))))
 
 
 @pytest.fixture
