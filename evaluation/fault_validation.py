@@ -232,6 +232,7 @@ def dropped_faults(path: Path, wanted) -> list[str]:
                       f"not killed, p = {row.p_value:.3g} and A12 = {row.effect_size:.2f} at {int(row.seeds)} seeds")
                    + ")" for row in group.itertuples() if not row.killed or row.trivial]
         if reasons:
-            lines.append(f"--bugs validated drops {model}'s fault(s) on {dataset} at {int(epochs)} epochs: "
+            lines.append(f"--bugs validated drops {model}'s fault(s) on {dataset} at {int(epochs)} "
+                         f"epoch{'' if int(epochs) == 1 else 's'}: "
                          + ", ".join(reasons))
     return lines
