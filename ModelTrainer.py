@@ -91,10 +91,12 @@ class ModelTrainer:
         for x, y in loader:
             yield self._to_device(x, y)
 
-    def train_model(self, train_loader, val_loader=None) -> dict:
-        """Train for ``self.epochs``; validate every ``val_every`` epochs and after the last one.
+    def train_model(self, train_loader, val_loader=None, settle: bool = True) -> dict:
+        """Train for ``self.epochs``; validate every ``val_every`` epochs and after the last one; then, with
+        ``settle`` and a validation loader, re-estimate batch-norm statistics that never settled
+        (:meth:`settle_batch_norm`).
 
-        Returns the history: per-epoch training loss and accuracy, and the validation points.
+        Returns the history: per-epoch training loss and accuracy, the validation points, and ``batch_norm``.
         """
         val_every = self.val_every or max(1, self.epochs // 5)
         history = {"epoch": [], "train_loss": [], "train_acc": [], "val_epoch": [], "val_loss": [], "val_acc": []}
@@ -118,7 +120,7 @@ class ModelTrainer:
                 postfix["val_acc"] = f"{val_acc:.3f}"
             bar.set_postfix(postfix)
         history["seconds"] = time.perf_counter() - started
-        if val_loader is not None:
+        if val_loader is not None and settle:
             history["batch_norm"] = self.settle_batch_norm(train_loader, val_loader)
         return history
 

@@ -123,3 +123,14 @@ def test_a_network_without_batch_norm_is_left_as_it_is(tiny_digits):
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
     train, val = _loaders(tiny_digits)
     assert ModelTrainer(network, device="cpu", progress=False).settle_batch_norm(train, val) is None
+
+
+def test_a_faulty_version_keeps_its_stale_statistics(tiny_digits, single_thread):
+    """``settle=False`` (what a faulty version is trained with: its fault is not repaired) leaves them as trained."""
+    torch.manual_seed(0)
+    train, val = _loaders(tiny_digits)
+    trainer = ModelTrainer(_Normalised(), epochs=1, lr=0.05, device="cpu", progress=False)
+    history = trainer.train_model(train, val, settle=False)
+    assert "batch_norm" not in history
+    (layer,) = batch_norm_layers(trainer.model)
+    assert abs(layer.running_mean.item() - tiny_digits.x_train.mean(dim=1).mean().item()) > 0.1  # four steps at 0.01
