@@ -1,5 +1,5 @@
 # The two set-up-and-run commands of the README:
-#   make demo   the whole pipeline on the bundled DIGITS data (CPU, about five minutes on two cores)
+#   make demo   the whole pipeline on the bundled DIGITS data (CPU, about eight minutes on two cores)
 #   make test   the test suite (with the import contracts over the whole tree)
 # Both create .venv and install what they need on first use. The quick loop while developing:
 #   make check  the import contracts, ruff, and the tests but the slow ones (cluster, kill-and-rerun, README)
