@@ -43,6 +43,7 @@ def test_a_version_warns_exactly_when_it_is_within_five_points_of_chance(pipelin
     assert read_metadata(pipeline.metadata("densenet"))["warnings"] == []
 
 
+@pytest.mark.slow  # re-measures a DenseNet on the whole validation and test splits
 def test_stale_batch_norm_statistics_are_named_as_the_cause(pipeline, tmp_path, capsys, single_thread):
     def stale(state):  # running means far from anything the layers see: evaluation mode answers one class
         for name, tensor in state.items():
@@ -58,6 +59,7 @@ def test_stale_batch_norm_statistics_are_named_as_the_cause(pipeline, tmp_path, 
     assert metadata["val_acc"] <= 0.1 + ModelManager.CHANCE_MARGIN
 
 
+@pytest.mark.slow  # re-measures a DenseNet on the whole validation and test splits
 def test_a_version_answering_one_class_is_at_chance_for_another_reason(pipeline, tmp_path, capsys, single_thread):
     def one_class(state):  # the last layer answers the same logits whatever the input
         last = [name for name in state if name.endswith(".weight") and state[name].dim() == 2][-1]
