@@ -11,8 +11,9 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from scipy.special import xlogy
 from scipy.stats import binned_statistic, binom, sem, t
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import auc, brier_score_loss, roc_auc_score
 
 from utils import SEED
 
@@ -77,8 +78,9 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
 def accepted_errors(scores: np.ndarray, correct: np.ndarray) -> np.ndarray | None:
     """The expected number of wrong answers among the first k inputs accepted, k = 1..n, accepting in decreasing
     order of ``scores``. Tied scores are accepted together in no particular order: inside a tie each accepted
-    input adds the tie's error rate, the exact expectation over the tie's orderings (the curves below are linear
-    in these counts, so their expectations follow). None for no input."""
+    input adds the tie's error rate, the exact expectation over the tie's orderings. The risk-coverage figure
+    (``figures.save_risk_coverage``) draws its curves from these counts; the areas below do not use them. None
+    for no input."""
     scores = np.asarray(scores, dtype=np.float64)
     wrong = ~np.asarray(correct, dtype=bool)
     if not scores.size:
@@ -90,28 +92,69 @@ def accepted_errors(scores: np.ndarray, correct: np.ndarray) -> np.ndarray | Non
     return np.cumsum(np.repeat(np.add.reduceat(sorted_wrong, starts) / sizes, sizes))
 
 
+# The three areas follow FD-Shifts (IML-DKFZ/fd-shifts, fd_shifts/analysis/rc_stats.py and rc_stats_utils.py: the
+# reference code of Traub et al., NeurIPS 2024), so that they compare with the field's published tables; FD-Shifts
+# prints them multiplied by 1000, these stay in [0, 1].
+
+
+def threshold_counts(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """One entry per distinct value t of ``scores``, from the highest t to the lowest: how many inputs have a score
+    of at least t (those a threshold of t accepts) and how many of them are wrong. A group of tied scores is one
+    threshold, so it is accepted or rejected whole; the last entry accepts every input. None for no input."""
+    scores = np.asarray(scores, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    if not scores.size:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    accepted = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True]) + 1
+    return accepted, np.cumsum(wrong[order])[accepted - 1]
+
+
 def aurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
-    """Area under the risk-coverage curve (Geifman et al., 2019): inputs accepted in decreasing order of
-    ``scores``; the mean, over coverages 1/n .. n/n, of the error rate among the accepted. Lower is better.
-    Ties: the expectation over their orderings (``accepted_errors``). None for no input."""
-    errors = accepted_errors(scores, correct)
-    return None if errors is None else float((errors / np.arange(1, errors.size + 1)).mean())
+    """Area under the risk-coverage curve (Geifman et al., 2019), as FD-Shifts computes it: one curve point per
+    distinct score threshold t, at coverage (share of inputs with a score of at least t) and selective risk (the
+    error rate among them), from the working point (coverage 1, the version's error rate) to the most confident
+    tie group; an end point at coverage 0 repeats the last point's risk; the trapezoid rule joins them. Tied
+    scores are one point (``threshold_counts``). Lower is better. None for no input.
+
+    With no ties this is the mean selective risk over coverages 1/n .. n/n, minus err/(2n) (the working point's
+    half-weight), plus w/(2n) where w is 1 if the most confident input is wrong (the repeated end point)."""
+    counts = threshold_counts(scores, correct)
+    if counts is None:
+        return None
+    accepted, errors = counts
+    risks = errors / accepted
+    return float(auc(np.r_[0.0, accepted / accepted[-1]], np.r_[risks[0], risks]))
 
 
 def augrc(scores: np.ndarray, correct: np.ndarray) -> float | None:
-    """Area under the generalized risk-coverage curve (Traub et al., NeurIPS 2024): the mean, over coverages
-    1/n .. n/n, of the share of *all* inputs that are accepted and wrong. Unlike AURC it does not weigh the
-    first few accepted inputs' failures up by 1/k. Lower is better; ties: the expectation over their orderings
-    (``accepted_errors``). None for no input."""
-    errors = accepted_errors(scores, correct)
-    return None if errors is None else float((errors / errors.size).mean())
+    """Area under the generalized risk-coverage curve (Traub et al., NeurIPS 2024), as FD-Shifts computes it: the
+    points of :func:`aurc`, with the share of *all* inputs that are accepted and wrong as risk instead of the error
+    rate among the accepted, and an end point at coverage 0 of risk 0 (nothing accepted, nothing wrong); the
+    trapezoid rule joins them. Unlike AURC it does not weigh the first few accepted inputs' failures up. Tied
+    scores are one point. Lower is better. None for no input.
+
+    With no ties this is the mean generalized risk over coverages 1/n .. n/n minus err/(2n)."""
+    counts = threshold_counts(scores, correct)
+    if counts is None:
+        return None
+    accepted, errors = counts
+    return float(auc(np.r_[0.0, accepted / accepted[-1]], np.r_[0.0, errors / accepted[-1]]))
 
 
 def eaurc(scores: np.ndarray, correct: np.ndarray) -> float | None:
-    """Excess AURC (Geifman et al., 2019): AURC minus the oracle's, which accepts every right answer before any
-    wrong one, so that versions of different accuracy compare; 0 for a perfect ranking. None for no input."""
+    """Excess AURC (Geifman et al., 2019), as FD-Shifts computes it for right/wrong outcomes: :func:`aurc` minus the
+    closed form err + (1 − err)·ln(1 − err), the area under an oracle's curve when coverage is continuous (err: the
+    version's error rate), so that versions of different accuracy compare. All right (err = 0): the optimum is 0.
+    All wrong (err = 1): (1 − err)·ln(1 − err) is taken as its limit 0, so the optimum is 1 (FD-Shifts adds a
+    machine epsilon inside the logarithm to the same effect). At finite n the trapezoid of a perfect ranking lies
+    a little below the closed form, so a near-perfect ranking may score slightly below 0. None for no input."""
     achieved = aurc(scores, correct)
-    return None if achieved is None else achieved - aurc(np.asarray(correct, dtype=np.float64), correct)
+    if achieved is None:
+        return None
+    err = float(np.mean(~np.asarray(correct, dtype=bool)))
+    return achieved - (err + float(xlogy(1.0 - err, 1.0 - err)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ implementations (plain Python loops, scikit-learn)."""
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 import numpy as np
@@ -11,8 +10,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from evaluation.metrics import (
+    accepted_errors,
     accuracy,
     augrc,
+    aurc,
     auroc,
     eaurc,
     error_breakdown,
@@ -202,35 +203,104 @@ def test_auroc_is_none_for_a_single_class():
     assert auroc(np.array([]), np.array([], dtype=bool)) is None
 
 
-def over_orderings(scores, correct, risk) -> float:
-    """The mean over every ordering of tied inputs of the mean ``risk(errors, accepted, n)`` over coverages."""
-    groups = [[i for i in range(len(scores)) if scores[i] == s] for s in sorted(set(scores), reverse=True)]
-    values = []
-    for arrangement in itertools.product(*(itertools.permutations(g) for g in groups)):
-        errors, risks = 0, []
-        for accepted, i in enumerate((i for group in arrangement for i in group), start=1):
-            errors += not correct[i]
-            risks.append(risk(errors, accepted, len(scores)))
-        values.append(sum(risks) / len(risks))
-    return sum(values) / len(values)
+def reference_area(scores, correct, generalized: bool) -> float:
+    """FD-Shifts' risk-coverage areas written the obvious way: a point per distinct score t (coverage: share of
+    inputs scoring at least t; risk: their error rate, or the share of all inputs that are among them and wrong),
+    an end point at coverage 0 (AURC: the most confident group's risk again; AUGRC: 0), trapezoids between."""
+    n = len(scores)
+    points = []
+    for threshold in sorted(set(scores), reverse=True):
+        accepted = [i for i in range(n) if scores[i] >= threshold]
+        wrong = sum(not correct[i] for i in accepted)
+        points.append((len(accepted) / n, wrong / n if generalized else wrong / len(accepted)))
+    points.insert(0, (0.0, 0.0 if generalized else points[0][1]))
+    return sum((c1 - c0) * (r0 + r1) / 2 for (c0, r0), (c1, r1) in zip(points, points[1:]))
+
+
+def mean_over_coverages(scores, correct) -> tuple[float, float]:
+    """The earlier definition (AURC, AUGRC): the mean risk over coverages 1/n .. n/n, from ``accepted_errors``."""
+    errors = accepted_errors(scores, correct)
+    return float((errors / np.arange(1, errors.size + 1)).mean()), float((errors / errors.size).mean())
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_augrc_and_eaurc_average_the_orderings_of_ties(seed):
+def test_risk_coverage_areas_equal_a_plain_loop_ties_included(seed):
     rng = np.random.default_rng(seed)
-    scores, correct = rng.integers(0, 3, 7).astype(float), rng.random(7) < 0.6
-    generalized = over_orderings(list(scores), list(correct), lambda errors, accepted, n: errors / n)
-    assert augrc(scores, correct) == pytest.approx(generalized)
-    selective = over_orderings(list(scores), list(correct), lambda errors, accepted, n: errors / accepted)
-    oracle = over_orderings(list(correct.astype(float)), list(correct), lambda errors, accepted, n: errors / accepted)
-    assert eaurc(scores, correct) == pytest.approx(selective - oracle) and eaurc(scores, correct) >= -1e-12
+    for scores in (rng.integers(0, 3, 9).astype(float), rng.random(9)):  # many ties, then none
+        correct = rng.random(9) < 0.6
+        assert aurc(scores, correct) == pytest.approx(reference_area(list(scores), list(correct), False))
+        assert augrc(scores, correct) == pytest.approx(reference_area(list(scores), list(correct), True))
 
 
-def test_augrc_and_eaurc_closed_cases():
-    correct = np.array([True, True, False])
-    assert augrc(np.array([3.0, 2.0, 1.0]), correct) == pytest.approx((0 + 0 + 1 / 3) / 3)
-    assert augrc(np.array([1.0, 2.0, 3.0]), correct) == pytest.approx((1 / 3 + 1 / 3 + 1 / 3) / 3)
-    assert augrc(np.zeros(3), correct) == pytest.approx((1 / 9 + 2 / 9 + 3 / 9) / 3)  # one tie: 1/3 wrong each
-    assert eaurc(np.array([3.0, 2.0, 1.0]), correct) == pytest.approx(0.0)  # the oracle's own order
-    assert eaurc(np.array([1.0, 2.0, 3.0]), correct) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3 - 1 / 9)
-    assert augrc(np.array([]), np.array([], dtype=bool)) is None and eaurc(np.array([]), np.array([], bool)) is None
+@pytest.mark.parametrize("seed", range(6))
+def test_without_ties_the_areas_are_the_mean_over_coverages_less_a_half_step(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    scores, correct = rng.permutation(n).astype(float), rng.random(n) < rng.uniform(0.2, 0.9)
+    err, top_wrong = 1.0 - correct.mean(), float(not correct[np.argmax(scores)])
+    old_aurc, old_augrc = mean_over_coverages(scores, correct)
+    assert augrc(scores, correct) == pytest.approx(old_augrc - err / (2 * n))
+    # AURC's end point repeats the most confident input's risk (0 or 1), which adds top_wrong / (2n)
+    assert aurc(scores, correct) == pytest.approx(old_aurc - err / (2 * n) + top_wrong / (2 * n))
+
+
+def test_the_measured_augrc_examples():
+    """Two versions on 20 inputs of distinct scores, inputs listed from the most confident; right at the
+    positions given. Earlier mean over coverages: Σ_k (wrong among the first k) / 20 / 20."""
+    def version(right_positions):
+        correct = np.zeros(20, dtype=bool)
+        correct[np.array(right_positions) - 1] = True
+        return np.arange(20, 0, -1.0), correct
+
+    # err 0.8: a wrong input at position p counts in 21 − p of the prefixes: Σ = 210 − (20 + 19 + 18 + 14) = 139
+    scores, correct = version([1, 2, 3, 7])
+    assert mean_over_coverages(scores, correct)[1] == pytest.approx(139 / 400)  # 0.3475
+    assert augrc(scores, correct) == pytest.approx(0.3475 - 0.8 / 40)  # 0.3275
+    # err 0.55: Σ = 210 − (20 + 19 + 18 + 17 + 16 + 15 + 12 + 2 + 1) = 90
+    scores, correct = version([1, 2, 3, 4, 5, 6, 9, 19, 20])
+    assert mean_over_coverages(scores, correct)[1] == pytest.approx(0.2250)
+    assert augrc(scores, correct) == pytest.approx(0.2250 - 0.55 / 40)  # 0.21125
+
+
+# Inputs of the closed cases. Three inputs, the third wrong (err 1/3), ranked right, reversed, all tied; and five
+# inputs in two tie groups: {0.9: right, wrong} and {0.5: right, right, wrong} (err 2/5).
+RIGHT_FIRST, WRONG_FIRST, ALL_TIED = np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0]), np.zeros(3)
+THREE = np.array([True, True, False])
+GROUPS, FIVE = np.array([0.9, 0.9, 0.5, 0.5, 0.5]), np.array([True, False, True, True, False])
+
+
+def test_aurc_closed_cases():
+    # points (coverage, risk): (0, 0) (1/3, 0) (2/3, 0) (1, 1/3): one trapezoid 1/3 · (0 + 1/3) / 2
+    assert aurc(RIGHT_FIRST, THREE) == pytest.approx(1 / 18)
+    # (0, 1) (1/3, 1) (2/3, 1/2) (1, 1/3): 1/3 + 1/3 · (1 + 1/2) / 2 + 1/3 · (1/2 + 1/3) / 2 = (12 + 9 + 5) / 36
+    assert aurc(WRONG_FIRST, THREE) == pytest.approx(13 / 18)
+    # one threshold: (0, 1/3) (1, 1/3)
+    assert aurc(ALL_TIED, THREE) == pytest.approx(1 / 3)
+    # (0, 1/2) (2/5, 1/2) (1, 2/5): 2/5 · 1/2 + 3/5 · (1/2 + 2/5) / 2 = 0.20 + 0.27
+    assert aurc(GROUPS, FIVE) == pytest.approx(0.47)
+    assert aurc(np.array([]), np.array([], dtype=bool)) is None
+
+
+def test_augrc_closed_cases():
+    # (0, 0) (1/3, 0) (2/3, 0) (1, 1/3): 1/3 · (0 + 1/3) / 2
+    assert augrc(RIGHT_FIRST, THREE) == pytest.approx(1 / 18)
+    # (0, 0) (1/3, 1/3) (2/3, 1/3) (1, 1/3): 1/3 · 1/3 / 2 + 2/3 · 1/3 = 1/18 + 4/18
+    assert augrc(WRONG_FIRST, THREE) == pytest.approx(5 / 18)
+    # (0, 0) (1, 1/3)
+    assert augrc(ALL_TIED, THREE) == pytest.approx(1 / 6)
+    # (0, 0) (2/5, 1/5) (1, 2/5): 2/5 · 1/5 / 2 + 3/5 · (1/5 + 2/5) / 2 = 0.04 + 0.18
+    assert augrc(GROUPS, FIVE) == pytest.approx(0.22)
+    assert augrc(np.array([]), np.array([], dtype=bool)) is None
+
+
+def test_eaurc_closed_cases():
+    optimum_third = 1 / 3 + 2 / 3 * np.log(2 / 3)  # err + (1 − err) ln(1 − err) at err 1/3: 0.0630
+    # a perfect ranking's trapezoids (1/18 = 0.0556) lie under the continuous optimum: slightly below 0
+    assert eaurc(RIGHT_FIRST, THREE) == pytest.approx(1 / 18 - optimum_third) and eaurc(RIGHT_FIRST, THREE) < 0
+    assert eaurc(WRONG_FIRST, THREE) == pytest.approx(13 / 18 - optimum_third)  # 0.6592
+    assert eaurc(GROUPS, FIVE) == pytest.approx(0.47 - (0.4 + 0.6 * np.log(0.6)))  # 0.47 − 0.0935 = 0.3765
+    # the edges: all right, err 0, optimum 0 + 1 · ln 1 = 0 and AURC 0; all wrong, err 1, (1 − err) ln(1 − err)
+    # taken as its limit 0, optimum 1 and AURC 1 (every risk 1)
+    assert eaurc(np.arange(4.0), np.ones(4, dtype=bool)) == 0.0
+    assert eaurc(np.arange(4.0), np.zeros(4, dtype=bool)) == pytest.approx(0.0)
+    assert eaurc(np.array([]), np.array([], dtype=bool)) is None

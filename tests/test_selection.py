@@ -5,7 +5,6 @@ REL-U's D by its definition, the tie-averaged risk-coverage curve by enumerating
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import re
@@ -204,35 +203,6 @@ def test_dfg_plus_falls_back_to_dfg_with_too_few_wrong_validation_answers(versio
     record.validation.truth = record.validation.labels.copy()
     record.validation.truth[:2] = (record.validation.truth[:2] + 1) % CLASSES  # two wrong: fewer than the folds
     np.testing.assert_array_equal(record.score("dfg_plus"), record.score("dfg"))
-
-
-def aurc_over_orderings(scores, correct) -> float:
-    """The mean of every ordering's AURC, where inputs of equal score may come in any order."""
-    groups = [[i for i in range(len(scores)) if scores[i] == s] for s in sorted(set(scores), reverse=True)]
-    values = []
-    for arrangement in itertools.product(*(itertools.permutations(g) for g in groups)):
-        order = [i for group in arrangement for i in group]
-        errors, risks = 0, []
-        for position, i in enumerate(order, start=1):
-            errors += not correct[i]
-            risks.append(errors / position)
-        values.append(sum(risks) / len(risks))
-    return sum(values) / len(values)
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_aurc_averages_the_orderings_of_ties(seed):
-    rng = np.random.default_rng(seed)
-    scores = rng.integers(0, 3, 7).astype(float)  # many ties
-    correct = rng.random(7) < 0.6
-    assert metrics.aurc(scores, correct) == pytest.approx(aurc_over_orderings(list(scores), list(correct)))
-
-
-def test_aurc_closed_cases():
-    correct = np.array([True, True, False])
-    assert metrics.aurc(np.array([3.0, 2.0, 1.0]), correct) == pytest.approx((0 + 0 + 1 / 3) / 3)
-    assert metrics.aurc(np.array([1.0, 2.0, 3.0]), correct) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
-    assert metrics.aurc(np.array([]), np.array([], dtype=bool)) is None
 
 
 @pytest.mark.parametrize("trials", [0, 1, 2, 5, 10, 33, 200])

@@ -157,14 +157,13 @@ def test_augrc_of_max_softmax_equals_a_computation_of_its_own(shifted_grid):
         probabilities = np.load(cached / f"DIGITS_{model}_bug0_probabilities_feature.npy").astype(np.float64)
         wrong = np.load(cached / f"DIGITS_{model}_bug0_dnn_labels_feature.npy") != truth
         confidence = probabilities.max(axis=1)
-        # accept the k most confident inputs, k = 1..n; a tie's members are accepted in every order equally often
-        expected = []
-        for k in range(1, len(truth) + 1):
-            threshold = np.sort(confidence)[::-1][k - 1]
-            above, tied = confidence > threshold, confidence == threshold
-            expected.append((wrong[above].sum() + (k - above.sum()) * wrong[tied].mean()) / len(truth))
-        assert failure.loc[("gaussian_noise:5", model), "augrc_max_softmax"] == pytest.approx(np.mean(expected),
-                                                                                                abs=1e-6)
+        # as FD-Shifts: a point per distinct confidence t at (share scoring at least t, share scoring at least t
+        # and wrong), a point at (0, 0), trapezoids between
+        thresholds = np.unique(confidence)[::-1]
+        coverage = np.r_[0.0, [np.mean(confidence >= t) for t in thresholds]]
+        risk = np.r_[0.0, [np.mean(wrong & (confidence >= t)) for t in thresholds]]
+        expected = np.sum(np.diff(coverage) * (risk[1:] + risk[:-1]) / 2)
+        assert failure.loc[("gaussian_noise:5", model), "augrc_max_softmax"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.slow
