@@ -227,11 +227,11 @@ def region_of(records: dict[tuple[str, int], VersionRecord], test_set: str):
 
 def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truths: dict[str, np.ndarray]) -> list[dict]:
     """How well each registered score predicts its version's own test failures: AUROC, the area under the
-    risk-coverage curve (AURC), its excess over the oracle's (e-AURC) and the generalized one (AUGRC) for every
-    score, ECE and Brier score for those that are probabilities (empty where the version lacks what the score
-    needs, or where the score reads a failure model fitted without a wrong or a correct input: it cannot predict
-    a failure, and a measured-looking 0.5 would say otherwise). ``warnings`` holds what was warned of the
-    version's files."""
+    risk-coverage curve (AURC), its excess over a perfect ranking's (e-AURC) and the generalized one (AUGRC), all
+    three as FD-Shifts computes them (``metrics.aurc``), for every score, ECE and Brier score for those that are
+    probabilities (empty where the version lacks what the score needs, or where the score reads a failure model
+    fitted without a wrong or a correct input: it cannot predict a failure, and a measured-looking 0.5 would say
+    otherwise). ``warnings`` holds what was warned of the version's files."""
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
