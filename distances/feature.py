@@ -10,7 +10,11 @@ classes, as DeepFool's candidates. Otherwise (SqueezeNet's convolutional head) i
 through the head: ``|l_c − l_k| / ‖∇_z(l_c − l_k)‖``.
 
 fDBD's own score (``selection/feature_scores.py``) needs two more numbers per input, kept in the mode's caches:
-the mean of those distances over *all* other classes, and the features' distance to their training mean.
+the mean of those distances over *all* other classes, and the features' distance to their training mean. The
+likelihood-ratio scores (``selection/likelihood_ratio.py``) read the features themselves, kept as ``features``: ``z``
+as it is for a linear head, its channels' means over the spatial positions for a convolutional one (SqueezeNet's
+512 × 13 × 13 map at 224 pixels would be 86,528 numbers per input to cache and a covariance matrix of that side to
+fit; global average pooling gives the channel descriptor Mahalanobis detectors use for convolutional features).
 """
 
 from __future__ import annotations
@@ -130,12 +134,14 @@ class FeatureDistance(Attacker):
             deviations = (z.detach().flatten(1) - self.feature_mean).norm(dim=1).cpu().numpy()
         return AttackResult(distances.detach().cpu().numpy(), labels.cpu().numpy(), success,
                             logits.softmax(dim=1).cpu().numpy(), logits=logits.cpu().numpy(),
-                            outputs=self._outputs(margins.detach().cpu().numpy(), deviations))
+                            outputs=self._outputs(margins.detach().cpu().numpy(), deviations, feature_vectors(z)))
 
     @staticmethod
-    def _outputs(margins: np.ndarray, deviations: np.ndarray | None) -> dict[str, np.ndarray]:
-        """fDBD's parts, the mode's outputs (the deviations once the training features' mean is known)."""
-        return {"feature_margins": margins, **({"feature_deviations": deviations} if deviations is not None else {})}
+    def _outputs(margins: np.ndarray, deviations: np.ndarray | None, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The mode's outputs: fDBD's parts (the deviations once the training features' mean is known) and the
+        features."""
+        return {"feature_margins": margins, **({"feature_deviations": deviations} if deviations is not None else {}),
+                "features": features}
 
     def _linear_parts(self, logits: torch.Tensor):
         """Closed form: the logit gaps l_c − l_k and ‖w_c − w_k‖ for every class k, and the step towards k."""
@@ -160,6 +166,13 @@ class FeatureDistance(Attacker):
         gaps = (clean[:, None] - logits).detach().abs()
         rows = torch.arange(len(z), device=z.device)
         return gaps, norms, lambda target: gradients[rows, target]
+
+
+def feature_vectors(z: torch.Tensor) -> np.ndarray:
+    """One feature vector per input (the ``features`` output): the head's input ``z`` as it is where it is one vector
+    per input, its channels' means over the remaining (spatial) axes where it is a map."""
+    z = z.detach()
+    return (z.flatten(2).mean(dim=2) if z.ndim > 2 else z).cpu().numpy()
 
 
 def training_feature_mean(attacker, model, data, batch_size: int) -> None:

@@ -192,7 +192,8 @@ def _checkpoint(job: Job) -> str | None:
 
 
 def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None, shift: dict | None = None) -> str | None:
-    """None when the version's files of this step are up to date, else why not (``manifests.mismatch``). The
+    """None when the version's files of this step are up to date, else why not (``manifests.mismatch``, or one of
+    ``outputs`` missing: a file the mode keeps since its manifest was written, the ``feature`` mode's features). The
     paper's released versions (no metadata of ours) have no manifest: for them, make's rule on the files' times."""
     metadata = layout.metadata_path(job.roots.model, job.model, job.dataset, FaultInjector.checkpoint_fault(job.bug))
     if not manifests.is_ours(metadata):
@@ -207,7 +208,9 @@ def _out_of_date(job: Job, manifest, outputs, inputs: int, ground_truth=None, sh
         return str(exc).split(";")[0]
     if found is None:
         return MISSING
-    return manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth, shift)
+    reason = manifests.mismatch(found, job.roots.info, checkpoint, inputs, ground_truth, shift)
+    absent = [path for path in outputs if not path.is_file()]  # a file the step keeps now, its manifest predates
+    return reason or (f"{absent[0].name} is missing" if absent else None)
 
 
 #: why a version's step runs the first time (or after a run killed before its manifest)

@@ -41,7 +41,7 @@ class CachedAnswers:
     #: the split's true labels (kept for the validation split, whose truth the methods fit on)
     truth: np.ndarray | None = None
     #: what the distance mode measures besides, by name (its ``DistanceMode.outputs``: the ``feature`` mode's fDBD
-    #: parts), one value per input each
+    #: parts and features), one value (or vector) per input each
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def subset(self, index) -> "CachedAnswers":
@@ -130,10 +130,11 @@ def check_logits(logits: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.nda
 
 
 def _output(values: np.ndarray, path, remedy: str = CACHE_REMEDY) -> np.ndarray:
-    """One of a distance mode's outputs: one finite number per input."""
-    if values.ndim != 1 or not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
-        raise UsageError(f"{path}: expected a 1-D array of finite numbers, one per input, got {values.dtype} "
-                         f"{values.shape}; {remedy}")
+    """One of a distance mode's outputs: one finite number (or one vector: the ``feature`` mode's features) per
+    input."""
+    if values.ndim not in (1, 2) or not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise UsageError(f"{path}: expected an array of finite numbers, one number or one vector per input, got "
+                         f"{values.dtype} {values.shape}; {remedy}")
     return values.astype(np.float64)
 
 

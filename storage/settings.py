@@ -149,7 +149,8 @@ DISTANCE_TABLE: tuple[DistanceMode, ...] = tuple(register_distance_mode(mode) fo
                  help="the paper's: foolbox 3's L2 DeepFool, up to 50 steps"),
     DistanceMode("first-order", "distances.first_order:FirstOrderDistance", costed=(DEFAULT_CANDIDATES, 2),
                  help="DeepFool's first linearisation only, no iteration: cheaper"),
-    DistanceMode("feature", "distances.feature:FeatureDistance", outputs=("feature_margins", "feature_deviations"),
+    DistanceMode("feature", "distances.feature:FeatureDistance",
+                 outputs=("feature_margins", "feature_deviations", "features"),
                  help="at the penultimate layer, fDBD's: one forward pass"),
 ))
 

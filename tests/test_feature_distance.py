@@ -10,6 +10,7 @@ import torch.nn as nn
 from distances.feature import FeatureDistance, fdbd, penultimate_head
 from storage.layout import mode_tag
 from storage.settings import distance_mode
+from utils import UsageError
 
 
 def linear_headed(seed: int = 0) -> nn.Module:
@@ -56,6 +57,7 @@ def test_a_linear_head_gives_the_closed_form(candidates):
         assert result.outputs["feature_margins"][i] == pytest.approx(np.mean(list(gap.values())), rel=1e-9)
     assert result.success.all()  # the step to the nearest boundary, with the overshoot, crosses it
     assert "feature_deviations" not in result.outputs  # no training mean given
+    np.testing.assert_array_equal(result.outputs["features"], z.numpy())  # the head's input, one row per input
 
 
 def test_the_first_order_step_through_a_linear_head_is_the_closed_form():
@@ -83,6 +85,9 @@ def test_a_non_linear_head_is_one_first_order_step_at_its_input():
         gap = {k: abs(logits[c] - logits[k]) / np.linalg.norm(jacobian[k] - jacobian[c]) for k in range(6) if k != c}
         assert result.distances[i] == pytest.approx(min(gap[k] for k in order[1:4]), rel=1e-6)
         assert result.outputs["feature_margins"][i] == pytest.approx(np.mean(list(gap.values())), rel=1e-6)
+        # the features of a map: its channels' means over the positions
+        np.testing.assert_allclose(result.outputs["features"][i], z[0].mean(dim=(1, 2)).numpy(), rtol=1e-12)
+    assert result.outputs["features"].shape == (len(x), 8)
 
 
 def test_deviations_are_the_features_distance_to_their_training_mean():
@@ -107,3 +112,27 @@ def test_the_feature_mode_costs_about_a_forward_pass():
     recorded = measure(linear_headed(), inputs(8), "cpu", modes=("feature", "deepfool"))
     forward, flops = recorded["forward_flops"], recorded["distance_flops"]
     assert forward <= flops["feature"] < 1.5 * forward < flops["deepfool"]
+
+
+def test_the_features_are_cached_and_read_back_with_the_modes_other_outputs(tmp_path):
+    from storage import caches, layout
+
+    network, x = linear_headed(2), inputs(6, seed=3)
+    attacker = FeatureDistance(network, "cpu")
+    attacker.fit_feature_mean([(inputs(10, seed=4), None)])  # as the fit and cache steps do
+    result = attacker.attack(x)
+    caches.write_version_cache(tmp_path, "resnet", "DIGITS", 0, result, "feature")
+    truth = result.labels.copy()
+    caches.write_validation_outputs(tmp_path, "resnet", "DIGITS", 0, result, truth, "feature")
+    assert layout.cache_path(tmp_path, "resnet", "DIGITS", 0, "features", "feature").name == \
+        "DIGITS_resnet_bug0_features_feature.npy"
+    for read in (caches.read_version_cache(tmp_path, "resnet", "DIGITS", 0, 6, "feature"),
+                 caches.read_validation_outputs(tmp_path, "resnet", "DIGITS", 0, 6, "feature")):
+        assert set(read.outputs) == {"feature_margins", "feature_deviations", "features"}
+        np.testing.assert_array_equal(read.outputs["features"], result.outputs["features"])
+        assert read.outputs["features"].shape == (6, 16) and read.outputs["features"].dtype == np.float64
+    path = layout.cache_path(tmp_path, "resnet", "DIGITS", 0, "features", "feature")
+    path.unlink()
+    np.save(path, np.zeros((6, 2, 2)))  # one matrix per input: no cache of this mode writes that
+    with pytest.raises(UsageError, match="one number or one vector per input"):
+        caches.read_version_cache(tmp_path, "resnet", "DIGITS", 0, 6, "feature")
