@@ -230,8 +230,9 @@ def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truth
     risk-coverage curve (AURC), its excess over a perfect ranking's (e-AURC) and the generalized one (AUGRC), all
     three as FD-Shifts computes them (``metrics.aurc``), for every score, ECE and Brier score for those that are
     probabilities (empty where the version lacks what the score needs, or where the score reads a failure model
-    fitted without a wrong or a correct input: it cannot predict a failure, and a measured-looking 0.5 would say
-    otherwise). ``warnings`` holds what was warned of the version's files."""
+    fitted without a wrong or a correct input, or is otherwise undefined for the version (``Score.undefined``: a
+    likelihood ratio with no wrong validation input): it cannot predict a failure, and a measured-looking 0.5 would
+    say otherwise). ``warnings`` holds what was warned of the version's files."""
     rows = []
     for (model, bug), record in sorted(records.items(), key=lambda item: (item[0][1], canonical_key(item[0]))):
         correct = record.labels == truths[record.test_set]
@@ -239,7 +240,7 @@ def failure_prediction_rows(records: dict[tuple[str, int], VersionRecord], truth
                "test_accuracy": float(correct.mean()), "val_acc": record.val_acc,
                "warnings": " | ".join(record.warnings)}
         available = [name for name, score in SCORES.items() if not unmet_needs(score.needs, [record])
-                     and not (score.failure_model and record.module.degenerate)]
+                     and not (score.failure_model and record.module.degenerate) and not score.undefined(record)]
         for metric, function in (("auroc", auroc), ("aurc", aurc), ("eaurc", eaurc), ("augrc", augrc)):
             row.update({f"{metric}_{name}": function(record.score(name), correct) if name in available else None
                         for name in SCORES})

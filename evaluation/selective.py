@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import binom
 
-from selection import SCORES, unmet_needs
+from selection import SCORES, undefined_for, unmet_needs
 from selection.cascade import validation_scores
 from storage.settings import ALPHA, DELTA
 from utils import warn
@@ -97,8 +97,9 @@ def system_confidence(scores: np.ndarray, labels: np.ndarray, context) -> tuple[
 
 def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: float = ALPHA,
                    delta: float = DELTA) -> list[dict]:
-    """One row per selecting score the members can all compute (and that has validation outputs): the certified
-    threshold and what it gives on test. ``common`` holds the set's identifying columns."""
+    """One row per selecting score the members can all compute and that is defined for each (``Score.undefined``),
+    where they have validation outputs: the certified threshold and what it gives on test. ``common`` holds the
+    set's identifying columns."""
     if any(member.validation is None for member in members):
         return []
     rows = []
@@ -111,7 +112,7 @@ def selective_rows(common: dict, members, truth: np.ndarray, context, alpha: flo
     validation_labels = np.stack([member.validation.labels for member in members])
     test_labels = np.stack([member.labels for member in members])
     for name, score in SCORES.items():
-        if not score.selects or unmet_needs(score.needs, members, context):
+        if not score.selects or unmet_needs(score.needs, members, context) or undefined_for(score, members):
             continue
         answer, confidence = system_confidence(np.stack([validation_scores(name, m) for m in members]),
                                                validation_labels, context)

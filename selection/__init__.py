@@ -26,6 +26,7 @@ from selection.base import (
     preference_by_validation_accuracy,
     register_method,
     register_score,
+    undefined_for,
     unmet_needs,
     weighted_vote,
 )
@@ -41,4 +42,4 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = ["METHODS", "NEEDS", "PREFERRED_MEMBER", "SCORES", "SMALLEST_CLASS", "Method", "Score", "SelectBy",
            "SetContext", "describe", "family_of", "preference_by_validation_accuracy", "register_method",
-           "register_score", "unmet_needs", "weighted_vote"]
+           "register_score", "undefined_for", "unmet_needs", "weighted_vote"]

@@ -34,7 +34,8 @@ The contract, for both:
   a version joins share it.
 
 Where a member lacks an output a score or method needs, or a method says it cannot run on the members
-(``Method.cannot_run``), the evaluation skips it for that set and says so once per dataset.
+(``Method.cannot_run``; for the method selecting by a score, where the score is undefined for a member:
+``Score.undefined``), the evaluation skips it for that set and says so once per dataset.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ NEEDS = {
               "main_train_model.py, or main_train_DeepFailGuard.py / main_cache_test_distances.py for older versions"),
     "feature_deviations": ("the penultimate features' parts of fDBD (the feature distance mode's caches)",
                            "main_cache_test_distances.py --distance feature (and evaluating with --distance feature)"),
+    "features": ("the penultimate features (the feature distance mode's caches and validation outputs)",
+                 "main_train_DeepFailGuard.py and main_cache_test_distances.py --distance feature (and evaluating "
+                 "with --distance feature)"),
     "region": ("the healthy versions' validation and test softmax (the region of competence)",
                "main_train_DeepFailGuard.py and main_cache_test_distances.py for the healthy versions"),
 }
@@ -113,6 +117,12 @@ class Score(Plugin):
     def compute(self, state, answers, version) -> np.ndarray:
         """One score per input of ``answers`` (a ``caches.CachedAnswers``), given what :meth:`fit` returned."""
         raise NotImplementedError
+
+    def undefined(self, version) -> str | None:
+        """Why the score means nothing for ``version`` although its needs are met (a likelihood ratio fitted without
+        a wrong validation input, say), in words; None: it is defined. ``failure_prediction.csv`` leaves it empty
+        for that version, and the method selecting by it skips the sets the version is in, saying why."""
+        return None
 
     def validation_scores(self, state, version) -> np.ndarray:
         """The score of each of the version's validation inputs from a fit that did not see that input: what
@@ -216,9 +226,18 @@ class SelectBy(Method):
     def attacks(self) -> bool:
         return SCORES[self.score].attacks
 
+    def cannot_run(self, members, context) -> str | None:
+        return undefined_for(SCORES[self.score], members)
+
     def predict(self, state, members, context) -> np.ndarray:
         return answer_of(context.first_preferred_max(np.stack([member.score(self.score) for member in members])),
                          members)
+
+
+def undefined_for(score: Score, members) -> str | None:
+    """Why ``score`` means nothing for one of ``members`` (:meth:`Score.undefined`, the first such member's); None:
+    it is defined for all of them."""
+    return next((reason for reason in map(score.undefined, members) if reason), None)
 
 
 #: the families of the built-in plugins' modules (a method selecting by a score is of its score's family)
@@ -227,6 +246,7 @@ MODULE_FAMILIES = {"selection.deepfailguard": "DeepFailGuard and its ablations",
                    "selection.weighted_voting": "combining the answers",
                    "selection.confidence": "softmax and logit scores",
                    "selection.feature_scores": "softmax and logit scores",
+                   "selection.likelihood_ratio": "likelihood ratios of the penultimate features",
                    "selection.dynamic": "dynamic selection", "selection.cascade": "cascades"}
 
 

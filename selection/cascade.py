@@ -25,6 +25,7 @@ from selection.base import (
     majority_vote,
     register_method,
     stacked_labels,
+    undefined_for,
 )
 
 
@@ -79,6 +80,9 @@ class ScoreCascade(Method):
     @property
     def attacks(self) -> bool:
         return SCORES[self.score].attacks
+
+    def cannot_run(self, members, context) -> str | None:
+        return undefined_for(SCORES[self.score], members)
 
     def validation_scores(self, member) -> np.ndarray:
         return validation_scores(self.score, member)
