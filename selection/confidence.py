@@ -7,6 +7,7 @@
 - ``energy``: logsumexp of the logits (the negated free energy).
 - ``rel_u``: REL-U's relative uncertainty pᵀDp, negated, with D learned from the validation outputs.
 - ``maxlogit_pnorm``: the largest centred logit over the logits' p-norm, p chosen on the validation outputs.
+- ``gen``: GEN's generalized entropy of the largest probabilities, negated.
 """
 
 from __future__ import annotations
@@ -126,6 +127,24 @@ class MaxLogitPNorm(Score):
 
     def compute(self, p, answers, version):
         return pnorm_max_logit(answers.logits, p)
+
+
+@register_score
+class GeneralizedEntropy(Score):
+    """GEN (Liu et al., CVPR 2023): the generalized entropy Σ_j p_j^γ (1 − p_j)^γ of the M largest probabilities,
+    negated: higher = more confident. With γ = 0.1 even a probability of 10⁻⁶ adds 0.25 to the sum, so among many
+    classes the tail of small probabilities would swamp it: only the M largest count."""
+
+    name = "gen"
+    needs = ("probabilities",)
+    #: γ, the authors' default
+    gamma: float = 0.1
+    #: M, the classes summed over: the authors' 100 (of ImageNet's 1,000); every class where there are fewer
+    M: int = 100
+
+    def compute(self, state, answers, version):
+        largest = np.sort(_probabilities(answers), axis=1)[:, -self.M:]
+        return -(largest ** self.gamma * (1.0 - largest) ** self.gamma).sum(axis=1)
 
 
 def pnorm_max_logit(logits, p: float) -> np.ndarray:
