@@ -27,9 +27,13 @@ from DeepFailGuard import DeepFailGuard, DeepFailGuardModule
 from evaluation import RESULT_COLUMNS, VersionRecord, evaluate_set, format_summary, summarize, version_sets
 from failure_model.kde import GaussianKDE
 from selection import METHODS
+from storage.settings import mode_outputs
 from utils import UsageError
 
 FIVE = ["resnet", "alexnet", "densenet", "vgg16", "squeezenet"]
+#: the scores (and the methods selecting by them) that read what only the feature mode's caches keep (fDBD's parts,
+#: the features): the session pipeline runs deepfool
+FEATURE_ONLY = {"fdbd", "delta_mds", "delta_knn", "delta_mds_rlog", "delta_knn_rlog", "dfg_features"}
 
 
 def reference_vote(column) -> int:
@@ -685,9 +689,9 @@ def test_realtime_and_cached_results_are_identical(pipeline_realtime):
     sets = list(dict.fromkeys((row["models"], row["bug_ids"]) for row in rows))
     assert ("densenet-squeezenet", "0-0") in sets and ("densenet-squeezenet", "10-10") in sets
     assert ("densenet-squeezenet", "0-1") in sets  # fault 1 carried by one version (densenet's is not trained)
-    # every method on every set (softmax probabilities are cached too), but fdbd: only the feature mode keeps its parts
-    ran = [name for name, method in selection.METHODS.items() if "feature_deviations" not in method.needs]
-    assert ran == [name for name in selection.METHODS if name != "fdbd"]
+    # every method on every set (softmax probabilities are cached too), but those reading the feature mode's outputs
+    ran = [name for name, method in selection.METHODS.items() if not set(mode_outputs("feature")) & set(method.needs)]
+    assert ran == [name for name in selection.METHODS if name not in FEATURE_ONLY]
     assert [(row["models"], row["bug_ids"], row["method"]) for row in rows] == [
         (*members, method) for members in sets for method in ran]
     failure = read_csv(pipeline.out / "failure_prediction.csv")
@@ -774,8 +778,8 @@ def test_methods_json_records_every_method_and_score_that_ran(pipeline):
     assert recorded["methods"]["dfg"]["parameters"] == {"score": "dfg"} and "validation accuracy" in \
         recorded["methods"]["dfg"]["ties"]
     assert recorded["scores"]["rel_u"]["parameters"] == {"weight": 0.5}
-    # every score but fdbd, whose parts only the feature mode's caches keep (the pipeline runs deepfool)
-    assert set(recorded["scores"]) == set(selection.SCORES) - {"fdbd"}
+    # every score but those reading what only the feature mode's caches keep (the pipeline runs deepfool)
+    assert set(recorded["scores"]) == set(selection.SCORES) - FEATURE_ONLY
 
 
 def test_the_summary_says_where_the_files_are_and_names_only_the_figures_there(tmp_path):

@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import re
 
 import numpy as np
 import pytest
 from conftest import run_in_process
 from scipy.stats import binomtest
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -40,10 +42,11 @@ def random_answers(rng, truth, accuracy, with_truth=False) -> caches.CachedAnswe
     labels = logits.argmax(axis=1)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     distances = np.where(labels == truth, rng.gamma(4.0, 0.25, n), rng.gamma(1.5, 0.2, n))
-    # fDBD's parts, from what is drawn (no draw of their own: the other arrays stay as they were)
+    # fDBD's parts and the features, from what is drawn (no draw of their own: the other arrays stay as they were)
     margins, deviations = 2.0 * distances + 0.1, 1.0 + logits.std(axis=1)
+    features = np.column_stack([logits, distances])
     return caches.CachedAnswers(labels, distances, probabilities, logits, truth if with_truth else None,
-                                {"feature_margins": margins, "feature_deviations": deviations})
+                                {"feature_margins": margins, "feature_deviations": deviations, "features": features})
 
 
 @pytest.fixture
@@ -86,7 +89,8 @@ def test_every_score_selects_and_every_need_is_declared():
     assert list(METHODS)[:2] == ["dfg", "distance_only"]
     assert {"val_acc_only", "voting", "soft_voting", "max_softmax", "stacking", "ola", "lca", "knora_e",
             "knora_u", "soft_voting_ts", "dfg_plus", "rel_u", "doctor", "entropy", "energy",
-            "softmax_margin", "maxlogit_pnorm"} <= set(METHODS)
+            "softmax_margin", "maxlogit_pnorm", "gen", "delta_mds", "delta_knn", "delta_mds_rlog", "delta_knn_rlog",
+            "dfg_features"} <= set(METHODS)
 
 
 def test_a_score_is_registered_once(restore_registries):
@@ -409,6 +413,8 @@ def assert_same_state(a, b):
         np.testing.assert_array_equal(a, b)
     elif dataclasses.is_dataclass(a):  # the cross-fitted assessment of a version's validation inputs
         assert_same_state(dataclasses.astuple(a), dataclasses.astuple(b))
+    elif isinstance(a, BaseEstimator):  # a fitted covariance or neighbour index: everything it holds
+        assert pickle.dumps(a) == pickle.dumps(b)
     else:
         assert a == b
 

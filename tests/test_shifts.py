@@ -218,6 +218,33 @@ def test_fdbd_is_its_two_cached_parts_divided(shifted_grid):
     np.testing.assert_allclose(fdbd(margins, deviations), margins / deviations)
 
 
+@pytest.mark.slow
+def test_the_likelihood_ratios_run_on_the_cached_features_where_both_groups_exist(shifted_grid):
+    """On the real grid: the features cached one row per input (DenseNet-121's 1,024, SqueezeNet's 512 channels),
+    and the likelihood-ratio scores in every table where the version has right and wrong validation inputs, empty
+    (failure prediction) or skipped (selection) where it does not."""
+    from storage import caches
+
+    family = ["delta_mds", "delta_knn", "delta_mds_rlog", "delta_knn_rlog", "dfg_features"]
+    failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv")
+    both = {}
+    for model, width in (("squeezenet", 512), ("densenet", 1024)):
+        validation = caches.read_validation_outputs(shifted_grid.info, model, "DIGITS", 0, 10, "feature")
+        test = caches.read_version_cache(shifted_grid.info, model, "DIGITS", 0, 10, "feature")
+        assert validation.outputs["features"].shape == (len(validation.labels), width)
+        assert test.outputs["features"].shape == (len(test.labels), width)
+        both[model] = bool(validation.correct.any() and not validation.correct.all())
+        rows = failure[failure["model"] == model]
+        assert len(rows) == 3 and rows["aurc_gen"].notna().all()
+        for name in family:
+            assert rows[f"aurc_{name}"].notna().all() if both[model] else rows[f"aurc_{name}"].isna().all(), name
+    assert any(both.values())  # the scores ran on real features somewhere
+    methods = set(pd.read_csv(shifted_grid.out / "results.csv")["method"])
+    assert "gen" in methods and (set(family) <= methods) == all(both.values())
+    recorded = json.loads((shifted_grid.out / "methods.json").read_text())["scores"]
+    assert recorded["delta_knn"]["parameters"] == {"k": 25, "floor": 1e-6, "split": "validation"}
+
+
 def test_no_shift_is_the_clean_cache_itself(pipeline):
     from storage import layout
 
