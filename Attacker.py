@@ -54,8 +54,8 @@ class AttackResult:
     targets: np.ndarray | None = None
     #: the clean logits (for the temperature-scaled and energy-based methods)
     logits: np.ndarray | None = None
-    #: what a distance mode measures besides (its ``DistanceMode.outputs``, e.g. the ``feature`` mode's fDBD parts),
-    #: one array per input each
+    #: what a distance mode measures besides (its ``DistanceMode.outputs``, e.g. the ``feature`` mode's fDBD parts and
+    #: features), one array each, its first axis the inputs
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod

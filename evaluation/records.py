@@ -49,7 +49,7 @@ class VersionRecord:
     #: the shift the test inputs were under (``storage/shifts.py``; ``none``: the clean test set)
     shift: str = NO_SHIFT
     #: what the distance mode measured besides on each test input (``DistanceMode.outputs``; the ``feature`` mode's
-    #: fDBD parts)
+    #: fDBD parts and features)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     #: what the steps that made the version's files warned of them (at chance, an attack that flipped too few
     #: labels, a degenerate failure model), one line each
