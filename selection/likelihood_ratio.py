@@ -118,7 +118,8 @@ class ClassGaussians:
 
 
 def group_parts(features: np.ndarray, truth: np.ndarray):
-    """A group's class means, their shares of it, and its features centred on their class means."""
+    """A group's class means, their shares of it, its features centred on their class means, and the degrees of
+    freedom left about those means (inputs minus classes)."""
     classes, index, counts = np.unique(truth, return_inverse=True, return_counts=True)
     means = np.stack([features[index == i].mean(axis=0) for i in range(len(classes))])
     return means, counts / len(truth), features - means[index], len(truth) - len(classes)
