@@ -14,6 +14,10 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
   vote   majority voting: the three networks' forward passes under ``torch.no_grad`` and the vote,
          in the attacker's numerics (full float32, cuDNN autotuner), labels copied to the host
 
+``dfg_features`` (``--dfg-features``): each version's one forward pass to its penultimate features (the ``feature``
+mode's), the right and wrong validation groups' class-conditional Gaussian densities of them (fitted on the version's
+validation features, as ``selection/likelihood_ratio.py`` does), the posterior and the choice, at both batch sizes.
+
 and prints, for each distance mode of ``--distances`` (``storage.settings.distance_mode``: the paper's ``deepfool``,
 ``deepfool:K``, ``first-order[:K]``, ``feature[:K]``), milliseconds per input, the ratio dfg/vote, and each
 version's attack alone at the batch size. Voting is timed once per batch size; every mode is compared with it.
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,10 +49,12 @@ from bf16_diagnosis import subset  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import full_float32_convolutions  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, posterior  # noqa: E402
+from distances.feature import FeatureDistance, feature_vectors  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
 from mydataset.base import resize_batch  # noqa: E402
 from pipeline import flags  # noqa: E402
+from selection.likelihood_ratio import fit_groups  # noqa: E402
 from storage.settings import (  # noqa: E402
     Roots,  # noqa: E402
     TrainSettings,
@@ -97,6 +104,37 @@ def synthetic_kdes(scratch: Path, name: str, points: int) -> tuple[Path, Path]:
     return paths
 
 
+def feature_selector(versions, sizes, data, device):
+    """``dfg_features`` at real time: a function from a batch of images to each input's chosen label, with the
+    versions' right and wrong groups fitted on their validation features (Ledoit–Wolf, as the score does)."""
+    measures, groups, accuracies = [], [], []
+    for model, size in zip(versions, sizes):
+        measure = FeatureDistance(model.model_structure, device, image_size=size, check_success=False)
+        with torch.no_grad():
+            logits, z = measure.features(resize_batch(data.x_val.to(device), size))
+        labels, truth = logits.argmax(dim=1).cpu().numpy(), data.y_val.numpy()
+        validation = SimpleNamespace(correct=labels == truth, truth=truth, outputs={"features": feature_vectors(z)})
+        fitted = fit_groups(validation, "ledoit_wolf", 1)
+        if fitted is None:
+            raise SystemExit(f"{model.model_name}: no wrong (or no right) validation input: no dfg_features to time")
+        measures.append(measure)
+        groups.append(fitted)
+        accuracies.append(float(validation.correct.mean()))
+
+    @torch.no_grad()
+    def select(batch: torch.Tensor) -> np.ndarray:
+        chances, labels = [], []
+        for measure, (right, wrong), accuracy, size in zip(measures, groups, accuracies, sizes):
+            logits, z = measure.features(resize_batch(batch.to(device), size))
+            features = feature_vectors(z).astype(np.float64)
+            chances.append(posterior(right.log_density(features), wrong.log_density(features), accuracy))
+            labels.append(logits.argmax(dim=1).cpu().numpy())
+        best = np.argmax(np.stack(chances), axis=0)
+        return np.stack(labels)[best, np.arange(len(best))]
+
+    return select
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -113,6 +151,8 @@ def main(argv=None) -> int:
                         default=[distance_mode(m) for m in ("deepfool", "deepfool:2", "first-order", "first-order:2",
                                                             "feature")],
                         help="distance modes to time (default: deepfool deepfool:2 first-order first-order:2 feature)")
+    parser.add_argument("--dfg-features", action="store_true",
+                        help="also time dfg_features (DeepFailGuard's selection with the feature likelihood ratio)")
     args = parser.parse_args(argv)
     device = choose_device(args.device)
     data = create_dataset("DIGITS")
@@ -170,6 +210,12 @@ def main(argv=None) -> int:
                 module.attack(batch)
                 alone[distance.mode, module.name] = \
                     1000 * median_seconds(module.attack, batch, device, args.repeats) / len(batch)
+        if args.dfg_features:
+            select = feature_selector(versions, sizes, data, device)
+            for batch_size in (1, args.batch):
+                select(images[:batch_size])  # warm-up
+                rows.append(("dfg_features", batch_size,
+                             1000 * median_seconds(select, images[:batch_size], device, args.repeats) / batch_size))
         print(f"{'distance':<15} {'batch':>5} {'dfg_ms/input':>12} {'vote_ms/input':>13} {'dfg/vote':>9}")
         for mode, batch_size, dfg_ms in rows:
             print(f"{mode:<15} {batch_size:>5} {dfg_ms:>12.3f} {vote_ms[batch_size]:>13.4f} "
