@@ -19,21 +19,22 @@ How the cases run:
   hostile files and unwritable folders, across the scripts.
 - As real subprocesses (``python main_*.py ...``, ``SUBPROCESS_CASES``), started in the background
   (two at a time) while the in-process tests run; every script and every class of bad input at
-  least once:
+  least once (each start costs the interpreter and torch, ~7 s of CPU: the rest of the grid runs in
+  process above, through the same entry point):
 
   ==========  ==================  =================================  ==================  =====================
   script      bad command line    bad file                           hostile file        unwritable folder
   ==========  ==================  =================================  ==================  =====================
-  train       unknown dataset                                        GTSRB/x_train.pth
-  fit         ``--device cuda``                                      checkpoint (exec)
-  cache                           truncated checkpoint                                   ``--info-root``
-  evaluate                        NaN distances                      KDE ``.pkl``
-  realtime    ``--batch-size 0``  truncated KDE                                          ``--output``
+  train       unknown dataset
+  fit                                                                checkpoint (exec)
+  cache                                                                                  ``--info-root``
+  evaluate                        NaN distances
+  realtime    ``--batch-size 0``                                                         ``--output``
   ==========  ==================  =================================  ==================  =====================
 
   plus two successful runs for reproducibility (training, evaluation from the cache).
 - Interruption, always as subprocesses: training, failure-model fitting, test caching and real-time
-  evaluation (``CHAINS``) are each SIGKILLed at two or three points, each kill followed by a rerun,
+  evaluation (``CHAINS``) are SIGKILLed at one to three points, each kill followed by a rerun,
   the last rerun left to finish. A watcher polls the output folders every few milliseconds and
   loads every file it sees under its final name: it must be complete at every moment. Kill points
   are events (a progress bar on stderr, a temporary or final file appearing), not delays. Kills land
@@ -571,35 +572,15 @@ class SubprocessCase:
         return self.id
 
 
-def _hostile_dataset(ws):
-    folder = write_gtsrb(ws)
-    path = replace_file(folder / "x_train.pth", lambda p: torch.save(payload("system", ws.marker), p))
-    return GTSRB_GRID, [path]
-
-
 def _hostile_checkpoint(ws):
     path = replace_file(ws.checkpoint(), lambda p: HOSTILE_CHECKPOINTS["builtins-exec"](ws, p))
     return [], [path]
-
-
-def _truncated_checkpoint(ws):
-    return [], [truncate(ws.checkpoint())]
-
-
-def _hostile_kde_pickle(ws):
-    correct, _ = use_paper_pickles(ws)
-    replace_file(correct, pickle.dumps(payload("system", ws.marker)))
-    return [], [correct]
 
 
 def _nan_distances(ws):
     path = ws.cache("distances")
     save_npy(path, np.load(path) * np.nan)
     return [], [path]
-
-
-def _truncated_kde(ws):
-    return [], [truncate(ws.kde("correct"))]
 
 
 def _blocked(flag):
@@ -617,25 +598,17 @@ def _fresh_evaluation(ws):
 SUBPROCESS_CASES = [
     SubprocessCase("train-unknown-dataset", "train", "bad command line",
                    lambda ws: (["--datasets", "MNIST"], ["MNIST"]), needs_pipeline=False),
-    SubprocessCase("train-hostile-dataset", "train", "hostile file", _hostile_dataset, needs_pipeline=False),
     SubprocessCase("fit-hostile-checkpoint", "fit", "hostile file", _hostile_checkpoint),
-    SubprocessCase("fit-device-cuda", "fit", "bad command line (device)",
-                   lambda ws: (["--device", "cuda"], ["--device", "cuda"])),
-    SubprocessCase("cache-truncated-checkpoint", "cache", "bad file", _truncated_checkpoint),
     SubprocessCase("cache-unwritable-info-root", "cache", "unwritable folder", _blocked("--info-root")),
-    SubprocessCase("evaluate-hostile-kde-pickle", "evaluate", "hostile file", _hostile_kde_pickle),
     SubprocessCase("evaluate-nan-distances", "evaluate", "bad file", _nan_distances),
     SubprocessCase("realtime-zero-batch-size", "realtime", "bad command line (argparse)",
                    lambda ws: (["--batch-size", "0"], ["--batch-size"])),
-    SubprocessCase("realtime-truncated-kde", "realtime", "bad file", _truncated_kde),
     SubprocessCase("realtime-unwritable-output", "realtime", "unwritable folder", _blocked("--output")),
     SubprocessCase("train-reproduces", "train", "reproducibility",
                    lambda ws: (["--models", "squeezenet", "--bugs", "0", "--epochs", "1"], []),
                    succeeds=True, needs_pipeline=False),
     SubprocessCase("evaluate-reproduces", "evaluate", "reproducibility", _fresh_evaluation, succeeds=True),
 ]
-if torch.cuda.is_available():  # the device case needs a machine without CUDA
-    SUBPROCESS_CASES = [case for case in SUBPROCESS_CASES if case.id != "fit-device-cuda"]
 
 
 @dataclass
@@ -720,9 +693,10 @@ CHAINS = {
                           f"{CACHED}/DIGITS_squeezenet_bug{bug}_manifest.json"] for bug in (0, 1)}}),
     "realtime": Chain(
         "realtime", None, ("model", "info"), ("out/realtime",),
-        (KillPoint("mid-attack of the second version", when_stderr("DeepFool densenet_DIGITS")),
-         KillPoint("while writing the results", when_file("results.csv"))),
-        {},  # nothing to resume: it computes everything, then writes
+        # nothing to resume: it computes everything, then writes; so one kill, where its files appear (a kill
+        # mid-attack would find nothing written, and costs a third of a run)
+        (KillPoint("while writing the results", when_file("results.csv")),),
+        {},
         tuple(f"out/realtime/{name}" for name in ("results.csv", "summary.csv", "failure_prediction.csv",
                                                   "selective.csv", "latency.csv", "methods.json",
                                                   "figures/methods_DIGITS.png", "figures/compute_DIGITS.png",
