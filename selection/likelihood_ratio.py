@@ -164,8 +164,27 @@ def undefined_scores(answers) -> np.ndarray:
     return np.full(len(answers.labels), np.nan)
 
 
+class GroupGaussianScore(Score):
+    """A score read from the right and wrong groups' class-conditional Gaussians (:func:`gaussians_of`): subclasses
+    say what they make of them in :meth:`from_groups`; without the groups the score is undefined (NaN)."""
+
+    def fit(self, version):
+        return gaussians_of(self, version)
+
+    def compute(self, groups, answers, version):
+        if groups is None:
+            return undefined_scores(answers)
+        return self.from_groups(*groups, features_of(answers), version)
+
+    def from_groups(self, right: ClassGaussians, wrong: ClassGaussians, features: np.ndarray, version) -> np.ndarray:
+        raise NotImplementedError
+
+    def undefined(self, version):
+        return undefined_groups(self, version)
+
+
 @register_score
-class DeltaMahalanobis(Score):
+class DeltaMahalanobis(GroupGaussianScore):
     """Δ-MDS: the best class's Mahalanobis score under the right group's Gaussians minus the same under the wrong
     group's (module docstring)."""
 
@@ -181,18 +200,8 @@ class DeltaMahalanobis(Score):
     def __post_init__(self):
         check_parameters(self)
 
-    def fit(self, version):
-        return gaussians_of(self, version)
-
-    def compute(self, groups, answers, version):
-        if groups is None:
-            return undefined_scores(answers)
-        right, wrong = groups
-        features = features_of(answers)
+    def from_groups(self, right, wrong, features, version):
         return wrong.squared_distances(features).min(axis=1) - right.squared_distances(features).min(axis=1)
-
-    def undefined(self, version):
-        return undefined_groups(self, version)
 
 
 @register_score
@@ -264,7 +273,7 @@ register_score(RLogMix, name="delta_knn_rlog", base="delta_knn")
 
 
 @register_score
-class FeaturePCorrect(Score):
+class FeaturePCorrect(GroupGaussianScore):
     """DeepFailGuard's P(correct) with the right and wrong groups' class-conditional Gaussian densities of the
     features in place of the distance KDEs, the version's validation accuracy as prior (module docstring)."""
 
@@ -282,15 +291,5 @@ class FeaturePCorrect(Score):
     def __post_init__(self):
         check_parameters(self, ("ledoit_wolf",))
 
-    def fit(self, version):
-        return gaussians_of(self, version)
-
-    def compute(self, groups, answers, version):
-        if groups is None:
-            return undefined_scores(answers)
-        right, wrong = groups
-        features = features_of(answers)
+    def from_groups(self, right, wrong, features, version):
         return posterior(right.log_density(features), wrong.log_density(features), version.val_acc)
-
-    def undefined(self, version):
-        return undefined_groups(self, version)
