@@ -9,7 +9,7 @@ version is computed once and reused by every set it belongs to. The test truth i
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 
 import numpy as np
@@ -55,6 +55,9 @@ class VersionRecord:
     #: labels, a degenerate failure model), one line each
     warnings: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: what scores and methods learned from the validation outputs alone (:meth:`learn`); the records of one version
+    #: under each shift of an evaluation share it (:meth:`share_learning`)
+    _learned: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def test(self) -> CachedAnswers:
@@ -93,11 +96,31 @@ class VersionRecord:
             self._cache["fit", key] = fit(self)
         return self._cache["fit", key]
 
+    def learn(self, key: str, fit):
+        """``fit(self)`` where it reads only the validation outputs and the failure model (a score's fit, its
+        cross-fitted validation scores): computed once per version and, after :meth:`share_learning`, shared by its
+        records under every shift, which have the same validation outputs. :meth:`fitted` is per record: what it
+        keeps may read the test answers."""
+        if key not in self._learned:
+            self._learned[key] = fit(self)
+        return self._learned[key]
+
+    def share_learning(self, other: "VersionRecord") -> bool:
+        """Share ``other``'s :meth:`learn` results where it is this version with the same failure model and the
+        same validation outputs (the same version under another shift); whether it did."""
+        same = ((self.dataset, self.model, self.bug, self.mode) == (other.dataset, other.model, other.bug, other.mode)
+                and self.module.val_acc == other.module.val_acc
+                and self.validation is not None and other.validation is not None
+                and same_answers(self.validation, other.validation))
+        if same:
+            self._learned = other._learned
+        return same
+
     def score(self, name: str) -> np.ndarray:
         """The registered score ``name`` of every test input, fitted on this version's validation outputs."""
         if ("score", name) not in self._cache:
             score = SCORES[name]
-            self._cache["score", name] = score.compute(self.fitted(f"score {name}", score.fit), self.test, self)
+            self._cache["score", name] = score.compute(self.learn(f"score {name}", score.fit), self.test, self)
         return self._cache["score", name]
 
     def probability_score(self, name: str) -> np.ndarray:
@@ -105,6 +128,18 @@ class VersionRecord:
         its fallback (``log(1 + d)·a``), so failure prediction and calibration see it clipped to [0, 1],
         decisions the raw score."""
         return np.clip(self.score(name), 0.0, 1.0)
+
+
+def same_answers(first: CachedAnswers, second: CachedAnswers) -> bool:
+    """Whether two sets of cached answers hold the same arrays (every field and every extra output)."""
+    def arrays(answers):
+        named = {f.name: getattr(answers, f.name) for f in fields(answers) if f.name != "outputs"}
+        return named | {f"outputs {name}": array for name, array in answers.outputs.items()}
+
+    one, other = arrays(first), arrays(second)
+    return one.keys() == other.keys() and all(
+        (one[name] is None) == (other[name] is None) and (one[name] is None or np.array_equal(one[name], other[name]))
+        for name in one)
 
 
 def canonical_key(version: tuple[str, int]) -> tuple:
@@ -160,12 +195,13 @@ def recorded_warnings(info_root, model_root, dataset: str, model: str, bug: int,
 
 
 def load_cached_versions(info_root, model_root, dataset: str, versions, distance: DistanceSettings = DEEPFOOL,
-                         shift: str = NO_SHIFT, failure_model: str | None = None
+                         shift: str = NO_SHIFT, failure_model: str | None = None, learned_from: dict | None = None
                          ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
     """The cached records of a dataset's ``(model, bug)`` versions that have a cache of the test set under
     ``shift``, the ground truth of each test set they answer, and the versions without such a cache
     (``model/bugN``). Every record is checked: its arrays, against the others (``check_dataset``), and against its
-    manifests (``manifests.check_version``)."""
+    manifests (``manifests.check_version``). A record shares what was learned from its validation outputs with its
+    version's record in ``learned_from`` (the same versions under another shift) where they are the same."""
     num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
     records, missing = {}, []
     for model, bug in versions:
@@ -178,6 +214,9 @@ def load_cached_versions(info_root, model_root, dataset: str, versions, distance
     truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set, shift)
               for test_set in sorted({r.test_set for r in records.values()})}
     check_dataset(dataset, records, truths)  # what the files say of themselves first, then their manifests
+    for key, record in records.items():
+        if learned_from and key in learned_from:
+            record.share_learning(learned_from[key])
     for record in canonical(records.values()):
         manifests.check_version(info_root, model_root, "fit", record.model, dataset, record.bug,
                                 failure_model or distance.mode)

@@ -31,7 +31,8 @@ The contract, for both:
   (a cascade) says per input which members it ran (:meth:`Method.visits`), and the evaluation prices that with
   the members' costs (``distances/costs.py``, in their metadata).
 - *Per-version work goes through* ``version.fitted(key, fit)``, keyed by the registered name, so that the sets
-  a version joins share it.
+  a version joins share it; work that reads only the validation outputs and the failure model goes through
+  ``version.learn(key, fit)``, which the version's records under every shift share.
 
 Where a member lacks an output a score or method needs, or a method says it cannot run on the members
 (``Method.cannot_run``; for the method selecting by a score, where the score is undefined for a member:
@@ -174,10 +175,17 @@ def validation_folds(version, folds: int = CROSS_FIT_FOLDS):
 def cross_fitted(score: Score, version) -> np.ndarray:
     """Each validation input's score from :meth:`Score.fit` on the other folds' validation outputs."""
     scores = np.full(len(version.validation.labels), np.nan)
-    for fitted_on, scored in validation_folds(version):
-        held_back = replace(version, validation=version.validation.subset(fitted_on))
-        scores[scored] = score.compute(score.fit(held_back), version.validation.subset(scored), held_back)
+    for held_back, held_out, scored in version.learn("validation folds", held_back_folds):
+        scores[scored] = score.compute(score.fit(held_back), held_out, held_back)
     return scores
+
+
+def held_back_folds(version) -> list:
+    """Per fold of :func:`validation_folds`: the version with only the other folds' validation outputs (what the
+    scores fit on; its own :meth:`learn` cache lets the scores that fit alike share each fold's fit), the fold's
+    validation answers, and their indices."""
+    return [(replace(version, validation=version.validation.subset(fitted_on)), version.validation.subset(scored),
+             scored) for fitted_on, scored in validation_folds(version)]
 
 
 @dataclass

@@ -33,8 +33,8 @@ def validation_scores(name: str, member) -> np.ndarray:
     """The registered score ``name`` of a member's validation inputs, each from a fit that did not see it
     (``Score.validation_scores``), computed once per member."""
     score = SCORES[name]
-    return member.fitted(f"validation score {name}", lambda version: np.asarray(
-        score.validation_scores(version.fitted(f"score {name}", score.fit), version), dtype=np.float64))
+    return member.learn(f"validation score {name}", lambda version: np.asarray(
+        score.validation_scores(version.learn(f"score {name}", score.fit), version), dtype=np.float64))
 
 
 def cost_order(members, attacks: bool, context) -> list[int]:

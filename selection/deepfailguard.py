@@ -34,7 +34,7 @@ def cross_fitted_assessment(version):
             confidence[held], margin[held] = assessment.confidence, assessment.margin
         return Assessment(confidence, margin)
 
-    return version.fitted("cross-fitted assessment", lambda _: fit())
+    return version.learn("cross-fitted assessment", lambda _: fit())
 
 
 @register_score

@@ -21,7 +21,7 @@ the fitting inputs the version answers right, and those it answers wrong. As the
   density, Σ_c π_c N(z; μ_c, Σ), π_c the class's share of the group. Δ-MDS is not that log-ratio: it is twice the
   log-ratio of the two groups' best-class densities plus log det Σ_right − log det Σ_wrong, a constant per version
   that leaves the ranking of one version's inputs alone but not how versions compare, and it has no prior. The
-  posterior is therefore computed from proper Gaussian log-densities (SciPy's), log-determinants included.
+  posterior is therefore computed from proper Gaussian log-densities, log-determinants included.
 
 **Fitted on the validation split, not the training split.** The reference fits on the training split; a DIGITS
 version answers almost every training input right (the wrong group would be empty or a handful), and features of
@@ -49,10 +49,12 @@ where neither has one, Δ-MDS and ``dfg_features`` are undefined. Δ-KNN needs o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from numpy.linalg import LinAlgError
+from scipy.linalg import cholesky, solve_triangular
 from scipy.special import logsumexp
-from scipy.stats import Covariance, multivariate_normal
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
@@ -100,21 +102,56 @@ def check_parameters(score, estimators=tuple(ESTIMATORS)) -> None:
 @dataclass(frozen=True)
 class ClassGaussians:
     """One group's class-conditional Gaussians with a shared covariance: the means of the classes it has inputs of,
-    their shares of the group, and the covariance (a fitted scikit-learn estimator, centred at 0)."""
+    their shares of the group, and the covariance (a fitted scikit-learn estimator, centred at 0).
+
+    Distances are measured after whitening by the covariance's Cholesky factor L (Σ = LLᵀ), where they are
+    Euclidean; a singular covariance (the empirical estimate of a small group) has none, and is measured with its
+    pseudo-inverse, as the reference does. Measured reason for not letting scikit-learn invert Σ and measure with
+    its ``mahalanobis`` (SciPy's ``cdist``, one input at a time): on one thread, fitting a group of 280 inputs in
+    4,096 dimensions and inverting its covariance takes 14.1 s (an eigendecomposition), its Cholesky factor 0.6 s;
+    measuring 360 inputs against 10 class means in 2,048 dimensions takes 10.8 s with ``mahalanobis``, 0.07 s
+    as matrix products. The tests check both paths against scikit-learn's and SciPy's to 1e-10."""
 
     means: np.ndarray
     shares: np.ndarray
     covariance: EmpiricalCovariance
 
+    @cached_property
+    def cholesky(self) -> np.ndarray | None:
+        """The lower Cholesky factor of Σ; None where Σ is not positive definite."""
+        try:
+            return cholesky(self.covariance.covariance_, lower=True)
+        except LinAlgError:
+            return None
+
+    def whiten(self, points: np.ndarray) -> np.ndarray:
+        """L⁻¹(x) of every row x."""
+        return solve_triangular(self.cholesky, points.T, lower=True).T
+
+    @cached_property
+    def whitened_means(self) -> np.ndarray:
+        return self.whiten(self.means)
+
     def squared_distances(self, features: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distance of every input (row) to every class mean (column)."""
-        return np.column_stack([self.covariance.mahalanobis(features - mean) for mean in self.means])
+        if self.cholesky is None:
+            precision = self.covariance.get_precision()  # the pseudo-inverse
+            points, means, projected = features, self.means, features @ precision
+            means_projected = means @ precision
+        else:
+            points, means = self.whiten(features), self.whitened_means
+            projected, means_projected = points, means
+        squared = (np.einsum("ij,ij->i", projected, points)[:, None] - 2.0 * projected @ means.T
+                   + np.einsum("ij,ij->i", means_projected, means)[None, :])
+        return np.maximum(squared, 0.0)
 
     def log_density(self, features: np.ndarray) -> np.ndarray:
-        """log Σ_c π_c N(z; μ_c, Σ) of every input."""
-        shape = Covariance.from_precision(self.covariance.precision_, self.covariance.covariance_)
-        per_class = [np.atleast_1d(multivariate_normal(mean, shape).logpdf(features)) for mean in self.means]
-        return logsumexp(np.log(self.shares)[:, None] + np.stack(per_class), axis=0)
+        """log Σ_c π_c N(z; μ_c, Σ) of every input, N's logarithm −(d_c² + k·log 2π + log det Σ)/2."""
+        if self.cholesky is None:
+            raise ValueError("a group's covariance is singular: it has no density")
+        log_det = 2.0 * float(np.log(np.diag(self.cholesky)).sum())
+        log_normal = -0.5 * (self.squared_distances(features) + self.means.shape[1] * np.log(2.0 * np.pi) + log_det)
+        return logsumexp(np.log(self.shares)[None, :] + log_normal, axis=1)
 
 
 def group_parts(features: np.ndarray, truth: np.ndarray):
@@ -133,7 +170,7 @@ def fit_groups(validation, covariance: str, min_dof: int) -> tuple[ClassGaussian
         return None
     features, correct = features_of(validation), validation.correct
     parts = [group_parts(features[group], validation.truth[group]) for group in (correct, ~correct)]
-    estimates = [ESTIMATORS[covariance](assume_centered=True).fit(centred)
+    estimates = [ESTIMATORS[covariance](assume_centered=True, store_precision=False).fit(centred)
                  if dof >= min_dof and centred.any() else None for _, _, centred, dof in parts]
     if estimates[0] is None and estimates[1] is None:
         return None
@@ -144,7 +181,7 @@ def fit_groups(validation, covariance: str, min_dof: int) -> tuple[ClassGaussian
 def gaussians_of(score, version):
     """:func:`fit_groups` of a version's validation outputs with a score's parameters, fitted once per version for
     every score that reads them (Δ-MDS, its RLog mix, ``dfg_features``)."""
-    return version.fitted(f"class-conditional Gaussians {score.covariance} {score.min_dof}",
+    return version.learn(f"class-conditional Gaussians {score.covariance} {score.min_dof}",
                           lambda fitted: fit_groups(fitted.validation, score.covariance, score.min_dof))
 
 

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import multivariate_normal
+from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 import evaluation
 from DeepFailGuard import DeepFailGuardModule
@@ -102,7 +104,7 @@ def test_gen_is_the_negated_generalized_entropy_of_the_largest_probabilities():
 # ---------------------------------------------------------------------------------------------
 
 def test_the_groups_are_fitted_by_true_class_with_their_own_shrunk_covariances(toy):
-    right, wrong = toy.fitted("score delta_mds", SCORES["delta_mds"].fit)
+    right, wrong = toy.learn("score delta_mds", SCORES["delta_mds"].fit)
     np.testing.assert_allclose(right.means, RIGHT_MEANS)
     np.testing.assert_allclose(wrong.means, WRONG_MEANS)  # by true class, not by the predicted one
     np.testing.assert_allclose(right.covariance.covariance_, RIGHT_VARIANCE * np.eye(2), atol=1e-12)
@@ -168,7 +170,7 @@ def test_a_method_selects_by_each_score_and_they_are_cross_fitted_on_validation(
     for name in ("gen", "delta_mds", "delta_knn", "delta_mds_rlog", "delta_knn_rlog", "dfg_features"):
         scores = np.stack([member.score(name) for member in members])
         np.testing.assert_array_equal(predictions[name], np.where(scores[1] > scores[0], other.labels, toy.labels))
-        validation = SCORES[name].validation_scores(toy.fitted(f"score {name}", SCORES[name].fit), toy)
+        validation = SCORES[name].validation_scores(toy.learn(f"score {name}", SCORES[name].fit), toy)
         assert validation.shape == (16,) and np.isfinite(validation).sum() >= 8, name
 
 
@@ -201,7 +203,7 @@ def test_without_a_wrong_validation_input_the_scores_are_undefined_and_left_out(
 def test_a_wrong_group_without_spread_of_its_own_borrows_the_right_groups_covariance(tmp_path):
     lone = [((4, 5), 0, 1), ((7, 0), 1, 2)]  # one wrong input per class: 0 degrees of freedom
     version = record(tmp_path, "resnet", validation_answers(wrong=lone), answers(TEST_POINTS, [0, 1, 1, 1, 0]))
-    right, wrong = version.fitted("score delta_mds", SCORES["delta_mds"].fit)
+    right, wrong = version.learn("score delta_mds", SCORES["delta_mds"].fit)
     assert wrong.covariance is right.covariance
     for i, z in enumerate(TEST_POINTS):
         best = [min(squared(z, mean) / RIGHT_VARIANCE for mean in means) for means in (RIGHT_MEANS, WRONG_MEANS)]
@@ -245,3 +247,26 @@ def test_a_split_or_estimator_the_family_does_not_have_is_refused(values):
         likelihood_ratio.DeltaMahalanobis(**values)
     with pytest.raises(ValueError, match="covariance must be one of ledoit_wolf,"):
         likelihood_ratio.FeaturePCorrect(covariance="empirical")  # singular in high dimension: no density
+
+
+def test_the_gaussians_distances_and_densities_equal_scikit_learns_and_scipys_on_a_correlated_case():
+    """The two-product Mahalanobis distances and the densities built on them (``ClassGaussians``) against
+    scikit-learn's ``mahalanobis`` and SciPy's ``multivariate_normal`` with a full, correlated covariance."""
+    rng = np.random.default_rng(3)
+    mixing = rng.normal(size=(6, 6))
+    estimate = LedoitWolf(assume_centered=True).fit(rng.normal(size=(40, 6)) @ mixing)
+    means, shares = rng.normal(size=(3, 6)), np.array([0.5, 0.3, 0.2])
+    gaussians, points = likelihood_ratio.ClassGaussians(means, shares, estimate), rng.normal(size=(7, 6)) @ mixing
+    np.testing.assert_allclose(gaussians.squared_distances(points),
+                               np.column_stack([estimate.mahalanobis(points - mean) for mean in means]), rtol=1e-10)
+    densities = sum(share * multivariate_normal(mean, estimate.covariance_).pdf(points)
+                    for share, mean in zip(shares, means))
+    np.testing.assert_allclose(gaussians.log_density(points), np.log(densities), rtol=1e-10)
+    # a singular (empirical, three inputs in six dimensions) covariance: its pseudo-inverse, as the reference
+    singular = EmpiricalCovariance(assume_centered=True).fit(rng.normal(size=(3, 6)))
+    gaussians = likelihood_ratio.ClassGaussians(means, shares, singular)
+    assert gaussians.cholesky is None
+    np.testing.assert_allclose(gaussians.squared_distances(points),
+                               np.column_stack([singular.mahalanobis(points - mean) for mean in means]), rtol=1e-8)
+    with pytest.raises(ValueError, match="no density"):
+        gaussians.log_density(points)

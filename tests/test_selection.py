@@ -188,7 +188,7 @@ def test_dfg_plus_picks_its_form_by_cross_validated_validation_auroc(versions):
     quality = {form: cross_val_score(LogisticRegression(), deepfailguard._features(record.validation, form), correct,
                                      cv=folds, scoring="roc_auc").mean() for form in deepfailguard.FORMS}
     best = max(quality.values())
-    chosen, model = record.fitted("score dfg_plus", SCORES["dfg_plus"].fit)
+    chosen, model = record.learn("score dfg_plus", SCORES["dfg_plus"].fit)
     assert quality[chosen] == best and chosen == next(f for f in deepfailguard.FORMS if quality[f] == best)
     # the form's features by hand: log distance, then the top softmax raw or as its logit
     top = record.probabilities.max(axis=1)

@@ -18,6 +18,7 @@ import torch
 from conftest import SCRIPT_ENV, assert_usage_error, run_in_process, script_module
 from test_readme import python_blocks
 
+from evaluation import load_cached_versions
 from mydataset import corruptions
 from storage import shifts
 from storage.settings import AttackSettings, distance_mode, mode_flag
@@ -288,3 +289,33 @@ def test_a_shift_asked_for_without_its_cache_is_refused_beside_others(shifted_gr
     assert_usage_error(result, "no feature test cache of the clean test set (none)", "--shifts none")
     assert not (ws.out / "results.csv").exists() or (ws.out / "results.csv").read_text() == \
         (shifted_grid.out / "results.csv").read_text()
+
+
+def test_a_shift_evaluated_alone_gives_the_rows_it_gets_beside_the_others(shifted_grid, tmp_path):
+    """The records of one version under each shift share what was learned from its validation outputs
+    (``VersionRecord.learn``): fitted once, the same numbers as a fit of their own."""
+    ws = shifted_grid.clone(tmp_path / "ws")
+    assert script_module("evaluate").main(ws.argv("evaluate", *HEALTHY, *FEATURE, "--shifts", "fog:3",
+                                                  "--output", str(tmp_path / "alone"))) == 0
+    for name in ("results.csv", "failure_prediction.csv", "selective.csv"):
+        together = pd.read_csv(shifted_grid.out / name)
+        alone = pd.read_csv(tmp_path / "alone" / name)
+        pd.testing.assert_frame_equal(alone, together[together["shift"] == "fog:3"].reset_index(drop=True),
+                                      check_exact=True)
+
+
+def test_only_the_same_version_with_the_same_validation_outputs_shares_what_was_learned(shifted_grid):
+    distance = distance_mode("feature")
+    versions = [("squeezenet", 0), ("densenet", 0)]
+    clean, _, _ = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance)
+    fog, _, _ = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance, "fog:3",
+                                     learned_from=clean)
+    squeezenet = clean["squeezenet", 0]
+    first = squeezenet.learn("a fit", lambda version: object())
+    assert fog["squeezenet", 0].learn("a fit", lambda version: object()) is first
+    assert fog["densenet", 0].learn("a fit", lambda version: object()) is not first
+    other = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance)[0]
+    other["densenet", 0].validation = other["densenet", 0].validation.subset(np.arange(3))
+    assert not other["densenet", 0].share_learning(clean["densenet", 0])
+    assert not other["densenet", 0].share_learning(squeezenet)
+    assert other["squeezenet", 0].share_learning(squeezenet)
