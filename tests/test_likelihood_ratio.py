@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy.special import expit
 from scipy.stats import multivariate_normal
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
 import evaluation
-from DeepFailGuard import DeepFailGuardModule
+from DeepFailGuard import DeepFailGuardModule, posterior
 from failure_model.kde import GaussianKDE
 from selection import METHODS, SCORES, SetContext, likelihood_ratio
 from storage import caches
@@ -153,14 +155,28 @@ def test_the_rlog_mixes_add_three_times_the_top_two_logit_gap(toy):
         np.testing.assert_allclose(toy.score(f"{base}_rlog"), toy.score(base) + 3.0 * gap, rtol=1e-12)
 
 
-def test_dfg_features_is_the_posterior_of_the_two_gaussian_densities_with_the_accuracy_prior(toy):
-    assert SCORES["dfg_features"].probability and toy.val_acc == VAL_ACC
+def test_dfg_features_is_the_log_odds_of_the_posterior_of_the_two_gaussian_densities_with_the_accuracy_prior(toy):
+    assert not SCORES["dfg_features"].probability and toy.val_acc == VAL_ACC
     for i, z in enumerate(TEST_POINTS):
         right = gaussian_mixture(z, RIGHT_MEANS, RIGHT_VARIANCE)
         wrong = gaussian_mixture(z, WRONG_MEANS, WRONG_VARIANCE)
-        expected = VAL_ACC * right / (VAL_ACC * right + (1 - VAL_ACC) * wrong)
-        assert toy.score("dfg_features")[i] == pytest.approx(expected, rel=1e-9)
+        assert toy.score("dfg_features")[i] == pytest.approx(
+            math.log(VAL_ACC * right) - math.log((1 - VAL_ACC) * wrong), rel=1e-9)
+        posterior = VAL_ACC * right / (VAL_ACC * right + (1 - VAL_ACC) * wrong)  # DeepFailGuard's P(correct)
+        assert expit(toy.score("dfg_features")[i]) == pytest.approx(posterior, rel=1e-9)
     assert METHODS["dfg_features"].score == "dfg_features"  # selected by, as DeepFailGuard by its P(correct)
+
+
+def test_dfg_features_keeps_the_order_where_the_posterior_is_1_in_floating_point():
+    """One dimension, unit variances, the right group's mean at 0 and the wrong group's at 20: the log-odds at z
+    are log(a / (1 − a)) + 200 − 20z, 220 and 240 nats at z = −1 and −2, where both posteriors are 1.0."""
+    unit = EmpiricalCovariance(assume_centered=True).fit(np.array([[1.0], [-1.0]]))
+    right = likelihood_ratio.ClassGaussians(np.array([[0.0]]), np.array([1.0]), unit)
+    wrong = likelihood_ratio.ClassGaussians(np.array([[20.0]]), np.array([1.0]), unit)
+    scores = SCORES["dfg_features"].from_groups(right, wrong, np.array([[-1.0], [-2.0]]), SimpleNamespace(val_acc=0.9))
+    np.testing.assert_allclose(scores, math.log(9) + np.array([220.0, 240.0]), rtol=1e-12)
+    assert (posterior(right.log_density(np.array([[-1.0], [-2.0]])), wrong.log_density(np.array([[-1.0], [-2.0]])),
+                      0.9) == 1.0).all()
 
 
 def test_a_method_selects_by_each_score_and_they_are_cross_fitted_on_validation(toy, tmp_path):
@@ -192,7 +208,7 @@ def test_without_a_wrong_validation_input_the_scores_are_undefined_and_left_out(
                                              {"TOY": [0]})
     for row in evaluated.failure_rows:  # empty, as the scores of a failure model fitted without a wrong input
         assert all(row[f"{metric}_{name}"] is None for name in family for metric in ("auroc", "aurc"))
-        assert row["ece_dfg_features"] is None and row["aurc_gen"] is not None
+        assert "ece_dfg_features" not in row and row["aurc_gen"] is not None  # not a probability
     ran = {row["method"] for row in evaluated.rows}
     assert not ran & set(family) and {"gen", "dfg"} <= ran
     assert not {row["score"] for row in evaluated.selective_rows} & set(family)
