@@ -103,20 +103,22 @@ def failure_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def against_max_softmax(rows: pd.DataFrame) -> list[str]:
-    """Per challenger, severity and family (the clean test set: family ``none``): the (version, corruption) pairs
-    where its AUROC beats max softmax's, and the sign test."""
+def against_max_softmax(rows: pd.DataFrame, by=("severity", "family")) -> list[str]:
+    """Per challenger and group (``by``: severity and family, the clean test set being family ``none``; or severity
+    alone, every corruption pooled): the (version, corruption) pairs where its AUROC beats max softmax's, and the
+    sign test (pooled, the pairs share versions: the p-value is a guide, not a test)."""
     keys = ["model", "bug_id", "shift"]
     base = rows[rows["label"] == "max_softmax"].set_index(keys)["auroc"]
-    lines = ["| score | family | severity | wins | losses | sign p |", "|---|---|---|---|---|---|"]
+    lines = ["| score | " + " | ".join(by) + " | wins | losses | sign p |", "|---" * (len(by) + 4) + "|"]
     for label in rows["label"].unique():
         if label.split(" ")[0] not in CHALLENGERS:
             continue
         mine = rows[rows["label"] == label]
-        for (level, family), part in mine.groupby(["severity", "family"]):
+        for group, part in mine.groupby(list(by)):
             diff = part.set_index(keys)["auroc"] - base.reindex(part.set_index(keys).index)
             wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
-            lines.append(f"| {label} | {family} | {level} | {wins} | {losses} | {sign_test(wins, losses):.3g} |")
+            lines.append(f"| {label} | " + " | ".join(map(str, group)) + f" | {wins} | {losses} | "
+                         f"{sign_test(wins, losses):.3g} |")
     return lines
 
 
@@ -139,9 +141,10 @@ def paired(part: pd.DataFrame, label: str, other: pd.Series) -> tuple[int, int]:
     return int((diff > 0).sum()), int((diff < 0).sum())
 
 
-def selection_table(rows: pd.DataFrame) -> list[str]:
-    lines = ["| severity | N | sets | voting | best softmax selector | selector | accuracy | vs voting: W/L, p | "
-             "vs best softmax: W/L, p |", "|---" * 9 + "|"]
+def selection_cells(rows: pd.DataFrame):
+    """Per severity, N and selector: the sets, voting's and the best softmax selector's (the one of highest mean
+    accuracy in that severity and N) mean accuracy, the selector's, and its wins and losses over the sets against
+    voting and against that best softmax selector."""
     for (level, size), part in rows.groupby(["severity", "n_versions"]):
         by = part.groupby("label")["accuracy"].mean()
         voting = part.drop_duplicates(SET_KEYS).set_index(SET_KEYS)["voting_accuracy"]
@@ -151,13 +154,36 @@ def selection_table(rows: pd.DataFrame) -> list[str]:
         for label in by.index:
             if label.split(" ")[0] not in SELECTORS:
                 continue
-            w, l_ = paired(part, label, voting)
-            cells = [f"{w}/{l_}, {sign_test(w, l_):.3g}"]
-            if best is not None:
-                bw, bl = paired(part, label, best_acc)
-                cells.append(f"{bw}/{bl}, {sign_test(bw, bl):.3g}")
-            lines.append(f"| {level} | {size} | {len(voting)} | {voting.mean():.4f} | "
-                         f"{best} {by[best]:.4f} | {label} | {by[label]:.4f} | " + " | ".join(cells) + " |")
+            yield dict(severity=level, n=size, sets=len(voting), voting=voting.mean(), best=best,
+                       best_accuracy=by[best] if best else np.nan, label=label, accuracy=by[label],
+                       vs_voting=paired(part, label, voting),
+                       vs_best=paired(part, label, best_acc) if best else (0, 0))
+
+
+def selection_table(rows: pd.DataFrame) -> list[str]:
+    lines = ["| severity | N | sets | voting | best softmax selector | selector | accuracy | vs voting: W/L, p | "
+             "vs best softmax: W/L, p |", "|---" * 9 + "|"]
+    for c in selection_cells(rows):
+        lines.append(f"| {c['severity']} | {c['n']} | {c['sets']} | {c['voting']:.4f} | {c['best']} "
+                     f"{c['best_accuracy']:.4f} | {c['label']} | {c['accuracy']:.4f} | "
+                     + " | ".join(f"{w}/{l_}, {sign_test(w, l_):.3g}" for w, l_ in (c["vs_voting"], c["vs_best"]))
+                     + " |")
+    return lines
+
+
+def pooled_selection_table(rows: pd.DataFrame) -> list[str]:
+    """:func:`selection_cells` pooled over N (2-5) per severity: mean accuracies weighted by sets, summed wins and
+    losses (the sets share versions: the sign test's p-value is a guide, not a test)."""
+    cells = pd.DataFrame(list(selection_cells(rows)))
+    lines = ["| severity | selector | sets | voting | best softmax (per N) | selector | vs voting: W/L, p | "
+             "vs best softmax: W/L, p |", "|---" * 8 + "|"]
+    for (level, label), part in cells.groupby(["severity", "label"], sort=True):
+        weights = part["sets"]
+        pairs = [tuple(map(sum, zip(*part[column]))) for column in ("vs_voting", "vs_best")]
+        lines.append(f"| {level} | {label} | {weights.sum()} | {np.average(part['voting'], weights=weights):.4f} | "
+                     f"{np.average(part['best_accuracy'], weights=weights):.4f} | "
+                     f"{np.average(part['accuracy'], weights=weights):.4f} | "
+                     + " | ".join(f"{w}/{l_}, {sign_test(w, l_):.3g}" for w, l_ in pairs) + " |")
     return lines
 
 
@@ -189,7 +215,11 @@ def report(folders: dict[str, dict[str, Path]]) -> str:
         lines += [f"### {dataset}", "", "Failure prediction, mean over versions (and corruptions):", "",
                   *failure_table(scores[dataset]), "", "AUROC against max softmax, per severity and family "
                   "(versions where the score is higher / lower):", "", *against_max_softmax(scores[dataset]), "",
-                  "Selection:", "", *selection_table(selection_rows(dataset, modes)), ""]
+                  "The same, every corruption of a severity pooled:", "",
+                  *against_max_softmax(scores[dataset], ("severity",)), "",
+                  "Selection:", "", *selection_table(selection_rows(dataset, modes)), "",
+                  "Selection, N = 2-5 and every corruption of a severity pooled:", "",
+                  *pooled_selection_table(selection_rows(dataset, modes)), ""]
     if len(scores) > 1:
         lines += ["### Across datasets", "", *kendall_table(scores), ""]
     return "\n".join(lines)

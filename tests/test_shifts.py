@@ -25,6 +25,9 @@ from storage.settings import AttackSettings, distance_mode, mode_flag
 from storage.shifts import NO_SHIFT
 from utils import UsageError
 
+#: one xdist worker runs the module: its tests share ``shifted_grid``, a module fixture each worker would build anew
+pytestmark = pytest.mark.xdist_group("shifts")
+
 HEALTHY = ["--models", "squeezenet", "densenet", "--bugs", "0"]
 SHIFTS = ["--shifts", "none", "gaussian_noise:5", "fog:3"]
 FEATURE = ["--distance", "feature"]
