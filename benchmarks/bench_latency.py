@@ -16,7 +16,8 @@ Timed in the same process, on the same DIGITS test images at ``--image-size``, e
 
 ``dfg_features`` (``--dfg-features``): each version's one forward pass to its penultimate features (the ``feature``
 mode's), the right and wrong validation groups' class-conditional Gaussian densities of them (fitted on the version's
-validation features, as ``selection/likelihood_ratio.py`` does), the posterior and the choice, at both batch sizes.
+validation features, as ``selection/likelihood_ratio.py`` does), the posterior's log-odds (the score) and the
+choice, at both batch sizes.
 
 and prints, for each distance mode of ``--distances`` (``storage.settings.distance_mode``: the paper's ``deepfool``,
 ``deepfool:K``, ``first-order[:K]``, ``feature[:K]``), milliseconds per input, the ratio dfg/vote, and each
@@ -49,11 +50,12 @@ from bf16_diagnosis import subset  # noqa: E402
 import ModelManager  # noqa: E402
 from Attacker import full_float32_convolutions  # noqa: E402
 from DatasetManager import create_dataset  # noqa: E402
-from DeepFailGuard import DeepFailGuard, DeepFailGuardModule, posterior  # noqa: E402
+from DeepFailGuard import DeepFailGuard, DeepFailGuardModule  # noqa: E402
 from distances.feature import FeatureDistance, feature_vectors  # noqa: E402
 from failure_model.kde import GaussianKDE  # noqa: E402
 from mydataset.base import resize_batch  # noqa: E402
 from pipeline import flags  # noqa: E402
+from selection import SCORES  # noqa: E402
 from selection.likelihood_ratio import fit_groups  # noqa: E402
 from storage.settings import (  # noqa: E402
     Roots,  # noqa: E402
@@ -127,7 +129,8 @@ def feature_selector(versions, sizes, data, device):
         for measure, (right, wrong), accuracy, size in zip(measures, groups, accuracies, sizes):
             logits, z = measure.features(resize_batch(batch.to(device), size))
             features = feature_vectors(z).astype(np.float64)
-            chances.append(posterior(right.log_density(features), wrong.log_density(features), accuracy))
+            chances.append(SCORES["dfg_features"].from_groups(right, wrong, features,
+                                                              SimpleNamespace(val_acc=accuracy)))
             labels.append(logits.argmax(dim=1).cpu().numpy())
         best = np.argmax(np.stack(chances), axis=0)
         return np.stack(labels)[best, np.arange(len(best))]
