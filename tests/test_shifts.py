@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SCRIPT_ENV, assert_usage_error, run_in_process, script_module
+from conftest import REPO, SCRIPT_ENV, assert_usage_error, run_in_process, script_module
 from test_readme import python_blocks
 
 from evaluation import load_cached_versions
@@ -322,3 +322,20 @@ def test_only_the_same_version_with_the_same_validation_outputs_shares_what_was_
     assert not other["densenet", 0].share_learning(clean["densenet", 0])
     assert not other["densenet", 0].share_learning(squeezenet)
     assert other["squeezenet", 0].share_learning(squeezenet)
+
+
+def test_the_replication_benchmark_reads_a_shift_evaluation(shifted_grid):
+    """``benchmarks/replication.py`` on the grid's evaluation (one dataset, one mode): every table, a row per score
+    and severity, max softmax's own AUROC the mean of failure_prediction.csv's."""
+    result = subprocess.run([sys.executable, "benchmarks/replication.py", f"DIGITS:feature={shifted_grid.out}"],
+                            capture_output=True, text=True, cwd=REPO, env=SCRIPT_ENV, check=False)
+    assert result.returncode == 0, result.stderr
+    report = result.stdout
+    for heading in ("### DIGITS", "Failure prediction", "AUROC against max softmax", "every corruption of a severity "
+                    "pooled", "Selection, N = 2-5"):
+        assert heading in report, heading
+    failure = pd.read_csv(shifted_grid.out / "failure_prediction.csv")
+    clean = failure[failure["shift"] == "none"]["auroc_max_softmax"].mean()
+    row = next(line for line in report.splitlines() if line.startswith("| max_softmax |"))
+    assert float(row.split("|")[2]) == pytest.approx(clean, abs=5e-5)
+    assert "| dfg (feature) | 3 |" in report and "| delta_knn | 5 |" in report
