@@ -82,14 +82,16 @@ def test_versions_on_devices_of_their_own_decide_as_on_one(pipeline_realtime, pi
 
 @pytest.mark.slow
 def test_one_cpu_device_for_every_version_says_they_run_in_turn(pipeline_copy, capsys):
-    """Two versions (the healthy ones) on one device: said, and run (that one device decides as the reference's real-time run, on the
-    default device, is the test above and ``test_evaluation``'s real time equals cached)."""
+    """Two versions (the healthy ones) on one device: said, and run (that one device decides as the reference's
+    real-time run, on the default device, is the test above and ``test_evaluation``'s real time equals cached)."""
     ws = pipeline_copy
-    result = run_in_process(capsys, "realtime", *ws.argv("realtime", "--models", "squeezenet", "densenet", "--bugs", "0",
-                                                         "--devices", "cpu", "--output", ws.root / "one"))
+    healthy = ["--models", "squeezenet", "densenet", "--bugs", "0"]
+    result = run_in_process(capsys, "realtime", *ws.argv("realtime", *healthy, "--devices", "cpu",
+                                                         "--output", ws.root / "one"))
     assert result.returncode == 0, result.stderr
     assert "run one after another" in result.stderr
-    assert list(pd.read_csv(ws.root / "one" / layout.FAILURE_PREDICTION_CSV)["model"]) == ["densenet", "squeezenet"]
+    models = pd.read_csv(ws.root / "one" / layout.FAILURE_PREDICTION_CSV)["model"]
+    assert list(models) == ["densenet", "squeezenet"]
 
 
 def test_an_unknown_device_in_the_list_is_a_usage_error(pipeline_copy, capsys):
