@@ -494,6 +494,12 @@ def write_released():
 # network namespace; a test asking for one is skipped, with the reason, where it cannot be started
 
 
+#: the tests that start or use a Ray, and those that start or use a Slurm, each run on one xdist worker: the
+#: session's cluster is started once there, and no two Slurms share the node's files; the two groups may run side by
+#: side (``--dist loadgroup``)
+RAY_GROUP, SLURM_GROUP = pytest.mark.xdist_group("ray"), pytest.mark.xdist_group("slurm")
+
+
 @pytest.fixture(scope="session")
 def loopback_ns():
     """A network namespace with only ``lo`` (``cluster.LoopbackNamespace``) for the whole session."""

@@ -10,8 +10,9 @@ import textwrap
 
 import pytest
 from cluster import LoopbackNamespace, SlurmCluster, _alive, loopback_available, slurm_available
+from conftest import RAY_GROUP, SLURM_GROUP
 
-pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def last_json(text: str):
@@ -51,6 +52,7 @@ RAY_DRIVER = textwrap.dedent("""
 """)
 
 
+@RAY_GROUP
 def test_ray_cluster_runs_tasks(loopback_ns, ray_cluster):
     assert ray_cluster.address.startswith("127.0.0.1:")
     assert ray_cluster.resources["CPU"] == 2 and ray_cluster.resources["GPU"] == 4
@@ -81,11 +83,13 @@ SUBMITIT_DRIVER = textwrap.dedent("""
 """)
 
 
+@SLURM_GROUP
 def test_slurm_node_idle_with_pretend_gpus(loopback_ns, slurm_cluster):
     info = loopback_ns.run(["sinfo", "-h", "-o", "%P %T %c %G"], env=slurm_cluster.env, check=True).stdout.split()
     assert info[0] == f"{slurm_cluster.partition}*" and info[1] == "idle" and info[3] == "gpu:4"
 
 
+@SLURM_GROUP
 def test_submitit_job_array_on_local_slurm(loopback_ns, slurm_cluster, tmp_path):
     if importlib.util.find_spec("submitit") is None:
         pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
@@ -100,6 +104,7 @@ def test_submitit_job_array_on_local_slurm(loopback_ns, slurm_cluster, tmp_path)
     assert all(r[1] in {"0", "1", "2", "3"} for r in results)  # one pretend GPU each
 
 
+@SLURM_GROUP
 def test_slurm_stop_kills_its_daemons(tmp_path):
     """A second, short-lived Slurm in its own namespace (the session one holds the default ports)."""
     ok, reason = slurm_available()

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_usage_error, run_in_process
+from conftest import SLURM_GROUP, assert_usage_error, run_in_process
 from scipy.stats import mannwhitneyu
 
 import FaultInjector
@@ -166,7 +166,7 @@ def test_validated_keeps_the_killed_faults_that_are_not_trivial(capsys, empty_wo
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cluster")
+@SLURM_GROUP
 def test_validation_on_slurm_writes_what_local_writes(capsys, loopback_ns, slurm_cluster, tmp_path):
     """The seeds' trainings are ordinary jobs: on a real (one-node) Slurm they leave the same versions and table."""
     import importlib.util

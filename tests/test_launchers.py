@@ -33,10 +33,19 @@ from pathlib import Path
 
 import pytest
 from cluster import kill_pid
-from conftest import APPENDED_ARCHITECTURE, REPO, SCRIPT_ENV, Workspace, assert_usage_error, repository_copy
+from conftest import (
+    APPENDED_ARCHITECTURE,
+    RAY_GROUP,
+    REPO,
+    SCRIPT_ENV,
+    SLURM_GROUP,
+    Workspace,
+    assert_usage_error,
+    repository_copy,
+)
 from reliability_tools import assert_same_file, is_partial
 
-pytestmark = [pytest.mark.xdist_group("cluster"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 STEPS = ("train", "fit", "cache")
 VERSIONS = ("squeezenet_DIGITS", "squeezenet_DIGITS_bug1", "squeezenet_DIGITS_bug10")
@@ -118,6 +127,7 @@ def reference(pipeline) -> Workspace:
 # ray
 # ---------------------------------------------------------------------------------------------
 
+@RAY_GROUP
 def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     ws = Workspace(tmp_path / "ray")
     started = time.monotonic()
@@ -130,6 +140,7 @@ def test_ray_grid_equals_local(reference, loopback_ns, ray_cluster, tmp_path):
     print(f"equal to local, file by file ({len(equal)}): {' '.join(equal)}")
 
 
+@RAY_GROUP
 def test_an_architecture_appended_to_model_manager_trains_on_ray(loopback_ns, ray_cluster, tmp_path):
     """The paper's habit on Ray: the workers import the repository the driver runs from (a copy here, with a
     registration appended to its ModelManager.py), so they know the architecture it adds."""
@@ -147,6 +158,7 @@ def test_an_architecture_appended_to_model_manager_trains_on_ray(loopback_ns, ra
     assert (model_root / "edited_DIGITS.pth").is_file()
 
 
+@RAY_GROUP
 def test_ray_cluster_wanting_a_token_is_one_clear_line(reference, loopback_ns, ray_cluster, tmp_path):
     """The session cluster demands a token; a launch given its address but not RAY_AUTH_MODE=token (Ray does not
     turn tokens on for an explicit address) stops with exit 2 and one line saying what to set, writing nothing."""
@@ -160,6 +172,7 @@ def test_ray_cluster_wanting_a_token_is_one_clear_line(reference, loopback_ns, r
     assert not ws.kdes.exists() or not any(ws.kdes.iterdir())
 
 
+@RAY_GROUP
 def test_ray_corrupt_input_fails_alone(reference, loopback_ns, ray_cluster, tmp_path):
     ws = copy_models(reference, tmp_path / "corrupt")
     ws.checkpoint(bug=1).unlink()
@@ -238,6 +251,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@RAY_GROUP
 def test_ray_local_cluster_job_raising_is_a_bug(loopback_ns, tmp_path):
     """No --ray-address and no RAY_ADDRESS: the launch starts its own Ray (in the namespace), reports the
     job's exception as a failure (exit 1), and leaves no Ray process behind."""
@@ -286,6 +300,7 @@ def _ray_task_processes(root_pid: int) -> list[int]:
     return [pid for pid, title in titles.items() if title.startswith(RUNNING_ACTOR) and descends(pid)]
 
 
+@RAY_GROUP
 def test_ray_worker_killed_mid_job_is_retried(reference, loopback_ns, ray_cluster, tmp_path):
     """SIGKILL a pool actor while it runs a job: Ray restarts the actor, the job is retried on it and the cache
     step ends as if nothing happened, its files equal to local's."""
@@ -363,6 +378,7 @@ def assert_isolated(actors: dict, gpus: float) -> None:
     assert max(per_gpu) <= (2 if gpus < 1 else 1), actors
 
 
+@RAY_GROUP
 def test_ray_actors_see_only_their_gpus(loopback_ns, ray_cluster, tmp_path):
     """A pool's actors on the cluster's four pretend GPUs, at 1, 2 and 0.5 GPUs per job: all of them up at once,
     each sees exactly the GPUs Ray gave it (``CUDA_VISIBLE_DEVICES``, read in the actor's process), whole GPUs
@@ -393,6 +409,7 @@ def slurm_flags(cluster) -> list[str]:
             "--slurm-gpus-per-job", "1"]
 
 
+@SLURM_GROUP
 def test_slurm_grid_equals_local(reference, loopback_ns, slurm_cluster, tmp_path):
     if importlib.util.find_spec("submitit") is None:
         pytest.skip("submitit not installed: pip install -r envs_requirements/requirements-cluster.txt")
@@ -445,6 +462,7 @@ PACKED_DRIVER = textwrap.dedent("""
 """)
 
 
+@SLURM_GROUP
 def test_slurm_packed_task_reports_each_job(reference, loopback_ns, slurm_cluster, tmp_path):
     """Three jobs in one array task, the first raising: that job's row says why (the exception's line, the task's
     log, which holds the traceback), exit 1; the two after it still ran, their files equal to local's."""
