@@ -294,6 +294,7 @@ def test_a_shift_asked_for_without_its_cache_is_refused_beside_others(shifted_gr
         (shifted_grid.out / "results.csv").read_text()
 
 
+@pytest.mark.slow
 def test_a_shift_evaluated_alone_gives_the_rows_it_gets_beside_the_others(shifted_grid, tmp_path):
     """The records of one version under each shift share what was learned from its validation outputs
     (``VersionRecord.learn``): fitted once, the same numbers as a fit of their own."""
@@ -307,6 +308,7 @@ def test_a_shift_evaluated_alone_gives_the_rows_it_gets_beside_the_others(shifte
                                       check_exact=True)
 
 
+@pytest.mark.slow
 def test_only_the_same_version_with_the_same_validation_outputs_shares_what_was_learned(shifted_grid):
     distance = distance_mode("feature")
     versions = [("squeezenet", 0), ("densenet", 0)]
@@ -324,6 +326,7 @@ def test_only_the_same_version_with_the_same_validation_outputs_shares_what_was_
     assert other["squeezenet", 0].share_learning(squeezenet)
 
 
+@pytest.mark.slow
 def test_the_replication_benchmark_reads_a_shift_evaluation(shifted_grid):
     """``benchmarks/replication.py`` on the grid's evaluation (one dataset, one mode): every table, a row per score
     and severity, max softmax's own AUROC the mean of failure_prediction.csv's."""
