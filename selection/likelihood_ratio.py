@@ -182,7 +182,7 @@ def gaussians_of(score, version):
     """:func:`fit_groups` of a version's validation outputs with a score's parameters, fitted once per version for
     every score that reads them (Δ-MDS, its RLog mix, ``dfg_features``)."""
     return version.learn(f"class-conditional Gaussians {score.covariance} {score.min_dof}",
-                          lambda fitted: fit_groups(fitted.validation, score.covariance, score.min_dof))
+                         lambda fitted: fit_groups(fitted.validation, score.covariance, score.min_dof))
 
 
 def undefined_groups(score, version) -> str | None:
