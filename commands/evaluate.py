@@ -43,9 +43,8 @@ def evaluate(args, grid) -> int:
                 if dataset not in needed:
                     continue
                 versions = needed[dataset]
-            first = next(iter(by_shift.values()), ({}, {}))[0].get(dataset)
             records, truths_by_dataset[dataset], missing = evaluation.load_cached_versions(
-                args.info_root, args.model_root, dataset, versions, args.distance, shift, failure_model, first)
+                args.info_root, args.model_root, dataset, versions, args.distance, shift, failure_model)
             for record in records.values():
                 record.module.posterior_rule = paper.posterior_rule(args.posterior)
             if missing:

@@ -81,13 +81,10 @@ def evaluate(args, grid, device) -> int:
                 warn(line)
             warnings = recorded_warnings(roots.info, roots.model, dataset, model_name, bug, attack.distance.mode,
                                          attack.failure_model, shift, module, live_attack=flips)
-            record = evaluation.VersionRecord(
+            records_by_dataset[dataset][(model_name, bug)] = evaluation.VersionRecord(
                 dataset, model_name, bug, result.labels, result.distances, module, test_set, result.probabilities,
                 result.logits, validation[dataset, model_name, bug], costs.read(roots.model, model_name, dataset, bug),
                 attack.distance.mode, shift, result.outputs, warnings)
-            if by_shift:  # what was learned from its validation outputs under the first shift serves every other
-                record.share_learning(next(iter(by_shift.values()))[0][dataset][model_name, bug])
-            records_by_dataset[dataset][(model_name, bug)] = record
         by_shift[shift] = records_by_dataset, truths_by_dataset
     bugs_by_dataset = {d: sorted({b for (_, b) in records}) for d, records in records_by_dataset.items()}
     evaluation.evaluate_and_report(records_by_dataset, truths_by_dataset, grid.models, bugs_by_dataset, args.output,

@@ -37,7 +37,7 @@ from evaluation.metrics import (
     paired_difference_intervals,
     upper_limit,
 )
-from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset
+from evaluation.records import VersionRecord, canonical, canonical_key, check_dataset, share_learning
 from evaluation.selective import Abstention
 from selection import METHODS, NEEDS, SCORES, SetContext, preference_by_validation_accuracy, unmet_needs
 from selection.dynamic import competence_region
@@ -290,9 +290,11 @@ def evaluate_datasets(records_by_dataset: dict, truths_by_dataset: dict, models:
 def evaluate_shifts(by_shift: dict, models: list[str], bugs_by_dataset: dict, sets_by_dataset: dict | None = None,
                     progress: bool = False, abstention: Abstention | None = None) -> Evaluation:
     """:func:`evaluate_datasets` of the test sets under each shift (``by_shift``: shift → ``(records_by_dataset,
-    truths_by_dataset)``, the records carrying their shift), every row with its ``shift``, one Evaluation."""
+    truths_by_dataset)``, the records carrying their shift), every row with its ``shift``, one Evaluation. A version's
+    records share what was learned from its validation outputs with its record under the first shift: fitted once."""
     rows, failure_rows, skipped = [], [], {}
     abstention = abstention or Abstention()
+    first_shift = next(iter(by_shift.values()), ({}, {}))[0]
     for shift, (records_by_dataset, truths_by_dataset) in by_shift.items():
         where = "" if shift == NO_SHIFT else f" under {shift}"
         for dataset, records in records_by_dataset.items():
@@ -302,6 +304,7 @@ def evaluate_shifts(by_shift: dict, models: list[str], bugs_by_dataset: dict, se
                     "(train and cache more versions, or widen --models/--bugs)")
                 continue
             check_dataset(dataset, records, truths_by_dataset[dataset])
+            share_learning(records, first_shift.get(dataset, {}))  # fitted on validation once, for every shift
             log = MethodLog()
             if sets_by_dataset is not None:
                 sets, keep_order = sets_by_dataset.get(dataset, []), True

@@ -130,6 +130,15 @@ class VersionRecord:
         return np.clip(self.score(name), 0.0, 1.0)
 
 
+def share_learning(records: dict, others: dict) -> None:
+    """Each record of ``records`` shares what was learned from its validation outputs with its version's record in
+    ``others`` (the same versions under another shift), where they are the same
+    (:meth:`VersionRecord.share_learning`)."""
+    for key, record in records.items():
+        if key in others and others[key] is not record:
+            record.share_learning(others[key])
+
+
 def same_answers(first: CachedAnswers, second: CachedAnswers) -> bool:
     """Whether two sets of cached answers hold the same arrays (every field and every extra output)."""
     def arrays(answers):
@@ -195,13 +204,12 @@ def recorded_warnings(info_root, model_root, dataset: str, model: str, bug: int,
 
 
 def load_cached_versions(info_root, model_root, dataset: str, versions, distance: DistanceSettings = DEEPFOOL,
-                         shift: str = NO_SHIFT, failure_model: str | None = None, learned_from: dict | None = None
+                         shift: str = NO_SHIFT, failure_model: str | None = None
                          ) -> tuple[dict[tuple[str, int], VersionRecord], dict[str, np.ndarray], list[str]]:
     """The cached records of a dataset's ``(model, bug)`` versions that have a cache of the test set under
     ``shift``, the ground truth of each test set they answer, and the versions without such a cache
     (``model/bugN``). Every record is checked: its arrays, against the others (``check_dataset``), and against its
-    manifests (``manifests.check_version``). A record shares what was learned from its validation outputs with its
-    version's record in ``learned_from`` (the same versions under another shift) where they are the same."""
+    manifests (``manifests.check_version``)."""
     num_classes = caches.recorded_num_classes(info_root, model_root, dataset)
     records, missing = {}, []
     for model, bug in versions:
@@ -214,9 +222,6 @@ def load_cached_versions(info_root, model_root, dataset: str, versions, distance
     truths = {test_set: caches.read_ground_truth(info_root, dataset, test_set, shift)
               for test_set in sorted({r.test_set for r in records.values()})}
     check_dataset(dataset, records, truths)  # what the files say of themselves first, then their manifests
-    for key, record in records.items():
-        if learned_from and key in learned_from:
-            record.share_learning(learned_from[key])
     for record in canonical(records.values()):
         manifests.check_version(info_root, model_root, "fit", record.model, dataset, record.bug,
                                 failure_model or distance.mode)

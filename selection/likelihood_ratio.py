@@ -132,12 +132,16 @@ class ClassGaussians:
     def whitened_means(self) -> np.ndarray:
         return self.whiten(self.means)
 
+    @cached_property
+    def pseudo_precision(self) -> np.ndarray:
+        """The pseudo-inverse of a singular Σ (scikit-learn's), computed once."""
+        return self.covariance.get_precision()
+
     def squared_distances(self, features: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distance of every input (row) to every class mean (column)."""
         if self.cholesky is None:
-            precision = self.covariance.get_precision()  # the pseudo-inverse
-            points, means, projected = features, self.means, features @ precision
-            means_projected = means @ precision
+            points, means = features, self.means
+            projected, means_projected = points @ self.pseudo_precision, means @ self.pseudo_precision
         else:
             points, means = self.whiten(features), self.whitened_means
             projected, means_projected = points, means

@@ -19,6 +19,7 @@ from conftest import REPO, SCRIPT_ENV, assert_usage_error, run_in_process, scrip
 from test_readme import python_blocks
 
 from evaluation import load_cached_versions
+from evaluation.records import share_learning
 from mydataset import corruptions
 from storage import shifts
 from storage.settings import AttackSettings, distance_mode, mode_flag
@@ -313,8 +314,8 @@ def test_only_the_same_version_with_the_same_validation_outputs_shares_what_was_
     distance = distance_mode("feature")
     versions = [("squeezenet", 0), ("densenet", 0)]
     clean, _, _ = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance)
-    fog, _, _ = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance, "fog:3",
-                                     learned_from=clean)
+    fog, _, _ = load_cached_versions(shifted_grid.info, shifted_grid.model, "DIGITS", versions, distance, "fog:3")
+    share_learning(fog, clean)
     squeezenet = clean["squeezenet", 0]
     first = squeezenet.learn("a fit", lambda version: object())
     assert fog["squeezenet", 0].learn("a fit", lambda version: object()) is first
