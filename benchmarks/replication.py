@@ -160,10 +160,11 @@ def selection_cells(rows: pd.DataFrame):
                        vs_best=paired(part, label, best_acc) if best else (0, 0))
 
 
-def selection_table(rows: pd.DataFrame) -> list[str]:
+def selection_table(cells: list[dict]) -> list[str]:
+    """:func:`selection_cells`, a row each."""
     lines = ["| severity | N | sets | voting | best softmax selector | selector | accuracy | vs voting: W/L, p | "
              "vs best softmax: W/L, p |", "|---" * 9 + "|"]
-    for c in selection_cells(rows):
+    for c in cells:
         lines.append(f"| {c['severity']} | {c['n']} | {c['sets']} | {c['voting']:.4f} | {c['best']} "
                      f"{c['best_accuracy']:.4f} | {c['label']} | {c['accuracy']:.4f} | "
                      + " | ".join(f"{w}/{l_}, {sign_test(w, l_):.3g}" for w, l_ in (c["vs_voting"], c["vs_best"]))
@@ -171,10 +172,10 @@ def selection_table(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
-def pooled_selection_table(rows: pd.DataFrame) -> list[str]:
+def pooled_selection_table(cells: list[dict]) -> list[str]:
     """:func:`selection_cells` pooled over N (2-5) per severity: mean accuracies weighted by sets, summed wins and
     losses (the sets share versions: the sign test's p-value is a guide, not a test)."""
-    cells = pd.DataFrame(list(selection_cells(rows)))
+    cells = pd.DataFrame(cells)
     lines = ["| severity | selector | sets | voting | best softmax (per N) | selector | vs voting: W/L, p | "
              "vs best softmax: W/L, p |", "|---" * 8 + "|"]
     for (level, label), part in cells.groupby(["severity", "label"], sort=True):
@@ -212,14 +213,15 @@ def report(folders: dict[str, dict[str, Path]]) -> str:
     scores = {}
     for dataset, modes in folders.items():
         scores[dataset] = score_rows(dataset, modes)
+        cells = list(selection_cells(selection_rows(dataset, modes)))
         lines += [f"### {dataset}", "", "Failure prediction, mean over versions (and corruptions):", "",
                   *failure_table(scores[dataset]), "", "AUROC against max softmax, per severity and family "
                   "(versions where the score is higher / lower):", "", *against_max_softmax(scores[dataset]), "",
                   "The same, every corruption of a severity pooled:", "",
                   *against_max_softmax(scores[dataset], ("severity",)), "",
-                  "Selection:", "", *selection_table(selection_rows(dataset, modes)), "",
-                  "Selection, N = 2-5 and every corruption of a severity pooled:", "",
-                  *pooled_selection_table(selection_rows(dataset, modes)), ""]
+                  "Selection:", "", *selection_table(cells), "",
+                  "Selection, N = 2-5 and every corruption of a severity pooled:", "", *pooled_selection_table(cells),
+                  ""]
     if len(scores) > 1:
         lines += ["### Across datasets", "", *kendall_table(scores), ""]
     return "\n".join(lines)
